@@ -1,0 +1,149 @@
+"""API key authentication.
+
+Keys are stored as ``sha256:<hex>`` (see :mod:`extauthz.keys`). Lookup is O(1): the first 8 bytes
+of the SHA-256 of the presented key index a dict of candidates; the full 32-byte digest is then
+compared with :func:`hmac.compare_digest`. The dict lookup can only leak timing about a truncated
+hash of a 256-bit secret, which reveals nothing usable; the decisive comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from extauthz.authn.base import Challenge
+from extauthz.authn.registry import BuildContext
+from extauthz.authn.sources import Source
+from extauthz.config.schema import ApiKeySpec
+from extauthz.errors import AuthenticationError, Reason
+from extauthz.types import AuthMethod, Identity, RequestView
+
+_INDEX_BYTES = 8
+#: Longest key we hash; anything longer is rejected before hashing (cheap DoS guard).
+MAX_KEY_LENGTH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredKey:
+    consumer: str
+    key_id: str
+    digest: bytes
+    scopes: frozenset[str]
+    expires_at: float | None
+    disabled: bool
+
+
+class ApiKeyAuthenticator:
+    """Verifies API keys of the configured consumers."""
+
+    kind = AuthMethod.API_KEY
+
+    def __init__(
+        self,
+        name: str,
+        sources: tuple[Source, ...],
+        keys: list[_StoredKey],
+        ctx: BuildContext,
+    ) -> None:
+        self.name = name
+        self._sources = sources
+        self._clock = ctx.clock
+        index: dict[bytes, list[_StoredKey]] = {}
+        for key in keys:
+            index.setdefault(key.digest[:_INDEX_BYTES], []).append(key)
+        self._index = index
+        self._challenge = Challenge(
+            "ApiKey", (("realm", ctx.settings.realm), sources[0].describe())
+        )
+        self._strip_headers = tuple(h for s in sources if (h := s.strip_header))
+        self._strip_query = tuple(s.query for s in sources if s.query)
+        self._strip_cookies = tuple(s.cookie for s in sources if s.cookie)
+
+    @classmethod
+    def from_spec(cls, name: str, spec: ApiKeySpec, ctx: BuildContext) -> ApiKeyAuthenticator:
+        """Build from configuration; raises ValueError naming an unknown consumer or a clash."""
+        wanted = None if spec.consumers is None else set(spec.consumers)
+        known = {c.name for c in ctx.consumers}
+        if wanted is not None and (missing := sorted(wanted - known)):
+            raise ValueError(f"unknown consumer(s): {', '.join(missing)}")
+        keys: list[_StoredKey] = []
+        seen: dict[bytes, str] = {}
+        for consumer in ctx.consumers:
+            if wanted is not None and consumer.name not in wanted:
+                continue
+            for entry in consumer.keys:
+                digest = bytes.fromhex(entry.hash.removeprefix("sha256:"))
+                where = f"{consumer.name}/{entry.id}"
+                if digest in seen:
+                    raise ValueError(f"key {where} has the same hash as key {seen[digest]}")
+                seen[digest] = where
+                keys.append(
+                    _StoredKey(
+                        consumer=consumer.name,
+                        key_id=entry.id,
+                        digest=digest,
+                        scopes=frozenset(entry.scopes),
+                        expires_at=entry.expires_at.timestamp() if entry.expires_at else None,
+                        disabled=entry.disabled,
+                    )
+                )
+        sources = tuple(Source.from_spec(s) for s in spec.sources)
+        return cls(name, sources, keys, ctx)
+
+    async def authenticate(self, view: RequestView) -> Identity | None:
+        for source in self._sources:
+            presented = source.read(view)
+            if presented is None:
+                continue
+            return self._verify(presented)
+        return None
+
+    def _verify(self, presented: str) -> Identity:
+        if not presented or len(presented) > MAX_KEY_LENGTH:
+            raise self._fail(Reason.INVALID_API_KEY, "invalid API key")
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+        match: _StoredKey | None = None
+        for candidate in self._index.get(digest[:_INDEX_BYTES], ()):
+            if hmac.compare_digest(candidate.digest, digest):
+                match = candidate
+        if match is None:
+            raise self._fail(Reason.INVALID_API_KEY, "invalid API key")
+        if match.disabled:
+            raise self._fail(Reason.KEY_DISABLED, "API key disabled")
+        if match.expires_at is not None and self._clock() >= match.expires_at:
+            raise self._fail(Reason.KEY_EXPIRED, "API key expired")
+        return Identity(
+            method=self.kind,
+            subject=match.consumer,
+            authenticator=self.name,
+            consumer=match.consumer,
+            scopes=match.scopes,
+            key_id=match.key_id,
+            expires_at=match.expires_at,
+        )
+
+    def _fail(self, reason: Reason, description: str) -> AuthenticationError:
+        return AuthenticationError(reason, description, authenticator=self.name)
+
+    def challenge(self, error: AuthenticationError | None = None) -> str:
+        if error is None:
+            return self._challenge.render()
+        return self._challenge.render(
+            ("error", "invalid_token"), ("error_description", error.description)
+        )
+
+    def credential_headers(self) -> tuple[str, ...]:
+        return self._strip_headers
+
+    def credential_query_params(self) -> tuple[str, ...]:
+        return self._strip_query
+
+    def credential_cookies(self) -> tuple[str, ...]:
+        return self._strip_cookies
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,45 @@
+"""Builds authenticators from configuration: a mapping from kind to factory.
+
+The registry is made by :func:`default_registry` (not a mutable global) so tests and embedders can
+extend or replace a kind without touching process state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from extauthz.authn.base import Authenticator
+from extauthz.clock import Clock, system_clock
+from extauthz.config.schema import Consumer, Settings
+from extauthz.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What a factory may use besides its own spec."""
+
+    settings: Settings
+    metrics: Metrics
+    #: directory of the main configuration file; relative paths in specs resolve against it
+    base_dir: Path
+    consumers: tuple[Consumer, ...] = ()
+    clock: Clock = system_clock
+
+
+#: factory(name, spec, ctx) -> Authenticator; raises ValueError with a message for bad input that
+#: the schema could not catch (e.g. an unreadable JWKS file).
+Factory = Callable[[str, Any, BuildContext], Authenticator]
+
+
+def default_registry() -> Mapping[str, Factory]:
+    """The built-in authentication kinds, keyed by their configuration key."""
+    from extauthz.authn.apikey import ApiKeyAuthenticator
+    from extauthz.authn.jwt import JwtAuthenticator
+
+    return {
+        "api_key": ApiKeyAuthenticator.from_spec,
+        "jwt": JwtAuthenticator.from_spec,
+    }

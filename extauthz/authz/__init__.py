@@ -1,0 +1,1 @@
+"""Authorization: a route's policy over (request, identity, route parameters)."""

@@ -1,0 +1,158 @@
+"""The ``extauthz`` command line: serve, validate, check, keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from extauthz import __version__
+from extauthz.errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from extauthz.server import Server, ServerOptions, split_address
+
+    for address in (args.grpc_address, args.http_address):
+        try:
+            split_address(address)
+        except ValueError as exc:
+            print(f"extauthz: {exc}", file=sys.stderr)
+            return 2
+    options = ServerOptions(
+        config_path=args.config,
+        grpc_address=args.grpc_address,
+        http_address=args.http_address,
+        grace_seconds=args.grace_seconds,
+    )
+    try:
+        asyncio.run(Server(options).run_until_signal())
+    except ConfigError as exc:
+        _print_config_error(args.config, exc)
+        return 1
+    except OSError as exc:
+        print(f"extauthz: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_config_error(path: str, exc: ConfigError) -> None:
+    print(f"extauthz: configuration {path} refused ({len(exc.issues)} problem(s)):",
+          file=sys.stderr)
+    for issue in exc.issues:
+        print(f"  {issue}", file=sys.stderr)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from extauthz.config.compile import load_snapshot
+    from extauthz.metrics import Metrics
+
+    try:
+        snapshot = load_snapshot(args.config, Metrics())
+    except ConfigError as exc:
+        _print_config_error(args.config, exc)
+        return 1
+    print(f"{args.config}: ok ({len(snapshot.routes.routes)} routes, "
+          f"{len(snapshot.authenticators)} authenticators)")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from extauthz.checktool import build_check_request, decision_to_json, load_request_file
+    from extauthz.config.compile import load_snapshot
+    from extauthz.metrics import Metrics
+    from extauthz.pipeline import Engine
+    from extauthz.servicer import decide
+
+    try:
+        data = load_request_file(args.request)
+    except (OSError, ValueError) as exc:
+        print(f"extauthz: {args.request}: {exc}", file=sys.stderr)
+        return 2
+    metrics = Metrics()
+    try:
+        snapshot = load_snapshot(args.config, metrics)
+    except ConfigError as exc:
+        _print_config_error(args.config, exc)
+        return 2
+
+    async def run() -> dict[str, object]:
+        await snapshot.start()
+        try:
+            decision = await decide(Engine(metrics, snapshot), build_check_request(data))
+        finally:
+            await snapshot.close()
+        return decision_to_json(decision)
+
+    result = asyncio.run(run())
+    print(json.dumps(result, indent=2))
+    return 0 if result["allowed"] else 3
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from extauthz.keys import generate_api_key, generate_hmac_secret, hash_api_key
+
+    if args.hmac:
+        print(generate_hmac_secret())
+        return 0
+    if not args.consumer:
+        print("extauthz: keys generate needs --consumer NAME (or --hmac)", file=sys.stderr)
+        return 2
+    key = generate_api_key()
+    print(f"API key for {args.consumer} (shown once, store it now):\n  {key}\n", file=sys.stderr)
+    print("Add to the configuration under consumers:", file=sys.stderr)
+    print(f"- name: {args.consumer}\n  keys:\n  - id: {args.key_id}\n"
+          f"    hash: {hash_api_key(key)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the ext_authz gRPC server")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--grpc-address", default="127.0.0.1:9001")
+    serve.add_argument("--http-address", default="127.0.0.1:9090")
+    serve.add_argument("--grace-seconds", type=float, default=10.0,
+                       help="how long in-flight checks may take to finish on shutdown")
+    serve.set_defaults(func=_serve)
+
+    validate = sub.add_parser("validate", help="check a configuration and exit 0/1")
+    validate.add_argument("--config", required=True)
+    validate.set_defaults(func=_validate)
+
+    check = sub.add_parser("check", help="decide one request described in a YAML/JSON file")
+    check.add_argument("--config", required=True)
+    check.add_argument("--request", required=True)
+    check.set_defaults(func=_check)
+
+    keys = sub.add_parser("keys", help="generate credentials")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_sub.add_parser("generate", help="print a new API key (or HMAC secret)")
+    generate.add_argument("--consumer")
+    generate.add_argument("--key-id", default="key-1")
+    generate.add_argument("--hmac", action="store_true", help="print a new HMAC secret")
+    generate.set_defaults(func=_keys_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``extauthz`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

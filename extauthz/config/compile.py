@@ -1,0 +1,222 @@
+"""Compile a validated configuration into an immutable :class:`Snapshot`.
+
+Cross-references (route -> authenticator names, consumers) are checked here, and every
+authenticator is built here, so a snapshot that exists is one that can serve. All problems are
+collected and raised together as one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from extauthz.authn.base import Authenticator
+from extauthz.authn.registry import BuildContext, Factory, default_registry
+from extauthz.authz.policy import Policy
+from extauthz.clock import Clock, system_clock
+from extauthz.config.loader import LoadedConfig, load_config
+from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
+from extauthz.errors import ConfigError, ConfigIssue
+from extauthz.metrics import Metrics
+from extauthz.routing import HostMatcher, PathMatcher, Route, RouteTable, compile_template
+
+log = logging.getLogger("extauthz.config")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one request needs, compiled and immutable. Swapped whole on reload."""
+
+    settings: Settings
+    routes: RouteTable
+    authenticators: Mapping[str, Authenticator]
+    digest: str
+    source: str
+
+    async def start(self) -> None:
+        """Start background work of every authenticator (JWKS refresh, ...)."""
+        await asyncio.gather(*(a.start() for a in self.authenticators.values()))
+
+    async def close(self) -> None:
+        """Stop background work; errors are logged, never raised (closing must finish)."""
+        results = await asyncio.gather(
+            *(a.close() for a in self.authenticators.values()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("error while closing an authenticator: %s", type(result).__name__)
+
+
+def _where(source: str, path: str) -> str:
+    return f"{source}: {path}" if source else path
+
+
+class _Compiler:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        metrics: Metrics,
+        clock: Clock,
+        registry: Mapping[str, Factory],
+    ) -> None:
+        self.loaded = loaded
+        self.settings = loaded.main.settings
+        self.issues: list[ConfigIssue] = []
+        self.registry = registry
+        self.consumers = self._collect_consumers()
+        self.ctx = BuildContext(
+            settings=self.settings,
+            metrics=metrics,
+            base_dir=loaded.path.parent,
+            consumers=tuple(self.consumers),
+            clock=clock,
+        )
+        self.authenticators: dict[str, Authenticator] = {}
+
+    def _parts(self) -> list[tuple[str, object]]:
+        parts: list[tuple[str, object]] = [("", self.loaded.main)]
+        parts.extend((f.source, f.data) for f in self.loaded.fragments)
+        return parts
+
+    def _collect_consumers(self) -> list[Consumer]:
+        consumers: list[Consumer] = []
+        seen: set[str] = set()
+        for source, part in self._parts():
+            for i, consumer in enumerate(part.consumers):  # type: ignore[attr-defined]
+                if consumer.name in seen:
+                    self.issues.append(ConfigIssue(
+                        _where(source, f"consumers[{i}].name"),
+                        f"duplicate consumer {consumer.name!r}"))
+                    continue
+                seen.add(consumer.name)
+                ids = [k.id for k in consumer.keys]
+                for j, key_id in enumerate(ids):
+                    if key_id in ids[:j]:
+                        self.issues.append(ConfigIssue(
+                            _where(source, f"consumers[{i}].keys[{j}].id"),
+                            f"duplicate key id {key_id!r}"))
+                consumers.append(consumer)
+        return consumers
+
+    def _build(self, name: str, spec: AuthnSpec, where: str) -> Authenticator | None:
+        factory = self.registry.get(spec.kind)
+        if factory is None:
+            self.issues.append(ConfigIssue(where, f"unsupported authentication kind {spec.kind}"))
+            return None
+        inner = getattr(spec, spec.kind)
+        try:
+            return factory(name, inner, self.ctx)
+        except ValueError as exc:
+            self.issues.append(ConfigIssue(f"{where}.{spec.kind}", str(exc)))
+            return None
+
+    def compile(self) -> Snapshot:
+        # Named authenticators first: routes refer to them.
+        for source, part in self._parts():
+            for name, spec in part.authenticators.items():  # type: ignore[attr-defined]
+                where = _where(source, f"authenticators.{name}")
+                if name in self.authenticators:
+                    self.issues.append(ConfigIssue(where, f"duplicate authenticator {name!r}"))
+                    continue
+                if spec.ref is not None:
+                    self.issues.append(ConfigIssue(where, "must define a kind, not a reference"))
+                    continue
+                built = self._build(name, spec, where)
+                if built is not None:
+                    self.authenticators[name] = built
+        routes: list[Route] = []
+        names: set[str] = set()
+        for source, part in self._parts():
+            for i, spec in enumerate(part.routes):  # type: ignore[attr-defined]
+                where = _where(source, f"routes[{i}]")
+                if spec.name in names:
+                    self.issues.append(ConfigIssue(f"{where}.name",
+                                                   f"duplicate route {spec.name!r}"))
+                    continue
+                names.add(spec.name)
+                route = self._route(spec, where)
+                if route is not None:
+                    routes.append(route)
+        if self.issues:
+            raise ConfigError(self.issues)
+        return Snapshot(
+            settings=self.settings,
+            routes=RouteTable(routes, self.settings.route_key),
+            authenticators=MappingProxyType(dict(self.authenticators)),
+            digest=self.loaded.digest,
+            source=str(self.loaded.path),
+        )
+
+    def _route(self, spec: RouteSpec, where: str) -> Route | None:
+        ok = True
+        authenticators: list[Authenticator] = []
+        for j, authn in enumerate(spec.authn):
+            at = f"{where}.authn[{j}]"
+            if authn.ref is not None:
+                found = self.authenticators.get(authn.ref)
+                if found is None:
+                    self.issues.append(ConfigIssue(at, f"unknown authenticator {authn.ref!r}"))
+                    ok = False
+                else:
+                    authenticators.append(found)
+                continue
+            inline_name = f"{spec.name}.{j}"
+            built = self._build(inline_name, authn, at)
+            if built is None:
+                ok = False
+            else:
+                self.authenticators[inline_name] = built
+                authenticators.append(built)
+        if spec.authz.consumers is not None:
+            known = {c.name for c in self.consumers}
+            for k, consumer in enumerate(spec.authz.consumers):
+                if consumer not in known:
+                    self.issues.append(ConfigIssue(f"{where}.authz.consumers[{k}]",
+                                                   f"unknown consumer {consumer!r}"))
+                    ok = False
+        template = None
+        if spec.match.template is not None:
+            try:
+                template = compile_template(spec.match.template)
+            except ValueError as exc:
+                self.issues.append(ConfigIssue(f"{where}.match.template", str(exc)))
+                ok = False
+        if not ok:
+            return None
+        strip = spec.strip_credentials
+        return Route(
+            name=spec.name,
+            hosts=HostMatcher.build(spec.match.hosts),
+            path=PathMatcher(exact=spec.match.path, prefix=spec.match.prefix, template=template),
+            methods=frozenset(spec.match.methods),
+            public=spec.public,
+            authenticators=tuple(authenticators),
+            policy=Policy.from_spec(spec.authz),
+            strip_credentials=self.settings.strip_credentials if strip is None else strip,
+        )
+
+
+def compile_config(
+    loaded: LoadedConfig,
+    metrics: Metrics,
+    *,
+    clock: Clock = system_clock,
+    registry: Mapping[str, Factory] | None = None,
+) -> Snapshot:
+    """Compile ``loaded`` into a Snapshot; raises ConfigError listing every problem."""
+    return _Compiler(loaded, metrics, clock, registry or default_registry()).compile()
+
+
+def load_snapshot(
+    path: str | Path,
+    metrics: Metrics,
+    *,
+    clock: Clock = system_clock,
+    registry: Mapping[str, Factory] | None = None,
+) -> Snapshot:
+    """Read, validate and compile the configuration at ``path``."""
+    return compile_config(load_config(path), metrics, clock=clock, registry=registry)

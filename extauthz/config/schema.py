@@ -1,0 +1,302 @@
+"""The configuration file format, as pydantic models (validation only; nothing here runs).
+
+Pydantic reports every problem at once with its location; :mod:`extauthz.config.loader` renders
+those locations as ``routes[2].authn[0].jwt.issuer``. Models forbid unknown keys so a typo is an
+error, not a silently ignored setting. Every key is documented in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+#: Algorithms a JWT issuer may pin. ``none`` and the HMAC family are absent on purpose: extauthz
+#: verifies third-party tokens with public keys only, so "HMAC with a public key" cannot happen.
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+
+
+class Model(BaseModel):
+    """Base: unknown keys are errors, values are immutable after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _header_name(value: str) -> str:
+    lowered = value.lower()
+    if not _HEADER_NAME.match(lowered):
+        raise ValueError(f"not a valid HTTP header name: {value!r}")
+    return lowered
+
+
+HeaderName = Annotated[str, Field(min_length=1, max_length=128)]
+Name = Annotated[str, Field(pattern=_NAME.pattern)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86400 * 7)]
+
+
+class CredentialSource(Model):
+    """Where one credential is read from; exactly one of the fields is set."""
+
+    header: HeaderName | None = None
+    authorization: str | None = Field(
+        default=None, description="an Authorization scheme, e.g. 'Bearer' or 'ApiKey'"
+    )
+    query: str | None = None
+    cookie: str | None = None
+
+    @field_validator("header")
+    @classmethod
+    def _check_header(cls, v: str | None) -> str | None:
+        return None if v is None else _header_name(v)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialSource:
+        set_fields = [k for k in ("header", "authorization", "query", "cookie") if getattr(self, k)]
+        if len(set_fields) != 1:
+            raise ValueError("set exactly one of header, authorization, query, cookie")
+        return self
+
+
+class ApiKeySpec(Model):
+    """API keys of the configured consumers, read from the first source that has one."""
+
+    sources: list[CredentialSource] = Field(
+        default_factory=lambda: [CredentialSource(header="x-api-key")], min_length=1
+    )
+    #: restrict to these consumers (default: every consumer in the configuration)
+    consumers: list[Name] | None = None
+
+
+class JwksSpec(Model):
+    """Where an issuer's keys come from; exactly one of the fields is set."""
+
+    file: str | None = None
+    inline: dict[str, Any] | None = None
+    url: str | None = None
+    discovery: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> JwksSpec:
+        count = sum(
+            [self.file is not None, self.inline is not None, self.url is not None, self.discovery]
+        )
+        if count != 1:
+            raise ValueError("set exactly one of file, inline, url, discovery: true")
+        if self.url is not None and not self.url.startswith(("https://", "http://")):
+            raise ValueError("url must be http(s)")
+        return self
+
+
+class JwtSpec(Model):
+    """Bearer JWTs from one issuer."""
+
+    issuer: str = Field(min_length=1)
+    audiences: list[str] = Field(min_length=1)
+    algorithms: list[JwtAlgorithm] = Field(min_length=1)
+    jwks: JwksSpec
+    source: CredentialSource = Field(
+        default_factory=lambda: CredentialSource(authorization="Bearer")
+    )
+    leeway_seconds: float = Field(default=30, ge=0, le=300)
+    require_exp: bool = True
+    #: tokens whose ``exp`` is further away than this are refused (0 = no limit)
+    max_lifetime_seconds: float = Field(default=0, ge=0)
+    subject_claim: str = "sub"
+    scope_claims: list[str] = Field(default_factory=lambda: ["scope", "scp"])
+    #: claim (dotted path) -> header to inject upstream; arrays are joined with ","
+    claims_to_headers: dict[str, HeaderName] = Field(default_factory=dict)
+    refresh_interval_seconds: PositiveSeconds = 300
+    #: how long the last good keys keep verifying while the issuer cannot be reached
+    max_stale_seconds: PositiveSeconds = 3600
+    fetch_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    #: minimum time between two refetches triggered by an unknown ``kid``
+    min_refetch_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 10
+    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+
+    @field_validator("claims_to_headers")
+    @classmethod
+    def _check_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        return {claim: _header_name(h) for claim, h in v.items()}
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, v: str) -> str:
+        if v != v.strip():
+            raise ValueError("issuer must not have surrounding whitespace")
+        return v
+
+
+class AuthnSpec(Model):
+    """An authentication method: exactly one kind, or a reference to a named one."""
+
+    ref: Name | None = None
+    api_key: ApiKeySpec | None = None
+    jwt: JwtSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _string_is_reference(cls, data: Any) -> Any:
+        return {"ref": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AuthnSpec:
+        kinds = [k for k in ("ref", "api_key", "jwt") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("set exactly one authentication kind (api_key, jwt) or a name")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "api_key" if self.api_key is not None else "jwt" if self.jwt is not None else "ref"
+
+
+class ApiKeyEntry(Model):
+    """One key of a consumer. Only its SHA-256 is stored: ``sha256:<64 hex>``."""
+
+    id: Name
+    hash: str
+    scopes: list[str] = Field(default_factory=list)
+    expires_at: datetime | None = None
+    disabled: bool = False
+
+    @field_validator("hash")
+    @classmethod
+    def _check_hash(cls, v: str) -> str:
+        if not _HASH.match(v):
+            raise ValueError(
+                "must be 'sha256:<64 lowercase hex>' (see `extauthz keys generate`); "
+                "plaintext keys are never accepted"
+            )
+        return v
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("must include a timezone, e.g. 2030-01-01T00:00:00Z")
+        return v
+
+
+class Consumer(Model):
+    """A client of the protected APIs, identified by one or more API keys."""
+
+    name: Name
+    keys: list[ApiKeyEntry] = Field(default_factory=list)
+
+
+
+class RouteMatch(Model):
+    """Which requests a route applies to when Envoy did not name the route."""
+
+    hosts: list[str] = Field(default_factory=list)
+    path: str | None = None
+    prefix: str | None = None
+    template: str | None = None
+    methods: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_path_kind(self) -> RouteMatch:
+        kinds = [k for k in ("path", "prefix", "template") if getattr(self, k) is not None]
+        if len(kinds) > 1:
+            raise ValueError("set at most one of path, prefix, template")
+        for kind in kinds:
+            value = getattr(self, kind)
+            if not value.startswith("/"):
+                raise ValueError(f"{kind} must start with '/'")
+        return self
+
+    @field_validator("methods")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        out = [m.upper() for m in v]
+        for m in out:
+            if not re.match(r"^[A-Z]+$", m):
+                raise ValueError(f"not an HTTP method: {m!r}")
+        return out
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for h in v:
+            h = h.lower()
+            if "*" in h and not (h.startswith("*.") and "*" not in h[2:]):
+                raise ValueError(f"host {h!r}: a wildcard is only allowed as a leading '*.'")
+            out.append(h)
+        return out
+
+
+class AuthzSpec(Model):
+    """The route's policy (the minimal set; richer rules come with the policy engine)."""
+
+    scopes_all: list[str] = Field(default_factory=list)
+    scopes_any: list[str] = Field(default_factory=list)
+    consumers: list[Name] | None = None
+    subjects: list[str] | None = None
+
+
+class RouteSpec(Model):
+    """One protected (or public) route."""
+
+    name: Name
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    public: bool = False
+    authn: list[AuthnSpec] = Field(default_factory=list)
+    authz: AuthzSpec = Field(default_factory=AuthzSpec)
+    strip_credentials: bool | None = None
+
+    @model_validator(mode="after")
+    def _authn_or_public(self) -> RouteSpec:
+        if self.public and self.authn:
+            raise ValueError("a public route takes no authn")
+        if not self.public and not self.authn:
+            raise ValueError("authn: required (or set public: true)")
+        return self
+
+
+class Settings(Model):
+    """Process-wide behaviour."""
+
+    #: what happens to a request that matches no route: ``deny`` (403 no_route) or ``allow``
+    unmatched: Literal["deny", "allow"] = "deny"
+    #: reserved namespace for identity headers; client-sent headers in it are always removed
+    identity_header_prefix: HeaderName = "x-auth-"
+    #: remove credentials (Authorization, API key header/param/cookie) before the upstream sees them
+    strip_credentials: bool = True
+    #: realm used in WWW-Authenticate challenges
+    realm: str = "extauthz"
+    #: context_extensions key that names the route (set per route in Envoy)
+    route_key: str = "route"
+
+    @field_validator("identity_header_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.lower()
+        if not re.match(r"^[a-z0-9-]+-$", v):
+            raise ValueError("must be a header-name prefix ending in '-', e.g. 'x-auth-'")
+        return v
+
+
+class FragmentFile(Model):
+    """An included file: it may add authenticators, consumers and routes."""
+
+    authenticators: dict[Name, AuthnSpec] = Field(default_factory=dict)
+    consumers: list[Consumer] = Field(default_factory=list)
+    routes: list[RouteSpec] = Field(default_factory=list)
+
+
+class ConfigFile(FragmentFile):
+    """The main configuration file."""
+
+    version: Literal[1] = 1
+    settings: Settings = Field(default_factory=Settings)
+    #: files or directories (``*.yaml``/``*.yml``, sorted) relative to this file
+    include: list[str] = Field(default_factory=list)

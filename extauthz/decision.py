@@ -1,0 +1,159 @@
+"""Decisions: the outcome of one check, and the single place where errors become outcomes.
+
+A :class:`Decision` is protocol-neutral: :mod:`extauthz.wire` turns it into a CheckResponse.
+
+Mapping (the only one in the code base)::
+
+    no route (unless unmatched: allow)      403  PERMISSION_DENIED  no_route
+    no credential for any accepted method   401  UNAUTHENTICATED    missing_credential
+    AuthenticationError                     401  UNAUTHENTICATED    its reason
+    AuthorizationError                      403  PERMISSION_DENIED  its reason
+    BadRequestError                         400  INVALID_ARGUMENT   its reason
+    DependencyUnavailable                   503  UNAVAILABLE        its reason
+    any other exception                     503  UNAVAILABLE        internal_error
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from extauthz.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    BadRequestError,
+    CheckError,
+    DependencyUnavailable,
+    Reason,
+)
+from extauthz.types import Identity
+
+
+class Outcome(enum.StrEnum):
+    """What happened to the request (bounded: a metric label)."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class GrpcCode(enum.IntEnum):
+    """The google.rpc.Code values extauthz answers with."""
+
+    OK = 0
+    INVALID_ARGUMENT = 3
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+_EMPTY_META: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to one check.
+
+    On allow: ``upstream_headers`` are set on the request (overwriting), ``remove_headers`` are
+    removed from it, ``remove_query`` parameters are dropped. On deny: ``http_status``,
+    ``response_headers`` (challenges, content type) and ``body`` are what the client gets.
+    """
+
+    outcome: Outcome
+    http_status: int
+    grpc_code: GrpcCode
+    reason: Reason
+    route: str
+    description: str = ""
+    identity: Identity | None = None
+    upstream_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
+    remove_query: tuple[str, ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+    dynamic_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY_META)
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome is Outcome.ALLOW
+
+
+def problem_body(status: int, reason: Reason, description: str, request_id: str = "") -> str:
+    """An RFC 9457 ``application/problem+json`` body with a stable ``reason`` member."""
+    problem: dict[str, Any] = {
+        "type": "about:blank",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": description,
+        "reason": reason.value,
+    }
+    if request_id:
+        problem["request_id"] = request_id
+    return json.dumps(problem, separators=(",", ":"))
+
+
+def deny(
+    status: int,
+    grpc_code: GrpcCode,
+    reason: Reason,
+    route: str,
+    description: str,
+    *,
+    challenges: Sequence[str] = (),
+    request_id: str = "",
+    identity: Identity | None = None,
+) -> Decision:
+    """Build a deny decision with a problem+json body and one WWW-Authenticate per challenge."""
+    headers = [("content-type", "application/problem+json")]
+    headers.extend(("www-authenticate", c) for c in challenges)
+    return Decision(
+        outcome=Outcome.DENY,
+        http_status=status,
+        grpc_code=grpc_code,
+        reason=reason,
+        route=route,
+        description=description,
+        identity=identity,
+        response_headers=tuple(headers),
+        body=problem_body(status, reason, description, request_id),
+    )
+
+
+def from_error(
+    error: BaseException,
+    route: str,
+    *,
+    challenges: Sequence[str] = (),
+    request_id: str = "",
+    identity: Identity | None = None,
+) -> Decision:
+    """Map any exception raised during a check to its deny decision (fail closed)."""
+    if isinstance(error, AuthenticationError):
+        return deny(401, GrpcCode.UNAUTHENTICATED, error.reason, route, error.description,
+                    challenges=challenges, request_id=request_id)
+    if isinstance(error, AuthorizationError):
+        return deny(403, GrpcCode.PERMISSION_DENIED, error.reason, route, error.description,
+                    challenges=challenges, request_id=request_id, identity=identity)
+    if isinstance(error, BadRequestError):
+        return deny(400, GrpcCode.INVALID_ARGUMENT, error.reason, route, error.description,
+                    request_id=request_id)
+    if isinstance(error, DependencyUnavailable):
+        return deny(503, GrpcCode.UNAVAILABLE, error.reason, route, error.description,
+                    request_id=request_id)
+    if isinstance(error, CheckError):
+        # A CheckError subclass nobody mapped: deny, and do not guess a friendlier status.
+        return deny(403, GrpcCode.PERMISSION_DENIED, error.reason, route, error.description,
+                    request_id=request_id)
+    return deny(503, GrpcCode.UNAVAILABLE, Reason.INTERNAL_ERROR, route,
+                "authorization service error", request_id=request_id)

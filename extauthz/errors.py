@@ -1,0 +1,123 @@
+"""The one exception tree of extauthz, and the public-safe reason codes.
+
+::
+
+    ExtAuthzError
+    ├── ConfigError                 configuration refused (every issue at once, each with its path)
+    └── CheckError                  raised while checking one request; carries a Reason
+        ├── AuthenticationError     a credential was present but is invalid       -> 401
+        ├── AuthorizationError      authenticated, but the policy says no         -> 403
+        ├── BadRequestError         the request itself is malformed or too large  -> 400
+        └── DependencyUnavailable   a dependency we need is down (JWKS, ...)      -> 503
+
+Every :class:`CheckError` maps to exactly one outcome in :func:`extauthz.decision.from_error`;
+any other exception raised during a check is a fail-closed 503 (``internal_error``).
+``description`` is public-safe text (it reaches the client); ``detail`` is for logs only and must
+never contain a credential.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Reason(enum.StrEnum):
+    """Stable, public reason codes (bounded: used as a metric label and in problem bodies)."""
+
+    OK = "ok"
+    PUBLIC = "public"
+    NO_ROUTE = "no_route"
+    MISSING_CREDENTIAL = "missing_credential"
+    # JWT
+    MALFORMED_TOKEN = "malformed_token"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+    TOKEN_ISSUED_IN_FUTURE = "token_issued_in_future"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    WRONG_AUDIENCE = "wrong_audience"
+    WRONG_ISSUER = "wrong_issuer"
+    DISALLOWED_ALGORITHM = "disallowed_algorithm"
+    MISSING_CLAIM = "missing_claim"
+    INVALID_TOKEN = "invalid_token"
+    # API keys
+    INVALID_API_KEY = "invalid_api_key"
+    KEY_EXPIRED = "key_expired"
+    KEY_DISABLED = "key_disabled"
+    # Authorization
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    CONSUMER_NOT_ALLOWED = "consumer_not_allowed"
+    FORBIDDEN = "forbidden"
+    # Request / dependencies
+    BAD_REQUEST = "bad_request"
+    JWKS_UNAVAILABLE = "jwks_unavailable"
+    DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
+
+class ExtAuthzError(Exception):
+    """Base class of every error extauthz raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a configuration: where (``routes[2].authn[0].jwt.issuer``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(ExtAuthzError):
+    """A configuration was refused; ``issues`` lists every problem found, not just the first."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+class CheckError(ExtAuthzError):
+    """An expected failure while checking one request."""
+
+    def __init__(self, reason: Reason, description: str = "", detail: str = "") -> None:
+        self.reason = reason
+        self.description = description or reason.value.replace("_", " ")
+        self.detail = detail
+        super().__init__(f"{reason.value}: {self.description}")
+
+
+class AuthenticationError(CheckError):
+    """A credential was present but is invalid. Never falls through to another method."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        description: str = "",
+        detail: str = "",
+        *,
+        authenticator: str = "",
+    ) -> None:
+        super().__init__(reason, description, detail)
+        self.authenticator = authenticator
+
+
+class AuthorizationError(CheckError):
+    """The identity is known but the route's policy denies the request."""
+
+    def __init__(
+        self, reason: Reason, description: str = "", detail: str = "", *, scope: str = ""
+    ) -> None:
+        super().__init__(reason, description, detail)
+        #: the scope(s) that would have been needed, for ``insufficient_scope`` challenges
+        self.scope = scope
+
+
+class BadRequestError(CheckError):
+    """The request is malformed (e.g. two credentials of one kind) or over a limit."""
+
+
+class DependencyUnavailable(CheckError):
+    """Something the check needs (JWKS, an introspection endpoint, ...) is unavailable."""

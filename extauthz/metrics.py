@@ -1,0 +1,86 @@
+"""Prometheus metrics. Every label value is bounded: route and authenticator names come from the
+configuration, the rest are enums (:class:`~extauthz.errors.Reason`, outcomes, methods). Never a
+path, subject or token.
+
+A :class:`Metrics` instance owns its registry so tests can make a fresh one; the server uses one
+per process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Latency buckets sized for an in-path authorizer: most checks are well under a millisecond.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+
+#: The route label used when no route matched.
+NO_ROUTE_LABEL = "_no_route_"
+
+
+class Metrics:
+    """The metric families of extauthz, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.checks = Counter(
+            "extauthz_checks",
+            "Check decisions by route, outcome (allow, deny, shadow_deny) and reason code.",
+            ["route", "outcome", "reason"],
+            registry=r,
+        )
+        self.check_duration = Histogram(
+            "extauthz_check_duration_seconds",
+            "Time spent deciding one Check, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.authentications = Counter(
+            "extauthz_authentications",
+            "Credential verifications by method and result (ok or a reason code).",
+            ["method", "result"],
+            registry=r,
+        )
+        self.jwks_fetches = Counter(
+            "extauthz_jwks_fetches",
+            "JWKS / OIDC discovery fetches by issuer and result.",
+            ["issuer", "result"],
+            registry=r,
+        )
+        self.jwks_age = Gauge(
+            "extauthz_jwks_age_seconds",
+            "Seconds since the keys of an issuer were last fetched successfully.",
+            ["issuer"],
+            registry=r,
+        )
+        self.jwks_keys = Gauge(
+            "extauthz_jwks_keys",
+            "Number of usable keys currently held for an issuer.",
+            ["issuer"],
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            "extauthz_cache_requests",
+            "Verified-credential cache lookups by cache and result (hit or miss).",
+            ["cache", "result"],
+            registry=r,
+        )
+        self.config_loads = Counter(
+            "extauthz_config_loads",
+            "Configuration loads by result (success or failure).",
+            ["result"],
+            registry=r,
+        )
+        self.config_last_success = Gauge(
+            "extauthz_config_last_success_timestamp_seconds",
+            "When the configuration currently serving was loaded.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "extauthz_ready",
+            "1 when a valid configuration is loaded and the server accepts checks.",
+            registry=r,
+        )

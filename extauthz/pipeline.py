@@ -1,0 +1,224 @@
+"""The check pipeline: RequestView -> route -> authenticate -> authorize -> Decision.
+
+:class:`Engine` holds a reference to the current :class:`Snapshot`; a check reads it once, so a
+reload (which swaps the reference) never mixes two configurations within one request.
+``Engine.check`` never raises: every failure becomes a deny decision (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from extauthz.authn.base import Authenticator
+from extauthz.config.compile import Snapshot
+from extauthz.decision import Decision, GrpcCode, Outcome, deny, from_error
+from extauthz.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    BadRequestError,
+    CheckError,
+    Reason,
+)
+from extauthz.metrics import NO_ROUTE_LABEL, Metrics
+from extauthz.request import path_is_normalized
+from extauthz.routing import Route
+from extauthz.types import AuthMethod, Identity, RequestView
+
+log = logging.getLogger("extauthz.check")
+
+_CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
+
+
+def _header_safe(value: str) -> bool:
+    """False for values Envoy would refuse or that could split a header (CR, LF, NUL, ...)."""
+    return not any(ch in _CONTROL for ch in value) if value else True
+
+
+class Engine:
+    """Decides checks against the current snapshot."""
+
+    def __init__(self, metrics: Metrics, snapshot: Snapshot | None = None) -> None:
+        self.metrics = metrics
+        self.snapshot = snapshot
+
+    def swap(self, snapshot: Snapshot) -> Snapshot | None:
+        """Install ``snapshot`` atomically; returns the previous one (for the caller to close)."""
+        previous, self.snapshot = self.snapshot, snapshot
+        return previous
+
+    async def check(self, view: RequestView) -> Decision:
+        """Decide one request. Never raises."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return deny(503, GrpcCode.UNAVAILABLE, Reason.DEPENDENCY_UNAVAILABLE, NO_ROUTE_LABEL,
+                        "authorization service not ready", request_id=view.request_id)
+        try:
+            return await self._check(snapshot, view)
+        except CheckError as exc:
+            return from_error(exc, NO_ROUTE_LABEL, request_id=view.request_id)
+        except Exception:
+            log.exception("unexpected error while checking a request (denied)")
+            return from_error(RuntimeError(), NO_ROUTE_LABEL, request_id=view.request_id)
+
+    async def _check(self, snapshot: Snapshot, view: RequestView) -> Decision:
+        if not path_is_normalized(view.path):
+            raise BadRequestError(Reason.BAD_REQUEST, "path is not normalized")
+        match = snapshot.routes.match(view)
+        if match is None:
+            if snapshot.settings.unmatched == "allow":
+                return self._allow(snapshot, None, None, view)
+            return deny(403, GrpcCode.PERMISSION_DENIED, Reason.NO_ROUTE, NO_ROUTE_LABEL,
+                        "no route for this request", request_id=view.request_id)
+        route = match.route
+        try:
+            if route.public:
+                return self._allow(snapshot, route, None, view)
+            identity = await self._authenticate(route, view)
+            if identity is None:
+                return deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL,
+                            route.name, "credentials required",
+                            challenges=[a.challenge() for a in route.authenticators],
+                            request_id=view.request_id)
+            try:
+                route.policy.evaluate(view, identity, match.params)
+            except AuthorizationError as exc:
+                return from_error(exc, route.name, request_id=view.request_id,
+                                  identity=identity,
+                                  challenges=_forbidden_challenges(snapshot, identity, exc))
+            return self._allow(snapshot, route, identity, view)
+        except AuthenticationError as exc:
+            return from_error(exc, route.name, request_id=view.request_id,
+                              challenges=_invalid_challenges(route, exc))
+        except CheckError as exc:
+            return from_error(exc, route.name, request_id=view.request_id)
+        except Exception:
+            log.exception("unexpected error on route %s (denied)", route.name)
+            return from_error(RuntimeError(), route.name, request_id=view.request_id)
+
+    async def _authenticate(self, route: Route, view: RequestView) -> Identity | None:
+        """Any-of: the first method whose credential is present decides (valid or not)."""
+        counter = self.metrics.authentications
+        for authenticator in route.authenticators:
+            try:
+                identity = await authenticator.authenticate(view)
+            except CheckError as exc:
+                counter.labels(authenticator.kind.value, exc.reason.value).inc()
+                if isinstance(exc, AuthenticationError) and not exc.authenticator:
+                    exc.authenticator = authenticator.name
+                raise
+            if identity is not None:
+                counter.labels(authenticator.kind.value, "ok").inc()
+                return identity
+        return None
+
+    def _allow(
+        self,
+        snapshot: Snapshot,
+        route: Route | None,
+        identity: Identity | None,
+        view: RequestView,
+    ) -> Decision:
+        settings = snapshot.settings
+        prefix = settings.identity_header_prefix
+        upstream: list[tuple[str, str]] = []
+        if identity is not None:
+            upstream.append((prefix + "subject", identity.subject))
+            upstream.append((prefix + "method", identity.method.value))
+            if identity.consumer:
+                upstream.append((prefix + "consumer", identity.consumer))
+            if identity.scopes:
+                upstream.append((prefix + "scopes", " ".join(sorted(identity.scopes))))
+            upstream.extend(identity.headers)
+            upstream = [(k, v) for k, v in upstream if _header_safe(v)]
+        upstream_names = {k for k, _ in upstream}
+        remove: list[str] = []
+        remove_query: list[str] = []
+        # Clients must never be able to send identity headers themselves.
+        for name in view.headers:
+            if name.startswith(prefix) and name not in upstream_names:
+                remove.append(name)
+        if route is not None:
+            for authenticator in route.authenticators:
+                # Headers an authenticator may inject (claims) are reserved too, even when unset.
+                for header in _claim_headers(authenticator):
+                    if header in view.headers and header not in upstream_names:
+                        remove.append(header)
+                if route.strip_credentials:
+                    for header in authenticator.credential_headers():
+                        if header in view.headers and header not in upstream_names:
+                            remove.append(header)
+                    for param in authenticator.credential_query_params():
+                        if param in view.query:
+                            remove_query.append(param)
+                    cookies = authenticator.credential_cookies()
+                    if cookies and "cookie" in view.headers:
+                        upstream.extend(_without_cookies(view.headers["cookie"], cookies, remove))
+        return Decision(
+            outcome=Outcome.ALLOW,
+            http_status=200,
+            grpc_code=GrpcCode.OK,
+            reason=Reason.OK if identity is not None else Reason.PUBLIC,
+            route=route.name if route is not None else NO_ROUTE_LABEL,
+            identity=identity,
+            upstream_headers=tuple(upstream),
+            remove_headers=tuple(dict.fromkeys(remove)),
+            remove_query=tuple(remove_query),
+            dynamic_metadata=_metadata(route, identity),
+        )
+
+
+def _claim_headers(authenticator: Authenticator) -> tuple[str, ...]:
+    return tuple(getattr(authenticator, "injected_headers", ()))
+
+
+def _without_cookies(
+    raw: str, names: tuple[str, ...], remove: list[str]
+) -> list[tuple[str, str]]:
+    """Rewrite the Cookie header without the credential cookies (or remove it if none remain)."""
+    kept = [p.strip() for p in raw.split(";")
+            if p.strip() and p.strip().partition("=")[0] not in names]
+    if len(kept) == len([p for p in raw.split(";") if p.strip()]):
+        return []
+    if not kept:
+        remove.append("cookie")
+        return []
+    return [("cookie", "; ".join(kept))]
+
+
+def _metadata(route: Route | None, identity: Identity | None) -> Mapping[str, Any]:
+    meta: dict[str, Any] = {"route": route.name if route is not None else NO_ROUTE_LABEL}
+    if identity is not None:
+        meta["identity"] = {
+            "subject": identity.subject,
+            "method": identity.method.value,
+            "authenticator": identity.authenticator,
+            "consumer": identity.consumer or "",
+            "scopes": sorted(identity.scopes),
+        }
+    return meta
+
+
+def _invalid_challenges(route: Route, error: AuthenticationError) -> list[str]:
+    """On an invalid credential: the failing method's challenge with the error, others plain."""
+    out = []
+    for authenticator in route.authenticators:
+        if authenticator.name == error.authenticator:
+            out.append(authenticator.challenge(error))
+        else:
+            out.append(authenticator.challenge())
+    return out
+
+
+def _forbidden_challenges(
+    snapshot: Snapshot, identity: Identity, error: AuthorizationError
+) -> list[str]:
+    """RFC 6750 §3.1: a bearer token lacking scope gets ``error="insufficient_scope"``."""
+    if identity.method not in (AuthMethod.JWT, AuthMethod.INTROSPECTION):
+        return []
+    if error.reason is not Reason.INSUFFICIENT_SCOPE:
+        return []
+    realm = snapshot.settings.realm.replace("\\", "\\\\").replace('"', '\\"')
+    scope = error.scope.replace('"', "")
+    return [f'Bearer realm="{realm}", error="insufficient_scope", scope="{scope}"']

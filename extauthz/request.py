@@ -1,0 +1,116 @@
+"""The only reader of CheckRequest protos: turns one into a frozen :class:`RequestView`.
+
+Envoy facts this relies on (verified against Envoy 1.40, see DESIGN.md §4):
+
+* ``http.headers`` carries every request header, pseudo-headers included, keys lowercase,
+  repeated headers joined with ``,``. With ``encode_raw_headers: true`` they come only in
+  ``http.header_map`` with ``raw_value`` bytes; both forms are read.
+* ``http.path`` includes the query string; ``http.query`` and ``http.fragment`` are always empty.
+* ``http.id`` is Envoy's stream id; the request id is the ``x-request-id`` header.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import parse_qsl
+
+from extauthz.errors import BadRequestError, Reason
+from extauthz.types import Headers, RequestView
+
+#: More query parameters than this is refused (400) rather than parsed.
+MAX_QUERY_PARAMS = 256
+
+
+def split_host(authority: str) -> str:
+    """Lowercase ``authority`` and strip any port (IPv6 literals keep their brackets)."""
+    host = authority.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    head, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return head
+    return host
+
+
+def _headers(http: Any) -> Headers:
+    if http.headers:
+        # Envoy already lowercases keys; trust that (hot path) but normalise if not.
+        data = dict(http.headers)
+        for key in data:
+            if not key.islower() and key.lower() != key:
+                return Headers(data)
+        return Headers.from_lowercase(data)
+    data = {}
+    for header in http.header_map.headers:
+        key = header.key.lower()
+        value = header.raw_value.decode("utf-8", "surrogateescape") if header.raw_value else header.value
+        # Envoy joins repeated headers with "," in the map form; do the same for the raw form.
+        data[key] = f"{data[key]},{value}" if key in data else value
+    return Headers.from_lowercase(data)
+
+
+def from_check_request(request: Any) -> RequestView:
+    """Build a RequestView from an ``envoy.service.auth.v3.CheckRequest``."""
+    attrs = request.attributes
+    http = attrs.request.http
+    headers = _headers(http)
+    raw_path = http.path or headers.get(":path", "/")
+    path, _, raw_query = raw_path.partition("?")
+    path, _, _fragment = path.partition("#")
+    query = MappingProxyType(_parse_query(raw_query)) if raw_query else MappingProxyType({})
+    authority = http.host or headers.get(":authority", "") or headers.get("host", "")
+    body = http.raw_body if http.raw_body else http.body.encode("utf-8", "surrogateescape")
+    source = attrs.source
+    return RequestView(
+        method=(http.method or headers.get(":method", "")).upper(),
+        host=split_host(authority),
+        path=path or "/",
+        raw_query=raw_query,
+        query=query,
+        scheme=http.scheme or headers.get(":scheme", "http"),
+        headers=headers,
+        source_address=source.address.socket_address.address,
+        source_principal=source.principal,
+        peer_certificate=source.certificate,
+        context_extensions=MappingProxyType(dict(attrs.context_extensions)),
+        body=body,
+        request_id=headers.get("x-request-id", ""),
+        protocol=http.protocol,
+    )
+
+
+def _parse_query(raw_query: str) -> dict[str, str]:
+    # First occurrence wins; a credential parameter repeated with a different value is rejected by
+    # the authenticator that reads it, not silently resolved here.
+    out: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(raw_query, keep_blank_values=True, max_num_fields=MAX_QUERY_PARAMS)
+    except ValueError as exc:
+        raise BadRequestError(Reason.BAD_REQUEST, "too many query parameters") from exc
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+_SUSPICIOUS_SEGMENTS = ("/./", "/../", "//")
+
+
+def path_is_normalized(path: str) -> bool:
+    """True when ``path`` has no dot-segments, empty segments, or encoded ``/``, ``\\`` or ``.``.
+
+    A normalizing Envoy (``normalize_path``, ``merge_slashes``,
+    ``path_with_escaped_slashes_action``) never sends such paths. If one arrives, Envoy is
+    configured permissively and the upstream may resolve the path differently from how a route
+    prefix matched it (``/public/../admin``), so the check is refused instead.
+    """
+    if any(s in path for s in _SUSPICIOUS_SEGMENTS):
+        return False
+    if path.endswith(("/.", "/..")):
+        return False
+    if "%" in path:
+        lowered = path.lower()
+        if "%2f" in lowered or "%5c" in lowered or "%2e" in lowered:
+            return False
+    return "\\" not in path

@@ -1,0 +1,146 @@
+"""Process lifecycle: load config, serve gRPC (Check + Health) and HTTP admin, stop gracefully.
+
+Stop sequence on SIGTERM/SIGINT: health -> NOT_SERVING and ``/readyz`` -> 503 first (so Envoy and
+Kubernetes stop sending), then the gRPC server stops accepting and waits up to the grace period
+for in-flight checks, then background work (JWKS refresh) is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from extauthz.admin import make_admin_app
+from extauthz.config.compile import Snapshot, load_snapshot
+from extauthz.metrics import Metrics
+from extauthz.pipeline import Engine
+from extauthz.servicer import AuthorizationServicer
+
+log = logging.getLogger("extauthz.server")
+
+#: The gRPC service name Envoy's ``grpc_health_check`` may ask about (besides the empty name).
+AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """How to run the server."""
+
+    config_path: str
+    grpc_address: str = "127.0.0.1:9001"
+    http_address: str = "127.0.0.1:9090"
+    grace_seconds: float = 10.0
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[v6]:PORT``) -> (host, port); raises ValueError when malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class Server:
+    """One extauthz process: the Check service, health, and the admin endpoint."""
+
+    def __init__(self, options: ServerOptions, metrics: Metrics | None = None) -> None:
+        self.options = options
+        self.metrics = metrics or Metrics()
+        self.engine = Engine(self.metrics)
+        self.health = health.aio.HealthServicer()
+        self._draining = False
+        self._stopped = asyncio.Event()
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.snapshot is not None and not self._draining
+
+    async def load(self) -> Snapshot:
+        """Load, compile and start the configuration, then install it (raises ConfigError)."""
+        try:
+            snapshot = load_snapshot(self.options.config_path, self.metrics)
+        except Exception:
+            self.metrics.config_loads.labels("failure").inc()
+            raise
+        await snapshot.start()
+        previous = self.engine.swap(snapshot)
+        self.metrics.config_loads.labels("success").inc()
+        self.metrics.config_last_success.set_to_current_time()
+        if previous is not None:
+            await previous.close()
+        return snapshot
+
+    async def start(self) -> None:
+        """Load the configuration and start listening. Raises on a bad config or a busy port."""
+        await self.load()
+        # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(self.engine), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.grpc_port = server.add_insecure_port(self.options.grpc_address)
+        if not self.grpc_port:
+            raise OSError(f"cannot listen on {self.options.grpc_address}")
+        await server.start()
+        self._grpc = server
+        host, port = split_address(self.options.http_address)
+        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_port=False)
+        await site.start()
+        self._runner = runner
+        sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 (actual port)
+        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        await self._set_serving(True)
+        self.metrics.ready.set(1)
+        log.info("serving grpc=%s http=%s", self.options.grpc_address, self.options.http_address)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", AUTHZ_SERVICE):
+            await self.health.set(service, status)
+
+    async def stop(self) -> None:
+        """Drain and stop (idempotent)."""
+        if self._draining:
+            await self._stopped.wait()
+            return
+        self._draining = True
+        self.metrics.ready.set(0)
+        await self._set_serving(False)
+        if self._grpc is not None:
+            await self._grpc.stop(self.options.grace_seconds)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        snapshot = self.engine.snapshot
+        if snapshot is not None:
+            await snapshot.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        """Start, then serve until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("signal received: draining")
+        await self.stop()

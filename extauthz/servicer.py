@@ -1,0 +1,56 @@
+"""The gRPC ``envoy.service.auth.v3.Authorization`` servicer.
+
+``Check`` never raises: reading the request, deciding and building the response are all inside
+one guard, and anything unexpected becomes a fail-closed 503 deny.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from extauthz.decision import Decision, from_error
+from extauthz.errors import CheckError
+from extauthz.metrics import NO_ROUTE_LABEL
+from extauthz.pipeline import Engine
+from extauthz.request import from_check_request
+from extauthz.wire import to_check_response
+
+log = logging.getLogger("extauthz.servicer")
+
+
+async def decide(engine: Engine, request: Any) -> Decision:
+    """Read ``request`` (a CheckRequest) and decide it; never raises."""
+    try:
+        view = from_check_request(request)
+    except CheckError as exc:
+        return from_error(exc, NO_ROUTE_LABEL)
+    except Exception:
+        log.exception("could not read a CheckRequest (denied)")
+        return from_error(RuntimeError(), NO_ROUTE_LABEL)
+    return await engine.check(view)
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """Answers Envoy's ext_authz ``Check`` calls from an :class:`Engine`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metrics = engine.metrics
+        self._checks = metrics.checks
+        self._duration = metrics.check_duration
+
+    async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
+        started = time.perf_counter()
+        try:
+            decision = await decide(self.engine, request)
+            response = to_check_response(decision)
+        except Exception:
+            log.exception("could not build a CheckResponse (denied)")
+            decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
+            response = to_check_response(decision)
+        self._checks.labels(decision.route, decision.outcome.value, decision.reason.value).inc()
+        self._duration.labels(decision.route).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,65 @@
+"""The only builder of CheckResponse protos: Decision -> ``envoy.service.auth.v3.CheckResponse``.
+
+Envoy facts this relies on (verified against Envoy 1.40, see DESIGN.md §4):
+
+* A deny needs a non-OK ``status`` **and** a ``denied_response`` with an explicit HTTP status;
+  without the latter Envoy answers 403 even for UNAUTHENTICATED.
+* ``ok_response.headers`` ignores ``append_action`` in 1.40: the deprecated ``append`` BoolValue is
+  set explicitly (``false`` = overwrite-or-add).
+* ``headers_to_remove`` cannot remove pseudo-headers or ``host``; those are never listed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from extauthz._proto.envoy.config.core.v3 import base_pb2
+from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
+from extauthz._proto.google.rpc import status_pb2
+from extauthz.decision import Decision
+
+_OVERWRITE = wrappers_pb2.BoolValue(value=False)
+_APPEND = wrappers_pb2.BoolValue(value=True)
+_UNREMOVABLE = frozenset({"host"})
+
+
+def _header(key: str, value: str, *, append: bool) -> Any:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append=_APPEND if append else _OVERWRITE,
+    )
+
+
+def to_check_response(decision: Decision) -> Any:
+    """Build the CheckResponse that makes Envoy carry out ``decision``."""
+    response = external_auth_pb2.CheckResponse()
+    response.status.CopyFrom(status_pb2.Status(code=int(decision.grpc_code)))
+    if decision.allowed:
+        ok = response.ok_response
+        ok.headers.extend(_header(k, v, append=False) for k, v in decision.upstream_headers)
+        ok.headers_to_remove.extend(
+            h for h in decision.remove_headers if not h.startswith(":") and h not in _UNREMOVABLE
+        )
+        ok.query_parameters_to_remove.extend(decision.remove_query)
+    else:
+        response.status.message = decision.reason.value
+        denied = response.denied_response
+        denied.status.code = decision.http_status  # type: ignore[assignment]
+        # Repeated names (several WWW-Authenticate challenges) are appended, not overwritten.
+        seen: set[str] = set()
+        for key, value in decision.response_headers:
+            denied.headers.append(_header(key, value, append=key in seen))
+            seen.add(key)
+        denied.body = decision.body
+    if decision.dynamic_metadata:
+        response.dynamic_metadata.CopyFrom(_struct(decision.dynamic_metadata))
+    return response
+
+
+def _struct(data: Any) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(data)
+    return s
+
