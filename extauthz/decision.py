@@ -9,12 +9,14 @@ Mapping (the only one in the code base)::
     AuthenticationError                     401  UNAUTHENTICATED    its reason
     AuthorizationError                      403  PERMISSION_DENIED  its reason
     BadRequestError                         400  INVALID_ARGUMENT   its reason
+    TooManyAttempts                         429  RESOURCE_EXHAUSTED its reason (+ Retry-After)
     DependencyUnavailable                   503  UNAVAILABLE        its reason
     any other exception                     503  UNAVAILABLE        internal_error
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from collections.abc import Mapping, Sequence
@@ -27,6 +29,7 @@ from extauthz.errors import (
     AuthorizationError,
     BadRequestError,
     CheckError,
+    TooManyAttempts,
     DependencyUnavailable,
     Reason,
 )
@@ -148,6 +151,11 @@ def from_error(
     if isinstance(error, BadRequestError):
         return deny(400, GrpcCode.INVALID_ARGUMENT, error.reason, route, error.description,
                     request_id=request_id)
+    if isinstance(error, TooManyAttempts):
+        limited = deny(429, GrpcCode.RESOURCE_EXHAUSTED, error.reason, route, error.description,
+                       request_id=request_id)
+        return dataclasses.replace(limited, response_headers=limited.response_headers + (
+            ("retry-after", str(error.retry_after)),))
     if isinstance(error, DependencyUnavailable):
         return deny(503, GrpcCode.UNAVAILABLE, error.reason, route, error.description,
                     request_id=request_id)

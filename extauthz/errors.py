@@ -8,6 +8,7 @@
         ├── AuthenticationError     a credential was present but is invalid       -> 401
         ├── AuthorizationError      authenticated, but the policy says no         -> 403
         ├── BadRequestError         the request itself is malformed or too large  -> 400
+        ├── TooManyAttempts         brute-force limit reached                     -> 429
         └── DependencyUnavailable   a dependency we need is down (JWKS, ...)      -> 503
 
 Every :class:`CheckError` maps to exactly one outcome in :func:`extauthz.decision.from_error`;
@@ -30,17 +31,17 @@ class Reason(enum.StrEnum):
     NO_ROUTE = "no_route"
     MISSING_CREDENTIAL = "missing_credential"
     # JWT
-    MALFORMED_TOKEN = "malformed_token"
-    TOKEN_EXPIRED = "token_expired"
-    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
-    TOKEN_ISSUED_IN_FUTURE = "token_issued_in_future"
+    MALFORMED_TOKEN = "malformed_token"  # noqa: S105
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"  # noqa: S105
+    TOKEN_ISSUED_IN_FUTURE = "token_issued_in_future"  # noqa: S105
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
     WRONG_AUDIENCE = "wrong_audience"
     WRONG_ISSUER = "wrong_issuer"
     DISALLOWED_ALGORITHM = "disallowed_algorithm"
     MISSING_CLAIM = "missing_claim"
-    INVALID_TOKEN = "invalid_token"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105
     # API keys
     INVALID_API_KEY = "invalid_api_key"
     KEY_EXPIRED = "key_expired"
@@ -51,6 +52,7 @@ class Reason(enum.StrEnum):
     FORBIDDEN = "forbidden"
     # Request / dependencies
     BAD_REQUEST = "bad_request"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
     JWKS_UNAVAILABLE = "jwks_unavailable"
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -117,6 +119,14 @@ class AuthorizationError(CheckError):
 
 class BadRequestError(CheckError):
     """The request is malformed (e.g. two credentials of one kind) or over a limit."""
+
+
+class TooManyAttempts(CheckError):
+    """Too many failed attempts (per user or source); checked *before* any expensive verify."""
+
+    def __init__(self, reason: Reason, description: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(reason, description)
+        self.retry_after = max(1, int(retry_after))
 
 
 class DependencyUnavailable(CheckError):

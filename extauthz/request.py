@@ -45,7 +45,8 @@ def _headers(http: Any) -> Headers:
     data = {}
     for header in http.header_map.headers:
         key = header.key.lower()
-        value = header.raw_value.decode("utf-8", "surrogateescape") if header.raw_value else header.value
+        raw = header.raw_value
+        value = raw.decode("utf-8", "surrogateescape") if raw else header.value
         # Envoy joins repeated headers with "," in the map form; do the same for the raw form.
         data[key] = f"{data[key]},{value}" if key in data else value
     return Headers.from_lowercase(data)

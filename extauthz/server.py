@@ -101,7 +101,7 @@ class Server:
         site = web.TCPSite(runner, host, port, reuse_port=False)
         await site.start()
         self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 (actual port)
+        sockets = getattr(site._server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else port
         await self._set_serving(True)
         self.metrics.ready.set(1)

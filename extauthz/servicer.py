@@ -33,7 +33,7 @@ async def decide(engine: Engine, request: Any) -> Decision:
     return await engine.check(view)
 
 
-class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     """Answers Envoy's ext_authz ``Check`` calls from an :class:`Engine`."""
 
     def __init__(self, engine: Engine) -> None:
@@ -42,7 +42,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self._checks = metrics.checks
         self._duration = metrics.check_duration
 
-    async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
+    async def Check(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
         try:
             decision = await decide(self.engine, request)

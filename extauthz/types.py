@@ -47,6 +47,10 @@ class Headers(Mapping[str, str]):
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key.lower(), default)
 
+    def value(self, key: str) -> str | None:
+        """The header's value, or None (typed shortcut for ``get``)."""
+        return self._data.get(key.lower())
+
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key.lower() in self._data
 
@@ -86,7 +90,7 @@ class RequestView:
 
     def cookie(self, name: str) -> str | None:
         """Return the value of cookie ``name`` from the ``cookie`` header, if present."""
-        raw = self.headers.get("cookie")
+        raw = self.headers.value("cookie")
         if not raw:
             return None
         for part in raw.split(";"):

@@ -48,11 +48,11 @@ class Authenticator(Protocol):
     name: str
 
     async def authenticate(self, view: RequestView) -> Identity | None:
-        """Verify this method's credential in ``view``; see the module docstring for the contract."""
+        """Verify this method's credential in ``view`` (contract: module docstring)."""
         ...
 
     def challenge(self, error: AuthenticationError | None = None) -> str:
-        """The ``WWW-Authenticate`` value for a 401 (``error`` set when a credential was invalid)."""
+        """The ``WWW-Authenticate`` value for a 401 (``error``: the credential was invalid)."""
         ...
 
     def credential_headers(self) -> tuple[str, ...]:

@@ -34,9 +34,9 @@ class Source:
         caller can reject it as malformed rather than treat it as absent.
         """
         if self.header is not None:
-            return view.headers.get(self.header)
+            return view.headers.value(self.header)
         if self.scheme is not None:
-            raw = view.headers.get("authorization")
+            raw = view.headers.value("authorization")
             if raw is None:
                 return None
             scheme, _, rest = raw.strip().partition(" ")

@@ -135,7 +135,10 @@ class JwtSpec(Model):
 
 
 class AuthnSpec(Model):
-    """An authentication method: exactly one kind, or a reference to a named one."""
+    """An authentication method: exactly one kind, or a reference to a named one.
+
+    Adding a kind = one optional field here (its name is the config key and the registry key).
+    """
 
     ref: Name | None = None
     api_key: ApiKeySpec | None = None
@@ -148,14 +151,19 @@ class AuthnSpec(Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> AuthnSpec:
-        kinds = [k for k in ("ref", "api_key", "jwt") if getattr(self, k) is not None]
+        kinds = [k for k in type(self).model_fields if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("set exactly one authentication kind (api_key, jwt) or a name")
+            names = ", ".join(k for k in type(self).model_fields if k != "ref")
+            raise ValueError(f"set exactly one authentication kind ({names}) or a name")
         return self
 
     @property
     def kind(self) -> str:
-        return "api_key" if self.api_key is not None else "jwt" if self.jwt is not None else "ref"
+        """The configured kind (``ref`` for a reference to a named authenticator)."""
+        for name in type(self).model_fields:
+            if getattr(self, name) is not None:
+                return name
+        return "ref"
 
 
 class ApiKeyEntry(Model):

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import grpc
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from extauthz.keys import hash_api_key
 from extauthz.server import Server, ServerOptions

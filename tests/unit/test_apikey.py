@@ -91,8 +91,9 @@ def test_unknown_consumer_in_restriction_refused() -> None:
 
 
 def test_duplicate_hash_refused() -> None:
-    dup = [Consumer.model_validate({"name": "a", "keys": [{"id": "1", "hash": hash_api_key(GOOD)}]}),
-           Consumer.model_validate({"name": "b", "keys": [{"id": "2", "hash": hash_api_key(GOOD)}]})]
+    entry = {"id": "1", "hash": hash_api_key(GOOD)}
+    dup = [Consumer.model_validate({"name": "a", "keys": [entry]}),
+           Consumer.model_validate({"name": "b", "keys": [entry]})]
     with pytest.raises(ValueError, match="same hash"):
         ApiKeyAuthenticator.from_spec("k", ApiKeySpec(), make_ctx(dup))
 
