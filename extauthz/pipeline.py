@@ -7,6 +7,7 @@ reload (which swaps the reference) never mixes two configurations within one req
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -75,11 +76,15 @@ class Engine:
         try:
             if route.public:
                 return self._allow(snapshot, route, None, view)
-            identity = await self._authenticate(route, view)
+            if route.require_all:
+                identity, missing = await self._authenticate_all(route, view)
+            else:
+                identity = await self._authenticate(route, view)
+                missing = route.authenticators if identity is None else ()
             if identity is None:
                 return deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL,
                             route.name, "credentials required",
-                            challenges=[a.challenge() for a in route.authenticators],
+                            challenges=[a.challenge() for a in missing],
                             request_id=view.request_id)
             try:
                 route.policy.evaluate(view, identity, match.params)
@@ -99,19 +104,56 @@ class Engine:
 
     async def _authenticate(self, route: Route, view: RequestView) -> Identity | None:
         """Any-of: the first method whose credential is present decides (valid or not)."""
-        counter = self.metrics.authentications
         for authenticator in route.authenticators:
-            try:
-                identity = await authenticator.authenticate(view)
-            except CheckError as exc:
-                counter.labels(authenticator.kind.value, exc.reason.value).inc()
-                if isinstance(exc, AuthenticationError) and not exc.authenticator:
-                    exc.authenticator = authenticator.name
-                raise
+            identity = await self._run(authenticator, view)
             if identity is not None:
-                counter.labels(authenticator.kind.value, "ok").inc()
                 return identity
         return None
+
+    async def _authenticate_all(
+        self, route: Route, view: RequestView
+    ) -> tuple[Identity | None, tuple[Authenticator, ...]]:
+        """All-of: every method must succeed. Returns (merged identity, methods lacking one).
+
+        The first method's identity is primary (subject, consumer); scopes are the union of what
+        every method granted; ``methods`` lists them all. An invalid credential raises at once.
+        """
+        identities: list[Identity] = []
+        missing: list[Authenticator] = []
+        for authenticator in route.authenticators:
+            identity = await self._run(authenticator, view)
+            if identity is None:
+                missing.append(authenticator)
+            else:
+                identities.append(identity)
+        if missing:
+            return None, tuple(missing)
+        primary = identities[0]
+        scopes = frozenset().union(*(i.scopes for i in identities))
+        headers = tuple(h for i in identities for h in i.headers)
+        expiries = [i.expires_at for i in identities if i.expires_at is not None]
+        merged = dataclasses.replace(
+            primary,
+            scopes=scopes,
+            headers=headers,
+            methods=tuple(i.method for i in identities),
+            expires_at=min(expiries) if expiries else None,
+        )
+        return merged, ()
+
+    async def _run(self, authenticator: Authenticator, view: RequestView) -> Identity | None:
+        """Run one authenticator, counting the result (ok or reason) by method."""
+        counter = self.metrics.authentications
+        try:
+            identity = await authenticator.authenticate(view)
+        except CheckError as exc:
+            counter.labels(authenticator.kind.value, exc.reason.value).inc()
+            if isinstance(exc, AuthenticationError) and not exc.authenticator:
+                exc.authenticator = authenticator.name
+            raise
+        if identity is not None:
+            counter.labels(authenticator.kind.value, "ok").inc()
+        return identity
 
     def _allow(
         self,
@@ -126,6 +168,9 @@ class Engine:
         if identity is not None:
             upstream.append((prefix + "subject", identity.subject))
             upstream.append((prefix + "method", identity.method.value))
+            if len(identity.all_methods) > 1:
+                upstream.append(
+                    (prefix + "methods", ",".join(m.value for m in identity.all_methods)))
             if identity.consumer:
                 upstream.append((prefix + "consumer", identity.consumer))
             if identity.scopes:
@@ -193,6 +238,7 @@ def _metadata(route: Route | None, identity: Identity | None) -> Mapping[str, An
         meta["identity"] = {
             "subject": identity.subject,
             "method": identity.method.value,
+            "methods": [m.value for m in identity.all_methods],
             "authenticator": identity.authenticator,
             "consumer": identity.consumer or "",
             "scopes": sorted(identity.scopes),

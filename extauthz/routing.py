@@ -114,6 +114,8 @@ class Route:
     authenticators: tuple[Authenticator, ...]
     policy: Policy
     strip_credentials: bool
+    #: every authenticator must succeed (``all_of``) instead of the first present one (``any_of``)
+    require_all: bool = False
 
     def match(self, view: RequestView) -> Mapping[str, str] | None:
         if self.methods and view.method not in self.methods:

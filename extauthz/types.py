@@ -129,3 +129,9 @@ class Identity:
     expires_at: float | None = None
     headers: tuple[tuple[str, str], ...] = ()
     key_id: str | None = None
+    #: every method that succeeded, in route order (more than one under ``all_of``)
+    methods: tuple[AuthMethod, ...] = ()
+
+    @property
+    def all_methods(self) -> tuple[AuthMethod, ...]:
+        return self.methods or (self.method,)

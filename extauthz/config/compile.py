@@ -197,6 +197,7 @@ class _Compiler:
             authenticators=tuple(authenticators),
             policy=Policy.from_spec(spec.authz),
             strip_credentials=self.settings.strip_credentials if strip is None else strip,
+            require_all=spec.authn_mode == "all_of",
         )
 
 

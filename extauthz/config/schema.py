@@ -258,6 +258,9 @@ class RouteSpec(Model):
     match: RouteMatch = Field(default_factory=RouteMatch)
     public: bool = False
     authn: list[AuthnSpec] = Field(default_factory=list)
+    #: ``any_of``: the first method whose credential is present decides; ``all_of``: every
+    #: method must succeed (e.g. mTLS and a JWT)
+    authn_mode: Literal["any_of", "all_of"] = "any_of"
     authz: AuthzSpec = Field(default_factory=AuthzSpec)
     strip_credentials: bool | None = None
 

@@ -189,3 +189,41 @@ def test_config_errors_collected_across_routes(tmp_path: Path) -> None:
     assert "routes[4].authn[0]: unknown authenticator 'nope'" in text
     assert "routes[4].authz.consumers[0]: unknown consumer 'carol'" in text
     assert "routes[5].match.template" in text
+
+
+ALL_OF = f"""
+consumers:
+- name: alice
+  keys: [{{id: k1, hash: "{hash_api_key(KEY)}", scopes: [a]}}]
+- name: bob
+  keys: [{{id: b1, hash: "{hash_api_key(RO_KEY)}", scopes: [b]}}]
+authenticators:
+  header-key: {{api_key: {{sources: [{{header: x-api-key}}], consumers: [alice]}}}}
+  query-key: {{api_key: {{sources: [{{query: k}}], consumers: [bob]}}}}
+routes:
+- name: both
+  authn: [header-key, query-key]
+  authn_mode: all_of
+"""
+
+
+async def test_all_of_requires_every_method(tmp_path: Path) -> None:
+    eng = Engine(Metrics(), snapshot(tmp_path, ALL_OF))
+    d = await eng.check(make_view("/x", headers={"x-api-key": KEY}, query={"k": RO_KEY}))
+    assert d.allowed
+    headers = dict(d.upstream_headers)
+    assert headers["x-auth-subject"] == "alice"  # the first method is primary
+    assert headers["x-auth-methods"] == "api_key,api_key"
+    assert headers["x-auth-scopes"] == "a b"
+    d = await eng.check(make_view("/x", headers={"x-api-key": KEY}))
+    assert d.http_status == 401 and d.grpc_code is GrpcCode.UNAUTHENTICATED
+    assert d.reason is Reason.MISSING_CREDENTIAL
+    # one challenge per *missing* method
+    assert [v for k, v in d.response_headers if k == "www-authenticate"] == [
+        'ApiKey realm="extauthz", query="k"']
+
+
+async def test_all_of_invalid_credential_denies_even_if_other_valid(tmp_path: Path) -> None:
+    eng = Engine(Metrics(), snapshot(tmp_path, ALL_OF))
+    d = await eng.check(make_view("/x", headers={"x-api-key": KEY}, query={"k": "eak_bad"}))
+    assert d.http_status == 401 and d.reason is Reason.INVALID_API_KEY
