@@ -27,6 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_address=args.grpc_address,
         http_address=args.http_address,
         grace_seconds=args.grace_seconds,
+        decision_log=not args.no_decision_log,
+        decision_log_sample_allowed=args.log_sample_allowed,
     )
     try:
         asyncio.run(Server(options).run_until_signal())
@@ -122,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-address", default="127.0.0.1:9090")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
+    serve.add_argument("--no-decision-log", action="store_true",
+                       help="do not write one JSON line per decision to stdout")
+    serve.add_argument("--log-sample-allowed", type=float, default=1.0,
+                       help="fraction of allowed decisions to log (denies are always logged)")
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a configuration and exit 0/1")

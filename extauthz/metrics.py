@@ -79,6 +79,11 @@ class Metrics:
             "When the configuration currently serving was loaded.",
             registry=r,
         )
+        self.decision_log_dropped = Counter(
+            "extauthz_decision_log_dropped",
+            "Decision log lines dropped because the sink could not keep up.",
+            registry=r,
+        )
         self.ready = Gauge(
             "extauthz_ready",
             "1 when a valid configuration is loaded and the server accepts checks.",

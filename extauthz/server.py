@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
 from extauthz.config.compile import Snapshot, load_snapshot
+from extauthz.decisionlog import DecisionLog
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.servicer import AuthorizationServicer
@@ -37,6 +38,10 @@ class ServerOptions:
     grpc_address: str = "127.0.0.1:9001"
     http_address: str = "127.0.0.1:9090"
     grace_seconds: float = 10.0
+    #: write one JSON line per decision to stdout
+    decision_log: bool = True
+    #: fraction of *allowed* decisions logged (denies are always logged)
+    decision_log_sample_allowed: float = 1.0
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -59,6 +64,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self.decision_log: DecisionLog | None = None
         self.grpc_port = 0
         self.http_port = 0
 
@@ -86,8 +92,13 @@ class Server:
         await self.load()
         # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        if self.options.decision_log:
+            self.decision_log = DecisionLog(
+                sample_allowed=self.options.decision_log_sample_allowed,
+                dropped=self.metrics.decision_log_dropped,
+            )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationServicer(self.engine), server
+            AuthorizationServicer(self.engine, self.decision_log), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.grpc_port = server.add_insecure_port(self.options.grpc_address)
@@ -131,6 +142,8 @@ class Server:
         snapshot = self.engine.snapshot
         if snapshot is not None:
             await snapshot.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
         self._stopped.set()
         log.info("stopped")
 
