@@ -92,9 +92,13 @@ class DecisionLog:
 
     def write(self, view: RequestView | None, decision: Decision, latency_s: float) -> None:
         """Enqueue one decision (never blocks)."""
-        if decision.allowed and self._sample_allowed < 1.0:
-            if random.random() >= self._sample_allowed:  # noqa: S311 (sampling, not security)
-                return
+        sampled_out = (
+            decision.allowed
+            and self._sample_allowed < 1.0
+            and random.random() >= self._sample_allowed  # noqa: S311 (sampling, not security)
+        )
+        if sampled_out:
+            return
         try:
             self._queue.put_nowait(record(view, decision, latency_s))
         except queue.Full:
