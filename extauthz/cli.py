@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
         grace_seconds=args.grace_seconds,
         decision_log=not args.no_decision_log,
         decision_log_sample_allowed=args.log_sample_allowed,
+        watch_interval_seconds=args.watch_interval,
     )
     try:
         asyncio.run(Server(options).run_until_signal())
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-address", default="127.0.0.1:9090")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
+    serve.add_argument("--watch-interval", type=float, default=1.0,
+                       help="seconds between checks of the config files for changes (0: off)")
     serve.add_argument("--no-decision-log", action="store_true",
                        help="do not write one JSON line per decision to stdout")
     serve.add_argument("--log-sample-allowed", type=float, default=1.0,

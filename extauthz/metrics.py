@@ -8,7 +8,7 @@ per process.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 #: Latency buckets sized for an in-path authorizer: most checks are well under a millisecond.
 LATENCY_BUCKETS = (
@@ -72,6 +72,17 @@ class Metrics:
             "extauthz_config_loads",
             "Configuration loads by result (success or failure).",
             ["result"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "extauthz_config_reload",
+            "Configuration reloads (file change or SIGHUP) by result (success or failure).",
+            ["result"],
+            registry=r,
+        )
+        self.config_info = Info(
+            "extauthz_config",
+            "The configuration currently serving: SHA-256 of its files.",
             registry=r,
         )
         self.config_last_success = Gauge(

@@ -1,5 +1,9 @@
 """Process lifecycle: load config, serve gRPC (Check + Health) and HTTP admin, stop gracefully.
 
+Reload: the configuration files (and key material the authenticators read) are polled for
+changes (see :mod:`extauthz.reload`), and SIGHUP reloads at once. A configuration that fails
+validation is refused whole and the previous one keeps serving.
+
 Stop sequence on SIGTERM/SIGINT: health -> NOT_SERVING and ``/readyz`` -> 503 first (so Envoy and
 Kubernetes stop sending), then the gRPC server stops accepting and waits up to the grace period
 for in-flight checks, then background work (JWKS refresh) is closed.
@@ -11,6 +15,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -20,8 +25,10 @@ from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
 from extauthz.config.compile import Snapshot, load_snapshot
 from extauthz.decisionlog import DecisionLog
+from extauthz.errors import ConfigError
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.reload import ConfigWatcher
 from extauthz.servicer import AuthorizationServicer
 
 log = logging.getLogger("extauthz.server")
@@ -42,6 +49,8 @@ class ServerOptions:
     decision_log: bool = True
     #: fraction of *allowed* decisions logged (denies are always logged)
     decision_log_sample_allowed: float = 1.0
+    #: poll the configuration files this often for changes (0 disables; SIGHUP still works)
+    watch_interval_seconds: float = 1.0
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -65,6 +74,8 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self.decision_log: DecisionLog | None = None
+        self._reload_lock = asyncio.Lock()
+        self._watcher: ConfigWatcher | None = None
         self.grpc_port = 0
         self.http_port = 0
 
@@ -73,19 +84,51 @@ class Server:
         return self.engine.snapshot is not None and not self._draining
 
     async def load(self) -> Snapshot:
-        """Load, compile and start the configuration, then install it (raises ConfigError)."""
+        """Load, compile and start the configuration, then install it (raises ConfigError).
+
+        Compiling runs in a worker thread so a reload never stalls checks on the event loop;
+        the new snapshot is started (JWKS fetched) before it is swapped in, and the previous one
+        is closed only after the swap, so no check ever sees a half-built configuration.
+        """
+        async with self._reload_lock:
+            try:
+                snapshot = await asyncio.to_thread(
+                    load_snapshot, self.options.config_path, self.metrics
+                )
+            except Exception:
+                self.metrics.config_loads.labels("failure").inc()
+                raise
+            await snapshot.start()
+            previous = self.engine.swap(snapshot)
+            self.metrics.config_loads.labels("success").inc()
+            self.metrics.config_last_success.set_to_current_time()
+            self.metrics.config_info.info({"sha256": snapshot.digest})
+            if previous is not None:
+                await previous.close()
+            return snapshot
+
+    async def reload(self) -> bool:
+        """Reload the configuration; on failure keep serving the previous one. Never raises."""
         try:
-            snapshot = load_snapshot(self.options.config_path, self.metrics)
+            snapshot = await self.load()
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("failure").inc()
+            log.error("configuration reload refused (%d problem(s)); the previous configuration "
+                      "keeps serving", len(exc.issues))
+            for issue in exc.issues:
+                log.error("  %s", issue)
+            return False
         except Exception:
-            self.metrics.config_loads.labels("failure").inc()
-            raise
-        await snapshot.start()
-        previous = self.engine.swap(snapshot)
-        self.metrics.config_loads.labels("success").inc()
-        self.metrics.config_last_success.set_to_current_time()
-        if previous is not None:
-            await previous.close()
-        return snapshot
+            self.metrics.config_reloads.labels("failure").inc()
+            log.exception("configuration reload failed; the previous configuration keeps serving")
+            return False
+        self.metrics.config_reloads.labels("success").inc()
+        log.info("configuration reloaded (sha256 %s)", snapshot.digest[:12])
+        return True
+
+    def _watched_files(self) -> tuple[Path, ...]:
+        snapshot = self.engine.snapshot
+        return snapshot.files if snapshot is not None else (Path(self.options.config_path),)
 
     async def start(self) -> None:
         """Load the configuration and start listening. Raises on a bad config or a busy port."""
@@ -116,6 +159,11 @@ class Server:
         self.http_port = sockets[0].getsockname()[1] if sockets else port
         await self._set_serving(True)
         self.metrics.ready.set(1)
+        if self.options.watch_interval_seconds > 0:
+            self._watcher = ConfigWatcher(
+                self._watched_files, self.reload, interval=self.options.watch_interval_seconds
+            )
+            self._watcher.start()
         log.info("serving grpc=%s http=%s", self.options.grpc_address, self.options.http_address)
 
     async def _set_serving(self, serving: bool) -> None:
@@ -134,6 +182,8 @@ class Server:
             return
         self._draining = True
         self.metrics.ready.set(0)
+        if self._watcher is not None:
+            await self._watcher.stop()
         await self._set_serving(False)
         if self._grpc is not None:
             await self._grpc.stop(self.options.grace_seconds)
@@ -153,6 +203,14 @@ class Server:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_sighup() -> None:
+            task = asyncio.ensure_future(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         await self.start()
         await stop.wait()
         log.info("signal received: draining")

@@ -36,6 +36,8 @@ class Snapshot:
     authenticators: Mapping[str, Authenticator]
     digest: str
     source: str
+    #: files whose change should trigger a reload (config, includes, key material)
+    files: tuple[Path, ...] = ()
 
     async def start(self) -> None:
         """Start background work of every authenticator (JWKS refresh, ...)."""
@@ -149,7 +151,20 @@ class _Compiler:
             authenticators=MappingProxyType(dict(self.authenticators)),
             digest=self.loaded.digest,
             source=str(self.loaded.path),
+            files=self.loaded.files + self._authenticator_files(),
         )
+
+    def _authenticator_files(self) -> tuple[Path, ...]:
+        """Key material files (JWKS, htpasswd, secrets, trust bundles) the authenticators read.
+
+        An authenticator may expose ``source_files()``; those are watched for hot reload too.
+        """
+        files: list[Path] = []
+        for authenticator in self.authenticators.values():
+            getter = getattr(authenticator, "source_files", None)
+            if callable(getter):
+                files.extend(Path(p) for p in getter())
+        return tuple(files)
 
     def _route(self, spec: RouteSpec, where: str) -> Route | None:
         ok = True

@@ -39,6 +39,8 @@ class LoadedConfig:
     main: ConfigFile
     fragments: tuple[Fragment, ...]
     digest: str
+    #: every file and included directory that was read (what hot reload watches)
+    files: tuple[Path, ...] = ()
 
 
 def render_location(loc: Sequence[int | str]) -> str:
@@ -140,7 +142,8 @@ def load_config(path: str | Path) -> LoadedConfig:
     fragments: list[Fragment] = []
     include = raw.get("include") if isinstance(raw.get("include"), list) else []
     base = main_path.parent
-    for file in _expand_includes(base, [str(e) for e in include], issues):
+    included = _expand_includes(base, [str(e) for e in include], issues)
+    for file in included:
         label = _relative_label(file, base)
         data = _read_yaml(file, label, issues, hasher)
         if data is None:
@@ -150,7 +153,9 @@ def load_config(path: str | Path) -> LoadedConfig:
             fragments.append(Fragment(label, fragment))
     if issues or main is None:
         raise ConfigError(issues)
-    return LoadedConfig(main_path, main, tuple(fragments), hasher.hexdigest())
+    watched = [main_path, *included]
+    watched.extend((base / str(e)).resolve() for e in include if (base / str(e)).is_dir())
+    return LoadedConfig(main_path, main, tuple(fragments), hasher.hexdigest(), tuple(watched))
 
 
 def _relative_label(file: Path, base: Path) -> str:

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import grpc
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from extauthz.keys import hash_api_key
 from extauthz.server import Server, ServerOptions
@@ -158,3 +158,43 @@ async def test_bad_config_refuses_start(tmp_path: Path) -> None:
         await srv.start()
     assert srv.metrics.registry.get_sample_value(
         "extauthz_config_loads_total", {"result": "failure"}) == 1
+
+
+async def test_hot_reload_swaps_valid_and_refuses_invalid(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    srv = Server(ServerOptions(str(config), "127.0.0.1:0", "127.0.0.1:0", grace_seconds=1,
+                               decision_log=False, watch_interval_seconds=0.1))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            resp = await stub.Check(check_request("/public/x", {}))
+            assert resp.denied_response.status.code == 403  # no route yet
+            # A valid change: a public route appears.
+            config.write_text(CONFIG + "- {name: pub, match: {prefix: /public/}, public: true}\n")
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                resp = await stub.Check(check_request("/public/x", {}))
+                if resp.status.code == 0:
+                    break
+            assert resp.status.code == 0
+            reg = srv.metrics.registry
+            assert reg.get_sample_value("extauthz_config_reload_total", {"result": "success"}) == 1
+            # An invalid change is refused whole; the previous config keeps serving.
+            config.write_text(CONFIG + "- {name: broken}\n")
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                if reg.get_sample_value("extauthz_config_reload_total",
+                                        {"result": "failure"}) == 1:
+                    break
+            assert reg.get_sample_value(
+                "extauthz_config_reload_total", {"result": "failure"}) == 1
+            resp = await stub.Check(check_request("/public/x", {}))
+            assert resp.status.code == 0
+            resp = await stub.Check(check_request("/api/x", {}))
+            assert resp.denied_response.status.code == 401
+            # SIGHUP-style explicit reload works too and reports the refusal
+            assert await srv.reload() is False
+    finally:
+        await srv.stop()
