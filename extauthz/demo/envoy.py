@@ -151,7 +151,7 @@ def _ext_authz_filters(node: Any) -> list[dict[str, Any]]:
     return found
 
 
-def envoy_argv(config_path: str | Path, *, log_level: str = "info") -> list[str]:
+def envoy_argv(config_path: str | Path, *, log_level: str = "warning") -> list[str]:
     """Envoy's command line: one worker thread and no hot restart (so several Envoys can run
     side by side without fighting over the shared-memory region of ``--base-id``)."""
     return [
@@ -167,7 +167,7 @@ def start_envoy(
     log_path: str | Path,
     host: str = LOOPBACK,
     timeout: float = 15.0,
-    log_level: str = "info",
+    log_level: str = "warning",
 ) -> ManagedProcess:
     """Start Envoy with ``config_path`` and wait until its admin ``/ready`` answers 200."""
     proc = ManagedProcess("envoy", envoy_argv(config_path, log_level=log_level), log_path).start()

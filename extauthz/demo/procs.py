@@ -122,6 +122,30 @@ def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
 # -- processes ---------------------------------------------------------------------------------
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None
+
+
+#: Resolved once in the parent: the child must not import anything between fork and exec.
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
+    """Linux: have the kernel SIGTERM the child when its parent dies, so a crashed demo or a
+    killed pytest does not leave Envoy and extauthz holding their ports."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class ManagedProcess:
     """One child process with its log file; stopped by PID with a timeout.
 
@@ -179,6 +203,7 @@ class ManagedProcess:
                 # Own session: a Ctrl-C in the demo's terminal reaches only the demo, which then
                 # stops its children in order, by PID.
                 start_new_session=True,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,
             )
         except OSError as exc:
             log.close()
