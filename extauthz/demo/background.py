@@ -98,6 +98,7 @@ class BackgroundApp:
             return
         try:
             self.call(self._down(), timeout=SHUTDOWN_TIMEOUT + 5)
+            self.call(self._cancel_tasks(), timeout=5)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=5)
@@ -140,6 +141,14 @@ class BackgroundApp:
         site = web.SockSite(runner, sock)
         await site.start()
         self._runner = runner
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel what is still running on the loop (e.g. a deliberately slow handler)."""
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _down(self) -> None:
         runner, self._runner = self._runner, None
