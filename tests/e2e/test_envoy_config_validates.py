@@ -20,6 +20,7 @@ from tests.support.envoy import (
 from tests.support.processes import POLICIES
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
+HEADER_MUTATION = "envoy.filters.http.header_mutation"
 
 
 def _walk(node: Any) -> Any:
@@ -109,14 +110,22 @@ def test_every_named_route_exists_in_the_policies(routes: list[dict[str, Any]]) 
     assert named <= defined
 
 
-def test_disabled_route_strips_identity_headers(routes: list[dict[str, Any]]) -> None:
+def test_disabled_route_strips_the_identity_namespace(
+    config: dict[str, Any], routes: list[dict[str, Any]]
+) -> None:
     disabled = [r for r in routes if _per_route(r).get("disabled") is True]
     assert len(disabled) == 1
-    removed = set(disabled[0].get("request_headers_to_remove", []))
-    assert {"x-auth-subject", "x-auth-method", "x-auth-consumer", "x-auth-scopes"} <= removed
-    # Nowhere else: route-level removal runs after ext_authz and would drop injected headers.
-    others = [r for r in routes if r is not disabled[0]]
-    assert not any(r.get("request_headers_to_remove") for r in others)
+    mutation = disabled[0]["typed_per_filter_config"][HEADER_MUTATION]
+    rules = mutation["mutations"]["request_mutations"]
+    assert {"remove_on_match": {"key_matcher": {"prefix": "x-auth-"}}} in rules
+    # The filter must exist in the chain, before the router; it mutates nothing globally.
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    chain = [f["name"] for f in hcm["typed_config"]["http_filters"]]
+    assert chain.index(HEADER_MUTATION) < chain.index("envoy.filters.http.router")
+    (entry,) = [f for f in hcm["typed_config"]["http_filters"] if f["name"] == HEADER_MUTATION]
+    assert "mutations" not in entry["typed_config"]
+    # Route-level removal runs in the router, after ext_authz, and would drop injected headers.
+    assert not any(r.get("request_headers_to_remove") for r in routes)
 
 
 def test_everything_binds_loopback(config: dict[str, Any]) -> None:
