@@ -11,8 +11,8 @@ Scopes (a module gets one Envoy + extauthz pair; nothing listens on a fixed port
 ``stack``            module    the running :class:`~tests.support.processes.Stack`
                                (``stack.get(path, headers)`` goes through Envoy)
 
-When a test that uses ``stack`` fails, the tails of the extauthz and Envoy logs are attached to
-its report ("extauthz/envoy logs" section).
+When a test that uses a :class:`Stack` fixture fails, the tails of its extauthz and Envoy logs
+are attached to the report ("stack: extauthz/envoy logs" section).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
-        running = getattr(item, "funcargs", {}).get("stack")
-        if isinstance(running, Stack):
-            report.sections.append(("extauthz/envoy logs", running.log_tails()))
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Stack):
+                report.sections.append((f"{name}: extauthz/envoy logs", value.log_tails()))
     return report

@@ -91,3 +91,9 @@ def test_metrics_count_the_decisions(stack: Stack) -> None:
     text = stack.metrics()
     assert "extauthz_" in text
     assert "reports" in text  # the route label
+
+
+def test_header_name_is_case_insensitive(stack: Stack) -> None:
+    seen = upstream_headers(stack.get(PATH, {"X-API-KEY": DEMO_API_KEY}))
+    assert seen["x-auth-consumer"] == "demo-client"
+    assert "x-api-key" not in seen

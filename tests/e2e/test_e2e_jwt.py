@@ -173,3 +173,19 @@ def test_rotation_to_an_ec_key(stack: Stack, idp: DemoIdP) -> None:
 def test_token_in_the_wrong_scheme_is_missing_not_accepted(stack: Stack, idp: DemoIdP) -> None:
     r = stack.get(PROFILE, {"authorization": f"Token {idp.mint('alice')}"})
     assert_denied(r, 401, "missing_credential", challenge=BEARER)
+
+
+def test_invalid_token_does_not_fall_through_to_a_valid_api_key(stack: Stack) -> None:
+    # Attack: pair a forged bearer token with some valid credential of another kind, hoping the
+    # invalid one is skipped. An invalid credential is a 401, whatever else is present.
+    from extauthz.demo import DEMO_API_KEY
+
+    headers = {"authorization": "Bearer not-a-jwt", "x-api-key": DEMO_API_KEY}
+    r = stack.get(ORDERS, headers)
+    assert_denied(r, 401, "malformed_token")
+
+
+def test_scheme_is_case_insensitive(stack: Stack, idp: DemoIdP) -> None:
+    token = idp.mint("alice", scopes=["orders:read"])
+    seen = upstream_headers(stack.get(ORDERS, {"Authorization": f"bEaReR {token}"}))
+    assert seen["x-auth-subject"] == "alice"
