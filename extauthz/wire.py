@@ -7,6 +7,9 @@ Envoy facts this relies on (verified against Envoy 1.40, see DESIGN.md §4):
 * ``ok_response.headers`` ignores ``append_action`` in 1.40: the deprecated ``append`` BoolValue is
   set explicitly (``false`` = overwrite-or-add).
 * ``headers_to_remove`` cannot remove pseudo-headers or ``host``; those are never listed.
+* ``denied_response.headers``: a header with ``append: true`` is dropped by Envoy 1.40; a repeated
+  header (several ``WWW-Authenticate`` challenges) is sent with ``append`` unset, which makes Envoy
+  apply ``append_action``'s default, APPEND_IF_EXISTS_OR_ADD (verified end to end).
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from extauthz._proto.google.rpc import status_pb2
 from extauthz.decision import Decision
 
 _OVERWRITE = wrappers_pb2.BoolValue(value=False)
-_APPEND = wrappers_pb2.BoolValue(value=True)
 _UNREMOVABLE = frozenset({"host"})
 
 
 def _header(key: str, value: str, *, append: bool) -> Any:
+    if append:
+        # Envoy 1.40 drops a denied_response header whose deprecated `append` is true; leaving
+        # `append` unset makes it honour append_action, whose default is APPEND_IF_EXISTS_OR_ADD.
+        return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
     return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=key, value=value),
-        append=_APPEND if append else _OVERWRITE,
+        header=base_pb2.HeaderValue(key=key, value=value), append=_OVERWRITE
     )
 
 
