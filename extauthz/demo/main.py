@@ -229,6 +229,9 @@ class Demo:
             lines.append(f"  {check.curl(token)}")
         lines += [
             "",
+            "  # what extauthz counted (decisions by route, method, outcome, reason)",
+            f"  curl -s {self.metrics_url} | grep '^extauthz_'",
+            "",
             f"  Demo API key: {DEMO_API_KEY}   (consumer demo-client; see policies/extauthz.yaml)",
             f"  Logs: {self.log_dir}/extauthz.log, {self.log_dir}/envoy.log;"
             f" Envoy admin http://{LOOPBACK}:{self.ports.admin}/",
