@@ -46,6 +46,14 @@ class Reason(enum.StrEnum):
     INVALID_API_KEY = "invalid_api_key"
     KEY_EXPIRED = "key_expired"
     KEY_DISABLED = "key_disabled"
+    # Client certificates (mTLS)
+    CERT_INVALID = "cert_invalid"
+    CERT_EXPIRED = "cert_expired"
+    CERT_NOT_YET_VALID = "cert_not_yet_valid"
+    UNTRUSTED_CERT = "untrusted_cert"
+    # Basic
+    MALFORMED_CREDENTIALS = "malformed_credentials"
+    INVALID_CREDENTIALS = "invalid_credentials"
     # Authorization
     INSUFFICIENT_SCOPE = "insufficient_scope"
     CONSUMER_NOT_ALLOWED = "consumer_not_allowed"

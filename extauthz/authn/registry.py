@@ -37,9 +37,13 @@ Factory = Callable[[str, Any, BuildContext], Authenticator]
 def default_registry() -> Mapping[str, Factory]:
     """The built-in authentication kinds, keyed by their configuration key."""
     from extauthz.authn.apikey import ApiKeyAuthenticator
+    from extauthz.authn.basic import BasicAuthenticator
     from extauthz.authn.jwt import JwtAuthenticator
+    from extauthz.authn.mtls import MtlsAuthenticator
 
     return {
         "api_key": ApiKeyAuthenticator.from_spec,
         "jwt": JwtAuthenticator.from_spec,
+        "mtls": MtlsAuthenticator.from_spec,
+        "basic": BasicAuthenticator.from_spec,
     }

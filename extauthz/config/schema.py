@@ -134,6 +134,46 @@ class JwtSpec(Model):
         return v
 
 
+# --- mTLS client certificates and Basic (issue 3) ---------------------------------------------
+
+
+class MtlsSpec(Model):
+    """Client certificates (Envoy's peer certificate, or XFCC when enabled), re-verified here."""
+
+    #: PEM files of trusted CA certificates, relative to the configuration file
+    trust_bundles: list[str] = Field(min_length=1)
+    #: also read ``x-forwarded-client-cert`` (only safe with Envoy ``SANITIZE_SET``)
+    xfcc: bool = False
+    #: refuse leaf certificates without an extendedKeyUsage that lists clientAuth
+    require_client_auth_eku: bool = True
+    #: principal rules (all empty = every verified certificate is allowed)
+    allowed_spiffe_ids: list[str] = Field(default_factory=list)
+    trust_domains: list[str] = Field(default_factory=list)
+    spiffe_path_globs: list[str] = Field(default_factory=list)
+    dns_names: list[str] = Field(default_factory=list)
+    #: verified certificates cached by SHA-256 fingerprint (LRU; 0 disables)
+    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 10_000
+    #: a cached verification is reused at most this long (and never past the chain's notAfter)
+    cache_ttl_seconds: PositiveSeconds = 3600
+
+
+class BasicSpec(Model):
+    """HTTP Basic (RFC 7617) against an htpasswd file (bcrypt or {SHA} entries)."""
+
+    #: htpasswd file, relative to the configuration file; read when the configuration is built
+    htpasswd_file: str = Field(min_length=1)
+    #: successful verifications are cached this long (0 disables the cache)
+    cache_ttl_seconds: Annotated[float, Field(ge=0, le=3600)] = 60
+    cache_size: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
+    #: failed attempts allowed per username and per source address within the window
+    max_failures: Annotated[int, Field(ge=1, le=10_000)] = 10
+    window_seconds: PositiveSeconds = 300
+    #: usernames + addresses tracked by the brute-force limiter (least recently seen evicted)
+    max_tracked_keys: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    #: threads running bcrypt off the event loop
+    hash_workers: Annotated[int, Field(ge=1, le=64)] = 2
+
+
 class AuthnSpec(Model):
     """An authentication method: exactly one kind, or a reference to a named one.
 
@@ -143,6 +183,8 @@ class AuthnSpec(Model):
     ref: Name | None = None
     api_key: ApiKeySpec | None = None
     jwt: JwtSpec | None = None
+    mtls: MtlsSpec | None = None
+    basic: BasicSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

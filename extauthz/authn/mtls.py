@@ -1,0 +1,491 @@
+"""Client-certificate (mTLS) authentication, re-verified against our own trust bundles.
+
+Where the certificate comes from
+--------------------------------
+* ``view.peer_certificate``: Envoy's ``attributes.source.certificate`` (URL-encoded PEM; requires
+  ``include_peer_certificate: true``). If it holds several PEM blocks, the first is the leaf and
+  the rest are offered as intermediates.
+* ``x-forwarded-client-cert`` (XFCC), only when the spec says ``xfcc: true``. The **last** element
+  is used: each Envoy hop appends the certificate *its* downstream presented, so the last element
+  is the one written by the proxy nearest to us — the only one we can trust, and only if that
+  proxy overwrites whatever the client sent (``forward_client_cert_details: SANITIZE_SET``);
+  otherwise a client can write its own XFCC. Its ``Cert`` is the leaf, ``Chain`` (full chain,
+  leaf included) supplies intermediates, and a ``Hash`` must match the ``Cert``. An element
+  without ``Cert`` (only ``Hash``/``URI``/...) cannot be re-verified and is refused
+  (``cert_invalid``): enable ``cert: true`` (and ``chain: true``) in Envoy's
+  ``set_current_client_cert_details``.
+* The peer certificate wins when both are present (it comes from the TLS connection Envoy itself
+  terminated). In a two-proxy topology where the inner Envoy's peer is the outer proxy, do not
+  set ``include_peer_certificate`` on the inner one, or the proxy would be authenticated.
+
+Verification (``cryptography.x509.verification``, the webpki client profile): a chain to one of
+the configured trust bundles, validity at ``ctx.clock`` time for every certificate, the
+clientAuth extended key usage (required to be present unless ``require_client_auth_eku: false``)
+and a leaf that is not a CA. The leaf's validity, CA flag and EKU are checked first so the deny
+reason is precise (``cert_expired``, ``cert_not_yet_valid``, ``cert_invalid``); a chain that does
+not verify is ``untrusted_cert``. Successful verifications are cached by the SHA-256 of the leaf's
+DER (bounded LRU), never past the earliest ``notAfter`` of the verified chain.
+
+Identity: ``subject`` is the SPIFFE ID when the leaf has a ``spiffe://`` URI SAN — which must then
+be its only URI SAN and a syntactically valid SPIFFE ID (X509-SVID rules) — else the first DNS
+SAN, else the subject DN (RFC 4514). Identity headers (under the identity prefix):
+``<prefix>spiffe-id`` and ``<prefix>cert-sha256`` (hex, like XFCC ``Hash``).
+
+Principal rules (:meth:`MtlsAuthenticator.principal_allowed`): with no rule configured every
+verified certificate is allowed. Otherwise it must satisfy at least one configured rule:
+
+* ``allowed_spiffe_ids``: the SPIFFE ID equals one of them;
+* ``trust_domains`` / ``spiffe_path_globs`` (one combined rule): the SPIFFE ID's trust domain is
+  listed (or the list is empty) **and** its path matches one glob (or there are none). Globs use
+  :func:`fnmatch.fnmatchcase` on the path: case-sensitive, ``*`` matches any run of characters
+  *including* ``/`` (``/ns/orders/*`` matches ``/ns/orders/sa/api``), ``?`` one character,
+  ``[...]`` a set;
+* ``dns_names``: a DNS SAN equals one of them (case-insensitive, exact).
+
+A verified certificate that fails the rules is a 403 ``forbidden``
+(:class:`~extauthz.errors.AuthorizationError`): the client is known, just not allowed.
+
+Challenge: TLS has no HTTP challenge; RFC 9110 still wants a ``WWW-Authenticate`` on a 401, so
+this method answers ``ClientCert realm="..."`` — not a registered scheme (browsers ignore it);
+it tells a human or a client library that a client certificate is expected, which cannot be
+supplied by retrying the request, only on a new TLS connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import fnmatch
+import hashlib
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import unquote
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from extauthz.authn.base import Challenge
+from extauthz.authn.registry import BuildContext
+from extauthz.authn.xfcc import XfccError, parse_xfcc
+from extauthz.config.schema import MtlsSpec
+from extauthz.errors import AuthenticationError, AuthorizationError, Reason
+from extauthz.types import AuthMethod, Identity, RequestView
+
+XFCC_HEADER = "x-forwarded-client-cert"
+#: Largest URL-encoded peer certificate (chain) accepted.
+MAX_PEER_CERT_LENGTH = 64 * 1024
+#: Most intermediates accepted from a client.
+MAX_INTERMEDIATES = 8
+#: SPIFFE IDs are at most 2048 bytes (SPIFFE-ID spec §2.3).
+MAX_SPIFFE_ID_LENGTH = 2048
+
+_SPIFFE_ID = re.compile(r"^spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)*)$")
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+_PEM_MARK = "-----BEGIN CERTIFICATE-----"
+
+
+def cert_thumbprint_s256(cert: str | bytes) -> str:
+    """RFC 8705 ``x5t#S256``: base64url (no padding) of the SHA-256 of the certificate's DER.
+
+    ``cert`` is PEM (text or bytes; URL-encoded PEM as Envoy sends it is accepted too) or DER
+    bytes. Only the first certificate of a PEM chain counts. Raises ValueError if it is neither.
+    """
+    der = _first_der(cert)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
+
+
+def _first_der(cert: str | bytes) -> bytes:
+    if isinstance(cert, str):
+        text = cert if _PEM_MARK in cert else unquote(cert)
+        if _PEM_MARK not in text:
+            raise ValueError("not a PEM certificate")
+        cert = text.encode("utf-8")
+    if _PEM_MARK.encode() in cert:
+        loaded = x509.load_pem_x509_certificates(cert)[0]
+    else:
+        loaded = x509.load_der_x509_certificate(cert)
+    return loaded.public_bytes(serialization.Encoding.DER)
+
+
+def parse_spiffe_id(value: str) -> tuple[str, str] | None:
+    """``(trust_domain, path)`` of a valid SPIFFE ID, else None (SPIFFE-ID spec §2)."""
+    if len(value) > MAX_SPIFFE_ID_LENGTH:
+        return None
+    match = _SPIFFE_ID.match(value)
+    if match is None:
+        return None
+    trust_domain, path = match.group(1), match.group(2)
+    if any(segment in (".", "..") for segment in path.split("/")[1:]):
+        return None
+    return trust_domain, path
+
+
+@dataclass(frozen=True, slots=True)
+class _Presented:
+    leaf: x509.Certificate
+    intermediates: tuple[x509.Certificate, ...]
+
+
+class _TtlLru:
+    """A bounded LRU map from fingerprint to Identity whose entries expire (single-threaded)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+
+    def get(self, key: bytes, now: float) -> Identity | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if now >= item[1]:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return item[0]
+
+    def put(self, key: bytes, value: Identity, expires_at: float) -> None:
+        if self.maxsize <= 0:
+            return
+        self._data[key] = (value, expires_at)
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class MtlsAuthenticator:
+    """Verifies client certificates presented through Envoy (see the module docstring)."""
+
+    kind = AuthMethod.MTLS
+
+    def __init__(
+        self,
+        name: str,
+        spec: MtlsSpec,
+        anchors: list[x509.Certificate],
+        ctx: BuildContext,
+        sources: tuple[Path, ...] = (),
+    ) -> None:
+        self.name = name
+        self._sources = sources
+        self._xfcc = spec.xfcc
+        self._require_eku = spec.require_client_auth_eku
+        self._clock = ctx.clock
+        self._prefix = ctx.settings.identity_header_prefix
+        # The webpki end-entity profile requires a subjectAltName; we accept a leaf without one
+        # (its subject DN then names it) and check everything else as the profile does.
+        ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+            x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+        )
+        self._policy = PolicyBuilder().store(Store(anchors)).extension_policies(
+            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
+        )
+        self._cache = _TtlLru(spec.cache_size)
+        self._cache_ttl = spec.cache_ttl_seconds
+        self._allowed_ids = frozenset(spec.allowed_spiffe_ids)
+        self._trust_domains = frozenset(spec.trust_domains)
+        self._globs = tuple(spec.spiffe_path_globs)
+        self._dns_names = frozenset(d.lower() for d in spec.dns_names)
+        self._has_rules = bool(
+            self._allowed_ids or self._trust_domains or self._globs or self._dns_names
+        )
+        self._challenge = Challenge("ClientCert", (("realm", ctx.settings.realm),))
+
+    @classmethod
+    def from_spec(cls, name: str, spec: MtlsSpec, ctx: BuildContext) -> MtlsAuthenticator:
+        """Build from configuration; raises ValueError naming the bad key or file."""
+        for i, value in enumerate(spec.allowed_spiffe_ids):
+            if parse_spiffe_id(value) is None:
+                raise ValueError(f"allowed_spiffe_ids[{i}]: not a valid SPIFFE ID")
+        for i, value in enumerate(spec.trust_domains):
+            if not _TRUST_DOMAIN.match(value):
+                raise ValueError(
+                    f"trust_domains[{i}]: not a trust domain (lowercase letters, digits, '.-_')"
+                )
+        for i, value in enumerate(spec.spiffe_path_globs):
+            if not value.startswith("/"):
+                raise ValueError(f"spiffe_path_globs[{i}]: must start with '/'")
+        anchors: list[x509.Certificate] = []
+        sources: list[Path] = []
+        for i, file in enumerate(spec.trust_bundles):
+            path = Path(file) if Path(file).is_absolute() else ctx.base_dir / file
+            anchors.extend(_load_bundle(path, f"trust_bundles[{i}]"))
+            sources.append(path)
+        return cls(name, spec, anchors, ctx, tuple(sources))
+
+    # -- the check -----------------------------------------------------------------------------
+
+    async def authenticate(self, view: RequestView) -> Identity | None:
+        presented = self._presented(view)
+        if presented is None:
+            return None
+        identity = self.verify(presented.leaf, presented.intermediates)
+        if not self.principal_allowed(identity):
+            raise AuthorizationError(
+                Reason.FORBIDDEN, "client certificate not allowed",
+                f"{self.name}: principal {identity.subject!r} not allowed",
+            )
+        return identity
+
+    def verify(
+        self, leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ...] = ()
+    ) -> Identity:
+        """Verify ``leaf`` (with optional untrusted ``intermediates``) and derive its Identity."""
+        der = leaf.public_bytes(serialization.Encoding.DER)
+        fingerprint = hashlib.sha256(der).digest()
+        now = self._clock()
+        cached = self._cache.get(fingerprint, now)
+        if cached is not None:
+            return cached
+        self._precheck(leaf, now)
+        try:
+            verified = (
+                self._policy.time(dt.datetime.fromtimestamp(now, dt.UTC))
+                .build_client_verifier()
+                .verify(leaf, list(intermediates))
+            )
+        except VerificationError as exc:
+            raise self._fail(Reason.UNTRUSTED_CERT, "client certificate not trusted",
+                             str(exc)) from None
+        identity = self._identity(leaf, der, fingerprint)
+        chain_end = min(c.not_valid_after_utc.timestamp() for c in verified.chain)
+        self._cache.put(fingerprint, identity, min(chain_end, now + self._cache_ttl))
+        return identity
+
+    def principal_allowed(self, identity: Identity) -> bool:
+        """Whether a verified identity passes the principal rules (module docstring)."""
+        if not self._has_rules:
+            return True
+        spiffe_id = identity.claims.get("spiffe_id")
+        if isinstance(spiffe_id, str):
+            if spiffe_id in self._allowed_ids:
+                return True
+            if self._trust_domains or self._globs:
+                parsed = parse_spiffe_id(spiffe_id)
+                if parsed is not None:
+                    trust_domain, path = parsed
+                    domain_ok = not self._trust_domains or trust_domain in self._trust_domains
+                    path_ok = not self._globs or any(
+                        fnmatch.fnmatchcase(path, g) for g in self._globs
+                    )
+                    if domain_ok and path_ok:
+                        return True
+        if self._dns_names:
+            dns = identity.claims.get("dns", ())
+            if any(name.lower() in self._dns_names for name in dns):
+                return True
+        return False
+
+    # -- reading the certificate ---------------------------------------------------------------
+
+    def _presented(self, view: RequestView) -> _Presented | None:
+        if view.peer_certificate:
+            return self._from_peer(view.peer_certificate)
+        if self._xfcc:
+            header = view.headers.value(XFCC_HEADER)
+            if header is not None:
+                return self._from_xfcc(header)
+        return None
+
+    def _from_peer(self, encoded: str) -> _Presented:
+        if len(encoded) > MAX_PEER_CERT_LENGTH:
+            raise self._fail(Reason.CERT_INVALID, "client certificate too large")
+        certs = self._load_pem(_url_decoded(encoded), "peer certificate")
+        if not certs:
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate")
+        return _Presented(certs[0], self._intermediates(certs[0], certs[1:]))
+
+    def _from_xfcc(self, header: str) -> _Presented:
+        try:
+            elements = parse_xfcc(header)
+        except XfccError as exc:
+            raise self._fail(Reason.CERT_INVALID, "malformed x-forwarded-client-cert",
+                             str(exc)) from None
+        element = elements[-1]  # added by the proxy nearest to us (module docstring)
+        if element.cert is None:
+            raise self._fail(
+                Reason.CERT_INVALID,
+                "x-forwarded-client-cert carries no certificate to verify",
+                "XFCC element without Cert (enable cert in set_current_client_cert_details)",
+            )
+        certs = self._load_pem(element.cert, "XFCC Cert")
+        if len(certs) != 1:
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
+                             "XFCC Cert must hold exactly one certificate")
+        leaf = certs[0]
+        if element.hash is not None:
+            der = leaf.public_bytes(serialization.Encoding.DER)
+            if element.hash.lower() != hashlib.sha256(der).hexdigest():
+                raise self._fail(Reason.CERT_INVALID, "malformed x-forwarded-client-cert",
+                                 "XFCC Hash does not match Cert")
+        chain = self._load_pem(element.chain, "XFCC Chain") if element.chain else []
+        return _Presented(leaf, self._intermediates(leaf, chain))
+
+    def _load_pem(self, pem: str, what: str) -> list[x509.Certificate]:
+        try:
+            return x509.load_pem_x509_certificates(pem.encode("utf-8", "replace"))
+        except ValueError as exc:
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
+                             f"{what}: {exc}") from None
+
+    def _intermediates(
+        self, leaf: x509.Certificate, certs: list[x509.Certificate]
+    ) -> tuple[x509.Certificate, ...]:
+        out = tuple(c for c in certs if c != leaf)
+        if len(out) > MAX_INTERMEDIATES:
+            raise self._fail(Reason.CERT_INVALID, "client certificate chain too long")
+        return out
+
+    # -- checks and identity -------------------------------------------------------------------
+
+    def _precheck(self, leaf: x509.Certificate, now: float) -> None:
+        """Leaf checks with precise reasons (the verifier repeats them, with vaguer errors)."""
+        if now < leaf.not_valid_before_utc.timestamp():
+            raise self._fail(Reason.CERT_NOT_YET_VALID, "client certificate not yet valid")
+        if now > leaf.not_valid_after_utc.timestamp():
+            raise self._fail(Reason.CERT_EXPIRED, "client certificate expired")
+        try:
+            extensions = leaf.extensions
+            constraints = _extension(extensions, x509.BasicConstraints)
+            eku = _extension(extensions, x509.ExtendedKeyUsage)
+        except ValueError as exc:
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
+                             f"extensions: {exc}") from None
+        if constraints is not None and constraints.ca:
+            raise self._fail(Reason.CERT_INVALID, "a CA certificate is not a client certificate")
+        if eku is None:
+            if self._require_eku:
+                raise self._fail(Reason.CERT_INVALID,
+                                 "client certificate lacks the clientAuth key usage",
+                                 "no extendedKeyUsage extension")
+        elif ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+            raise self._fail(Reason.CERT_INVALID,
+                             "client certificate lacks the clientAuth key usage")
+
+    def _identity(self, leaf: x509.Certificate, der: bytes, fingerprint: bytes) -> Identity:
+        try:
+            san = _extension(leaf.extensions, x509.SubjectAlternativeName)
+            uris = san.get_values_for_type(x509.UniformResourceIdentifier) if san else []
+            dns = san.get_values_for_type(x509.DNSName) if san else []
+            subject_dn = leaf.subject.rfc4514_string()
+            issuer_dn = leaf.issuer.rfc4514_string()
+        except ValueError as exc:
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
+                             f"names: {exc}") from None
+        spiffe_id: str | None = None
+        trust_domain: str | None = None
+        if any(u.lower().startswith("spiffe:") for u in uris):
+            if len(uris) != 1:
+                raise self._fail(Reason.CERT_INVALID,
+                                 "a SPIFFE certificate must have exactly one URI SAN")
+            parsed = parse_spiffe_id(uris[0])
+            if parsed is None:
+                raise self._fail(Reason.CERT_INVALID, "invalid SPIFFE ID in client certificate")
+            spiffe_id, trust_domain = uris[0], parsed[0]
+        subject = spiffe_id or (dns[0] if dns else subject_dn)
+        if not subject:
+            raise self._fail(Reason.CERT_INVALID, "client certificate names no subject")
+        sha256_hex = fingerprint.hex()
+        claims: dict[str, Any] = {
+            "subject_dn": subject_dn,
+            "issuer_dn": issuer_dn,
+            "serial": format(leaf.serial_number, "x"),
+            "uris": tuple(uris),
+            "dns": tuple(dns),
+            "cert_sha256": sha256_hex,
+            "x5t#S256": base64.urlsafe_b64encode(fingerprint).rstrip(b"=").decode("ascii"),
+        }
+        headers = [(self._prefix + "cert-sha256", sha256_hex)]
+        if spiffe_id is not None:
+            claims["spiffe_id"] = spiffe_id
+            claims["trust_domain"] = trust_domain
+            headers.insert(0, (self._prefix + "spiffe-id", spiffe_id))
+        return Identity(
+            method=self.kind,
+            subject=subject,
+            authenticator=self.name,
+            claims=MappingProxyType(claims),
+            expires_at=leaf.not_valid_after_utc.timestamp(),
+            headers=tuple(headers),
+        )
+
+    def _fail(self, reason: Reason, description: str, detail: str = "") -> AuthenticationError:
+        return AuthenticationError(reason, description, detail, authenticator=self.name)
+
+    # -- the rest of the Authenticator protocol ------------------------------------------------
+
+    def challenge(self, error: AuthenticationError | None = None) -> str:
+        if error is None:
+            return self._challenge.render()
+        return self._challenge.render(
+            ("error", "invalid_certificate"), ("error_description", error.description)
+        )
+
+    def credential_headers(self) -> tuple[str, ...]:
+        return (XFCC_HEADER,) if self._xfcc else ()
+
+    def source_files(self) -> tuple[Path, ...]:
+        """The trust bundles (watched for hot reload)."""
+        return self._sources
+
+    def credential_query_params(self) -> tuple[str, ...]:
+        return ()
+
+    def credential_cookies(self) -> tuple[str, ...]:
+        return ()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def _extension(extensions: x509.Extensions, kind: type[Any]) -> Any:
+    try:
+        return extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _url_decoded(encoded: str) -> str:
+    # Percent-decoding only: "+" is a base64 character, never a space here.
+    return encoded if _PEM_MARK in encoded else unquote(encoded)
+
+
+def _load_bundle(path: Path, where: str) -> list[x509.Certificate]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(
+            f"{where}: {path}: cannot read ({exc.strerror or exc.__class__.__name__})"
+        ) from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{where}: {path}: no PEM certificates found") from None
+    for n, cert in enumerate(certs, start=1):
+        try:
+            constraints = _extension(cert.extensions, x509.BasicConstraints)
+        except ValueError:
+            raise ValueError(f"{where}: {path}: certificate {n} is malformed") from None
+        if constraints is None or not constraints.ca:
+            raise ValueError(
+                f"{where}: {path}: certificate {n} ({cert.subject.rfc4514_string()}) "
+                "is not a CA certificate"
+            )
+    return certs
