@@ -4,7 +4,9 @@ Selection order:
 
 1. Envoy names the route: per-route ``context_extensions[settings.route_key]``. An unknown name is
    *not* silently ignored: it matches nothing (and the request is denied unless the configuration
-   says unmatched requests are allowed), because it means Envoy and extauthz disagree.
+   says unmatched requests are allowed), because it means Envoy and extauthz disagree. A named
+   route's ``match.methods`` still applies (another method matches nothing); hosts and path are
+   Envoy's business then.
 2. Otherwise the first route, in configuration order, whose hosts, path and methods all match.
 
 Matchers are compiled once at load; a path template ``/v1/users/{user_id}/orders`` becomes an
@@ -152,6 +154,10 @@ class RouteTable:
         if named is not None:
             route = self._by_name.get(named)
             if route is None:
+                return None
+            # The route's methods still bind when Envoy names it: an operator who wrote
+            # ``methods: [GET]`` means other methods are not allowed through this route.
+            if route.methods and view.method not in route.methods:
                 return None
             # Envoy chose the route; still capture template parameters when the path fits.
             params = route.path.match(view.path)

@@ -485,9 +485,13 @@ def _http_url(value: str) -> bool:
 
 
 def _safe_url(value: str) -> str:
-    """A URL for logs: scheme, host and path only (no credentials, query or fragment)."""
+    """A URL for logs: scheme, host, port and path only (no credentials, query or fragment)."""
     parts = urlsplit(value)
-    return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 class RemoteJwks:

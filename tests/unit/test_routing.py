@@ -88,3 +88,9 @@ def test_named_route_still_captures_template_params() -> None:
         [route("o", path=PathMatcher(template=compile_template("/u/{id}")))], "route")
     m = table.match(view("/u/7", ext={"route": "o"}))
     assert m is not None and m.params == {"id": "7"}
+
+
+def test_named_route_still_enforces_methods() -> None:
+    table = RouteTable([route("docs", methods=frozenset({"GET", "PUT"}))], "route")
+    assert table.match(view("/d", method="GET", ext={"route": "docs"})) is not None
+    assert table.match(view("/d", method="DELETE", ext={"route": "docs"})) is None
