@@ -58,6 +58,16 @@ class Reason(enum.StrEnum):
     INSUFFICIENT_SCOPE = "insufficient_scope"
     CONSUMER_NOT_ALLOWED = "consumer_not_allowed"
     FORBIDDEN = "forbidden"
+    # HMAC request signatures
+    MALFORMED_SIGNATURE = "malformed_signature"
+    MISSING_COMPONENT = "missing_component"
+    SIGNATURE_EXPIRED = "signature_expired"
+    SIGNATURE_NOT_YET_VALID = "signature_not_yet_valid"
+    REPLAYED = "replayed"
+    DIGEST_MISMATCH = "digest_mismatch"
+    # Token introspection
+    INACTIVE_TOKEN = "inactive_token"  # noqa: S105
+    INTROSPECTION_UNAVAILABLE = "introspection_unavailable"
     # Request / dependencies
     BAD_REQUEST = "bad_request"
     TOO_MANY_ATTEMPTS = "too_many_attempts"

@@ -38,12 +38,16 @@ def default_registry() -> Mapping[str, Factory]:
     """The built-in authentication kinds, keyed by their configuration key."""
     from extauthz.authn.apikey import ApiKeyAuthenticator
     from extauthz.authn.basic import BasicAuthenticator
+    from extauthz.authn.hmac_sig import HmacAuthenticator
+    from extauthz.authn.introspection import IntrospectionAuthenticator
     from extauthz.authn.jwt import JwtAuthenticator
     from extauthz.authn.mtls import MtlsAuthenticator
 
     return {
         "api_key": ApiKeyAuthenticator.from_spec,
         "jwt": JwtAuthenticator.from_spec,
+        "hmac": HmacAuthenticator.from_spec,
+        "introspection": IntrospectionAuthenticator.from_spec,
         "mtls": MtlsAuthenticator.from_spec,
         "basic": BasicAuthenticator.from_spec,
     }

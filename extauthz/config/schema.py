@@ -174,6 +174,170 @@ class BasicSpec(Model):
     hash_workers: Annotated[int, Field(ge=1, le=64)] = 2
 
 
+# --- HMAC request signatures and OAuth2 token introspection (issue 3) -------------------------
+# (compiled by extauthz/authn/hmac_sig.py and extauthz/authn/introspection.py)
+
+SecretEncoding = Literal["raw", "base64", "base64url", "hex"]
+DigestAlgorithm = Literal["sha-256", "sha-512"]
+#: RFC 9421 keyid / draft-cavage keyId: printable ASCII without space, '"', ',' and '\'
+_KEY_ID = re.compile(r"^[!#-+\--\[\]-~]{1,256}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_SF_KEY = re.compile(r"^[a-z*][a-z0-9_\-.*]{0,63}$")
+#: derived components (RFC 9421 §2.2) a route may require; cavage cannot express @scheme
+_DERIVED_COMPONENTS = frozenset(
+    {"@method", "@authority", "@scheme", "@target-uri", "@request-target", "@path", "@query"}
+)
+
+
+def _all_digest_algorithms() -> list[DigestAlgorithm]:
+    return ["sha-256", "sha-512"]
+
+
+def _refuse_inline_secret(data: Any, *names: str) -> None:
+    if isinstance(data, dict):
+        for name in names:
+            if name in data:
+                raise ValueError(
+                    f"{name}: inline secrets are refused; use {name}_file or {name}_env"
+                )
+
+
+def _one_secret_source(file: str | None, env: str | None, prefix: str) -> None:
+    if (file is None) == (env is None):
+        raise ValueError(f"set exactly one of {prefix}_file, {prefix}_env")
+    if env is not None and not _ENV_NAME.match(env):
+        raise ValueError(f"{prefix}_env: not an environment variable name: {env!r}")
+    if file is not None and not file.strip():
+        raise ValueError(f"{prefix}_file: must not be empty")
+
+
+class HmacKeySpec(Model):
+    """One shared HMAC key; the secret comes from a file or an environment variable."""
+
+    id: str = Field(pattern=_KEY_ID.pattern)
+    secret_file: str | None = None
+    secret_env: str | None = None
+    secret_encoding: SecretEncoding = "raw"  # noqa: S105 - an encoding name, not a secret
+    #: consumer name reported for requests signed with this key (default: the key id)
+    consumer: Name | None = None
+    scopes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline(cls, data: Any) -> Any:
+        _refuse_inline_secret(data, "secret")
+        return data
+
+    @model_validator(mode="after")
+    def _secret_source(self) -> HmacKeySpec:
+        _one_secret_source(self.secret_file, self.secret_env, "secret")
+        return self
+
+
+class HmacSpec(Model):
+    """HTTP request signatures with shared keys: RFC 9421 ``hmac-sha256`` or draft-cavage."""
+
+    profile: Literal["rfc9421", "cavage"] = "rfc9421"
+    #: cavage only: ``draft`` (draft-cavage-http-signatures-12) or ``apisix`` (APISIX >= 3.11)
+    dialect: Literal["draft", "apisix"] = "draft"
+    keys: list[HmacKeySpec] = Field(min_length=1)
+    #: rfc9421 only: the signature label to verify (default: the first whose keyid is ours)
+    label: str | None = Field(default=None, pattern=_SF_KEY.pattern)
+    #: rfc9421 only: the signature must carry this ``tag`` parameter
+    tag: str | None = Field(default=None, min_length=1, max_length=256)
+    #: components every signature must cover (RFC 9421 names; lowercase header names)
+    required_components: list[str] = Field(
+        default_factory=lambda: ["@method", "@authority", "@path", "@query"]
+    )
+    #: rfc9421: refuse signatures without ``created`` (cavage always needs a signed date)
+    require_created: bool = True
+    max_skew_seconds: Annotated[float, Field(ge=0, le=3600)] = 300
+    #: how long after ``created`` a signature stays usable (plus the skew)
+    max_age_seconds: Annotated[float, Field(ge=0, le=86400)] = 0
+    #: rfc9421 only: refuse signatures without a ``nonce`` parameter
+    require_nonce: bool = False
+    nonce_cache_size: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    #: the signature must cover a body digest that matches the body Envoy forwarded
+    require_digest: bool = False
+    digest_algorithms: list[DigestAlgorithm] = Field(
+        default_factory=_all_digest_algorithms, min_length=1
+    )
+    #: shorter secrets are refused when the configuration is built
+    min_secret_bytes: Annotated[int, Field(ge=16, le=1024)] = 32
+
+    @field_validator("required_components")
+    @classmethod
+    def _components(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for name in v:
+            name = name.lower()
+            if name.startswith("@"):
+                if name not in _DERIVED_COMPONENTS:
+                    known = ", ".join(sorted(_DERIVED_COMPONENTS))
+                    raise ValueError(f"unsupported derived component {name!r} (known: {known})")
+            else:
+                name = _header_name(name)
+            if name not in out:
+                out.append(name)
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HmacSpec:
+        ids = [k.id for k in self.keys]
+        if dupes := sorted({i for i in ids if ids.count(i) > 1}):
+            raise ValueError(f"duplicate key id(s): {', '.join(dupes)}")
+        explicit = self.model_fields_set
+        if self.profile == "cavage":
+            for name in ("label", "tag", "require_nonce", "require_created"):
+                if name in explicit:
+                    raise ValueError(f"{name} applies to profile rfc9421 only")
+            if "@scheme" in self.required_components:
+                raise ValueError("@scheme cannot be covered by a cavage signature")
+        elif "dialect" in explicit:
+            raise ValueError("dialect applies to profile cavage only")
+        return self
+
+
+class IntrospectionSpec(Model):
+    """Opaque bearer tokens checked at an OAuth 2.0 introspection endpoint (RFC 7662)."""
+
+    endpoint: str = Field(min_length=1)
+    client_id: str = Field(min_length=1, max_length=256)
+    client_secret_file: str | None = None
+    client_secret_env: str | None = None
+    #: how we authenticate to the endpoint: HTTP Basic or client_id/client_secret form fields
+    client_auth: Literal["basic", "post"] = "basic"
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    #: active results are cached until min(exp, now + this); 0 disables the positive cache
+    cache_max_ttl_seconds: Annotated[float, Field(ge=0, le=86400)] = 300
+    #: inactive (and refused) results are cached this long; 0 disables the negative cache
+    negative_cache_ttl_seconds: Annotated[float, Field(ge=0, le=3600)] = 10
+    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+    #: when set, the response's ``aud`` must contain one of these
+    audiences: list[str] | None = Field(default=None, min_length=1)
+    #: when set, the response's ``iss`` must equal this
+    issuer: str | None = Field(default=None, min_length=1)
+    token_type_hint: str | None = Field(default="access_token", min_length=1)
+    source: CredentialSource = Field(
+        default_factory=lambda: CredentialSource(authorization="Bearer")
+    )
+    #: connections to the endpoint at once (concurrent checks of one token share one request)
+    max_concurrent_requests: Annotated[int, Field(ge=1, le=1024)] = 64
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline(cls, data: Any) -> Any:
+        _refuse_inline_secret(data, "client_secret")
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> IntrospectionSpec:
+        _one_secret_source(self.client_secret_file, self.client_secret_env, "client_secret")
+        if not self.endpoint.startswith(("https://", "http://")):
+            raise ValueError("endpoint must be an http(s) URL")
+        return self
+
+
 class AuthnSpec(Model):
     """An authentication method: exactly one kind, or a reference to a named one.
 
@@ -185,6 +349,8 @@ class AuthnSpec(Model):
     jwt: JwtSpec | None = None
     mtls: MtlsSpec | None = None
     basic: BasicSpec | None = None
+    hmac: HmacSpec | None = None
+    introspection: IntrospectionSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

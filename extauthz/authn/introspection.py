@@ -1,0 +1,392 @@
+"""Opaque bearer tokens checked at an OAuth 2.0 Token Introspection endpoint (RFC 7662).
+
+One :class:`IntrospectionAuthenticator` talks to one endpoint::
+
+    token    read from ``source`` (default ``Authorization: Bearer``); absent = None.
+             Empty, longer than 16 KiB or not visible ASCII = 401 malformed_token.
+    cache    keyed by SHA-256(token) (the token itself is never stored, logged or a label):
+               active   until min(exp, now + cache_max_ttl_seconds)
+               refused  (inactive, wrong aud/iss, ...) for negative_cache_ttl_seconds
+             endpoint failures are never cached.
+    request  POST application/x-www-form-urlencoded ``token`` (+ ``token_type_hint``) with the
+             client authenticated by HTTP Basic (RFC 6749 §2.3.1: id and secret form-encoded,
+             then base64) or ``client_id``/``client_secret`` form fields (``client_auth: post``).
+             One aiohttp ClientSession per authenticator (created in ``start()``, closed in
+             ``close()``), at most ``max_concurrent_requests`` connections, the whole exchange
+             bounded by ``timeout_seconds``, redirects not followed (the client secret must not
+             travel anywhere else). Concurrent checks of one token share one request.
+    answer   HTTP 200 with a JSON object whose ``active`` is a boolean, else the endpoint is
+             treated as down: 503 introspection_unavailable (fail closed, never allow). Same
+             for connection errors, timeouts, 5xx, 4xx (our client credentials are wrong) and
+             malformed ``exp``/``nbf``/``scope``/``aud``/``iss`` members.
+             active: false                      401 inactive_token
+             now >= exp                         401 token_expired
+             now < nbf                          401 token_not_yet_valid
+             issuer configured, iss differs     401 wrong_issuer
+             audiences configured, no overlap   401 wrong_audience
+             neither sub nor client_id          401 missing_claim
+
+Identity: method ``introspection``; subject = ``sub``, else ``client_id``; consumer =
+``client_id``; scopes from ``scope`` (space-separated, or an array); ``expires_at`` = ``exp``;
+claims = the response without ``active``.
+
+:func:`looks_like_jwt` lets a route that accepts both JWTs and opaque tokens send each kind to the
+right verifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote_plus
+
+import aiohttp
+
+from extauthz.authn.base import Challenge
+from extauthz.authn.lru import TtlLru
+from extauthz.authn.registry import BuildContext
+from extauthz.authn.secrets import load_secret
+from extauthz.authn.sources import Source
+from extauthz.clock import Clock
+from extauthz.config.schema import IntrospectionSpec
+from extauthz.errors import AuthenticationError, DependencyUnavailable, Reason
+from extauthz.metrics import Metrics
+from extauthz.types import AuthMethod, Identity, RequestView
+
+log = logging.getLogger("extauthz.introspection")
+
+#: longest token accepted (bounds what an unauthenticated request can make us send)
+MAX_TOKEN_LENGTH = 16 * 1024
+#: longest introspection response read
+MAX_RESPONSE_BYTES = 1024 * 1024
+
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
+
+_DESCRIPTIONS: Mapping[Reason, str] = {
+    Reason.MALFORMED_TOKEN: "malformed token",
+    Reason.INACTIVE_TOKEN: "token is not active",
+    Reason.TOKEN_EXPIRED: "token expired",
+    Reason.TOKEN_NOT_YET_VALID: "token not yet valid",
+    Reason.WRONG_ISSUER: "token issuer not accepted",
+    Reason.WRONG_AUDIENCE: "token audience not accepted",
+    Reason.MISSING_CLAIM: "token lacks a subject",
+}
+
+
+def looks_like_jwt(token: str) -> bool:
+    """True when ``token`` has the shape of a compact JWS: three base64url segments (the first two
+    non-empty) whose first decodes to a JSON object with a string ``alg``.
+
+    A shape test for routing only, not a verification: a token that looks like a JWT goes to the
+    JWT verifier (which may still refuse it), anything else to introspection.
+    """
+    if len(token) > MAX_TOKEN_LENGTH:
+        return False
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        return False
+    if not all(_B64URL.match(part) for part in parts):
+        return False
+    header = parts[0]
+    try:
+        raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+        decoded = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
+        return False
+    return isinstance(decoded, dict) and isinstance(decoded.get("alg"), str)
+
+
+class _EndpointError(Exception):
+    """The endpoint did not give a usable answer (the message is for logs, never the client)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    """One introspection outcome: an identity, or the reason the token is refused."""
+
+    identity: Identity | None
+    reason: Reason = Reason.INACTIVE_TOKEN
+    description: str = ""
+
+
+def _number(doc: Mapping[str, Any], name: str) -> float | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _EndpointError(f"member {name} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _EndpointError(f"member {name} out of range") from None
+    if not math.isfinite(number):
+        raise _EndpointError(f"member {name} is not finite")
+    return number
+
+
+def _string_or_list(doc: Mapping[str, Any], name: str) -> list[str] | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise _EndpointError(f"member {name} is neither a string nor an array of strings")
+
+
+def _scopes(doc: Mapping[str, Any]) -> frozenset[str]:
+    value = doc.get("scope")
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    raise _EndpointError("member scope is neither a string nor an array of strings")
+
+
+class IntrospectionAuthenticator:
+    """Verifies opaque bearer tokens at an RFC 7662 endpoint (module docstring: exact rules)."""
+
+    kind: AuthMethod = AuthMethod.INTROSPECTION
+
+    def __init__(
+        self,
+        name: str,
+        spec: IntrospectionSpec,
+        client_secret: str,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        realm: str = "extauthz",
+    ) -> None:
+        self.name = name
+        self._spec = spec
+        self._endpoint = spec.endpoint
+        self._clock = clock
+        self._source = Source.from_spec(spec.source)
+        self._form: dict[str, str] = {}
+        self._auth_headers: dict[str, str] = {"Accept": "application/json"}
+        if spec.token_type_hint:
+            self._form["token_type_hint"] = spec.token_type_hint
+        if spec.client_auth == "basic":
+            pair = f"{quote_plus(spec.client_id)}:{quote_plus(client_secret)}"
+            encoded = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+            self._auth_headers["Authorization"] = f"Basic {encoded}"
+        else:
+            self._form["client_id"] = spec.client_id
+            self._form["client_secret"] = client_secret
+        self._audiences = frozenset(spec.audiences or ())
+        self._cache: TtlLru[bytes, _Result] = TtlLru(spec.cache_size)
+        self._inflight: dict[bytes, asyncio.Task[_Result]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._hit = metrics.cache_requests.labels(cache="introspection", result="hit")
+        self._miss = metrics.cache_requests.labels(cache="introspection", result="miss")
+        self._challenge = Challenge("Bearer", (("realm", realm),))
+        self._strip_headers = (h,) if (h := self._source.strip_header) else ()
+        self._strip_query = (self._source.query,) if self._source.query else ()
+        self._strip_cookies = (self._source.cookie,) if self._source.cookie else ()
+
+    @classmethod
+    def from_spec(
+        cls, name: str, spec: IntrospectionSpec, ctx: BuildContext
+    ) -> IntrospectionAuthenticator:
+        """Build from configuration: reads the client secret now (``ValueError`` names it)."""
+        raw = load_secret(
+            file=spec.client_secret_file, env=spec.client_secret_env, base_dir=ctx.base_dir
+        )
+        try:
+            secret = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("client secret is not UTF-8 text") from None
+        return cls(
+            name, spec, secret, clock=ctx.clock, metrics=ctx.metrics, realm=ctx.settings.realm
+        )
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._spec.timeout_seconds),
+            connector=aiohttp.TCPConnector(limit=self._spec.max_concurrent_requests),
+            raise_for_status=False,
+        )
+
+    async def start(self) -> None:
+        if self._session is None or self._session.closed:
+            self._session = self._new_session()
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        self._inflight.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ----------------------------------------------------------------------------- checking
+
+    def _fail(self, reason: Reason, description: str = "") -> AuthenticationError:
+        return AuthenticationError(
+            reason, description or _DESCRIPTIONS.get(reason, ""), authenticator=self.name
+        )
+
+    async def authenticate(self, view: RequestView) -> Identity | None:
+        token = self._source.read(view)
+        if token is None:
+            return None
+        if not token or len(token) > MAX_TOKEN_LENGTH or not _VISIBLE_ASCII.match(token):
+            raise self._fail(Reason.MALFORMED_TOKEN)
+        key = hashlib.sha256(token.encode("ascii")).digest()
+        result = self._cache.get(key, self._clock())
+        if result is not None:
+            self._hit.inc()
+        else:
+            self._miss.inc()
+            task = self._inflight.get(key)
+            if task is None:
+                task = asyncio.ensure_future(self._introspect(token, key))
+                self._inflight[key] = task
+                task.add_done_callback(functools.partial(self._finished, key))
+            # shield: a cancelled check (Envoy gave up) must not cancel the shared request.
+            result = await asyncio.shield(task)
+        return self._apply(result)
+
+    def _finished(self, key: bytes, task: asyncio.Task[_Result]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" if all waiters left
+
+    def _apply(self, result: _Result) -> Identity:
+        identity = result.identity
+        if identity is None:
+            raise self._fail(result.reason, result.description)
+        if identity.expires_at is not None and self._clock() >= identity.expires_at:
+            raise self._fail(Reason.TOKEN_EXPIRED)
+        return identity
+
+    async def _introspect(self, token: str, key: bytes) -> _Result:
+        tag = key.hex()[:12]  # correlates log lines of one token without revealing it
+        try:
+            doc = await self._post(token)
+            result, cache_until = self._evaluate(doc)
+        except _EndpointError as exc:
+            log.warning("introspection %s (token %s): %s", self.name, tag, exc)
+            raise DependencyUnavailable(
+                Reason.INTROSPECTION_UNAVAILABLE, "token introspection unavailable"
+            ) from None
+        if cache_until is not None:
+            self._cache.put(key, result, cache_until)
+        return result
+
+    async def _post(self, token: str) -> dict[str, Any]:
+        if self._session is None or self._session.closed:
+            await self.start()
+        session = self._session
+        if session is None:  # pragma: no cover - start() always sets it
+            raise _EndpointError("no HTTP session")
+        form = {"token": token, **self._form}
+        try:
+            async with session.post(
+                self._endpoint, data=form, headers=self._auth_headers, allow_redirects=False
+            ) as response:
+                if response.status != 200:
+                    raise _EndpointError(f"HTTP status {response.status}")
+                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _EndpointError(f"request failed: {type(exc).__name__}") from None
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise _EndpointError("response too large")
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            raise _EndpointError("response is not JSON") from None
+        if not isinstance(doc, dict):
+            raise _EndpointError("response is not a JSON object")
+        return doc
+
+    def _evaluate(self, doc: dict[str, Any]) -> tuple[_Result, float | None]:
+        """The outcome for one response, and until when it may be cached (None: not at all)."""
+        now = self._clock()
+        active = doc.get("active")
+        if not isinstance(active, bool):
+            raise _EndpointError("member active is not a boolean")
+        negative_until = (
+            now + self._spec.negative_cache_ttl_seconds
+            if self._spec.negative_cache_ttl_seconds > 0
+            else None
+        )
+        if not active:
+            return _Result(None, Reason.INACTIVE_TOKEN), negative_until
+        exp = _number(doc, "exp")
+        nbf = _number(doc, "nbf")
+        audiences = _string_or_list(doc, "aud")
+        scopes = _scopes(doc)
+        iss = doc.get("iss")
+        if iss is not None and not isinstance(iss, str):
+            raise _EndpointError("member iss is not a string")
+        refused: Reason | None = None
+        if exp is not None and now >= exp:
+            refused = Reason.TOKEN_EXPIRED
+        elif nbf is not None and now < nbf:
+            refused = Reason.TOKEN_NOT_YET_VALID
+        elif self._spec.issuer is not None and iss != self._spec.issuer:
+            refused = Reason.WRONG_ISSUER
+        elif self._audiences and not self._audiences.intersection(audiences or ()):
+            refused = Reason.WRONG_AUDIENCE
+        sub = doc.get("sub")
+        client_id = doc.get("client_id")
+        subject = sub if isinstance(sub, str) and sub else None
+        consumer = client_id if isinstance(client_id, str) and client_id else None
+        if refused is None and (subject or consumer) is None:
+            refused = Reason.MISSING_CLAIM
+        if refused is not None:
+            return _Result(None, refused), negative_until
+        claims = {k: v for k, v in doc.items() if k != "active"}
+        identity = Identity(
+            method=self.kind,
+            subject=subject or consumer or "",
+            authenticator=self.name,
+            consumer=consumer,
+            scopes=scopes,
+            claims=MappingProxyType(claims),
+            expires_at=exp,
+        )
+        cache_until: float | None = None
+        if self._spec.cache_max_ttl_seconds > 0:
+            cache_until = now + self._spec.cache_max_ttl_seconds
+            if exp is not None:
+                cache_until = min(cache_until, exp)
+        return _Result(identity), cache_until
+
+    # ----------------------------------------------------------------------------- protocol
+
+    def challenge(self, error: AuthenticationError | None = None) -> str:
+        if error is None:
+            return self._challenge.render()
+        return self._challenge.render(
+            ("error", "invalid_token"), ("error_description", error.description)
+        )
+
+    def credential_headers(self) -> tuple[str, ...]:
+        return self._strip_headers
+
+    def credential_query_params(self) -> tuple[str, ...]:
+        return self._strip_query
+
+    def credential_cookies(self) -> tuple[str, ...]:
+        return self._strip_cookies

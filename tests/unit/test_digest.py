@@ -1,0 +1,81 @@
+"""RFC 9530 Content-Digest and legacy Digest verification."""
+
+from __future__ import annotations
+
+import pytest
+
+from extauthz.authn.digest import (
+    DigestError,
+    content_digest,
+    is_partial_body,
+    legacy_digest,
+    parse_content_digest,
+    verify_content_digest,
+    verify_legacy_digest,
+)
+
+BODY = b'{"hello": "world"}'
+# RFC 9530 / RFC 9421 examples for the body {"hello": "world"}
+SHA256 = "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:"
+SHA512 = ("sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEm"
+          "THWXvJwew==:")
+
+
+def test_rfc_examples_verify() -> None:
+    assert verify_content_digest(SHA256, BODY) == "sha-256"
+    assert verify_content_digest(SHA512, BODY) == "sha-512"
+    assert verify_content_digest(f"{SHA256}, {SHA512}", BODY) == "sha-256"
+
+
+def test_generated_headers_round_trip() -> None:
+    assert content_digest(BODY) == SHA256
+    assert content_digest(BODY, "sha-512") == SHA512
+    assert verify_legacy_digest(legacy_digest(BODY), BODY) == "sha-256"
+    assert legacy_digest(BODY).startswith("SHA-256=X48E9q")
+
+
+def test_tampered_body_is_refused() -> None:
+    with pytest.raises(DigestError, match="mismatch"):
+        verify_content_digest(SHA256, BODY + b" ")
+
+
+def test_every_accepted_algorithm_must_match() -> None:
+    wrong512 = content_digest(b"other", "sha-512")
+    with pytest.raises(DigestError, match="mismatch"):
+        verify_content_digest(f"{SHA256}, {wrong512}", BODY)
+
+
+def test_unknown_algorithms_are_ignored_but_one_accepted_is_needed() -> None:
+    assert verify_content_digest(f"md5=:AAAA:, {SHA256}", BODY) == "sha-256"
+    with pytest.raises(DigestError, match="no accepted"):
+        verify_content_digest("md5=:AAAA:, unixsum=:AAAA:", BODY)
+    with pytest.raises(DigestError, match="no accepted"):
+        verify_content_digest(SHA512, BODY, accepted=("sha-256",))
+
+
+@pytest.mark.parametrize("value", ["sha-256=abc", "sha-256", "SHA-256=:X48E9q:", "sha-256=(:AA==:)",
+                                   "sha-256=:!!:", "x" * 5000])
+def test_malformed_content_digest(value: str) -> None:
+    with pytest.raises(DigestError):
+        parse_content_digest(value)
+
+
+def test_legacy_digest_forms() -> None:
+    b64 = legacy_digest(BODY).partition("=")[2]
+    assert verify_legacy_digest(f"sha-256={b64}", BODY) == "sha-256"  # names case-insensitive
+    assert verify_legacy_digest(f"MD5=abc, SHA-256={b64}", BODY) == "sha-256"
+    with pytest.raises(DigestError, match="mismatch"):
+        verify_legacy_digest(legacy_digest(b"x"), BODY)
+    with pytest.raises(DigestError, match="malformed"):
+        verify_legacy_digest("SHA-256=***", BODY)
+    with pytest.raises(DigestError, match="malformed"):
+        verify_legacy_digest("SHA-256", BODY)
+    with pytest.raises(DigestError, match="no accepted"):
+        verify_legacy_digest("MD5=abc", BODY)
+
+
+def test_partial_body_header() -> None:
+    assert is_partial_body({"x-envoy-auth-partial-body": "true"})
+    assert is_partial_body({"x-envoy-auth-partial-body": " TRUE "})
+    assert not is_partial_body({"x-envoy-auth-partial-body": "false"})
+    assert not is_partial_body({})
