@@ -29,9 +29,9 @@ from extauthz.errors import (
     AuthorizationError,
     BadRequestError,
     CheckError,
-    TooManyAttempts,
     DependencyUnavailable,
     Reason,
+    TooManyAttempts,
 )
 from extauthz.types import Identity
 
@@ -41,6 +41,8 @@ class Outcome(enum.StrEnum):
 
     ALLOW = "allow"
     DENY = "deny"
+    #: the route's policy denied, but the route is in shadow mode: the request is allowed
+    SHADOW_DENY = "shadow_deny"
 
 
 class GrpcCode(enum.IntEnum):
@@ -86,10 +88,13 @@ class Decision:
     response_headers: tuple[tuple[str, str], ...] = ()
     body: str = ""
     dynamic_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY_META)
+    #: the policy rule that denied (its configuration path, e.g. ``rules[2]``), for logs
+    rule: str = ""
 
     @property
     def allowed(self) -> bool:
-        return self.outcome is Outcome.ALLOW
+        """Whether the request goes through (a shadow denial does)."""
+        return self.outcome is not Outcome.DENY
 
 
 def problem_body(status: int, reason: Reason, description: str, request_id: str = "") -> str:
@@ -154,8 +159,7 @@ def from_error(
     if isinstance(error, TooManyAttempts):
         limited = deny(429, GrpcCode.RESOURCE_EXHAUSTED, error.reason, route, error.description,
                        request_id=request_id)
-        return dataclasses.replace(limited, response_headers=limited.response_headers + (
-            ("retry-after", str(error.retry_after)),))
+        return dataclasses.replace(limited, response_headers=(*limited.response_headers, ("retry-after", str(error.retry_after))))
     if isinstance(error, DependencyUnavailable):
         return deny(503, GrpcCode.UNAVAILABLE, error.reason, route, error.description,
                     request_id=request_id)
