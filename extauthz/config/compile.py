@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 from extauthz.authn.base import Authenticator
 from extauthz.authn.registry import BuildContext, Factory, default_registry
-from extauthz.authz.policy import Policy, PolicyError
+from extauthz.authz.policy import Policy
 from extauthz.clock import Clock, system_clock
 from extauthz.config.loader import LoadedConfig, load_config
 from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
@@ -42,6 +42,18 @@ class Snapshot:
     async def start(self) -> None:
         """Start background work of every authenticator (JWKS refresh, ...)."""
         await asyncio.gather(*(a.start() for a in self.authenticators.values()))
+
+    def inherit_from(self, previous: Snapshot) -> None:
+        """Carry state that must survive a reload (e.g. HMAC nonce replay caches).
+
+        An authenticator that defines ``inherit_state(previous)`` receives the authenticator of
+        the same name and kind from the snapshot it replaces. Called before the old one closes.
+        """
+        for name, authenticator in self.authenticators.items():
+            old = previous.authenticators.get(name)
+            inherit = getattr(authenticator, "inherit_state", None)
+            if old is not None and old.kind == authenticator.kind and callable(inherit):
+                inherit(old)
 
     async def close(self) -> None:
         """Stop background work; errors are logged, never raised (closing must finish)."""
@@ -186,6 +198,13 @@ class _Compiler:
             else:
                 self.authenticators[inline_name] = built
                 authenticators.append(built)
+        if spec.authz.consumers is not None:
+            known = {c.name for c in self.consumers}
+            for k, consumer in enumerate(spec.authz.consumers):
+                if consumer not in known:
+                    self.issues.append(ConfigIssue(f"{where}.authz.consumers[{k}]",
+                                                   f"unknown consumer {consumer!r}"))
+                    ok = False
         template = None
         if spec.match.template is not None:
             try:
@@ -193,24 +212,7 @@ class _Compiler:
             except ValueError as exc:
                 self.issues.append(ConfigIssue(f"{where}.match.template", str(exc)))
                 ok = False
-        policy: Policy | None = None
-        try:
-            policy = Policy.from_spec(
-                spec.authz,
-                route=spec.name,
-                consumers={c.name for c in self.consumers},
-                params=frozenset(template.groupindex) if template is not None else frozenset(),
-            )
-        except PolicyError as exc:
-            self.issues.extend(ConfigIssue(f"{where}.authz.{path}", message)
-                               for path, message in exc.issues)
-            ok = False
-        if policy is not None and spec.public and not policy.empty:
-            self.issues.append(ConfigIssue(
-                f"{where}.authz", "a public route has no identity to authorize: its policy "
-                "would never be evaluated (remove authz or public)"))
-            ok = False
-        if not ok or policy is None:
+        if not ok:
             return None
         strip = spec.strip_credentials
         return Route(
@@ -220,7 +222,7 @@ class _Compiler:
             methods=frozenset(spec.match.methods),
             public=spec.public,
             authenticators=tuple(authenticators),
-            policy=policy,
+            policy=Policy.from_spec(spec.authz),
             strip_credentials=self.settings.strip_credentials if strip is None else strip,
             require_all=spec.authn_mode == "all_of",
         )
