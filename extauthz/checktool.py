@@ -12,6 +12,9 @@ code path Envoy's calls take. Fields::
     client_cert: "-----BEGIN CERTIFICATE-----..."   # optional PEM (as Envoy's peer certificate)
     source_address: 10.0.0.7        # optional
     context_extensions: {route: orders}
+
+``--explain`` adds a trace (:mod:`extauthz.explain`): the route and why, each authentication
+method's result, each policy rule's verdict.
 """
 
 from __future__ import annotations
@@ -24,10 +27,16 @@ from urllib.parse import quote
 import yaml
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
-from extauthz.decision import Decision
+from extauthz.decision import Decision, from_error
+from extauthz.errors import CheckError
+from extauthz.explain import Trace
+from extauthz.metrics import NO_ROUTE_LABEL
+from extauthz.pipeline import Engine
+from extauthz.request import from_check_request
 
-_FIELDS = {"method", "path", "host", "scheme", "headers", "body", "client_cert",
-           "source_address", "context_extensions"}
+#: the fields of a request description (``extauthz test`` files use the same ones, plus ``jwt``)
+REQUEST_FIELDS = frozenset({"method", "path", "host", "scheme", "headers", "body", "client_cert",
+                            "source_address", "context_extensions"})
 
 
 def load_request_file(path: str | Path) -> dict[str, Any]:
@@ -35,13 +44,29 @@ def load_request_file(path: str | Path) -> dict[str, Any]:
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict):
         raise ValueError("the request file must be a mapping")
-    unknown = sorted(set(data) - _FIELDS)
+    check_request_data(data)
+    return data
+
+
+def check_request_data(data: dict[str, Any], extra: frozenset[str] = frozenset()) -> None:
+    """Raise ValueError for unknown fields or mis-typed mappings."""
+    unknown = sorted(set(data) - REQUEST_FIELDS - extra)
     if unknown:
         raise ValueError(f"unknown request field(s): {', '.join(unknown)}")
     for key in ("headers", "context_extensions"):
         if key in data and not isinstance(data[key], dict):
             raise ValueError(f"{key} must be a mapping")
-    return data
+
+
+async def decide_traced(engine: Engine, request: Any, trace: Trace | None) -> Decision:
+    """Like :func:`extauthz.servicer.decide`, recording into ``trace`` when given."""
+    try:
+        view = from_check_request(request)
+    except CheckError as exc:
+        if trace is not None:
+            trace.notes.append(f"the CheckRequest could not be read: {exc.reason.value}")
+        return from_error(exc, NO_ROUTE_LABEL)
+    return await engine.check(view, trace)
 
 
 def build_check_request(data: dict[str, Any]) -> Any:
@@ -79,12 +104,15 @@ def decision_to_json(decision: Decision) -> dict[str, Any]:
         "grpc_code": decision.grpc_code.name,
         "reason": decision.reason.value,
         "route": decision.route,
+        "outcome": decision.outcome.value,
         "headers_added": dict(decision.upstream_headers),
         "headers_removed": list(decision.remove_headers),
         "query_removed": list(decision.remove_query),
         "response_headers": [list(h) for h in decision.response_headers],
         "identity": None,
     }
+    if decision.rule:
+        out["rule"] = decision.rule
     if not decision.allowed:
         out["body"] = json.loads(decision.body) if decision.body else None
     if identity is not None:

@@ -1,4 +1,4 @@
-"""The ``extauthz`` command line: serve, validate, check, keys."""
+"""The ``extauthz`` command line: serve, validate, check, test, keys."""
 
 from __future__ import annotations
 
@@ -64,11 +64,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from extauthz.checktool import build_check_request, decision_to_json, load_request_file
+    from extauthz.checktool import (
+        build_check_request,
+        decide_traced,
+        decision_to_json,
+        load_request_file,
+    )
     from extauthz.config.compile import load_snapshot
+    from extauthz.explain import Trace
     from extauthz.metrics import Metrics
     from extauthz.pipeline import Engine
-    from extauthz.servicer import decide
 
     try:
         data = load_request_file(args.request)
@@ -82,17 +87,29 @@ def _check(args: argparse.Namespace) -> int:
         _print_config_error(args.config, exc)
         return 2
 
+    trace = Trace() if args.explain else None
+
     async def run() -> dict[str, object]:
         await snapshot.start()
         try:
-            decision = await decide(Engine(metrics, snapshot), build_check_request(data))
+            decision = await decide_traced(Engine(metrics, snapshot), build_check_request(data),
+                                           trace)
         finally:
             await snapshot.close()
         return decision_to_json(decision)
 
     result = asyncio.run(run())
+    if trace is not None:
+        result["explain"] = trace.to_json()
+        print(trace.render(), file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0 if result["allowed"] else 3
+
+
+def _test(args: argparse.Namespace) -> int:
+    from extauthz.policytest import run_paths
+
+    return run_paths(args.paths, verbose=args.verbose, name_filter=args.run)
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
@@ -140,7 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="decide one request described in a YAML/JSON file")
     check.add_argument("--config", required=True)
     check.add_argument("--request", required=True)
+    check.add_argument("--explain", action="store_true",
+                       help="add a trace: the route and why, each authentication method's "
+                            "result, each policy rule's verdict (JSON 'explain' member; a "
+                            "readable rendering goes to stderr)")
     check.set_defaults(func=_check)
+
+    test = sub.add_parser("test", help="run policy test files (like `opa test`)")
+    test.add_argument("paths", nargs="+", metavar="PATH",
+                      help="a test file, or a directory searched for *_test.yaml / *_test.yml")
+    test.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
+    test.add_argument("--run", metavar="REGEX", help="only tests whose name matches REGEX")
+    test.set_defaults(func=_test)
 
     keys = sub.add_parser("keys", help="generate credentials")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

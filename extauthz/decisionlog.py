@@ -2,13 +2,15 @@
 
 What is written: time, request id, route, HTTP method, path with query *values* removed (keys
 kept: ``/v1/orders?limit=&page=``), source address, identity (method, subject, consumer),
-outcome, reason code, HTTP status, latency. What is never written: header values, query values,
-bodies, tokens, keys, signatures, cookies — the record is built from an allow-list of fields, so a
-new credential type cannot leak by accident.
+outcome (``allow``, ``deny``, ``shadow_deny``), reason code (for ``shadow_deny``: the reason the
+policy would have denied with), the policy rule that denied (its configuration path), HTTP
+status, latency. What is never written: header values, query values, bodies, tokens, keys,
+signatures, cookies — the record is built from an allow-list of fields, so a new credential type
+cannot leak by accident.
 
 Writing happens on a background thread fed by a bounded queue, so a slow stdout never blocks a
-check. Allowed decisions can be sampled (``sample_allowed``); denies are always enqueued. If the
-queue is full (the sink cannot keep up), the line is dropped and counted in
+check. Allowed decisions can be sampled (``sample_allowed``); denies and shadow denies are always
+enqueued. If the queue is full (the sink cannot keep up), the line is dropped and counted in
 ``extauthz_decision_log_dropped_total`` rather than stalling the request path.
 """
 
@@ -25,7 +27,7 @@ from urllib.parse import parse_qsl
 
 from prometheus_client import Counter
 
-from extauthz.decision import Decision
+from extauthz.decision import Decision, Outcome
 from extauthz.types import RequestView
 
 _STOP = object()
@@ -62,6 +64,8 @@ def record(view: RequestView | None, decision: Decision, latency_s: float) -> di
         "status": decision.http_status,
         "latency_ms": round(latency_s * 1000, 3),
     }
+    if decision.rule:
+        rec["rule"] = decision.rule
     identity = decision.identity
     if identity is not None:
         rec["identity"] = {
@@ -93,7 +97,7 @@ class DecisionLog:
     def write(self, view: RequestView | None, decision: Decision, latency_s: float) -> None:
         """Enqueue one decision (never blocks)."""
         sampled_out = (
-            decision.allowed
+            decision.outcome is Outcome.ALLOW  # denies and shadow denies are always logged
             and self._sample_allowed < 1.0
             and random.random() >= self._sample_allowed  # noqa: S311 (sampling, not security)
         )

@@ -58,6 +58,8 @@ class Reason(enum.StrEnum):
     INSUFFICIENT_SCOPE = "insufficient_scope"
     CONSUMER_NOT_ALLOWED = "consumer_not_allowed"
     FORBIDDEN = "forbidden"
+    #: a policy condition (CEL) failed to evaluate: denied, fail closed
+    POLICY_ERROR = "policy_error"
     # HMAC request signatures
     MALFORMED_SIGNATURE = "malformed_signature"
     MISSING_COMPONENT = "missing_component"

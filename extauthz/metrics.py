@@ -95,6 +95,11 @@ class Metrics:
             "Decision log lines dropped because the sink could not keep up.",
             registry=r,
         )
+        self.shadow_routes = Gauge(
+            "extauthz_shadow_routes",
+            "Routes whose policy is in shadow mode (denials are counted, not enforced).",
+            registry=r,
+        )
         self.ready = Gauge(
             "extauthz_ready",
             "1 when a valid configuration is loaded and the server accepts checks.",

@@ -3,6 +3,15 @@
 :class:`Engine` holds a reference to the current :class:`Snapshot`; a check reads it once, so a
 reload (which swaps the reference) never mixes two configurations within one request.
 ``Engine.check`` never raises: every failure becomes a deny decision (fail closed).
+
+Shadow mode (``authz.shadow: true``): the route's policy is evaluated as usual, but a policy
+denial becomes an *allowed* decision with outcome ``shadow_deny`` and the reason (and rule) that
+would have applied, so it is counted and logged while nothing is enforced. Shadow mode covers the
+policy only: a missing or invalid credential is denied even on a shadowed route — an unverified
+caller is never let through, and there is no identity whose policy could be evaluated.
+
+``check(view, trace)``: with a :class:`~extauthz.explain.Trace`, every stage records what it did
+(``extauthz check --explain``); without one nothing extra is built.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from extauthz.errors import (
     CheckError,
     Reason,
 )
+from extauthz.explain import AuthnStep, Trace
 from extauthz.metrics import NO_ROUTE_LABEL, Metrics
 from extauthz.request import path_is_normalized
 from extauthz.routing import Route
@@ -45,29 +55,47 @@ class Engine:
         self.snapshot = snapshot
 
     def swap(self, snapshot: Snapshot) -> Snapshot | None:
-        """Install ``snapshot`` atomically; returns the previous one (for the caller to close)."""
+        """Install ``snapshot`` atomically; returns the previous one (for the caller to close).
+
+        Shadowed routes are announced loudly: one warning per route, and the
+        ``extauthz_shadow_routes`` gauge.
+        """
         previous, self.snapshot = self.snapshot, snapshot
+        shadowed = [r.name for r in snapshot.routes.routes if r.policy.shadow]
+        for name in shadowed:
+            log.warning("route %s is in SHADOW mode: policy denials are logged and counted as "
+                        "shadow_deny, and the request is ALLOWED", name)
+        self.metrics.shadow_routes.set(len(shadowed))
         return previous
 
-    async def check(self, view: RequestView) -> Decision:
-        """Decide one request. Never raises."""
+    async def check(self, view: RequestView, trace: Trace | None = None) -> Decision:
+        """Decide one request. Never raises. ``trace``: record why (see the module doc)."""
         snapshot = self.snapshot
         if snapshot is None:
             return deny(503, GrpcCode.UNAVAILABLE, Reason.DEPENDENCY_UNAVAILABLE, NO_ROUTE_LABEL,
                         "authorization service not ready", request_id=view.request_id)
         try:
-            return await self._check(snapshot, view)
+            return await self._check(snapshot, view, trace)
         except CheckError as exc:
             return from_error(exc, NO_ROUTE_LABEL, request_id=view.request_id)
         except Exception:
             log.exception("unexpected error while checking a request (denied)")
             return from_error(RuntimeError(), NO_ROUTE_LABEL, request_id=view.request_id)
 
-    async def _check(self, snapshot: Snapshot, view: RequestView) -> Decision:
+    async def _check(
+        self, snapshot: Snapshot, view: RequestView, trace: Trace | None
+    ) -> Decision:
         if not path_is_normalized(view.path):
+            if trace is not None:
+                trace.notes.append("the path is not normalized (dot-segments, '//', or an "
+                                   "encoded '/', '\\' or '.'): refused before routing")
             raise BadRequestError(Reason.BAD_REQUEST, "path is not normalized")
         match = snapshot.routes.match(view)
+        if trace is not None:
+            trace.select_route(snapshot.routes, snapshot.settings.route_key, view, match)
         if match is None:
+            if trace is not None:
+                trace.notes.append(f"settings.unmatched is {snapshot.settings.unmatched!r}")
             if snapshot.settings.unmatched == "allow":
                 return self._allow(snapshot, None, None, view)
             return deny(403, GrpcCode.PERMISSION_DENIED, Reason.NO_ROUTE, NO_ROUTE_LABEL,
@@ -77,9 +105,9 @@ class Engine:
             if route.public:
                 return self._allow(snapshot, route, None, view)
             if route.require_all:
-                identity, missing = await self._authenticate_all(route, view)
+                identity, missing = await self._authenticate_all(route, view, trace)
             else:
-                identity = await self._authenticate(route, view)
+                identity = await self._authenticate(route, view, trace)
                 missing = route.authenticators if identity is None else ()
             if identity is None:
                 return deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL,
@@ -87,11 +115,16 @@ class Engine:
                             challenges=[a.challenge() for a in missing],
                             request_id=view.request_id)
             try:
-                route.policy.evaluate(view, identity, match.params)
+                route.policy.evaluate(view, identity, match.params,
+                                      None if trace is None else trace.rules)
             except AuthorizationError as exc:
-                return from_error(exc, route.name, request_id=view.request_id,
-                                  identity=identity,
-                                  challenges=_forbidden_challenges(snapshot, identity, exc))
+                rule = getattr(exc, "rule", "")
+                if route.policy.shadow:
+                    return self._allow(snapshot, route, identity, view, shadow=exc)
+                denied = from_error(exc, route.name, request_id=view.request_id,
+                                    identity=identity,
+                                    challenges=_forbidden_challenges(snapshot, identity, exc))
+                return dataclasses.replace(denied, rule=rule) if rule else denied
             return self._allow(snapshot, route, identity, view)
         except AuthenticationError as exc:
             return from_error(exc, route.name, request_id=view.request_id,
@@ -102,16 +135,21 @@ class Engine:
             log.exception("unexpected error on route %s (denied)", route.name)
             return from_error(RuntimeError(), route.name, request_id=view.request_id)
 
-    async def _authenticate(self, route: Route, view: RequestView) -> Identity | None:
+    async def _authenticate(
+        self, route: Route, view: RequestView, trace: Trace | None
+    ) -> Identity | None:
         """Any-of: the first method whose credential is present decides (valid or not)."""
-        for authenticator in route.authenticators:
-            identity = await self._run(authenticator, view)
+        for index, authenticator in enumerate(route.authenticators):
+            identity = await self._run(authenticator, view, trace)
             if identity is not None:
+                if trace is not None:
+                    trace.authn.extend(AuthnStep(a.name, a.kind.value, "not tried")
+                                       for a in route.authenticators[index + 1:])
                 return identity
         return None
 
     async def _authenticate_all(
-        self, route: Route, view: RequestView
+        self, route: Route, view: RequestView, trace: Trace | None
     ) -> tuple[Identity | None, tuple[Authenticator, ...]]:
         """All-of: every method must succeed. Returns (merged identity, methods lacking one).
 
@@ -121,7 +159,7 @@ class Engine:
         identities: list[Identity] = []
         missing: list[Authenticator] = []
         for authenticator in route.authenticators:
-            identity = await self._run(authenticator, view)
+            identity = await self._run(authenticator, view, trace)
             if identity is None:
                 missing.append(authenticator)
             else:
@@ -141,7 +179,9 @@ class Engine:
         )
         return merged, ()
 
-    async def _run(self, authenticator: Authenticator, view: RequestView) -> Identity | None:
+    async def _run(
+        self, authenticator: Authenticator, view: RequestView, trace: Trace | None = None
+    ) -> Identity | None:
         """Run one authenticator, counting the result (ok or reason) by method."""
         counter = self.metrics.authentications
         try:
@@ -150,9 +190,17 @@ class Engine:
             counter.labels(authenticator.kind.value, exc.reason.value).inc()
             if isinstance(exc, AuthenticationError) and not exc.authenticator:
                 exc.authenticator = authenticator.name
+            if trace is not None:
+                trace.authn.append(
+                    AuthnStep(authenticator.name, authenticator.kind.value, exc.reason.value))
             raise
         if identity is not None:
             counter.labels(authenticator.kind.value, "ok").inc()
+        if trace is not None:
+            trace.authn.append(AuthnStep(
+                authenticator.name, authenticator.kind.value,
+                "ok" if identity is not None else "absent",
+                identity.subject if identity is not None else ""))
         return identity
 
     def _allow(
@@ -161,7 +209,10 @@ class Engine:
         route: Route | None,
         identity: Identity | None,
         view: RequestView,
+        *,
+        shadow: AuthorizationError | None = None,
     ) -> Decision:
+        """Allow (or, with ``shadow``, allow and record the policy denial that was waived)."""
         settings = snapshot.settings
         prefix = settings.identity_header_prefix
         upstream: list[tuple[str, str]] = []
@@ -200,17 +251,24 @@ class Engine:
                     cookies = authenticator.credential_cookies()
                     if cookies and "cookie" in view.headers:
                         upstream.extend(_without_cookies(view.headers["cookie"], cookies, remove))
+        reason = Reason.OK if identity is not None else Reason.PUBLIC
+        metadata = _metadata(route, identity)
+        rule = ""
+        if shadow is not None:
+            reason, rule = shadow.reason, getattr(shadow, "rule", "")
+            metadata = {**metadata, "shadow_deny": {"reason": reason.value, "rule": rule}}
         return Decision(
-            outcome=Outcome.ALLOW,
+            outcome=Outcome.ALLOW if shadow is None else Outcome.SHADOW_DENY,
             http_status=200,
             grpc_code=GrpcCode.OK,
-            reason=Reason.OK if identity is not None else Reason.PUBLIC,
+            reason=reason,
             route=route.name if route is not None else NO_ROUTE_LABEL,
             identity=identity,
             upstream_headers=tuple(upstream),
             remove_headers=tuple(dict.fromkeys(remove)),
             remove_query=tuple(remove_query),
-            dynamic_metadata=_metadata(route, identity),
+            dynamic_metadata=metadata,
+            rule=rule,
         )
 
 

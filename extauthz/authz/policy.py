@@ -1,62 +1,212 @@
 """The route policy: every rule must pass; the first failure denies with 403.
 
-This is the minimal rule set of the walking skeleton (scopes, consumers, subjects). Rules are
-evaluated in a fixed, documented order: ``scopes_all``, ``scopes_any``, ``consumers``,
-``subjects``.
+Order is explicit: the shorthand keys of ``authz`` first, in this fixed order — ``scopes_all``,
+``scopes_any``, ``consumers``, ``subjects`` — then the ``rules:`` list in list order. The rule
+kinds and their reason codes are in :mod:`extauthz.authz.rules` and docs/policies.md.
+
+Compiling (:meth:`Policy.from_spec`) checks what the schema cannot: consumer names must exist and
+CEL expressions must compile and type-check. Every problem is collected with its path relative to
+the route's ``authz`` (``rules[1].cel: 1:5: undeclared reference to 'foo'``) and raised together
+as :class:`PolicyError`.
+
+``shadow: true`` does not change evaluation: the pipeline reads :attr:`Policy.shadow` and turns a
+denial into an allowed ``shadow_deny`` decision.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from extauthz.config.schema import AuthzSpec
-from extauthz.errors import AuthorizationError, Reason
+from extauthz.authz.rules import (
+    AllOf,
+    AnyOf,
+    Cel,
+    ClaimMatch,
+    Consumers,
+    Context,
+    Equal,
+    HeaderMatch,
+    Methods,
+    QueryMatch,
+    Roles,
+    Rule,
+    RuleDenied,
+    RuleResult,
+    ScopesAll,
+    ScopesAny,
+    Source,
+    Subjects,
+)
+from extauthz.config.schema import AuthzSpec, RuleSpec
 from extauthz.types import Identity, RequestView
+
+__all__ = ["Policy", "PolicyError", "RuleDenied", "RuleResult"]
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be compiled; ``issues`` are (path relative to ``authz``, message)."""
+
+    def __init__(self, issues: list[tuple[str, str]]) -> None:
+        self.issues = issues
+        super().__init__("; ".join(f"{p}: {m}" for p, m in issues))
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     """A compiled route policy."""
 
-    scopes_all: frozenset[str] = frozenset()
-    scopes_any: frozenset[str] = frozenset()
-    consumers: frozenset[str] | None = None
-    subjects: frozenset[str] | None = None
+    rules: tuple[Rule, ...] = ()
+    shadow: bool = False
+    route: str = ""
 
     @classmethod
-    def from_spec(cls, spec: AuthzSpec) -> Policy:
-        return cls(
-            scopes_all=frozenset(spec.scopes_all),
-            scopes_any=frozenset(spec.scopes_any),
-            consumers=None if spec.consumers is None else frozenset(spec.consumers),
-            subjects=None if spec.subjects is None else frozenset(spec.subjects),
+    def from_spec(
+        cls,
+        spec: AuthzSpec,
+        *,
+        route: str = "",
+        consumers: Collection[str] | None = None,
+        params: Collection[str] | None = None,
+    ) -> Policy:
+        """Compile ``spec``.
+
+        ``consumers``: the known consumer names; ``params``: the route's path-template
+        parameters. Rules naming others are configuration errors (None: not checked).
+        """
+        compiler = _Compiler(
+            None if consumers is None else frozenset(consumers),
+            None if params is None else frozenset(params),
         )
+        rules: list[Rule] = []
+        if spec.scopes_all:
+            rules.append(ScopesAll("scopes_all", spec.scopes_all))
+        if spec.scopes_any:
+            rules.append(ScopesAny("scopes_any", spec.scopes_any))
+        if spec.consumers is not None:
+            compiler.known_consumers(spec.consumers, "consumers")
+            rules.append(Consumers("consumers", spec.consumers, ()))
+        if spec.subjects is not None:
+            rules.append(Subjects("subjects", spec.subjects, (), prefixes=False))
+        for i, rule in enumerate(spec.rules):
+            built = compiler.rule(rule, f"rules[{i}]")
+            if built is not None:
+                rules.append(built)
+        if compiler.issues:
+            raise PolicyError(compiler.issues)
+        return cls(rules=tuple(rules), shadow=spec.shadow, route=route)
 
     @property
     def empty(self) -> bool:
-        return (
-            not self.scopes_all
-            and not self.scopes_any
-            and self.consumers is None
-            and self.subjects is None
-        )
+        return not self.rules
 
     def evaluate(
-        self, view: RequestView, identity: Identity, params: Mapping[str, str]
+        self,
+        view: RequestView,
+        identity: Identity,
+        params: Mapping[str, str],
+        trace: list[RuleResult] | None = None,
     ) -> None:
-        """Return if the request is allowed; raise AuthorizationError otherwise."""
-        if self.scopes_all and not self.scopes_all <= identity.scopes:
-            needed = " ".join(sorted(self.scopes_all))
-            raise AuthorizationError(
-                Reason.INSUFFICIENT_SCOPE, "insufficient scope", scope=needed
-            )
-        if self.scopes_any and self.scopes_any.isdisjoint(identity.scopes):
-            needed = " ".join(sorted(self.scopes_any))
-            raise AuthorizationError(
-                Reason.INSUFFICIENT_SCOPE, "insufficient scope", scope=needed
-            )
-        if self.consumers is not None and identity.consumer not in self.consumers:
-            raise AuthorizationError(Reason.CONSUMER_NOT_ALLOWED, "consumer not allowed")
-        if self.subjects is not None and identity.subject not in self.subjects:
-            raise AuthorizationError(Reason.FORBIDDEN, "forbidden")
+        """Return if the request is allowed; raise RuleDenied (an AuthorizationError) if not.
+
+        With ``trace``, every rule's verdict is appended to it (rules after the first failure
+        as ``skipped``); the decision is the same.
+        """
+        if not self.rules:
+            return
+        ctx = Context(view, identity, params, self.route)
+        if trace is None:
+            for rule in self.rules:
+                denied = rule.check(ctx)
+                if denied is not None:
+                    raise denied
+            return
+        first: RuleDenied | None = None
+        for rule in self.rules:
+            if first is not None:
+                trace.append(RuleResult(rule.label, rule.kind, rule.summary(), "skipped"))
+                continue
+            denied, result = rule.explain(ctx)
+            trace.append(result)
+            first = denied
+        if first is not None:
+            raise first
+
+
+class _Compiler:
+    def __init__(self, consumers: frozenset[str] | None, params: frozenset[str] | None) -> None:
+        self.consumers = consumers
+        self.params = params
+        self.issues: list[tuple[str, str]] = []
+
+    def known_consumers(self, names: Collection[str], path: str) -> None:
+        if self.consumers is None:
+            return
+        for k, name in enumerate(names):
+            if name not in self.consumers:
+                self.issues.append((f"{path}[{k}]", f"unknown consumer {name!r}"))
+
+    def rule(self, spec: RuleSpec, path: str) -> Rule | None:
+        kind = spec.kind
+        at = f"{path}.{kind}"
+        if spec.scopes_all is not None:
+            return ScopesAll(path, spec.scopes_all)
+        if spec.scopes_any is not None:
+            return ScopesAny(path, spec.scopes_any)
+        if spec.roles is not None:
+            roles = spec.roles
+            require_all = roles.all_of is not None
+            return Roles(path, roles.claim, roles.all_of or roles.any_of or [],
+                         require_all=require_all)
+        if spec.claim is not None:
+            c = spec.claim
+            return ClaimMatch(path, c.path, c.matcher, getattr(c, c.matcher))
+        if spec.consumers is not None:
+            self.known_consumers(spec.consumers.allow or [], f"{at}.allow")
+            self.known_consumers(spec.consumers.deny, f"{at}.deny")
+            return Consumers(path, spec.consumers.allow, spec.consumers.deny)
+        if spec.subjects is not None:
+            return Subjects(path, spec.subjects.allow, spec.subjects.deny, prefixes=True)
+        if spec.methods is not None:
+            return Methods(path, spec.methods)
+        if spec.source is not None:
+            return Source(path, spec.source.allow, spec.source.deny)
+        if spec.header is not None:
+            h = spec.header
+            return HeaderMatch(path, h.name, h.matcher, getattr(h, h.matcher))
+        if spec.query is not None:
+            q = spec.query
+            return QueryMatch(path, q.name, q.matcher, getattr(q, q.matcher))
+        if spec.equal is not None:
+            operands = spec.equal.operands
+            for side, name in operands:
+                if side == "param" and self.params is not None and name not in self.params:
+                    known = ", ".join(sorted(self.params)) or "none: the route has no template"
+                    self.issues.append((f"{at}.param",
+                                        f"unknown path parameter {name!r} (known: {known})"))
+                    return None
+            return Equal(path, operands)
+        if spec.any_of is not None or spec.all_of is not None:
+            members = spec.any_of if spec.any_of is not None else spec.all_of
+            built = [self.rule(r, f"{at}[{j}]") for j, r in enumerate(members or [])]
+            if any(b is None for b in built):
+                return None
+            children = [b for b in built if b is not None]
+            return AnyOf(path, children) if spec.any_of is not None else AllOf(path, children)
+        if spec.cel is not None:
+            return self._cel(spec.cel, at)
+        self.issues.append((path, f"unsupported rule kind {kind}"))
+        return None
+
+    def _cel(self, source: str, at: str) -> Rule | None:
+        from extauthz.authz.cel import CelCompileError, compile_expression
+
+        try:
+            program = compile_expression(source)
+        except CelCompileError as exc:
+            self.issues.append((at, str(exc)))
+            return None
+        except ImportError:
+            self.issues.append((at, "CEL rules need the cel-expr-python package"))
+            return None
+        return Cel(at.rsplit(".", 1)[0], program)

@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 from extauthz.authn.base import Authenticator
 from extauthz.authn.registry import BuildContext, Factory, default_registry
-from extauthz.authz.policy import Policy
+from extauthz.authz.policy import Policy, PolicyError
 from extauthz.clock import Clock, system_clock
 from extauthz.config.loader import LoadedConfig, load_config
 from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
@@ -198,13 +198,6 @@ class _Compiler:
             else:
                 self.authenticators[inline_name] = built
                 authenticators.append(built)
-        if spec.authz.consumers is not None:
-            known = {c.name for c in self.consumers}
-            for k, consumer in enumerate(spec.authz.consumers):
-                if consumer not in known:
-                    self.issues.append(ConfigIssue(f"{where}.authz.consumers[{k}]",
-                                                   f"unknown consumer {consumer!r}"))
-                    ok = False
         template = None
         if spec.match.template is not None:
             try:
@@ -212,7 +205,24 @@ class _Compiler:
             except ValueError as exc:
                 self.issues.append(ConfigIssue(f"{where}.match.template", str(exc)))
                 ok = False
-        if not ok:
+        policy: Policy | None = None
+        try:
+            policy = Policy.from_spec(
+                spec.authz,
+                route=spec.name,
+                consumers={c.name for c in self.consumers},
+                params=frozenset(template.groupindex) if template is not None else frozenset(),
+            )
+        except PolicyError as exc:
+            self.issues.extend(ConfigIssue(f"{where}.authz.{path}", message)
+                               for path, message in exc.issues)
+            ok = False
+        if policy is not None and spec.public and not policy.empty:
+            self.issues.append(ConfigIssue(
+                f"{where}.authz", "a public route has no identity to authorize: its policy "
+                "would never be evaluated (remove authz or public)"))
+            ok = False
+        if not ok or policy is None:
             return None
         strip = spec.strip_credentials
         return Route(
@@ -222,7 +232,7 @@ class _Compiler:
             methods=frozenset(spec.match.methods),
             public=spec.public,
             authenticators=tuple(authenticators),
-            policy=Policy.from_spec(spec.authz),
+            policy=policy,
             strip_credentials=self.settings.strip_credentials if strip is None else strip,
             require_all=spec.authn_mode == "all_of",
         )
