@@ -32,6 +32,11 @@ from extauthz.types import Identity, RequestView
 
 #: the variables an expression may use
 VARIABLES = ("request", "identity", "route", "params")
+#: members that are costly to convert, left out when no expression of the policy names them
+LAZY_MEMBERS = ("headers", "query", "claims")
+#: everything (what an activation holds when nothing is known about the expressions)
+ALL_NAMES = frozenset(VARIABLES + LAZY_MEMBERS)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ERROR_LINE = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*)")
@@ -82,6 +87,8 @@ class CelProgram:
 
     source: str
     expression: Any
+    #: the variables and costly members the source mentions (see :func:`names_used`)
+    names: frozenset[str] = ALL_NAMES
 
     def evaluate(self, activation: Any) -> bool:
         """True or False; raises CelEvalError when evaluation fails or is not a bool."""
@@ -108,51 +115,95 @@ def compile_expression(source: str) -> CelProgram:
     types = runtime().Type
     if result_type != types.BOOL and result_type != types.DYN:
         raise CelCompileError(f"must evaluate to a bool, not {result_type.name().lower()}")
-    return CelProgram(source, expression)
+    return CelProgram(source, expression, names_used(source))
+
+
+def names_used(source: str) -> frozenset[str]:
+    """Which of :data:`ALL_NAMES` appear in ``source`` as identifiers (or inside literals).
+
+    CEL has no way to reach a variable or a member without writing its name (a computed key such
+    as ``request["head" + "ers"]`` finds nothing and fails closed), so the activation can leave
+    out what no expression names: converting every header and claim into CEL values is the
+    largest part of an evaluation's cost. Names inside string literals only make this larger.
+    """
+    return frozenset(_IDENTIFIER.findall(source)) & ALL_NAMES
 
 
 def plain(value: Any) -> Any:
-    """Convert a claim value into what CEL accepts: dicts with string keys, lists, int64."""
-    if isinstance(value, str | bool | float) or value is None:
+    """Convert a claim value into what CEL accepts: dicts with string keys, lists, int64.
+
+    JWT claims come from ``json.loads`` (dicts, lists, strings, numbers, booleans, null), so the
+    common case is a cheap copy; integers beyond int64 become doubles, tuples and sets lists.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or kind is float or value is None:
         return value
-    if isinstance(value, int):
+    if kind is int:
         return value if _INT64_MIN <= value <= _INT64_MAX else float(value)
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {k if type(k) is str else str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | frozenset | set):
         return [plain(v) for v in value]
+    if isinstance(value, str | int | float):  # subclasses (e.g. a StrEnum)
+        return plain(kind.__mro__[1](value)) if kind is not bool else bool(value)
     return str(value)
 
 
+def _headers(view: RequestView) -> dict[str, str]:
+    # Headers keeps a dict with lowercase keys: copying it beats a Mapping walk (hot path).
+    data = getattr(view.headers, "_data", None)
+    return dict(data) if type(data) is dict else dict(view.headers.items())
+
+
 def activation_data(
-    view: RequestView, identity: Identity, route: str, params: Mapping[str, str]
+    view: RequestView,
+    identity: Identity,
+    route: str,
+    params: Mapping[str, str],
+    names: frozenset[str] = ALL_NAMES,
 ) -> dict[str, Any]:
-    """The CEL variables for one request (built only when a CEL rule is evaluated)."""
-    return {
-        "request": {
+    """The CEL variables for one request (built only when a CEL rule is evaluated).
+
+    ``names``: which variables and costly members (``headers``, ``query``, ``claims``) to build.
+    """
+    data: dict[str, Any] = {}
+    if "request" in names:
+        request: dict[str, Any] = {
             "method": view.method,
             "path": view.path,
             "host": view.host,
             "scheme": view.scheme,
-            "headers": dict(view.headers.items()),
-            "query": dict(view.query),
             "source": view.source_address,
-        },
-        "identity": {
+        }
+        if "headers" in names:
+            request["headers"] = _headers(view)
+        if "query" in names:
+            request["query"] = dict(view.query)
+        data["request"] = request
+    if "identity" in names:
+        who: dict[str, Any] = {
             "subject": identity.subject,
             "method": identity.method.value,
             "methods": [m.value for m in identity.all_methods],
             "consumer": identity.consumer or "",
             "scopes": sorted(identity.scopes),
-            "claims": plain(identity.claims),
-        },
-        "route": {"name": route},
-        "params": dict(params),
-    }
+        }
+        if "claims" in names:
+            who["claims"] = plain(identity.claims)
+        data["identity"] = who
+    if "route" in names:
+        data["route"] = {"name": route}
+    if "params" in names:
+        data["params"] = dict(params)
+    return data
 
 
 def activation(
-    view: RequestView, identity: Identity, route: str, params: Mapping[str, str]
+    view: RequestView,
+    identity: Identity,
+    route: str,
+    params: Mapping[str, str],
+    names: frozenset[str] = ALL_NAMES,
 ) -> Any:
     """A CEL activation for one request, shared by every CEL rule of the policy."""
-    return environment().Activation(data=activation_data(view, identity, route, params))
+    return environment().Activation(data=activation_data(view, identity, route, params, names))

@@ -59,6 +59,8 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     shadow: bool = False
     route: str = ""
+    #: the variables and members the policy's CEL expressions mention
+    cel_names: frozenset[str] = frozenset()
 
     @classmethod
     def from_spec(
@@ -94,7 +96,8 @@ class Policy:
                 rules.append(built)
         if compiler.issues:
             raise PolicyError(compiler.issues)
-        return cls(rules=tuple(rules), shadow=spec.shadow, route=route)
+        return cls(rules=tuple(rules), shadow=spec.shadow, route=route,
+                   cel_names=compiler.cel_names)
 
     @property
     def empty(self) -> bool:
@@ -114,7 +117,7 @@ class Policy:
         """
         if not self.rules:
             return
-        ctx = Context(view, identity, params, self.route)
+        ctx = Context(view, identity, params, self.route, self.cel_names)
         if trace is None:
             for rule in self.rules:
                 denied = rule.check(ctx)
@@ -138,6 +141,7 @@ class _Compiler:
         self.consumers = consumers
         self.params = params
         self.issues: list[tuple[str, str]] = []
+        self.cel_names: frozenset[str] = frozenset()
 
     def known_consumers(self, names: Collection[str], path: str) -> None:
         if self.consumers is None:
@@ -209,4 +213,5 @@ class _Compiler:
         except ImportError:
             self.issues.append((at, "CEL rules need the cel-expr-python package"))
             return None
+        self.cel_names |= program.names
         return Cel(at.rsplit(".", 1)[0], program)

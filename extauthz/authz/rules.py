@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extauthz.authz.cel import CelEvalError, CelProgram, activation
+from extauthz.authz.cel import ALL_NAMES, CelEvalError, CelProgram, activation
 from extauthz.errors import AuthorizationError, Reason
 from extauthz.types import Identity, RequestView
 
@@ -58,11 +58,14 @@ class Context:
     identity: Identity
     params: Mapping[str, str]
     route: str
+    #: what the policy's CEL expressions mention (the activation holds only that)
+    cel_names: frozenset[str] = ALL_NAMES
     _activation: Any = None
 
     def cel_activation(self) -> Any:
         if self._activation is None:
-            self._activation = activation(self.view, self.identity, self.route, self.params)
+            self._activation = activation(self.view, self.identity, self.route, self.params,
+                                          self.cel_names)
         return self._activation
 
 
