@@ -153,8 +153,9 @@ class Engine:
     ) -> tuple[Identity | None, tuple[Authenticator, ...]]:
         """All-of: every method must succeed. Returns (merged identity, methods lacking one).
 
-        The first method's identity is primary (subject, consumer); scopes are the union of what
-        every method granted; ``methods`` lists them all. An invalid credential raises at once.
+        The first method's identity is primary (subject); the consumer is the first one any
+        method names; scopes are the union of what every method granted; ``methods`` lists them
+        all. An invalid credential raises at once.
         """
         identities: list[Identity] = []
         missing: list[Authenticator] = []
@@ -170,8 +171,11 @@ class Engine:
         scopes = frozenset().union(*(i.scopes for i in identities))
         headers = tuple(h for i in identities for h in i.headers)
         expiries = [i.expires_at for i in identities if i.expires_at is not None]
+        # The consumer is whichever method names one (e.g. the API key in mTLS + key).
+        consumer = next((i.consumer for i in identities if i.consumer), primary.consumer)
         merged = dataclasses.replace(
             primary,
+            consumer=consumer,
             scopes=scopes,
             headers=headers,
             methods=tuple(i.method for i in identities),

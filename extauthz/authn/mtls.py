@@ -4,7 +4,8 @@ Where the certificate comes from
 --------------------------------
 * ``view.peer_certificate``: Envoy's ``attributes.source.certificate`` (URL-encoded PEM; requires
   ``include_peer_certificate: true``). If it holds several PEM blocks, the first is the leaf and
-  the rest are offered as intermediates.
+  the rest are offered as intermediates — but Envoy 1.40 sends only the leaf, so with ``xfcc``
+  enabled the intermediates come from the XFCC element of the same certificate.
 * ``x-forwarded-client-cert`` (XFCC), only when the spec says ``xfcc: true``. The **last** element
   is used: each Envoy hop appends the certificate *its* downstream presented, so the last element
   is the one written by the proxy nearest to us — the only one we can trust, and only if that
@@ -294,7 +295,13 @@ class MtlsAuthenticator:
 
     def _presented(self, view: RequestView) -> _Presented | None:
         if view.peer_certificate:
-            return self._from_peer(view.peer_certificate)
+            presented = self._from_peer(view.peer_certificate)
+            if not presented.intermediates and self._xfcc:
+                # Envoy's source.certificate holds only the leaf (verified against 1.40). With
+                # XFCC trusted, the chain the client sent is in the sanitized XFCC element of
+                # the *same* certificate: use its intermediates (still verified by us).
+                return self._with_xfcc_chain(presented, view.headers.value(XFCC_HEADER))
+            return presented
         if self._xfcc:
             header = view.headers.value(XFCC_HEADER)
             if header is not None:
@@ -308,6 +315,20 @@ class MtlsAuthenticator:
         if not certs:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate")
         return _Presented(certs[0], self._intermediates(certs[0], certs[1:]))
+
+    def _with_xfcc_chain(self, presented: _Presented, header: str | None) -> _Presented:
+        """``presented`` plus the intermediates of an XFCC element for the same certificate."""
+        if header is None:
+            return presented
+        try:
+            from_xfcc = self._from_xfcc(header)
+        except AuthenticationError:
+            return presented  # the peer certificate wins; a bad XFCC adds nothing
+        same = from_xfcc.leaf.public_bytes(serialization.Encoding.DER) == (
+            presented.leaf.public_bytes(serialization.Encoding.DER))
+        if not same:
+            return presented
+        return _Presented(presented.leaf, from_xfcc.intermediates)
 
     def _from_xfcc(self, header: str) -> _Presented:
         try:

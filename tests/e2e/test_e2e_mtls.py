@@ -308,27 +308,21 @@ def test_extauthz_refuses_what_envoys_tls_check_lets_through(
     assert_denied(r, 401, "cert_invalid", challenge_contains=(CLIENT_CERT, INVALID_CERT))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="extauthz bug: Envoy's source.certificate holds only the leaf (not the chain the "
-    "client sent), so a client certificate issued by an intermediate CA cannot be re-verified "
-    "against a root-only trust bundle: 401 untrusted_cert although Envoy verified the chain",
-)
-def test_intermediate_issued_client_is_allowed_with_the_peer_certificate(
+def test_intermediate_issued_client_is_allowed_with_the_xfcc_chain(
     stack: TlsStack, pki: Pki
 ) -> None:
-    seen = upstream_headers(stack.tls(WORKLOADS, pki["via_intermediate"]))
+    # Envoy's source.certificate is only the leaf; with xfcc: true, extauthz takes the
+    # intermediates from the sanitized XFCC element of the same certificate (and verifies them).
+    seen = upstream_headers(stack.tls(XFCC_PATH, pki["via_intermediate"]))
     assert seen["x-auth-subject"] == ORDERS_ID
 
 
-def test_intermediate_issued_client_today_is_401_untrusted_cert(stack: TlsStack, pki: Pki) -> None:
-    # Pins the symptom of the bug above (delete this test when that one passes). Envoy's TLS
-    # check accepted the chain; extauthz only ever sees the leaf in source.certificate.
+def test_intermediate_issued_client_without_xfcc_is_401_untrusted_cert(
+    stack: TlsStack, pki: Pki
+) -> None:
+    # Documented limitation: without XFCC, extauthz only ever sees the leaf (Envoy 1.40 puts no
+    # intermediates in source.certificate), so a root-only trust bundle cannot verify it.
     r = stack.tls(WORKLOADS, pki["via_intermediate"])
-    assert_denied(r, 401, "untrusted_cert", challenge_contains=(CLIENT_CERT, INVALID_CERT))
-    # Even with xfcc: true, where the same CheckRequest carries Envoy's XFCC whose Chain has the
-    # intermediate: the peer certificate wins, and it is the bare leaf.
-    r = stack.tls(XFCC_PATH, pki["via_intermediate"])
     assert_denied(r, 401, "untrusted_cert", challenge_contains=(CLIENT_CERT, INVALID_CERT))
 
 
@@ -563,23 +557,11 @@ def test_all_of_with_both_credentials_is_allowed(stack: TlsStack, pki: Pki) -> N
     assert "x-api-key" not in seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="extauthz bug: all_of keeps only the first method's identity, so the API key's "
-    "consumer is lost: no x-auth-consumer upstream, and an authz.consumers rule on an all_of "
-    "route can never pass (403 consumer_not_allowed with a valid certificate and key)",
-)
 def test_all_of_keeps_the_api_key_consumer(stack: TlsStack, pki: Pki) -> None:
     seen = upstream_headers(stack.tls(BOTH, pki["orders"], {"x-api-key": BATCH_KEY}))
     assert seen.get("x-auth-consumer") == "orders-batch"
     seen = upstream_headers(stack.tls(BOTH_CONSUMER, pki["orders"], {"x-api-key": BATCH_KEY}))
     assert seen["x-auth-subject"] == ORDERS_ID
-
-
-def test_all_of_consumer_rule_today_is_403(stack: TlsStack, pki: Pki) -> None:
-    # Pins the symptom of the bug above (delete this test when that one passes).
-    r = stack.tls(BOTH_CONSUMER, pki["orders"], {"x-api-key": BATCH_KEY})
-    assert_denied(r, 403, "consumer_not_allowed")
 
 
 def test_all_of_with_only_the_certificate_challenges_only_the_key(
