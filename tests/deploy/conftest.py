@@ -80,16 +80,21 @@ def extauthz_command() -> tuple[str, ...]:
     return (sys.executable, "-m", "extauthz")
 
 
-@functools.cache
-def build(name: str) -> tuple[dict[str, Any], ...]:
-    """``kubectl kustomize`` of one of BUILDS, parsed (cached: builds are deterministic)."""
+def kustomize(path: Path) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize PATH`` (or ``kustomize build PATH``), parsed."""
     tool = kubectl()
     args = [tool, "kustomize"] if Path(tool).name == "kubectl" else [tool, "build"]
     result = subprocess.run(
-        [*args, str(BUILDS[name])], capture_output=True, text=True, timeout=60, check=False
+        [*args, str(path)], capture_output=True, text=True, timeout=60, check=False
     )
-    assert result.returncode == 0, f"kustomize build {name} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"kustomize build {path} failed:\n{result.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+@functools.cache
+def build(name: str) -> tuple[dict[str, Any], ...]:
+    """One of BUILDS, built and parsed (cached: builds are deterministic)."""
+    return kustomize(BUILDS[name])
 
 
 def objects(name: str, kind: str) -> list[dict[str, Any]]:

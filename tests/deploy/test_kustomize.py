@@ -20,18 +20,20 @@ from .conftest import (
     objects,
 )
 
-kubernetes_validate = pytest.importorskip(
-    "kubernetes_validate",
-    reason="offline schema validation needs `pip install kubernetes-validate`",
-)
-from kubernetes_validate.utils import SchemaNotFoundError  # noqa: E402
+try:
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+except ImportError:  # pragma: no cover - the schema test skips, the others still run
+    kubernetes_validate = None
 
 #: The oldest Kubernetes the manifests claim to support (preStop `sleep` hooks) and the newest
 #: the installed schemas know.
-K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+K8S_VERSIONS = (
+    ("1.30.0", kubernetes_validate.utils.latest_version()) if kubernetes_validate else ("none",)
+)
 
 #: Custom resources: no offline schema exists for them, so they are checked field by field
-#: in test_crds_have_required_fields and deploy/tests/test_mesh_gateway.py.
+#: in test_crds_have_required_fields and tests/deploy/test_mesh_gateway.py.
 CRD_KINDS = {"ServiceMonitor", "AuthorizationPolicy", "SecurityPolicy"}
 
 EXTAUTHZ_IMAGE_PREFIX = "extauthz:"
@@ -45,6 +47,8 @@ def test_builds(name: str) -> None:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("name", sorted(BUILDS))
 def test_objects_validate_against_kubernetes_schemas(name: str, version: str) -> None:
+    if kubernetes_validate is None:
+        pytest.skip("offline schema validation needs `pip install kubernetes-validate`")
     checked = 0
     for obj in build(name):
         if obj["kind"] in CRD_KINDS:
