@@ -21,6 +21,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from extauthz.authn import dispatch
 from extauthz.authn.base import Authenticator
 from extauthz.config.compile import Snapshot
 from extauthz.decision import Decision, GrpcCode, Outcome, deny, from_error
@@ -139,12 +140,15 @@ class Engine:
         self, route: Route, view: RequestView, trace: Trace | None
     ) -> Identity | None:
         """Any-of: the first method whose credential is present decides (valid or not)."""
-        for index, authenticator in enumerate(route.authenticators):
+        candidates = route.authenticators
+        if route.bearer_dispatch:
+            candidates = tuple(dispatch.select(candidates, view))
+        for index, authenticator in enumerate(candidates):
             identity = await self._run(authenticator, view, trace)
             if identity is not None:
                 if trace is not None:
                     trace.authn.extend(AuthnStep(a.name, a.kind.value, "not tried")
-                                       for a in route.authenticators[index + 1:])
+                                       for a in candidates[index + 1:])
                 return identity
         return None
 

@@ -118,6 +118,8 @@ class Route:
     strip_credentials: bool
     #: every authenticator must succeed (``all_of``) instead of the first present one (``any_of``)
     require_all: bool = False
+    #: several bearer methods (JWT issuers, introspection): see :mod:`extauthz.authn.dispatch`
+    bearer_dispatch: bool = False
 
     def match(self, view: RequestView) -> Mapping[str, str] | None:
         if self.methods and view.method not in self.methods:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from extauthz.authn.base import Authenticator
+from extauthz.authn.dispatch import needs_dispatch
 from extauthz.authn.registry import BuildContext, Factory, default_registry
 from extauthz.authz.policy import Policy, PolicyError
 from extauthz.clock import Clock, system_clock
@@ -235,6 +236,7 @@ class _Compiler:
             policy=policy,
             strip_credentials=self.settings.strip_credentials if strip is None else strip,
             require_all=spec.authn_mode == "all_of",
+            bearer_dispatch=needs_dispatch(authenticators),
         )
 
 
