@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from extauthz.authn.apikey import ApiKeyAuthenticator
-from extauthz.authz.cel import CelCompileError, activation_data, compile_expression, plain
+from extauthz.authz.cel import (
+    ALL_NAMES,
+    CelCompileError,
+    activation_data,
+    compile_expression,
+    names_used,
+    plain,
+)
 from extauthz.authz.policy import Policy
 from extauthz.authz.rules import RuleDenied
 from extauthz.config.compile import compile_config
@@ -195,3 +202,25 @@ def test_activation_data_members() -> None:
                                     "source"}
     assert set(data["identity"]) == {"subject", "method", "methods", "consumer", "scopes",
                                      "claims"}
+
+
+def test_only_named_variables_and_members_are_converted() -> None:
+    assert names_used('request.method == "GET" && params.id == "x"') == {"request", "params"}
+    assert names_used('request.headers["a"] == identity.claims.b') == {
+        "request", "headers", "identity", "claims"}
+    policy = Policy.from_spec(AuthzSpec.model_validate({"rules": [
+        {"cel": 'request.method == "GET"'}, {"cel": "identity.subject == params.user_id"}]}))
+    assert policy.cel_names == {"request", "identity", "params"}
+    data = activation_data(VIEW, ALICE, "orders", PARAMS, policy.cel_names)
+    assert set(data) == {"request", "identity", "params"}
+    assert "headers" not in data["request"] and "claims" not in data["identity"]
+    assert set(activation_data(VIEW, ALICE, "orders", PARAMS)) == {
+        "request", "identity", "route", "params"}
+    assert policy.cel_names <= ALL_NAMES
+
+
+def test_a_computed_member_name_fails_closed() -> None:
+    # "headers" is never written, so it is not converted: the lookup fails, and so does the rule
+    assert verdict('request["head" + "ers"]["x-tenant"] == "acme"') == "policy_error"
+    assert verdict('request["head" + "ers"]["x-tenant"] == "acme" || size(request.headers) > 0'
+                   ) == "allow"
