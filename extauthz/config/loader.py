@@ -8,6 +8,7 @@ included files) and its path inside that file, e.g. ``routes[2].authn[0].jwt.iss
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,7 @@ def _validate(model: type[BaseModel], data: Any, prefix: str, issues: list[Confi
 def _expand_includes(base: Path, entries: list[str], issues: list[ConfigIssue]) -> list[Path]:
     files: list[Path] = []
     for index, entry in enumerate(entries):
-        target = (base / entry).resolve()
+        target = Path(os.path.normpath(base / entry))
         if target.is_dir():
             found = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml"))
             files.extend(found)
@@ -131,7 +132,9 @@ def load_config(path: str | Path) -> LoadedConfig:
 
     Raises :class:`ConfigError` listing every problem found.
     """
-    main_path = Path(path).resolve()
+    # Absolute but *not* symlink-resolved: Kubernetes mounts are symlinks into a timestamped
+    # directory, and relative includes must resolve against the path the operator wrote.
+    main_path = Path(os.path.normpath(Path(path).absolute()))
     issues: list[ConfigIssue] = []
     hasher = hashlib.sha256()
     raw = _read_yaml(main_path, "", issues, hasher)
@@ -154,7 +157,8 @@ def load_config(path: str | Path) -> LoadedConfig:
     if issues or main is None:
         raise ConfigError(issues)
     watched = [main_path, *included]
-    watched.extend((base / str(e)).resolve() for e in include if (base / str(e)).is_dir())
+    watched.extend(Path(os.path.normpath(base / str(e))) for e in include
+                   if (base / str(e)).is_dir())
     return LoadedConfig(main_path, main, tuple(fragments), hasher.hexdigest(), tuple(watched))
 
 

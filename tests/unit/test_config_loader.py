@@ -141,3 +141,17 @@ consumers:
   keys: [{{id: k, hash: "{HASH}", expires_at: "2030-01-01T00:00:00"}}]
 """
     assert any("timezone" in i for i in issues_of(write(tmp_path, text)))
+
+
+def test_includes_resolve_against_the_symlink_not_its_target(tmp_path: Path) -> None:
+    """Kubernetes mounts: /etc/x/config.yaml -> ..data/config.yaml; includes are relative to
+    /etc/x, where the operator wrote them, not to the timestamped target directory."""
+    data = tmp_path / "mount" / "..2026_11_23"
+    data.mkdir(parents=True)
+    (data / "config.yaml").write_text("include: [../routes]\n")
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "r.yaml").write_text("routes:\n- {name: r, public: true}\n")
+    link = tmp_path / "mount" / "config.yaml"
+    link.symlink_to(data / "config.yaml")
+    loaded = load_config(link)
+    assert [f.data.routes[0].name for f in loaded.fragments] == ["r"]
