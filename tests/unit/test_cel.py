@@ -23,7 +23,7 @@ from extauthz.authz.rules import RuleDenied
 from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import AuthzSpec
-from extauthz.decision import GrpcCode, Outcome
+from extauthz.decision import GrpcCode, Outcome, from_error
 from extauthz.errors import ConfigError, Reason
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
@@ -52,6 +52,8 @@ def verdict(expression: str, identity: Identity = ALICE, view: RequestView = VIE
     try:
         run(expression, identity, view)
     except RuleDenied as exc:
+        decision = from_error(exc, "orders")
+        assert decision.http_status == 403 and decision.grpc_code is GrpcCode.PERMISSION_DENIED
         return exc.reason.value
     return "allow"
 
@@ -81,6 +83,8 @@ def test_false_denies_forbidden() -> None:
     with pytest.raises(RuleDenied) as info:
         run('identity.claims.tenant == "globex"')
     assert info.value.reason is Reason.FORBIDDEN and info.value.rule == "rules[0]"
+    d = from_error(info.value, "orders")
+    assert d.http_status == 403 and d.grpc_code is GrpcCode.PERMISSION_DENIED
 
 
 @pytest.mark.parametrize("expression", [
@@ -95,6 +99,9 @@ def test_evaluation_errors_fail_closed_with_policy_error(expression: str) -> Non
     with pytest.raises(RuleDenied) as info:
         run(expression)
     assert info.value.reason is Reason.POLICY_ERROR
+    d = from_error(info.value, "orders")
+    assert d.http_status == 403 and d.grpc_code is GrpcCode.PERMISSION_DENIED
+    assert '"reason":"policy_error"' in d.body and "CEL" not in d.body  # detail stays private
     assert info.value.description == "policy evaluation error"
     assert info.value.detail.startswith("CEL evaluation error")
 

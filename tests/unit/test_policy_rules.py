@@ -13,6 +13,7 @@ from extauthz.authz.policy import Policy, PolicyError
 from extauthz.authz.rules import RuleDenied, RuleResult
 from extauthz.config.loader import issues_from_validation
 from extauthz.config.schema import AuthzSpec
+from extauthz.decision import GrpcCode, from_error
 from extauthz.errors import AuthorizationError, Reason
 from extauthz.types import AuthMethod, Headers, Identity, RequestView
 
@@ -50,15 +51,24 @@ def allowed(p: Policy, identity: Identity, v: RequestView | None = None,
             params: dict[str, str] | None = None) -> bool:
     try:
         p.evaluate(v or view(), identity, params or {})
-    except AuthorizationError:
+    except AuthorizationError as exc:
+        assert_403(exc)
         return False
     return True
+
+
+def assert_403(exc: AuthorizationError) -> None:
+    """Every policy denial is a 403 PERMISSION_DENIED on the wire."""
+    decision = from_error(exc, "r")
+    assert decision.http_status == 403 and decision.grpc_code is GrpcCode.PERMISSION_DENIED
+    assert not decision.allowed and decision.reason is exc.reason
 
 
 def denial(p: Policy, identity: Identity, v: RequestView | None = None,
            params: dict[str, str] | None = None) -> RuleDenied:
     with pytest.raises(RuleDenied) as info:
         p.evaluate(v or view(), identity, params or {})
+    assert_403(info.value)
     return info.value
 
 
