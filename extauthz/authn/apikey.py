@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from extauthz.authn.base import Challenge
 from extauthz.authn.registry import BuildContext
-from extauthz.authn.sources import Source
+from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.config.schema import ApiKeySpec
 from extauthz.errors import AuthenticationError, Reason
 from extauthz.types import AuthMethod, Identity, RequestView
@@ -34,7 +34,7 @@ class _StoredKey:
     disabled: bool
 
 
-class ApiKeyAuthenticator:
+class ApiKeyAuthenticator(SourceCredentials):
     """Verifies API keys of the configured consumers."""
 
     kind = AuthMethod.API_KEY
@@ -53,12 +53,9 @@ class ApiKeyAuthenticator:
         for key in keys:
             index.setdefault(key.digest[:_INDEX_BYTES], []).append(key)
         self._index = index
-        self._challenge = Challenge(
-            "ApiKey", (("realm", ctx.settings.realm), sources[0].describe())
+        self._init_credentials(
+            Challenge("ApiKey", (("realm", ctx.settings.realm), sources[0].describe())), sources
         )
-        self._strip_headers = tuple(h for s in sources if (h := s.strip_header))
-        self._strip_query = tuple(s.query for s in sources if s.query)
-        self._strip_cookies = tuple(s.cookie for s in sources if s.cookie)
 
     @classmethod
     def from_spec(cls, name: str, spec: ApiKeySpec, ctx: BuildContext) -> ApiKeyAuthenticator:
@@ -125,22 +122,6 @@ class ApiKeyAuthenticator:
 
     def _fail(self, reason: Reason, description: str) -> AuthenticationError:
         return AuthenticationError(reason, description, authenticator=self.name)
-
-    def challenge(self, error: AuthenticationError | None = None) -> str:
-        if error is None:
-            return self._challenge.render()
-        return self._challenge.render(
-            ("error", "invalid_token"), ("error_description", error.description)
-        )
-
-    def credential_headers(self) -> tuple[str, ...]:
-        return self._strip_headers
-
-    def credential_query_params(self) -> tuple[str, ...]:
-        return self._strip_query
-
-    def credential_cookies(self) -> tuple[str, ...]:
-        return self._strip_cookies
 
     async def start(self) -> None:
         return None

@@ -57,7 +57,7 @@ from extauthz.authn.base import Challenge
 from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.secrets import load_secret
-from extauthz.authn.sources import Source
+from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.clock import Clock
 from extauthz.config.schema import IntrospectionSpec
 from extauthz.errors import AuthenticationError, DependencyUnavailable, Reason
@@ -158,7 +158,7 @@ def _scopes(doc: Mapping[str, Any]) -> frozenset[str]:
     raise _EndpointError("member scope is neither a string nor an array of strings")
 
 
-class IntrospectionAuthenticator:
+class IntrospectionAuthenticator(SourceCredentials):
     """Verifies opaque bearer tokens at an RFC 7662 endpoint (module docstring: exact rules)."""
 
     kind: AuthMethod = AuthMethod.INTROSPECTION
@@ -195,10 +195,7 @@ class IntrospectionAuthenticator:
         self._session: aiohttp.ClientSession | None = None
         self._hit = metrics.cache_requests.labels(cache="introspection", result="hit")
         self._miss = metrics.cache_requests.labels(cache="introspection", result="miss")
-        self._challenge = Challenge("Bearer", (("realm", realm),))
-        self._strip_headers = (h,) if (h := self._source.strip_header) else ()
-        self._strip_query = (self._source.query,) if self._source.query else ()
-        self._strip_cookies = (self._source.cookie,) if self._source.cookie else ()
+        self._init_credentials(Challenge("Bearer", (("realm", realm),)), (self._source,))
 
     @classmethod
     def from_spec(
@@ -375,18 +372,3 @@ class IntrospectionAuthenticator:
 
     # ----------------------------------------------------------------------------- protocol
 
-    def challenge(self, error: AuthenticationError | None = None) -> str:
-        if error is None:
-            return self._challenge.render()
-        return self._challenge.render(
-            ("error", "invalid_token"), ("error_description", error.description)
-        )
-
-    def credential_headers(self) -> tuple[str, ...]:
-        return self._strip_headers
-
-    def credential_query_params(self) -> tuple[str, ...]:
-        return self._strip_query
-
-    def credential_cookies(self) -> tuple[str, ...]:
-        return self._strip_cookies

@@ -65,7 +65,7 @@ from extauthz.authn.jwks import (
 )
 from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
-from extauthz.authn.sources import Source
+from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.clock import Clock
 from extauthz.config.schema import JwtSpec
 from extauthz.errors import AuthenticationError, Reason
@@ -188,7 +188,7 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
 # ----------------------------------------------------------------------------------- authenticator
 
 
-class JwtAuthenticator:
+class JwtAuthenticator(SourceCredentials):
     """Verifies bearer JWTs of one issuer; see the module docstring for the exact rules.
 
     Build with :meth:`from_spec` (or directly, with a :class:`~extauthz.authn.jwks.JwksSource`,
@@ -232,12 +232,9 @@ class JwtAuthenticator:
         self._hit = metrics.cache_requests.labels(cache="jwt", result="hit")
         self._miss = metrics.cache_requests.labels(cache="jwt", result="miss")
 
-        src = self._source
-        self._challenge = Challenge(spec.source.authorization or "Bearer", (("realm", realm),))
-        self._challenge_plain = self._challenge.render()
-        self._credential_headers = (src.strip_header,) if src.strip_header else ()
-        self._credential_query = (src.query,) if src.query else ()
-        self._credential_cookies = (src.cookie,) if src.cookie else ()
+        self._init_credentials(
+            Challenge(spec.source.authorization or "Bearer", (("realm", realm),)), (self._source,)
+        )
 
     @classmethod
     def from_spec(cls, name: str, spec: JwtSpec, ctx: BuildContext) -> JwtAuthenticator:
@@ -272,22 +269,6 @@ class JwtAuthenticator:
         identity, entry, hi = await self._verify(token, now, keyset)
         cache.put(token, entry, hi)
         return identity
-
-    def challenge(self, error: AuthenticationError | None = None) -> str:
-        if error is None:
-            return self._challenge_plain
-        return self._challenge.render(
-            ("error", "invalid_token"), ("error_description", error.description)
-        )
-
-    def credential_headers(self) -> tuple[str, ...]:
-        return self._credential_headers
-
-    def credential_query_params(self) -> tuple[str, ...]:
-        return self._credential_query
-
-    def credential_cookies(self) -> tuple[str, ...]:
-        return self._credential_cookies
 
     async def start(self) -> None:
         await self.jwks.start()

@@ -59,7 +59,6 @@ import datetime as dt
 import fnmatch
 import hashlib
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -78,6 +77,7 @@ from cryptography.x509.verification import (
 )
 
 from extauthz.authn.base import Challenge
+from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.xfcc import XfccError, parse_xfcc
 from extauthz.config.schema import MtlsSpec
@@ -139,35 +139,6 @@ class _Presented:
     intermediates: tuple[x509.Certificate, ...]
 
 
-class _TtlLru:
-    """A bounded LRU map from fingerprint to Identity whose entries expire (single-threaded)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
-
-    def get(self, key: bytes, now: float) -> Identity | None:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        if now >= item[1]:
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return item[0]
-
-    def put(self, key: bytes, value: Identity, expires_at: float) -> None:
-        if self.maxsize <= 0:
-            return
-        self._data[key] = (value, expires_at)
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 class MtlsAuthenticator:
     """Verifies client certificates presented through Envoy (see the module docstring)."""
 
@@ -195,7 +166,7 @@ class MtlsAuthenticator:
         self._policy = PolicyBuilder().store(Store(anchors)).extension_policies(
             ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
         )
-        self._cache = _TtlLru(spec.cache_size)
+        self._cache: TtlLru[bytes, Identity] = TtlLru(spec.cache_size)
         self._cache_ttl = spec.cache_ttl_seconds
         self._allowed_ids = frozenset(spec.allowed_spiffe_ids)
         self._trust_domains = frozenset(spec.trust_domains)

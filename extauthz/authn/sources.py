@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from extauthz.authn.base import Challenge
 from extauthz.config.schema import CredentialSource
+from extauthz.errors import AuthenticationError
 from extauthz.types import RequestView
 
 
@@ -67,3 +70,43 @@ class Source:
         if self.query is not None:
             return ("query", self.query)
         return ("cookie", self.cookie or "")
+
+
+class SourceCredentials:
+    """Shared part of authenticators whose credential comes from :class:`Source` locations.
+
+    Supplies the challenge (``error="invalid_token"`` with a public-safe description when the
+    credential was invalid) and the header/query/cookie names to strip on allow, all computed
+    once at build time. Call :meth:`_init_credentials` from ``__init__``.
+    """
+
+    _challenge: Challenge
+    _challenge_plain: str
+    _strip_headers: tuple[str, ...]
+    _strip_query: tuple[str, ...]
+    _strip_cookies: tuple[str, ...]
+
+    def _init_credentials(self, challenge: Challenge, sources: Iterable[Source]) -> None:
+        sources = tuple(sources)
+        self._challenge = challenge
+        self._challenge_plain = challenge.render()
+        self._strip_headers = tuple(h for s in sources if (h := s.strip_header))
+        self._strip_query = tuple(s.query for s in sources if s.query)
+        self._strip_cookies = tuple(s.cookie for s in sources if s.cookie)
+
+    def challenge(self, error: AuthenticationError | None = None) -> str:
+        """``WWW-Authenticate`` for a 401; with ``error``, the RFC 6750 invalid_token form."""
+        if error is None:
+            return self._challenge_plain
+        return self._challenge.render(
+            ("error", "invalid_token"), ("error_description", error.description)
+        )
+
+    def credential_headers(self) -> tuple[str, ...]:
+        return self._strip_headers
+
+    def credential_query_params(self) -> tuple[str, ...]:
+        return self._strip_query
+
+    def credential_cookies(self) -> tuple[str, ...]:
+        return self._strip_cookies
