@@ -159,7 +159,10 @@ def from_error(
     if isinstance(error, TooManyAttempts):
         limited = deny(429, GrpcCode.RESOURCE_EXHAUSTED, error.reason, route, error.description,
                        request_id=request_id)
-        return dataclasses.replace(limited, response_headers=(*limited.response_headers, ("retry-after", str(error.retry_after))))
+        retry_after = ("retry-after", str(error.retry_after))
+        return dataclasses.replace(
+            limited, response_headers=(*limited.response_headers, retry_after)
+        )
     if isinstance(error, DependencyUnavailable):
         return deny(503, GrpcCode.UNAVAILABLE, error.reason, route, error.description,
                     request_id=request_id)
