@@ -281,6 +281,7 @@ class Engine:
 
 
 def _claim_headers(authenticator: Authenticator) -> tuple[str, ...]:
+    """Headers an authenticator may inject outside the identity namespace (optional member)."""
     return tuple(getattr(authenticator, "injected_headers", ()))
 
 

@@ -225,6 +225,9 @@ class JwtAuthenticator(SourceCredentials):
         self._claim_headers = tuple(
             (_claim_path(claim), header) for claim, header in spec.claims_to_headers.items()
         )
+        #: headers this authenticator may inject; the pipeline removes client-sent values of
+        #: them even when a token lacks the claim (else a client could spoof them)
+        self.injected_headers: tuple[str, ...] = tuple(spec.claims_to_headers.values())
         self._source = Source.from_spec(spec.source)
         self._cache: TtlLru[str, _Entry] | None = (
             TtlLru(spec.cache_size) if spec.cache_size > 0 else None

@@ -88,3 +88,31 @@ routes:
     forged = tokens.mint(key_a, tokens.claims(now=now, issuer="https://b.example"))
     d = await engine.check(bearer_view(forged))
     assert d.http_status == 401 and d.reason is not Reason.OK
+
+
+async def test_claim_header_spoofing_removed_when_the_token_lacks_the_claim(
+    tmp_path: Path,
+) -> None:
+    """claims_to_headers names a header outside x-auth-*: a client must not be able to send it."""
+    key = tokens.rsa_key("k")
+    (tmp_path / "j.json").write_text(json.dumps(tokens.jwks(key)))
+    (tmp_path / "c.yaml").write_text(f"""
+routes:
+- name: r
+  authn:
+  - jwt: {{issuer: "{tokens.ISSUER}", audiences: ["{tokens.AUDIENCE}"], algorithms: [RS256],
+          jwks: {{file: j.json}}, claims_to_headers: {{email: x-user-email}}}}
+""")
+    engine = Engine(Metrics(), compile_config(load_config(tmp_path / "c.yaml"), Metrics()))
+    now = time.time()
+    no_email = tokens.mint(key, tokens.claims(now=now))
+    d = await engine.check(make_view(headers={"authorization": f"Bearer {no_email}",
+                                              "x-user-email": "admin@example.com"}))
+    assert d.allowed
+    assert "x-user-email" in d.remove_headers
+    assert "x-user-email" not in dict(d.upstream_headers)
+    with_email = tokens.mint(key, tokens.claims(now=now, email="alice@example.com"))
+    d = await engine.check(make_view(headers={"authorization": f"Bearer {with_email}",
+                                              "x-user-email": "admin@example.com"}))
+    assert dict(d.upstream_headers)["x-user-email"] == "alice@example.com"
+    assert "x-user-email" not in d.remove_headers  # overwritten, not removed
