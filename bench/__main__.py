@@ -5,7 +5,8 @@ Subcommands (``run`` is the default)::
     run      [--quick | --smoke] [--out DIR] [--workers N] [--scenarios a,b] [--no-sweep] ...
     micro    in-process cost of each stage of one check (no network)
     servers  grpc.aio vs grpc.aio+uvloop vs sync grpc + threads, same decisions
-    profile  py-spy (or cProfile) of extauthz under load for the JWT-warm and API-key paths
+    profile  py-spy of extauthz under load for the JWT-warm and API-key paths
+    http     experiment: Envoy's HTTP ext_authz protocol on a lean asyncio/uvloop server
 
 Exit codes: 0 done; 2 usage; 3 a required tool is missing (the message says which and how to get
 it); 1 anything else.
@@ -125,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--duration", type=float, default=8.0)
     prof.add_argument("--scenarios", default="jwt-rs256-warm,apikey")
     prof.set_defaults(func=lambda a: __import__("bench.profile").profile.main(a))
+
+    http = sub.add_parser("http", help="experiment: Envoy's HTTP ext_authz on asyncio/uvloop")
+    http.add_argument("--out")
+    http.add_argument("--duration", type=float, default=5.0)
+    http.add_argument("--scenarios", default="apikey,jwt-rs256-warm,deny-401")
+    http.add_argument("--concurrency", default="1,10,50")
+    http.set_defaults(func=lambda a: __import__("bench.httpauthz").httpauthz.main(a))
     parser.set_defaults(func=_run)
     return parser
 

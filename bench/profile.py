@@ -1,0 +1,153 @@
+"""Where the CPU of one check goes (``scripts/bench profile``): py-spy on extauthz under load.
+
+For each scenario (default: JWT RS256 warm and API key), Envoy + one ``extauthz serve`` are
+loaded with wrk (10 connections) while ``py-spy record --native`` samples the extauthz process
+(every thread). Each sample's stack is put in one bucket, first match from the leaf's side up:
+
+``ours``        a frame of the extauthz package (not its generated ``_proto``)
+``protobuf``    protobuf's runtime or generated messages
+``prometheus``  prometheus_client (metrics)
+``decisionlog`` the decision log writer thread (JSON + write)
+``grpc``        grpcio: the Cython core (``cygrpc``), ``grpc/aio``, the C core (``grpc_core``...)
+``asyncio``     the event loop itself (selectors, ``_run_once``, tasks/futures)
+``other``
+
+and the share of each bucket times the measured CPU per check (``/proc``, same run) gives
+microseconds per check per bucket. The raw collapsed stacks (``*.folded``) and a flame graph
+(``*.svg``) are kept for anyone who wants to look closer. py-spy comes from PyPI (installed into
+.venv when missing); it needs ptrace rights (root, or ``kernel.yama.ptrace_scope=0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+BUCKETS = ("ours", "protobuf", "prometheus", "decisionlog", "grpc", "asyncio", "other")
+
+
+def classify(stack: str) -> str:
+    """The bucket of one collapsed stack (``frame;frame;...`` root first)."""
+    frames = stack.split(";")
+    if any("decisionlog.py" in f and "_run" in f for f in frames):
+        return "decisionlog"
+    for frame in reversed(frames):  # leaf first
+        if "prometheus_client" in frame:
+            return "prometheus"
+        if "google/protobuf" in frame or "extauthz/_proto" in frame or "upb" in frame.lower():
+            return "protobuf"
+        if "/extauthz/" in frame:
+            return "ours"
+    joined = stack.lower()
+    if "grpc" in joined or "cygrpc" in joined:
+        return "grpc"
+    if "asyncio" in joined or "selectors" in joined or "uvloop" in joined:
+        return "asyncio"
+    return "other"
+
+
+def ours_breakdown(stacks: Counter[str]) -> Counter[str]:
+    """For samples in our code: the outermost extauthz function below the servicer (which
+    stage: view, engine/authn, wire, metrics...)."""
+    out: Counter[str] = Counter()
+    for stack, n in stacks.items():
+        if classify(stack) not in ("ours", "protobuf", "prometheus"):
+            continue
+        frames = [f for f in stack.split(";") if "/extauthz/" in f and "_proto" not in f]
+        inner = [f for f in frames if "servicer.py" not in f]
+        label = (inner[0] if inner else frames[0] if frames else "(protobuf/metrics outside)")
+        out[label.split(" (")[0] + " " + label.split("/extauthz/")[-1].split(":")[0]
+            if "/extauthz/" in label else label] += n
+    return out
+
+
+def parse_folded(path: Path) -> Counter[str]:
+    stacks: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks[stack] += int(count)
+    return stacks
+
+
+def py_spy() -> str | None:
+    candidate = Path(sys.executable).parent / "py-spy"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy"],
+                          check=False)
+    return str(candidate) if done.returncode == 0 and candidate.exists() else None
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench import fixtures, runner, tools
+    from bench.__main__ import output_dir
+
+    out = output_dir(args.out, "profile-")
+    found = tools.locate()
+    spy = py_spy()
+    if found.wrk is None or found.envoy is None or spy is None:
+        print("bench: need wrk, Envoy and py-spy (pip install py-spy). "
+              + found.missing_message(), file=sys.stderr)
+        return 3
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    fx = fixtures.build(work, new_tokens=10)
+    by_name = {s.name: s for s in runner.scenarios(fx)}
+    opts = runner.Options.for_mode("quick", out, duration_s=args.duration, warmup_s=1.0)
+    summary: dict[str, Any] = {}
+    with runner.running_stack(found, work, opts, fx.config) as stack:
+        pid = stack.extauthz_pids[0]
+        for name in args.scenarios.split(","):
+            sc = by_name[name]
+            folded = out / f"{name}.folded"
+            rec = subprocess.Popen(
+                [spy, "record", "--pid", str(pid), "--native", "--rate", "250",
+                 "--duration", str(int(args.duration) + 3), "--format", "raw",
+                 "--output", str(folded), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            timer = threading.Timer(args.duration + 60, rec.kill)
+            timer.start()
+            try:
+                row = runner.measure_wrk(stack, found, sc, 10, opts)
+            finally:
+                rec.wait()
+                timer.cancel()
+            if not folded.exists():
+                print(f"py-spy failed: {rec.stderr.read() if rec.stderr else ''}",
+                      file=sys.stderr)
+                return 1
+            stacks = parse_folded(folded)
+            total = sum(stacks.values()) or 1
+            buckets: Counter[str] = Counter()
+            for stack_line, n in stacks.items():
+                buckets[classify(stack_line)] += n
+            cpu = row["extauthz_cpu_us_per_check"]
+            summary[name] = {
+                "rps": row["rps"], "cpu_us_per_check": cpu, "samples": total,
+                "buckets": {b: {"share": round(buckets[b] / total, 3),
+                                "us_per_check": round(buckets[b] / total * cpu, 1)}
+                            for b in BUCKETS},
+                "ours_top": [(k, round(v / total * cpu, 1))
+                             for k, v in ours_breakdown(stacks).most_common(12)],
+            }
+            print(f"{name}: {row['rps']:.0f} req/s, {cpu:.0f} us CPU/check, {total} samples")
+            for b in BUCKETS:
+                s = summary[name]["buckets"][b]
+                print(f"  {b:<12} {s['share']:6.1%}  {s['us_per_check']:7.1f} us/check")
+            print("  our code by function (us/check):")
+            for k, v in summary[name]["ours_top"]:
+                print(f"    {v:7.1f}  {k}")
+    (out / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"bench: wrote {out / 'profile.json'} and *.folded stacks in {out}")
+    return 0
