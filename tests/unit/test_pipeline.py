@@ -227,3 +227,9 @@ async def test_all_of_invalid_credential_denies_even_if_other_valid(tmp_path: Pa
     eng = Engine(Metrics(), snapshot(tmp_path, ALL_OF))
     d = await eng.check(make_view("/x", headers={"x-api-key": KEY}, query={"k": "eak_bad"}))
     assert d.http_status == 401 and d.reason is Reason.INVALID_API_KEY
+
+
+async def test_client_sent_partial_body_header_not_forwarded(engine: Engine) -> None:
+    d = await engine.check(make_view("/v1/orders", headers={
+        "x-api-key": KEY, "x-envoy-auth-partial-body": "true"}))
+    assert d.allowed and "x-envoy-auth-partial-body" in d.remove_headers
