@@ -449,14 +449,15 @@ def test_bytes_appended_beyond_the_buffer_are_refused(
     assert_denied(r, 401, "digest_mismatch", challenge_contains=(TRUNCATED,))
 
 
-def test_client_sent_partial_flag_is_overwritten_for_extauthz_only(stack: BodyStack) -> None:
+def test_client_sent_partial_flag_never_reaches_the_upstream(stack: BodyStack) -> None:
     # Envoy writes its own x-envoy-auth-partial-body into the CheckRequest (here "false": the
-    # whole body was buffered), over the client's "true" — but forwards the client's header to
-    # the upstream untouched. Only extauthz may trust the flag, never the upstream.
+    # whole body was buffered), over the client's "true" — but would forward the client's header
+    # to the upstream untouched. Only extauthz may trust the flag: the allow response removes the
+    # client's copy so no upstream can be misled by it.
     signed = Signed(stack, extra=[("x-envoy-auth-partial-body", "true")])
     seen, _ = _upstream(signed.send())
     assert seen["x-auth-key-id"] == ACME
-    assert seen["x-envoy-auth-partial-body"] == "true"
+    assert "x-envoy-auth-partial-body" not in seen
 
 
 def test_body_over_the_limit_on_a_no_partial_route_is_413_from_envoy(stack: BodyStack) -> None:
