@@ -1,4 +1,4 @@
-"""The ``extauthz`` command line: serve, validate, check, test, keys."""
+"""The ``extauthz`` command line: serve, validate, check, test, keys, revoke."""
 
 from __future__ import annotations
 
@@ -129,6 +129,93 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _revoke(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from extauthz.config.loader import load_config
+    from extauthz.metrics import Metrics
+    from extauthz.state.base import SharedStateUnavailable
+    from extauthz.state.redis import RedisClient
+    from extauthz.state.revocation import (
+        FOREVER,
+        append_revocation,
+        check_value,
+        format_until,
+        parse_until,
+        revoke_in_redis,
+    )
+    from extauthz.state.snapshot import resolve_target
+
+    kind, value = args.kind, args.value
+    now = time.time()
+    try:
+        check_value(kind, value)
+        until = FOREVER if args.until is None else parse_until(args.until)
+    except ValueError as exc:
+        print(f"extauthz: {exc}", file=sys.stderr)
+        return 2
+    if until <= now:
+        print("extauthz: --until is in the past: nothing to revoke", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        _print_config_error(args.config, exc)
+        return 1
+    settings = loaded.main.settings
+    if kind == "key":
+        consumer, _, key_id = value.partition("/")
+        parts = [loaded.main, *(f.data for f in loaded.fragments)]
+        known = {(c.name, k.id) for part in parts for c in part.consumers for k in c.keys}
+        if (consumer, key_id) not in known:
+            print(f"extauthz: warning: {value} is not a key of this configuration "
+                  "(revoked anyway)", file=sys.stderr)
+    lasting = "" if until == FOREVER else f" until {format_until(until)}"
+    redis = settings.redis
+    if redis is not None and redis.revocation:
+        try:
+            target = resolve_target(redis, loaded.path.parent)
+        except ValueError as exc:
+            print(f"extauthz: settings.redis.{exc}", file=sys.stderr)
+            return 1
+
+        async def run() -> bool:
+            client = RedisClient(target, Metrics())
+            await client.start()
+            try:
+                await revoke_in_redis(client, redis.key_prefix, kind, value, until, now)
+            except SharedStateUnavailable:
+                return False
+            finally:
+                await client.close()
+            return True
+
+        if not asyncio.run(run()):
+            print(f"extauthz: Redis {target.display} is unreachable: {value} NOT revoked",
+                  file=sys.stderr)
+            return 1
+        print(f"revoked {kind} {value}{lasting} in Redis {target.display} "
+              f"(key prefix {redis.key_prefix!r}); every replica applies it within "
+              f"{redis.revocation_sync_seconds:g}s")
+        return 0
+    if settings.revocation_file is not None:
+        path = Path(settings.revocation_file)
+        if not path.is_absolute():
+            path = loaded.path.parent / path
+        try:
+            append_revocation(path, kind, value, until)
+        except OSError as exc:
+            print(f"extauthz: cannot append to {path}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"revoked {kind} {value}{lasting}: appended to {path} (settings.revocation_file); "
+              "each replica reading this file reloads it within seconds")
+        return 0
+    print("extauthz: this configuration has no revocation list: set settings.revocation_file, "
+          "or settings.redis with revocation: true", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
@@ -177,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--key-id", default="key-1")
     generate.add_argument("--hmac", action="store_true", help="print a new HMAC secret")
     generate.set_defaults(func=_keys_generate)
+
+    revoke = sub.add_parser(
+        "revoke", help="revoke a JWT (by jti) or an API key (in Redis when settings.redis has "
+                       "revocation: true, else in settings.revocation_file)")
+    revoke_sub = revoke.add_subparsers(dest="kind", required=True)
+    for kind, metavar, what in (("jti", "VALUE", "a JWT by its jti claim"),
+                                ("key", "CONSUMER/KEY_ID", "an API key of a consumer")):
+        one = revoke_sub.add_parser(kind, help=f"revoke {what}")
+        one.add_argument("value", metavar=metavar)
+        one.add_argument("--config", required=True)
+        one.add_argument("--until", metavar="TIME",
+                         help="when the entry may be forgotten: RFC 3339 with a timezone or "
+                              "POSIX seconds (for a JWT: its exp); default: never")
+        one.set_defaults(func=_revoke)
     return parser
 
 

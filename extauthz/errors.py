@@ -42,10 +42,14 @@ class Reason(enum.StrEnum):
     DISALLOWED_ALGORITHM = "disallowed_algorithm"
     MISSING_CLAIM = "missing_claim"
     INVALID_TOKEN = "invalid_token"  # noqa: S105
+    #: the token's ``jti`` is on a revocation list (settings.revocation_file / Redis)
+    TOKEN_REVOKED = "token_revoked"  # noqa: S105
     # API keys
     INVALID_API_KEY = "invalid_api_key"
     KEY_EXPIRED = "key_expired"
     KEY_DISABLED = "key_disabled"
+    #: the key is on a revocation list (``extauthz revoke key``)
+    KEY_REVOKED = "key_revoked"
     # Client certificates (mTLS)
     CERT_INVALID = "cert_invalid"
     CERT_EXPIRED = "cert_expired"
@@ -72,9 +76,20 @@ class Reason(enum.StrEnum):
     INTROSPECTION_UNAVAILABLE = "introspection_unavailable"
     # Request / dependencies
     BAD_REQUEST = "bad_request"
+    #: settings.limits: headers over max_header_bytes (400)
+    REQUEST_TOO_LARGE = "request_too_large"
+    #: settings.limits: more than max_headers header names (400)
+    TOO_MANY_HEADERS = "too_many_headers"
+    #: settings.limits: a body over max_body_bytes (400)
+    BODY_TOO_LARGE = "body_too_large"
+    #: settings.limits: a credential over max_token_bytes, or a signature over
+    #: max_signature_components (401)
+    CREDENTIAL_TOO_LARGE = "credential_too_large"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     JWKS_UNAVAILABLE = "jwks_unavailable"
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
+    #: Redis (settings.redis) unreachable, or the revocation lists too stale: fail closed (503)
+    SHARED_STATE_UNAVAILABLE = "shared_state_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -105,3 +105,19 @@ class Metrics:
             "1 when a valid configuration is loaded and the server accepts checks.",
             registry=r,
         )
+        self.redis_up = Gauge(
+            "extauthz_redis_up",
+            "1 while Redis (settings.redis) answers, 0 while not (shared-state checks get 503).",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "extauthz_redis_errors",
+            "Failed Redis operations by operation (nonce, attempts, revocation_sync, ping, ...).",
+            ["op"],
+            registry=r,
+        )
+        self.revocation_age = Gauge(
+            "extauthz_revocation_sync_age_seconds",
+            "Seconds since the revocation lists were last synced from Redis.",
+            registry=r,
+        )

@@ -24,6 +24,7 @@ from typing import Any
 from extauthz.authn import dispatch
 from extauthz.authn.base import Authenticator
 from extauthz.config.compile import Snapshot
+from extauthz.config.schema import Limits
 from extauthz.decision import Decision, GrpcCode, Outcome, deny, from_error
 from extauthz.errors import (
     AuthenticationError,
@@ -34,7 +35,7 @@ from extauthz.errors import (
 )
 from extauthz.explain import AuthnStep, Trace
 from extauthz.metrics import NO_ROUTE_LABEL, Metrics
-from extauthz.request import path_is_normalized
+from extauthz.request import path_is_normalized, signature_components
 from extauthz.routing import Route
 from extauthz.types import AuthMethod, Identity, RequestView
 
@@ -87,6 +88,8 @@ class Engine:
     async def _check(
         self, snapshot: Snapshot, view: RequestView, trace: Trace | None
     ) -> Decision:
+        limits = snapshot.settings.limits
+        _check_size(view, limits, trace)
         if not path_is_normalized(view.path):
             if trace is not None:
                 trace.notes.append("the path is not normalized (dot-segments, '//', or an "
@@ -106,6 +109,7 @@ class Engine:
         try:
             if route.public:
                 return self._allow(snapshot, route, None, view)
+            _check_credential_size(route, view, limits, trace)
             if route.require_all:
                 identity, missing = await self._authenticate_all(route, view, trace)
             else:
@@ -284,6 +288,63 @@ class Engine:
             dynamic_metadata=metadata,
             rule=rule,
         )
+
+
+def _check_size(view: RequestView, limits: Limits, trace: Trace | None) -> None:
+    """``settings.limits`` on the whole request: a few length reads, no parsing (400)."""
+    if len(view.headers) > limits.max_headers:
+        error = BadRequestError(Reason.TOO_MANY_HEADERS, "too many request headers")
+    elif view.header_bytes > limits.max_header_bytes:
+        error = BadRequestError(Reason.REQUEST_TOO_LARGE, "request headers too large")
+    elif len(view.body) > limits.max_body_bytes:
+        error = BadRequestError(Reason.BODY_TOO_LARGE, "request body too large")
+    else:
+        return
+    if trace is not None:
+        trace.notes.append(f"settings.limits: {error.description}: refused before routing")
+    raise error
+
+
+def _credential_length(header: str, value: str) -> int:
+    if header == "authorization":  # the credential after the scheme (whatever the scheme)
+        return len(value) - value.find(" ") - 1
+    return len(value)
+
+
+def _check_credential_size(
+    route: Route, view: RequestView, limits: Limits, trace: Trace | None
+) -> None:
+    """``settings.limits`` on the credentials the route's methods read (401 when over).
+
+    Client certificates (peer certificate, XFCC) are bounded by mTLS itself and the header
+    limits, not by ``max_token_bytes``: a chain is legitimately larger than any token.
+    """
+    longest = limits.max_token_bytes
+    for authenticator in route.authenticators:
+        kind = authenticator.kind
+        if kind is AuthMethod.MTLS:
+            continue
+        description = ""
+        for header in authenticator.credential_headers():
+            value = view.headers.value(header)
+            if value is not None and _credential_length(header, value) > longest:
+                description = "credential too large"
+        for param in authenticator.credential_query_params():
+            value = view.query.get(param)
+            if value is not None and len(value) > longest:
+                description = "credential too large"
+        for name in authenticator.credential_cookies():
+            cookie = view.cookie(name)
+            if cookie is not None and len(cookie) > longest:
+                description = "credential too large"
+        if (not description and kind is AuthMethod.HMAC
+                and signature_components(view.headers) > limits.max_signature_components):
+            description = "signature covers too many components"
+        if description:
+            if trace is not None:
+                trace.notes.append(f"settings.limits: {description} ({authenticator.name})")
+            raise AuthenticationError(Reason.CREDENTIAL_TOO_LARGE, description,
+                                      authenticator=authenticator.name)
 
 
 def _claim_headers(authenticator: Authenticator) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ Envoy facts this relies on (verified against Envoy 1.40, see DESIGN.md §4):
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,29 +35,34 @@ def split_host(authority: str) -> str:
     return host
 
 
-def _headers(http: Any) -> Headers:
+def _headers(http: Any) -> tuple[Headers, int]:
+    """The headers, and the sum of their name and value lengths (for ``limits``)."""
     if http.headers:
         # Envoy already lowercases keys; trust that (hot path) but normalise if not.
         data = dict(http.headers)
+        size = sum(map(len, data)) + sum(map(len, data.values()))
         for key in data:
             if not key.islower() and key.lower() != key:
-                return Headers(data)
-        return Headers.from_lowercase(data)
-    data = {}
+                return Headers(data), size
+        return Headers.from_lowercase(data), size
+    # Envoy joins repeated headers with "," in the map form; do the same for the raw form (in
+    # one join per name: concatenating as they come would be quadratic in the repeats).
+    parts: dict[str, list[str]] = {}
     for header in http.header_map.headers:
-        key = header.key.lower()
         raw = header.raw_value
         value = raw.decode("utf-8", "surrogateescape") if raw else header.value
-        # Envoy joins repeated headers with "," in the map form; do the same for the raw form.
-        data[key] = f"{data[key]},{value}" if key in data else value
-    return Headers.from_lowercase(data)
+        parts.setdefault(header.key.lower(), []).append(value)
+    data = {key: values[0] if len(values) == 1 else ",".join(values)
+            for key, values in parts.items()}
+    size = sum(map(len, data)) + sum(map(len, data.values()))
+    return Headers.from_lowercase(data), size
 
 
 def from_check_request(request: Any) -> RequestView:
     """Build a RequestView from an ``envoy.service.auth.v3.CheckRequest``."""
     attrs = request.attributes
     http = attrs.request.http
-    headers = _headers(http)
+    headers, header_bytes = _headers(http)
     raw_path = http.path or headers.get(":path", "/")
     path, _, raw_query = raw_path.partition("?")
     path, _, _fragment = path.partition("#")
@@ -79,6 +85,7 @@ def from_check_request(request: Any) -> RequestView:
         body=body,
         request_id=headers.get("x-request-id", ""),
         protocol=http.protocol,
+        header_bytes=header_bytes,
     )
 
 
@@ -93,6 +100,44 @@ def _parse_query(raw_query: str) -> dict[str, str]:
     for key, value in pairs:
         out.setdefault(key, value)
     return out
+
+
+# An RFC 8941 string (escapes included), or one of the characters that give it a role.
+# Possessive quantifiers: no backtracking, so one pass is linear even on hostile input.
+_SF_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*+"?|[()=]', re.DOTALL)
+_CAVAGE_HEADERS = re.compile(r'(?:^|[\s,])headers\s*+=\s*+"([^"]*+)"', re.IGNORECASE)
+
+
+def signature_components(headers: Headers) -> int:
+    """The most components one HTTP message signature in ``headers`` covers (0: none).
+
+    RFC 9421: the string items of each inner list in ``Signature-Input`` (parameter values,
+    which follow ``=``, are not items). draft-cavage: the names in the ``headers`` parameter of
+    ``Authorization: Signature ...`` or of the ``Signature`` header. Counting only: malformed
+    input yields some count and is refused later by the authenticator that parses it. Linear in
+    the header length (one regex pass), and never raises.
+    """
+    most = 0
+    raw = headers.value("signature-input")
+    if raw:
+        depth = count = 0
+        previous = ""
+        for match in _SF_TOKENS.finditer(raw):
+            part = match.group()
+            if part == "(":
+                depth, count = depth + 1, 0
+            elif part == ")":
+                depth = max(0, depth - 1)
+                most = max(most, count)
+            elif part[0] == '"' and depth and previous != "=":
+                count += 1
+            previous = part[0]
+        most = max(most, count)  # an unterminated inner list
+    for name in ("authorization", "signature"):
+        value = headers.value(name)
+        if value and (found := _CAVAGE_HEADERS.search(value)) is not None:
+            most = max(most, len(found.group(1).split()))
+    return most
 
 
 _SUSPICIOUS_SEGMENTS = ("/./", "/../", "//")

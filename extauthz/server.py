@@ -30,6 +30,7 @@ from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.reload import ConfigWatcher
 from extauthz.servicer import AuthorizationServicer
+from extauthz.state.redis import StateHub
 
 log = logging.getLogger("extauthz.server")
 
@@ -68,6 +69,8 @@ class Server:
         self.options = options
         self.metrics = metrics or Metrics()
         self.engine = Engine(self.metrics)
+        #: the process's Redis clients: a reload that keeps settings.redis keeps the pool
+        self.state_hub = StateHub(self.metrics)
         self.health = health.aio.HealthServicer()
         self._draining = False
         self._stopped = asyncio.Event()
@@ -93,7 +96,8 @@ class Server:
         async with self._reload_lock:
             try:
                 snapshot = await asyncio.to_thread(
-                    load_snapshot, self.options.config_path, self.metrics
+                    load_snapshot, self.options.config_path, self.metrics,
+                    state_hub=self.state_hub,
                 )
             except Exception:
                 self.metrics.config_loads.labels("failure").inc()
@@ -192,6 +196,7 @@ class Server:
         snapshot = self.engine.snapshot
         if snapshot is not None:
             await snapshot.close()
+        await self.state_hub.close()
         if self.decision_log is not None:
             self.decision_log.close()
         self._stopped.set()

@@ -87,6 +87,9 @@ class RequestView:
     body: bytes = b""
     request_id: str = ""
     protocol: str = ""
+    #: sum of the name and value lengths of every header, counted once when the request is read
+    #: (``settings.limits.max_header_bytes``); 0 for views built without a CheckRequest
+    header_bytes: int = 0
 
     def cookie(self, name: str) -> str | None:
         """Return the value of cookie ``name`` from the ``cookie`` header, if present."""

@@ -49,6 +49,8 @@ class ApiKeyAuthenticator(SourceCredentials):
         self.name = name
         self._sources = sources
         self._clock = ctx.clock
+        #: revoked keys (``extauthz revoke key``); None when no revocation list is configured
+        self._revocations = ctx.state.revocations if ctx.state is not None else None
         index: dict[bytes, list[_StoredKey]] = {}
         for key in keys:
             index.setdefault(key.digest[:_INDEX_BYTES], []).append(key)
@@ -110,6 +112,9 @@ class ApiKeyAuthenticator(SourceCredentials):
             raise self._fail(Reason.KEY_DISABLED, "API key disabled")
         if match.expires_at is not None and self._clock() >= match.expires_at:
             raise self._fail(Reason.KEY_EXPIRED, "API key expired")
+        revocations = self._revocations
+        if revocations is not None and revocations.key_revoked(match.consumer, match.key_id):
+            raise self._fail(Reason.KEY_REVOKED, "API key revoked")
         return Identity(
             method=self.kind,
             subject=match.consumer,

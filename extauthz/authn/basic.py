@@ -164,10 +164,17 @@ class BasicAuthenticator:
             raise ValueError(f"htpasswd_file: {exc}") from None
         if not users:
             raise ValueError(f"htpasswd_file: {path}: no users")
-        limiter = InMemoryAttemptLimiter(
-            spec.max_failures, spec.window_seconds,
-            max_keys=spec.max_tracked_keys, clock=ctx.clock,
-        )
+        # Redis (settings.redis) when configured: failures counted across replicas.
+        limiter: AttemptLimiter | None = None
+        if ctx.state is not None:
+            limiter = ctx.state.attempt_limiter(
+                name, max_failures=spec.max_failures, window_seconds=spec.window_seconds
+            )
+        if limiter is None:
+            limiter = InMemoryAttemptLimiter(
+                spec.max_failures, spec.window_seconds,
+                max_keys=spec.max_tracked_keys, clock=ctx.clock,
+            )
         return cls(
             name, users, ctx,
             limiter=limiter,

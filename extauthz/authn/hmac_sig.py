@@ -387,7 +387,10 @@ class HmacAuthenticator:
                 consumer=entry.consumer,
                 scopes=frozenset(entry.scopes),
             )
-        nonces = MemoryNonceStore(spec.nonce_cache_size, ctx.clock)
+        # Redis (settings.redis) when configured: replay protection across replicas.
+        nonces = ctx.state.nonce_store(name) if ctx.state is not None else None
+        if nonces is None:
+            nonces = MemoryNonceStore(spec.nonce_cache_size, ctx.clock)
         return cls(
             name,
             spec,
@@ -447,10 +450,15 @@ class HmacAuthenticator:
     async def _remember_nonce(self, key: HmacKey, nonce: str, window: _Window) -> None:
         try:
             fresh = await self._nonces.remember(f"{key.id}\x00{nonce}", window.ends_at)
-        except (NonceStoreFull, NonceStoreUnavailable) as exc:
+        except NonceStoreFull as exc:
             log.warning("authenticator %s: nonce store refused: %s", self.name, exc)
             raise DependencyUnavailable(
                 Reason.DEPENDENCY_UNAVAILABLE, "replay protection unavailable"
+            ) from None
+        except NonceStoreUnavailable:
+            # A shared store (Redis) cannot answer: fail closed (logged by the store's client).
+            raise DependencyUnavailable(
+                Reason.SHARED_STATE_UNAVAILABLE, "replay protection unavailable"
             ) from None
         if not fresh:
             raise self._fail(Reason.REPLAYED)

@@ -52,7 +52,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.base import Challenge
 from extauthz.authn.jwks import (
@@ -71,6 +71,9 @@ from extauthz.config.schema import JwtSpec
 from extauthz.errors import AuthenticationError, Reason
 from extauthz.metrics import Metrics
 from extauthz.types import AuthMethod, Identity, RequestView
+
+if TYPE_CHECKING:
+    from extauthz.state.base import Revocations
 
 log = logging.getLogger("extauthz.jwt")
 
@@ -93,6 +96,7 @@ _DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.DISALLOWED_ALGORITHM: "token algorithm not allowed",
     Reason.MISSING_CLAIM: "token lacks a required claim",
     Reason.INVALID_TOKEN: "invalid token",
+    Reason.TOKEN_REVOKED: "token revoked",
 }
 
 
@@ -206,6 +210,7 @@ class JwtAuthenticator(SourceCredentials):
         realm: str,
         metrics: Metrics,
         clock: Clock,
+        revocations: Revocations | None = None,
     ) -> None:
         bad = [a for a in spec.algorithms if a not in ALGORITHMS]
         if bad:
@@ -232,6 +237,8 @@ class JwtAuthenticator(SourceCredentials):
         self._cache: TtlLru[str, _Entry] | None = (
             TtlLru(spec.cache_size) if spec.cache_size > 0 else None
         )
+        #: revoked ``jti`` values, checked after verification and on every cache hit
+        self._revocations = revocations
         self._hit = metrics.cache_requests.labels(cache="jwt", result="hit")
         self._miss = metrics.cache_requests.labels(cache="jwt", result="miss")
 
@@ -246,7 +253,9 @@ class JwtAuthenticator(SourceCredentials):
         jwks = jwks_source_from_spec(
             spec, base_dir=ctx.base_dir, clock=ctx.clock, metrics=ctx.metrics
         )
-        return cls(name, spec, jwks, realm=ctx.settings.realm, metrics=ctx.metrics, clock=ctx.clock)
+        revocations = ctx.state.revocations if ctx.state is not None else None
+        return cls(name, spec, jwks, realm=ctx.settings.realm, metrics=ctx.metrics, clock=ctx.clock,
+                   revocations=revocations)
 
     # -- Authenticator protocol ------------------------------------------------------------------
 
@@ -261,16 +270,26 @@ class JwtAuthenticator(SourceCredentials):
         keyset = self.jwks.keys_at(now)  # DependencyUnavailable when none or stale
         cache = self._cache
         if cache is None:
-            return (await self._verify(token, now, keyset))[0]
+            return self._not_revoked((await self._verify(token, now, keyset))[0])
         entry = cache.get(token, now)
         if entry is not None:
             if entry.lo <= now and entry.key in keyset.live:
                 self._hit.inc()
-                return entry.identity
+                return self._not_revoked(entry.identity)
             cache.discard(token)
         self._miss.inc()
         identity, entry, hi = await self._verify(token, now, keyset)
         cache.put(token, entry, hi)
+        return self._not_revoked(identity)
+
+    def _not_revoked(self, identity: Identity) -> Identity:
+        """Refuse a verified (or cached) token whose ``jti`` is revoked: a dict lookup, and a 503
+        instead when the shared revocation list is too stale to trust."""
+        revocations = self._revocations
+        if revocations is not None:
+            jti = identity.claims.get("jti")
+            if isinstance(jti, str) and revocations.jti_revoked(jti):
+                raise self._fail(Reason.TOKEN_REVOKED)
         return identity
 
     async def start(self) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.base import Authenticator
 from extauthz.clock import Clock, system_clock
 from extauthz.config.schema import Consumer, Settings
 from extauthz.metrics import Metrics
+
+if TYPE_CHECKING:
+    from extauthz.state.base import StateProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,8 @@ class BuildContext:
     base_dir: Path
     consumers: tuple[Consumer, ...] = ()
     clock: Clock = system_clock
+    #: shared stores (Redis) and revocation lists; ``None``: in-memory defaults, nothing revoked
+    state: StateProvider | None = None
 
 
 #: factory(name, spec, ctx) -> Authenticator; raises ValueError with a message for bad input that

@@ -24,6 +24,8 @@ from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
 from extauthz.errors import ConfigError, ConfigIssue
 from extauthz.metrics import Metrics
 from extauthz.routing import HostMatcher, PathMatcher, Route, RouteTable, compile_template
+from extauthz.state.redis import StateHub
+from extauthz.state.snapshot import SnapshotState, build_state
 
 log = logging.getLogger("extauthz.config")
 
@@ -39,9 +41,13 @@ class Snapshot:
     source: str
     #: files whose change should trigger a reload (config, includes, key material)
     files: tuple[Path, ...] = ()
+    #: shared state (Redis client, revocation lists); started and closed with the snapshot
+    state: SnapshotState | None = None
 
     async def start(self) -> None:
         """Start background work of every authenticator (JWKS refresh, ...)."""
+        if self.state is not None:
+            await self.state.start()
         await asyncio.gather(*(a.start() for a in self.authenticators.values()))
 
     def inherit_from(self, previous: Snapshot) -> None:
@@ -64,6 +70,11 @@ class Snapshot:
         for result in results:
             if isinstance(result, BaseException):
                 log.warning("error while closing an authenticator: %s", type(result).__name__)
+        if self.state is not None:
+            try:
+                await self.state.close()
+            except Exception as exc:
+                log.warning("error while closing the shared state: %s", type(exc).__name__)
 
 
 def _where(source: str, path: str) -> str:
@@ -77,18 +88,24 @@ class _Compiler:
         metrics: Metrics,
         clock: Clock,
         registry: Mapping[str, Factory],
+        state_hub: StateHub | None = None,
     ) -> None:
         self.loaded = loaded
         self.settings = loaded.main.settings
         self.issues: list[ConfigIssue] = []
         self.registry = registry
         self.consumers = self._collect_consumers()
+        self.state = build_state(
+            self.settings, base_dir=loaded.path.parent, metrics=metrics, clock=clock,
+            hub=state_hub, issues=self.issues,
+        )
         self.ctx = BuildContext(
             settings=self.settings,
             metrics=metrics,
             base_dir=loaded.path.parent,
             consumers=tuple(self.consumers),
             clock=clock,
+            state=self.state,
         )
         self.authenticators: dict[str, Authenticator] = {}
 
@@ -164,7 +181,8 @@ class _Compiler:
             authenticators=MappingProxyType(dict(self.authenticators)),
             digest=self.loaded.digest,
             source=str(self.loaded.path),
-            files=self.loaded.files + self._authenticator_files(),
+            files=self.loaded.files + self._authenticator_files() + self.state.files(),
+            state=self.state,
         )
 
     def _authenticator_files(self) -> tuple[Path, ...]:
@@ -246,9 +264,16 @@ def compile_config(
     *,
     clock: Clock = system_clock,
     registry: Mapping[str, Factory] | None = None,
+    state_hub: StateHub | None = None,
 ) -> Snapshot:
-    """Compile ``loaded`` into a Snapshot; raises ConfigError listing every problem."""
-    return _Compiler(loaded, metrics, clock, registry or default_registry()).compile()
+    """Compile ``loaded`` into a Snapshot; raises ConfigError listing every problem.
+
+    ``state_hub``: the process's Redis clients (the server passes one so a reload keeps the
+    connection pool); without it the snapshot gets a private one.
+    """
+    return _Compiler(
+        loaded, metrics, clock, registry or default_registry(), state_hub
+    ).compile()
 
 
 def load_snapshot(
@@ -257,6 +282,9 @@ def load_snapshot(
     *,
     clock: Clock = system_clock,
     registry: Mapping[str, Factory] | None = None,
+    state_hub: StateHub | None = None,
 ) -> Snapshot:
     """Read, validate and compile the configuration at ``path``."""
-    return compile_config(load_config(path), metrics, clock=clock, registry=registry)
+    return compile_config(
+        load_config(path), metrics, clock=clock, registry=registry, state_hub=state_hub
+    )

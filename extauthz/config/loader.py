@@ -97,6 +97,13 @@ def _read_yaml(path: Path, label: str, issues: list[ConfigIssue], hasher: Any) -
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         issues.append(ConfigIssue(label, f"not valid YAML{where}"))
         return None
+    except RecursionError:
+        issues.append(ConfigIssue(label, "not valid YAML (nested too deeply)"))
+        return None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors: an integer over 4300 digits, an impossible date, ...
+        issues.append(ConfigIssue(label, f"not valid YAML (a value cannot be read: {exc})"))
+        return None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -1,0 +1,23 @@
+"""Shared state across replicas: Redis-backed replay cache, attempt limiter and revocation lists.
+
+Without ``settings.redis`` everything stays in memory (each replica on its own) and this package
+only contributes the file-based revocation list (``settings.revocation_file``)::
+
+    config/compile.py ── build_state(settings) ──> SnapshotState  (BuildContext.state)
+                                                     ├─ nonce_store(owner)      RedisNonceStore
+                                                     ├─ attempt_limiter(owner)  RedisAttemptLimiter
+                                                     └─ revocations             RevocationList
+                                                          ├─ file entries (dict lookups)
+                                                          └─ RedisRevocations (synced mirror)
+    StateHub (one per process) ── RedisClient (one pool per target; bounded calls; health flag)
+
+Modules: :mod:`~extauthz.state.base` (the provider protocol, :class:`SharedStateUnavailable`),
+:mod:`~extauthz.state.redis` (client and hub), :mod:`~extauthz.state.stores` (nonces,
+attempts), :mod:`~extauthz.state.revocation` (lists, file format, ``extauthz revoke``),
+:mod:`~extauthz.state.snapshot` (building it from the configuration). redis-py is imported only
+when a Redis client is started.
+"""
+
+from extauthz.state.base import Revocations, SharedStateUnavailable, StateProvider
+
+__all__ = ["Revocations", "SharedStateUnavailable", "StateProvider"]

@@ -1,0 +1,265 @@
+"""The Redis client: one connection pool per process, every call bounded, a health flag.
+
+:class:`RedisClient` wraps ``redis.asyncio``:
+
+* The pool is created on the event loop in :meth:`RedisClient.start` and closed in
+  :meth:`RedisClient.close` (both idempotent; a closed client can be started again).
+* Every operation runs under ``asyncio.timeout(timeout_seconds)`` (connecting included). A
+  connection-level error or a timeout marks Redis **down**: ``extauthz_redis_up`` drops to 0 and
+  from then on calls fail at once (no request waits for a dead Redis, so the 503 reaches Envoy
+  well inside its own ext_authz timeout) until the background probe (``PING`` every
+  ``health_check_interval_seconds``) succeeds again. Any failure raises
+  :class:`~extauthz.state.base.SharedStateUnavailable` (503 ``shared_state_unavailable``) and
+  counts ``extauthz_redis_errors_total{op}``.
+* Reconnection is redis-py's: a connection that broke is dropped and the next command opens a
+  new one. redis-py retries a command **once**, without backoff, on a connection error — so the
+  first command after a Redis restart (on a pooled connection the restart killed) still succeeds.
+  The Lua scripts are written so that a retried call is harmless (see :mod:`extauthz.state.stores`).
+
+:class:`StateHub` keeps one :class:`RedisClient` per distinct target for the process and
+reference-counts the snapshots using it, so a configuration reload that keeps the same Redis
+settings keeps the same pool (in-flight checks of the old snapshot are never cut off), and the
+pool is closed when the last snapshot using it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from extauthz.metrics import Metrics
+from extauthz.state.base import SharedStateUnavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+log = logging.getLogger("extauthz.redis")
+
+T = TypeVar("T")
+
+#: bounded values of the ``op`` label of ``extauthz_redis_errors_total``
+OPS = ("nonce", "attempts", "revocation_sync", "revoke", "ping")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where and how to connect. Hashable: equal targets share one client (and pool)."""
+
+    url: str = field(repr=False)
+    password: str | None = field(default=None, repr=False)
+    tls_ca_file: str | None = None
+    timeout_seconds: float = 0.1
+    max_connections: int = 64
+    health_check_interval_seconds: float = 1.0
+
+    @property
+    def display(self) -> str:
+        """The URL without credentials, for logs and messages."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or "?"
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+
+    def __repr__(self) -> str:
+        return f"RedisTarget({self.display})"
+
+
+class RedisClient:
+    """One Redis connection pool with bounded calls and a health flag (module docstring)."""
+
+    def __init__(self, target: RedisTarget, metrics: Metrics) -> None:
+        self.target = target
+        self._metrics = metrics
+        self._redis: Redis | None = None
+        self._up = False
+        self._probe_task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._errors = {op: metrics.redis_errors.labels(op=op) for op in OPS}
+
+    @property
+    def up(self) -> bool:
+        """Whether the last operation (or probe) reached Redis."""
+        return self._up
+
+    @property
+    def started(self) -> bool:
+        return self._redis is not None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the pool on the running loop and probe once (never raises for a down Redis)."""
+        if self._redis is not None:
+            return
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        target = self.target
+        kwargs: dict[str, Any] = {
+            "socket_timeout": target.timeout_seconds,
+            "socket_connect_timeout": target.timeout_seconds,
+            "max_connections": target.max_connections,
+            "timeout": target.timeout_seconds,  # waiting for a free pooled connection
+            "retry": Retry(NoBackoff(), 1),
+        }
+        if target.password is not None:
+            kwargs["password"] = target.password
+        if target.tls_ca_file is not None:
+            kwargs["ssl_ca_certs"] = target.tls_ca_file
+        pool = BlockingConnectionPool.from_url(target.url, **kwargs)
+        self._redis = Redis(connection_pool=pool)
+        self._scripts.clear()
+        self._wake = asyncio.Event()
+        await self._probe()
+        if not self._up:
+            log.warning("Redis %s is not reachable at start: checks that need shared state "
+                        "answer 503 shared_state_unavailable until it is", target.display)
+        self._probe_task = asyncio.create_task(self._probe_loop(self._wake), name="redis-probe")
+
+    async def close(self) -> None:
+        """Stop probing and close the pool (errors are logged, never raised)."""
+        task, self._probe_task = self._probe_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        redis, self._redis = self._redis, None
+        self._set_up(False, quiet=True)
+        if redis is not None:
+            try:
+                await redis.aclose(close_connection_pool=True)
+            except Exception as exc:  # closing must finish
+                log.warning("error while closing the Redis pool: %s", type(exc).__name__)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def script(self, source: str) -> AsyncScript:
+        """A Lua script registered on this client (EVALSHA, loaded again after a restart)."""
+        redis = self._require()
+        script = self._scripts.get(source)
+        if script is None:
+            script = redis.register_script(source)
+            self._scripts[source] = script
+        return script
+
+    async def run(self, op: str, call: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run ``call(redis)`` bounded by the timeout; :class:`SharedStateUnavailable` on any
+        failure (and at once while Redis is known to be down). ``op`` is a metric label."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        redis = self._require()
+        if not self._up:
+            self._errors[op].inc()
+            raise SharedStateUnavailable("shared state unavailable", "Redis is down")
+        try:
+            async with asyncio.timeout(self.target.timeout_seconds):
+                return await call(redis)
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+            self._errors[op].inc()
+            self._mark_down(exc)
+            raise SharedStateUnavailable("shared state unavailable", type(exc).__name__) from None
+        except RedisError as exc:
+            # The server answered, with an error (OOM under noeviction, a script error, ...).
+            self._errors[op].inc()
+            log.warning("Redis %s refused %s: %s", self.target.display, op, type(exc).__name__)
+            raise SharedStateUnavailable("shared state unavailable", type(exc).__name__) from None
+
+    def _require(self) -> Redis:
+        if self._redis is None:
+            raise SharedStateUnavailable("shared state unavailable", "Redis client not started")
+        return self._redis
+
+    # -- health ------------------------------------------------------------------------------
+
+    def _set_up(self, up: bool, *, quiet: bool = False) -> None:
+        if up != self._up and not quiet:
+            if up:
+                log.info("Redis %s is reachable again", self.target.display)
+            else:
+                log.warning("Redis %s is unreachable: checks that need shared state answer 503 "
+                            "shared_state_unavailable until it is back", self.target.display)
+        self._up = up
+        self._metrics.redis_up.set(1 if up else 0)
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._up:
+            log.debug("Redis operation failed: %s", type(exc).__name__)
+            self._set_up(False)
+            if self._wake is not None:
+                self._wake.set()  # probe right away: a one-off broken connection recovers fast
+
+    async def _probe(self) -> None:
+        redis = self._redis
+        if redis is None:
+            return
+        try:
+            async with asyncio.timeout(self.target.timeout_seconds):
+                await redis.ping()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure means "not up"; the reason is only logged
+            if self._up:
+                log.debug("Redis probe failed: %s", type(exc).__name__)
+            self._errors["ping"].inc()
+            self._set_up(False)
+        else:
+            self._set_up(True)
+
+    async def _probe_loop(self, wake: asyncio.Event) -> None:
+        interval = self.target.health_check_interval_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await wake.wait()
+            wake.clear()
+            await self._probe()
+
+
+class StateHub:
+    """The process's Redis clients, one per target, shared by the snapshots that use them.
+
+    ``client(target)`` only builds an object (safe from the worker thread that compiles a
+    configuration); :meth:`acquire` (on the loop, when a snapshot starts) starts it and
+    :meth:`release` (when the snapshot closes) closes it once nobody uses it any more.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._clients: dict[RedisTarget, RedisClient] = {}
+        self._users: Counter[RedisTarget] = Counter()
+
+    def client(self, target: RedisTarget) -> RedisClient:
+        found = self._clients.get(target)
+        if found is None:
+            found = self._clients.setdefault(target, RedisClient(target, self.metrics))
+        return found
+
+    async def acquire(self, client: RedisClient) -> None:
+        self._users[client.target] += 1
+        await client.start()
+
+    async def release(self, client: RedisClient) -> None:
+        target = client.target
+        self._users[target] -= 1
+        if self._users[target] <= 0:
+            del self._users[target]
+            await client.close()
+
+    async def close(self) -> None:
+        """Close every client (process exit)."""
+        self._users.clear()
+        for client in list(self._clients.values()):
+            await client.close()

@@ -1,0 +1,198 @@
+"""The shared-state part of one compiled configuration: what ``BuildContext.state`` provides.
+
+Built while the configuration is compiled (no I/O besides reading the revocation file and the
+Redis password, so it can run in the compile worker thread); started and closed with the
+snapshot. With ``settings.redis`` the authenticators get Redis-backed stores; without it they
+keep their in-memory defaults (the provider answers ``None``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from extauthz.authn.attempts import AttemptLimiter
+from extauthz.authn.nonces import NonceStore
+from extauthz.authn.secrets import load_secret
+from extauthz.clock import Clock
+from extauthz.config.schema import RedisSpec, Settings, check_redis_url
+from extauthz.errors import ConfigIssue
+from extauthz.metrics import Metrics
+from extauthz.state.redis import RedisClient, RedisTarget, StateHub
+from extauthz.state.revocation import (
+    RedisRevocations,
+    RevocationEntries,
+    RevocationList,
+    load_revocation_file,
+)
+from extauthz.state.stores import RedisAttemptLimiter, RedisNonceStore
+
+
+def resolve_target(
+    spec: RedisSpec, base_dir: Path, environ: Mapping[str, str] | None = None
+) -> RedisTarget:
+    """The connection target of ``spec``: reads ``url_env`` and the password now.
+
+    ``ValueError`` messages start with the key they are about and never contain the URL or the
+    password.
+    """
+    env = os.environ if environ is None else environ
+    url = spec.url
+    if spec.url_env is not None:
+        url = env.get(spec.url_env)
+        if not url:
+            raise ValueError(f"url_env: environment variable {spec.url_env} is not set")
+        try:
+            has_password, tls = check_redis_url(url)
+        except ValueError as exc:
+            raise ValueError(f"url_env: {spec.url_env}: {exc}") from None
+        if has_password and (spec.password_file or spec.password_env):
+            raise ValueError(f"url_env: {spec.url_env} carries a password and password_file/"
+                             "password_env is set too; keep one")
+        if spec.tls_ca_file is not None and not tls:
+            raise ValueError(f"tls_ca_file: needs a rediss:// URL in {spec.url_env}")
+    if url is None:
+        raise ValueError("url: required (or url_env)")
+    password: str | None = None
+    if spec.password_file is not None or spec.password_env is not None:
+        try:
+            raw = load_secret(file=spec.password_file, env=spec.password_env,
+                              base_dir=base_dir, environ=env)
+        except ValueError as exc:
+            where = "password_file" if spec.password_file is not None else "password_env"
+            raise ValueError(f"{where}: {exc}") from None
+        password = raw.decode("utf-8", "surrogateescape")
+    ca_file = None
+    if spec.tls_ca_file is not None:
+        ca_path = Path(spec.tls_ca_file)
+        ca_file = str(ca_path if ca_path.is_absolute() else base_dir / ca_path)
+        if not Path(ca_file).is_file():
+            raise ValueError(f"tls_ca_file: {ca_file}: no such file")
+    return RedisTarget(
+        url=url,
+        password=password,
+        tls_ca_file=ca_file,
+        timeout_seconds=spec.timeout_seconds,
+        max_connections=spec.max_connections,
+        health_check_interval_seconds=spec.health_check_interval_seconds,
+    )
+
+
+class SnapshotState:
+    """Implements :class:`~extauthz.state.base.StateProvider` for one snapshot."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        hub: StateHub | None = None,
+        client: RedisClient | None = None,
+        prefix: str = "extauthz:",
+        revocations: RevocationList | None = None,
+        files: tuple[Path, ...] = (),
+    ) -> None:
+        self._clock = clock
+        self._hub = hub
+        self.client = client
+        self._prefix = prefix
+        self._revocations = revocations
+        self._files = files
+        self._started = False
+
+    @property
+    def revocations(self) -> RevocationList | None:
+        return self._revocations
+
+    def nonce_store(self, owner: str) -> NonceStore | None:
+        if self.client is None:
+            return None
+        return RedisNonceStore(self.client, prefix=self._prefix, owner=owner, clock=self._clock)
+
+    def attempt_limiter(
+        self, owner: str, *, max_failures: int, window_seconds: float
+    ) -> AttemptLimiter | None:
+        if self.client is None:
+            return None
+        return RedisAttemptLimiter(
+            self.client, prefix=self._prefix, max_failures=max_failures,
+            window_seconds=window_seconds, clock=self._clock,
+        )
+
+    def files(self) -> tuple[Path, ...]:
+        """Files to watch for hot reload (the revocation file)."""
+        return self._files
+
+    async def start(self) -> None:
+        """Connect (through the hub: one pool per process) and do the first revocation sync."""
+        if self._started:
+            return
+        self._started = True
+        if self.client is not None and self._hub is not None:
+            await self._hub.acquire(self.client)
+        shared = self._revocations.shared if self._revocations is not None else None
+        if shared is not None:
+            await shared.start()
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        shared = self._revocations.shared if self._revocations is not None else None
+        if shared is not None:
+            await shared.close()
+        if self.client is not None and self._hub is not None:
+            await self._hub.release(self.client)
+
+
+def build_state(
+    settings: Settings,
+    *,
+    base_dir: Path,
+    metrics: Metrics,
+    clock: Clock,
+    hub: StateHub | None,
+    issues: list[ConfigIssue],
+    environ: Mapping[str, str] | None = None,
+) -> SnapshotState:
+    """The :class:`SnapshotState` of ``settings``; problems are appended to ``issues``."""
+    files: list[Path] = []
+    entries: RevocationEntries | None = None
+    if settings.revocation_file is not None:
+        path = Path(settings.revocation_file)
+        if not path.is_absolute():
+            path = base_dir / path
+        files.append(path)
+        try:
+            entries = load_revocation_file(path)
+        except ValueError as exc:
+            issues.append(ConfigIssue("settings.revocation_file", str(exc)))
+    spec = settings.redis
+    client: RedisClient | None = None
+    shared: RedisRevocations | None = None
+    prefix = "extauthz:"
+    if spec is not None:
+        prefix = spec.key_prefix
+        try:
+            target = resolve_target(spec, base_dir, environ)
+        except ValueError as exc:
+            key, _, message = str(exc).partition(": ")
+            issues.append(ConfigIssue(f"settings.redis.{key}", message))
+        else:
+            if hub is None:
+                hub = StateHub(metrics)
+            client = hub.client(target)
+            if spec.revocation:
+                shared = RedisRevocations(
+                    client, prefix=prefix, clock=clock,
+                    sync_seconds=spec.revocation_sync_seconds,
+                    max_stale_seconds=spec.revocation_max_stale_seconds,
+                    metrics=metrics,
+                )
+    revocations = None
+    if entries is not None or shared is not None:
+        revocations = RevocationList(entries or RevocationEntries(), clock=clock, shared=shared)
+    return SnapshotState(
+        clock=clock, hub=hub, client=client, prefix=prefix, revocations=revocations,
+        files=tuple(files),
+    )
