@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
-from extauthz.demo.envoy import REPO_ROOT, EnvoyPorts, render_config, start_envoy
+from extauthz.demo.envoy import REPO_ROOT, EnvoyPorts, render_config
 from extauthz.demo.httpclient import Response
 from extauthz.demo.procs import LOOPBACK, free_ports, start_extauthz
-from tests.support.processes import STARTUP_TIMEOUT, Stack
+from tests.support.processes import STARTUP_TIMEOUT, Stack, start_pair
 
 #: The documented body-buffering Envoy configuration the tests run.
 BODY_ENVOY_CONFIG = REPO_ROOT / "deploy" / "envoy" / "envoy-body.yaml"
@@ -211,21 +211,9 @@ def start_env_stack(
     envoy_config = log_dir / "envoy-body.yaml"
     envoy_config.write_text(render_body_config(ports, raw_port, routes, source=source))
     extra = dict(env or {})
-    extauthz = start_extauthz(
-        config,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        log_path=log_dir / "extauthz.log",
-        timeout=timeout,
-        env={**os.environ, **extra},
+    extauthz, envoy = start_pair(
+        config, envoy_config, ports, http_port, log_dir, timeout, env={**os.environ, **extra}
     )
-    try:
-        envoy = start_envoy(
-            envoy_config, admin_port=admin, log_path=log_dir / "envoy.log", timeout=timeout
-        )
-    except BaseException:
-        extauthz.stop()
-        raise
     return BodyStack(
         config=config,
         ports=ports,

@@ -44,10 +44,10 @@ from typing import Any
 
 import yaml
 
-from extauthz.demo.envoy import REPO_ROOT, EnvoyPorts, render_config, start_envoy
+from extauthz.demo.envoy import REPO_ROOT, EnvoyPorts, render_config
 from extauthz.demo.httpclient import Response, request
-from extauthz.demo.procs import LOOPBACK, free_ports, start_extauthz
-from tests.support.processes import STARTUP_TIMEOUT, Stack
+from extauthz.demo.procs import LOOPBACK, free_ports
+from tests.support.processes import STARTUP_TIMEOUT, Stack, start_pair
 
 #: The documented mTLS Envoy configuration the tests run.
 MTLS_ENVOY_CONFIG = REPO_ROOT / "deploy" / "envoy" / "envoy-mtls.yaml"
@@ -311,20 +311,7 @@ def start_tls_stack(
     listeners = dict(zip(EXTRA_LISTENERS, extra, strict=True))
     envoy_config = log_dir / "envoy-mtls.yaml"
     envoy_config.write_text(render_mtls_config(ports, listeners, cert_dir, routes))
-    extauthz = start_extauthz(
-        config,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        log_path=log_dir / "extauthz.log",
-        timeout=timeout,
-    )
-    try:
-        envoy = start_envoy(
-            envoy_config, admin_port=admin, log_path=log_dir / "envoy.log", timeout=timeout
-        )
-    except BaseException:
-        extauthz.stop()
-        raise
+    extauthz, envoy = start_pair(config, envoy_config, ports, http_port, log_dir, timeout)
     return TlsStack(
         config=config,
         ports=ports,

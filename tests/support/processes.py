@@ -55,6 +55,7 @@ __all__ = [
     "port_in_use",
     "render_policies",
     "start_extauthz",
+    "start_pair",
     "start_stack",
     "tcp_open",
     "write_config",
@@ -177,6 +178,38 @@ class Stack:
         return "\n".join(p.log_tail(lines) for p in (self.extauthz, self.envoy))
 
 
+def start_pair(
+    config: Path,
+    envoy_config: Path,
+    ports: EnvoyPorts,
+    http_port: int,
+    log_dir: Path,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> tuple[ManagedProcess, ManagedProcess]:
+    """Start extauthz, then Envoy, each waited ready; logs go to ``log_dir``.
+
+    extauthz comes first so Envoy's first checks find it; if Envoy fails to start, extauthz is
+    stopped before the error propagates (no orphan process holds the ports).
+    """
+    extauthz = start_extauthz(
+        config,
+        grpc_port=ports.extauthz,
+        http_port=http_port,
+        log_path=log_dir / "extauthz.log",
+        timeout=timeout,
+        env=env,
+    )
+    try:
+        envoy = start_envoy(
+            envoy_config, admin_port=ports.admin, log_path=log_dir / "envoy.log", timeout=timeout
+        )
+    except BaseException:
+        extauthz.stop()
+        raise
+    return extauthz, envoy
+
+
 def start_stack(
     config: Path,
     *,
@@ -196,20 +229,7 @@ def start_stack(
     if envoy_source is not None:
         kwargs["source"] = envoy_source
     envoy_config = write_envoy_config(log_dir / "envoy.yaml", ports, **kwargs)
-    extauthz = start_extauthz(
-        config,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        log_path=log_dir / "extauthz.log",
-        timeout=timeout,
-    )
-    try:
-        envoy = start_envoy(
-            envoy_config, admin_port=admin, log_path=log_dir / "envoy.log", timeout=timeout
-        )
-    except BaseException:
-        extauthz.stop()
-        raise
+    extauthz, envoy = start_pair(config, envoy_config, ports, http_port, log_dir, timeout)
     return Stack(
         config=config,
         ports=ports,
