@@ -747,7 +747,7 @@ class Limits(Model):
 
 
 # --- shared state across replicas (issue 7) ------------------------------------------------------
-# (resolved by extauthz/state/config.py; the client is extauthz/state/redis.py)
+# (resolved by extauthz/state/snapshot.py; the client is extauthz/state/redis.py)
 
 _REDIS_SCHEMES = ("redis", "rediss")
 _KEY_PREFIX = re.compile(r"^[!-~]{0,64}$")
@@ -798,8 +798,9 @@ class RedisSpec(Model):
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
     #: how often the connection is probed (and, while Redis is down, retried)
     health_check_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
-    #: keep the JWT ``jti`` / API key revocation lists in Redis (``extauthz revoke`` writes there)
-    revocation: bool = False
+    #: keep the JWT ``jti`` / API key revocation lists in Redis (``extauthz revoke`` writes there);
+    #: ``false``: only ``settings.revocation_file`` (if any) is consulted
+    revocation: bool = True
     #: how often each replica syncs the revocation lists from Redis
     revocation_sync_seconds: Annotated[float, Field(gt=0, le=300)] = 1.0
     #: a replica that could not sync this long refuses the checks that need the lists (503)

@@ -19,7 +19,8 @@
 :class:`StateHub` keeps one :class:`RedisClient` per distinct target for the process and
 reference-counts the snapshots using it, so a configuration reload that keeps the same Redis
 settings keeps the same pool (in-flight checks of the old snapshot are never cut off), and the
-pool is closed when the last snapshot using it is closed.
+pool is closed when the last snapshot using it is closed (the revocation mirrors of
+:mod:`extauthz.state.revocation` are shared the same way).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from extauthz.metrics import Metrics
@@ -228,38 +229,70 @@ class RedisClient:
             await self._probe()
 
 
-class StateHub:
-    """The process's Redis clients, one per target, shared by the snapshots that use them.
+def client_key(target: RedisTarget) -> Hashable:
+    """The :class:`StateHub` key of the client of ``target``."""
+    return ("client", target)
 
-    ``client(target)`` only builds an object (safe from the worker thread that compiles a
-    configuration); :meth:`acquire` (on the loop, when a snapshot starts) starts it and
-    :meth:`release` (when the snapshot closes) closes it once nobody uses it any more.
+
+class Shared(Protocol):
+    """What the hub shares between snapshots: started by the first user, closed by the last."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Shared)
+
+
+class StateHub:
+    """The process's Redis clients (one per target) and revocation mirrors (one per target and
+    key prefix), shared by the snapshots that use them.
+
+    :meth:`client` / :meth:`shared` only build objects (safe from the worker thread that compiles
+    a configuration; compiles are serialized by the server's reload lock); :meth:`acquire` (on
+    the loop, when a snapshot starts) starts an object for its first user and :meth:`release`
+    (when the snapshot closes) closes it once nobody uses it any more. A reload that keeps the
+    Redis settings therefore keeps the pool and the synced revocation lists: the new snapshot
+    enforces the lists the old one had even if Redis is down at that moment.
     """
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._clients: dict[RedisTarget, RedisClient] = {}
-        self._users: Counter[RedisTarget] = Counter()
+        self._objects: dict[Hashable, Shared] = {}
+        self._users: Counter[Hashable] = Counter()
+
+    def shared(self, key: Hashable, factory: Callable[[], S]) -> S:
+        """The object registered under ``key``, made by ``factory`` the first time."""
+        found = self._objects.get(key)
+        if found is None:
+            found = self._objects.setdefault(key, factory())
+        return cast(S, found)
 
     def client(self, target: RedisTarget) -> RedisClient:
-        found = self._clients.get(target)
-        if found is None:
-            found = self._clients.setdefault(target, RedisClient(target, self.metrics))
-        return found
+        return self.shared(client_key(target), lambda: RedisClient(target, self.metrics))
 
-    async def acquire(self, client: RedisClient) -> None:
-        self._users[client.target] += 1
-        await client.start()
+    async def acquire(self, key: Hashable) -> None:
+        """One more user of the object under ``key``; started for the first."""
+        self._users[key] += 1
+        if self._users[key] == 1:
+            await self._objects[key].start()
 
-    async def release(self, client: RedisClient) -> None:
-        target = client.target
-        self._users[target] -= 1
-        if self._users[target] <= 0:
-            del self._users[target]
-            await client.close()
+    async def release(self, key: Hashable) -> None:
+        """One user fewer; closed after the last."""
+        if self._users[key] <= 0:
+            return
+        self._users[key] -= 1
+        if self._users[key] <= 0:
+            del self._users[key]
+            await self._objects[key].close()
 
     async def close(self) -> None:
-        """Close every client (process exit)."""
+        """Close everything (process exit): mirrors before the clients they read from."""
         self._users.clear()
-        for client in list(self._clients.values()):
-            await client.close()
+        ordered = sorted(self._objects.items(), key=lambda item: isinstance(item[1], RedisClient))
+        for _, obj in ordered:
+            try:
+                await obj.close()
+            except Exception as exc:  # closing must finish
+                log.warning("error while closing shared state: %s", type(exc).__name__)

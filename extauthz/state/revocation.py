@@ -281,8 +281,15 @@ class RedisRevocations:
         self.synced_at = self._clock()
         return True
 
+    def configure(self, *, sync_seconds: float, max_stale_seconds: float) -> None:
+        """Apply the timings of a reloaded configuration (the mirror itself is kept)."""
+        self._sync_seconds = sync_seconds
+        self._max_stale = max_stale_seconds
+
     async def start(self) -> None:
         """First sync now (not fatal when Redis is down), then every ``sync_seconds``."""
+        if self._task is not None:
+            return
         await self._sync_and_report()
         self._task = asyncio.create_task(self._run(), name="revocation-sync")
 

@@ -9,7 +9,7 @@ keep their in-memory defaults (the provider answers ``None``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 from extauthz.authn.attempts import AttemptLimiter
@@ -19,7 +19,7 @@ from extauthz.clock import Clock
 from extauthz.config.schema import RedisSpec, Settings, check_redis_url
 from extauthz.errors import ConfigIssue
 from extauthz.metrics import Metrics
-from extauthz.state.redis import RedisClient, RedisTarget, StateHub
+from extauthz.state.redis import RedisClient, RedisTarget, StateHub, client_key
 from extauthz.state.revocation import (
     RedisRevocations,
     RevocationEntries,
@@ -80,7 +80,11 @@ def resolve_target(
 
 
 class SnapshotState:
-    """Implements :class:`~extauthz.state.base.StateProvider` for one snapshot."""
+    """Implements :class:`~extauthz.state.base.StateProvider` for one snapshot.
+
+    ``client`` and the revocation mirror belong to the :class:`StateHub` (shared with the other
+    snapshots of the process); :meth:`start` / :meth:`close` acquire and release them.
+    """
 
     def __init__(
         self,
@@ -91,6 +95,8 @@ class SnapshotState:
         prefix: str = "extauthz:",
         revocations: RevocationList | None = None,
         files: tuple[Path, ...] = (),
+        sync_seconds: float = 1.0,
+        max_stale_seconds: float = 30.0,
     ) -> None:
         self._clock = clock
         self._hub = hub
@@ -98,7 +104,8 @@ class SnapshotState:
         self._prefix = prefix
         self._revocations = revocations
         self._files = files
-        self._started = False
+        self._timings = {"sync_seconds": sync_seconds, "max_stale_seconds": max_stale_seconds}
+        self._held: list[Hashable] = []
 
     @property
     def revocations(self) -> RevocationList | None:
@@ -116,7 +123,7 @@ class SnapshotState:
             return None
         return RedisAttemptLimiter(
             self.client, prefix=self._prefix, max_failures=max_failures,
-            window_seconds=window_seconds, clock=self._clock,
+            window_seconds=window_seconds,
         )
 
     def files(self) -> tuple[Path, ...]:
@@ -124,25 +131,29 @@ class SnapshotState:
         return self._files
 
     async def start(self) -> None:
-        """Connect (through the hub: one pool per process) and do the first revocation sync."""
-        if self._started:
+        """Connect (through the hub: one pool per process) and do the first revocation sync
+        (never raises for a Redis that is down: the checks that need it answer 503)."""
+        if self._held or self._hub is None or self.client is None:
             return
-        self._started = True
-        if self.client is not None and self._hub is not None:
-            await self._hub.acquire(self.client)
+        keys: list[Hashable] = [client_key(self.client.target)]
         shared = self._revocations.shared if self._revocations is not None else None
         if shared is not None:
-            await shared.start()
+            shared.configure(**self._timings)
+            keys.append(mirror_key(self.client.target, self._prefix))
+        for key in keys:
+            await self._hub.acquire(key)
+            self._held.append(key)
 
     async def close(self) -> None:
-        if not self._started:
+        held, self._held = self._held, []
+        if self._hub is None:
             return
-        self._started = False
-        shared = self._revocations.shared if self._revocations is not None else None
-        if shared is not None:
-            await shared.close()
-        if self.client is not None and self._hub is not None:
-            await self._hub.release(self.client)
+        for key in reversed(held):
+            await self._hub.release(key)
+
+
+def mirror_key(target: RedisTarget, prefix: str) -> Hashable:
+    return ("revocations", target, prefix)
 
 
 def build_state(
@@ -171,8 +182,13 @@ def build_state(
     client: RedisClient | None = None
     shared: RedisRevocations | None = None
     prefix = "extauthz:"
+    timings: dict[str, float] = {}
     if spec is not None:
         prefix = spec.key_prefix
+        timings = {
+            "sync_seconds": spec.revocation_sync_seconds,
+            "max_stale_seconds": spec.revocation_max_stale_seconds,
+        }
         try:
             target = resolve_target(spec, base_dir, environ)
         except ValueError as exc:
@@ -183,16 +199,17 @@ def build_state(
                 hub = StateHub(metrics)
             client = hub.client(target)
             if spec.revocation:
-                shared = RedisRevocations(
-                    client, prefix=prefix, clock=clock,
-                    sync_seconds=spec.revocation_sync_seconds,
-                    max_stale_seconds=spec.revocation_max_stale_seconds,
-                    metrics=metrics,
+                found = client
+                shared = hub.shared(
+                    mirror_key(target, prefix),
+                    lambda: RedisRevocations(
+                        found, prefix=prefix, clock=clock, metrics=metrics, **timings
+                    ),
                 )
     revocations = None
     if entries is not None or shared is not None:
         revocations = RevocationList(entries or RevocationEntries(), clock=clock, shared=shared)
     return SnapshotState(
         clock=clock, hub=hub, client=client, prefix=prefix, revocations=revocations,
-        files=tuple(files),
+        files=tuple(files), **timings,
     )

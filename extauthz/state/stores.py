@@ -3,23 +3,26 @@
 Keys (``P`` = ``settings.redis.key_prefix``, ``A`` = the authenticator's name)::
 
     P nonce:A:<sha256(keyid NUL nonce), 32 hex>   string, expires with the signature's window
-    P attempts:A:user:<sha256(user), 32 hex>      sorted set of failure times (ms)
-    P attempts:A:addr:<source address>            sorted set of failure times (ms)
+    P attempts:A:user:<sha256(user), 32 hex>      integer counter, expires window_seconds after
+    P attempts:A:addr:<source address>            the first failure of its window
 
-Both are one round trip per operation, atomic (a Lua script), and safe to retry — redis-py
-retries once after a connection error, and a command that reached Redis before the connection
-broke must not be counted twice:
+One round trip per operation, atomic on the server:
 
-* nonce: ``remember`` stores a random token with ``SET … PX`` only if the key is absent, and a
-  retry that finds *its own* token reports "new" rather than "replayed".
-* attempts: each failure is a sorted-set member with a unique name, so adding it twice is one
-  failure.
+* nonce: ``SET key token NX PX lifetime`` (set-if-absent with expiry). It runs in a tiny Lua
+  script so that it is also safe to *retry*: redis-py retries a command once after a connection
+  error, and a ``SET NX`` that reached Redis before the connection broke would otherwise make the
+  retry report its own nonce as replayed. The script answers "new" when the key holds this call's
+  random token.
+* attempts: ``INCR`` and, when the counter was just created, ``PEXPIRE window`` — in one script,
+  so a counter never lives without its expiry. A key is blocked while its counter is at
+  ``max_failures`` or more, until the counter expires (a fixed window that opens at the first
+  failure; Retry-After = the counter's remaining TTL). A retried ``INCR`` may count one failure
+  twice: the error is on the safe side. ``check`` is ``GET`` + ``PTTL`` in one transaction;
+  ``reset`` is ``DEL``.
 
-Times: the nonce's lifetime is sent relative (``PX`` = ``expires_at - now``), so replicas need
-no clock agreement with Redis. The limiter scores failures with the replica's own clock (the same
-sliding log as :class:`~extauthz.authn.attempts.InMemoryAttemptLimiter`: a key is blocked while
-it has ``max_failures`` failures within ``window_seconds``, until the oldest leaves the window);
-replicas' clocks should agree to within a second, as NTP keeps them.
+Times are sent relative (``PX`` = ``expires_at - now``, ``PEXPIRE`` = the window), so replicas
+need no clock agreement with Redis. Scripts are loaded with ``SCRIPT LOAD`` semantics by redis-py
+(``EVALSHA``, re-sent after a Redis restart emptied the script cache).
 """
 
 from __future__ import annotations
@@ -27,50 +30,33 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.nonces import NonceStoreUnavailable
 from extauthz.clock import Clock
 from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.redis import RedisClient
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
 #: KEYS[1] nonce key; ARGV[1] random token, ARGV[2] lifetime in ms. 1 = new, 0 = replay.
 NONCE_SCRIPT = """
-local seen = redis.call('GET', KEYS[1])
-if not seen then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
-if seen == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
 """
 
-#: KEYS[1] attempts key; ARGV[1] '(' .. window start (ms, exclusive), ARGV[2] max failures,
-#: ARGV[3] now (ms). Returns ms until the key may try again (0 = now). Read-only.
-CHECK_SCRIPT = """
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-if #live == 0 then
-  return 0
-end
-if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') < tonumber(ARGV[2]) then
-  return 0
-end
-local since = tonumber(string.sub(ARGV[1], 2))
-return math.max(1, tonumber(live[2]) - since)
-"""
-
-#: KEYS[1] attempts key; ARGV[1] now (ms), ARGV[2] unique member, ARGV[3] window start (ms,
-#: inclusive: older failures are dropped), ARGV[4] max failures kept, ARGV[5] key TTL (ms).
+#: KEYS[1] attempts counter; ARGV[1] window in ms. Returns the new count.
 RECORD_SCRIPT = """
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-local n = redis.call('ZCARD', KEYS[1])
-local keep = tonumber(ARGV[4])
-if n > keep then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1)
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return n
 """
 
@@ -107,7 +93,8 @@ class RedisNonceStore:
 
 
 class RedisAttemptLimiter:
-    """An :class:`~extauthz.authn.attempts.AttemptLimiter` shared by every replica.
+    """An :class:`~extauthz.authn.attempts.AttemptLimiter` shared by every replica
+    (``INCR`` + expiry; module docstring).
 
     Failures raise :class:`~extauthz.state.base.SharedStateUnavailable` (503): the limiter
     cannot tell whether the key is blocked, so the attempt is refused before any password work.
@@ -120,7 +107,6 @@ class RedisAttemptLimiter:
         prefix: str,
         max_failures: int,
         window_seconds: float,
-        clock: Clock,
     ) -> None:
         if max_failures < 1:
             raise ValueError("max_failures must be >= 1")
@@ -130,33 +116,36 @@ class RedisAttemptLimiter:
         self._prefix = f"{prefix}attempts:"
         self.max_failures = max_failures
         self._window_ms = max(1, math.ceil(window_seconds * 1000))
-        self._clock = clock
 
-    def _key(self, key: str) -> str:
+    def key(self, key: str) -> str:
+        """The Redis key of limiter key ``key``."""
         return self._prefix + key
 
     async def check(self, key: str) -> int:
-        now_ms = math.floor(self._clock() * 1000)
-        since = f"({now_ms - self._window_ms}"
-        script = self._client.script(CHECK_SCRIPT)
-        name = self._key(key)
-        wait_ms = await self._client.run(
-            "attempts",
-            lambda r: script(keys=[name], args=[since, self.max_failures, now_ms], client=r),
-        )
-        wait = int(wait_ms)
-        return 0 if wait <= 0 else max(1, math.ceil(wait / 1000))
+        name = self.key(key)
+
+        async def call(redis: Redis) -> list[Any]:
+            pipe = redis.pipeline(transaction=True)
+            pipe.get(name)
+            pipe.pttl(name)
+            result: list[Any] = await pipe.execute()
+            return result
+
+        raw_count, ttl_ms = await self._client.run("attempts", call)
+        count = int(raw_count) if raw_count is not None else 0
+        if count < self.max_failures:
+            return 0
+        ttl = int(ttl_ms)
+        if ttl < 0:  # no expiry (cannot happen through record_failure): a whole window
+            ttl = self._window_ms
+        return max(1, math.ceil(ttl / 1000))
 
     async def record_failure(self, key: str) -> None:
-        now_ms = math.floor(self._clock() * 1000)
-        member = f"{now_ms}:{secrets.token_hex(6)}"
         script = self._client.script(RECORD_SCRIPT)
-        name = self._key(key)
-        args: list[str | int] = [
-            now_ms, member, now_ms - self._window_ms, self.max_failures, self._window_ms + 1000
-        ]
-        await self._client.run("attempts", lambda r: script(keys=[name], args=args, client=r))
+        name = self.key(key)
+        window = self._window_ms
+        await self._client.run("attempts", lambda r: script(keys=[name], args=[window], client=r))
 
     async def reset(self, key: str) -> None:
-        name = self._key(key)
+        name = self.key(key)
         await self._client.run("attempts", lambda r: r.delete(name))
