@@ -293,7 +293,7 @@ def _parse_key(jwk: object, allowed: frozenset[str]) -> tuple[JwkKey | None, tup
 
     jwk_alg = jwk.get("alg")
     if jwk_alg is not None:
-        if jwk_alg not in family:
+        if not isinstance(jwk_alg, str) or jwk_alg not in family:  # a list/object: unhashable
             raise _Skip("'alg' conflicts with the key type")
         family = frozenset({jwk_alg})
     usable = family & allowed

@@ -23,13 +23,14 @@ Routes (the prefix is the route name)::
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import bcrypt
 import yaml
@@ -46,6 +47,8 @@ HMAC_SECRET = b"allkinds-hmac-secret-of-at-least-32-bytes!"
 BASIC_USER, BASIC_PASSWORD = "alice", "correct horse"
 BCRYPT_USER, BCRYPT_PASSWORD = "bob", "battery staple"
 SPIFFE_ID = "spiffe://example.org/ns/fuzz/sa/client"
+
+T = TypeVar("T")
 
 ROUTES = ("public", "keys", "jwt", "bearer", "mtls", "basic", "hmac", "cavage", "all", "any")
 
@@ -219,3 +222,34 @@ class IntrospectionStub:
 
     def __exit__(self, *exc: object) -> None:
         self.app.close()
+
+
+class Running:
+    """The all-kinds snapshot started on an event loop of its own, for synchronous property tests
+    (``hypothesis`` drives plain functions): :meth:`run` runs a coroutine on that loop.
+
+    ``with Running(kinds) as running: running.run(running.engine.check(view))``
+    """
+
+    def __init__(self, kinds: AllKinds) -> None:
+        from extauthz.config.compile import load_snapshot
+        from extauthz.metrics import Metrics
+        from extauthz.pipeline import Engine
+
+        self.loop = asyncio.new_event_loop()
+        self.metrics = Metrics()
+        self.snapshot = load_snapshot(kinds.config, self.metrics)
+        self.engine = Engine(self.metrics, self.snapshot)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def __enter__(self) -> Running:
+        self.run(self.snapshot.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.run(self.snapshot.close())
+        finally:
+            self.loop.close()

@@ -1,0 +1,176 @@
+"""Properties of the request readers: CheckRequest -> RequestView, Authorization schemes, Basic
+credentials, cookies, query strings, the signature-component counter.
+
+Invariant: only the documented exception types escape (``BadRequestError`` from reading a
+request, ``MalformedCredentials`` from Basic parsing, nothing at all from the rest). Budgets:
+:mod:`tests.support.hypo`.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extauthz.authn.basic import MalformedCredentials, parse_basic_credentials
+from extauthz.authn.sources import Source
+from extauthz.errors import BadRequestError
+from extauthz.request import (
+    _parse_query,
+    from_check_request,
+    path_is_normalized,
+    signature_components,
+    split_host,
+)
+from extauthz.types import Headers, RequestView
+from tests.support.allkinds import check_request
+from tests.support.hypo import budget
+
+# Header-ish text: mostly printable ASCII with the separators parsers care about, sometimes
+# anything (control characters, non-ASCII, lone surrogates as raw_value decoding can produce).
+_SEPARATORS = st.sampled_from([" ", "\t", ",", ";", "=", ":", '"', "\\", "(", ")", ".", "%"])
+_ascii = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+_anything = st.text(max_size=40)
+_chunk = st.one_of(_ascii, _SEPARATORS, _anything)
+header_text = st.lists(_chunk, max_size=12).map("".join)
+header_names = st.one_of(
+    st.sampled_from(["authorization", "cookie", "x-api-key", "signature", "signature-input",
+                     "x-forwarded-client-cert", "content-digest", "digest", "host", ":path",
+                     ":authority", ":method", "x-request-id", "date"]),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20),
+    st.text(min_size=0, max_size=10),
+)
+
+
+def view(headers: dict[str, str] | None = None, **kwargs: Any) -> RequestView:
+    return RequestView(method="GET", host="h", path="/", headers=Headers(headers or {}), **kwargs)
+
+
+# -- Authorization header and schemes ------------------------------------------------------------
+
+
+@budget(300)
+@given(header_text, st.sampled_from(["bearer", "basic", "signature", "apikey"]))
+def test_authorization_scheme_source_never_raises(value: str, scheme: str) -> None:
+    source = Source(scheme=scheme)
+    got = source.read(view({"authorization": value}))
+    if got is not None:
+        assert value.strip().partition(" ")[0].lower() == scheme
+        assert got == got.strip()
+
+
+@budget(300)
+@given(st.text(max_size=200))
+def test_basic_credentials_raise_only_malformed(token: str) -> None:
+    try:
+        user, _password = parse_basic_credentials(token)
+    except MalformedCredentials:
+        return
+    assert user and ":" not in user
+
+
+_no_ctl = st.characters(blacklist_categories=("Cc", "Cs"))
+
+
+@budget(200)
+@given(st.text(_no_ctl, min_size=1, max_size=40).filter(lambda u: ":" not in u),
+       st.text(_no_ctl, max_size=60))
+def test_basic_credentials_round_trip(user: str, password: str) -> None:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert parse_basic_credentials(token) == (user, password)
+
+
+# -- cookies and query strings -------------------------------------------------------------------
+
+
+@budget(300)
+@given(header_text, st.text(max_size=8))
+def test_cookie_lookup_never_raises(cookie: str, name: str) -> None:
+    got = view({"cookie": cookie}).cookie(name)
+    assert got is None or isinstance(got, str)
+
+
+_cookie_token = st.text(st.sampled_from("abcxyz019-_."), min_size=1, max_size=8)
+
+
+@budget(200)
+@given(st.lists(st.tuples(_cookie_token, _cookie_token), min_size=1, max_size=6))
+def test_cookie_first_pair_wins(pairs: list[tuple[str, str]]) -> None:
+    header = "; ".join(f"{k}={v}" for k, v in pairs)
+    name = pairs[-1][0]
+    first = next(v for k, v in pairs if k == name)
+    assert view({"cookie": header}).cookie(name) == first
+
+
+@budget(300)
+@given(st.one_of(header_text, st.lists(st.sampled_from(["a=1", "&", "b", "=", "%", "%zz", "+",
+                                                         ";", "a=%ff"]), max_size=300)
+                 .map("".join)))
+def test_query_parsing_raises_only_bad_request(raw: str) -> None:
+    try:
+        out = _parse_query(raw)
+    except BadRequestError:
+        return
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in out.items())
+
+
+# -- the whole CheckRequest ----------------------------------------------------------------------
+
+
+_values = st.one_of(header_text, st.binary(max_size=60).map(lambda b: b.decode("latin-1")))
+
+
+@budget(300)
+@given(
+    path=st.one_of(header_text, st.just("")),
+    method=st.one_of(st.sampled_from(["GET", "post", "", "DELETE"]), _anything),
+    host=st.one_of(header_text, st.sampled_from(["[::1]:80", "a:b:c", "H:8080", "["])),
+    headers=st.dictionaries(header_names, _values, max_size=8),
+    body=st.binary(max_size=64),
+    extensions=st.dictionaries(_anything, _anything, max_size=3),
+)
+def test_reading_a_check_request_raises_only_bad_request(
+    path: str, method: str, host: str, headers: dict[str, str], body: bytes,
+    extensions: dict[str, str],
+) -> None:
+    request = check_request(path, headers, method=method, host=host, body=body,
+                            context_extensions=extensions)
+    try:
+        got = from_check_request(request)
+    except BadRequestError:
+        return
+    assert got.path  # never empty ("/" when Envoy sent none)
+    assert got.header_bytes == sum(len(k) + len(v) for k, v in got.headers.items())
+    assert got.body == body
+
+
+@budget(300)
+@given(st.lists(st.tuples(header_names.map(str.lower), st.binary(max_size=40)), max_size=12))
+def test_raw_header_map_is_read_and_counted(raw: list[tuple[str, bytes]]) -> None:
+    """``encode_raw_headers``: any bytes (not UTF-8 too) are read, repeats joined with ','."""
+    got = from_check_request(check_request("/p", raw_headers=raw))
+    names = {k for k, _ in raw}
+    assert set(got.headers) == names
+    assert got.header_bytes == sum(len(k) + len(v) for k, v in got.headers.items())
+    for name in names:
+        parts = [v.decode("utf-8", "surrogateescape") for k, v in raw if k == name]
+        assert got.headers[name] == ",".join(parts)
+
+
+@budget(300)
+@given(header_text)
+def test_host_and_path_helpers_never_raise(text: str) -> None:
+    host = split_host(text)
+    assert host == host.lower() or not host.isascii()
+    assert isinstance(path_is_normalized(text), bool)
+
+
+@budget(300)
+@given(st.dictionaries(st.sampled_from(["signature-input", "signature", "authorization"]),
+                       st.one_of(header_text, st.lists(st.sampled_from(
+                           ['"', "(", ")", "=", "\\", " ", "headers", '="', "a", ","]),
+                           max_size=60).map("".join))))
+def test_signature_component_count_never_raises(headers: dict[str, str]) -> None:
+    assert signature_components(Headers(headers)) >= 0
