@@ -6,6 +6,18 @@ file's inode via inotify on the file itself misses updates. We poll instead: eve
 change in (inode, size, mtime) starts a debounce, and once nothing has changed for ``debounce``
 seconds a reload runs. Polling a handful of stats per second costs nothing measurable and works
 the same on every filesystem.
+
+How the two ways files are updated are seen:
+
+* **ConfigMap/Secret mounts** (``dir/extauthz.yaml -> ..data/extauthz.yaml``, ``..data ->
+  ..2026_01_01_...``): the kubelet writes a new timestamped directory and renames a new ``..data``
+  symlink over the old one. ``os.stat`` follows the symlinks, so the file's inode changes, and the
+  mount directory's mtime changes with the rename. The swap is atomic: a reload never sees half of
+  an update.
+* **In-place writes** (an editor, ``cp``, a plain ``open(..., "w")``): size and mtime change. Such
+  a write is not atomic, so a reload may read a truncated file; that configuration is refused (the
+  previous one keeps serving) and, because the watcher's baseline is the state *before* the
+  reload read the files, the completed write is picked up at the next poll.
 """
 
 from __future__ import annotations
@@ -68,16 +80,21 @@ class ConfigWatcher:
             self._task = None
 
     async def _run(self) -> None:
-        current = fingerprint(self._paths())
+        paths = tuple(self._paths())
+        current = fingerprint(paths)
         while True:
             await asyncio.sleep(self._interval)
-            latest = fingerprint(self._paths())
+            now_paths = tuple(self._paths())
+            if now_paths != paths:  # another reload (SIGHUP) changed the set of files
+                paths, current = now_paths, fingerprint(now_paths)
+                continue
+            latest = fingerprint(paths)
             if latest == current:
                 continue
             # Debounce: wait until a burst of writes (several files of a mount) has settled.
             while True:
                 await asyncio.sleep(self._debounce)
-                settled = fingerprint(self._paths())
+                settled = fingerprint(paths)
                 if settled == latest:
                     break
                 latest = settled
@@ -85,5 +102,13 @@ class ConfigWatcher:
                 await self._reload()
             except Exception:  # the reload path logs and counts its own failures
                 log.exception("reload failed")
-            # Whatever happened, do not retry the same content in a loop.
-            current = fingerprint(self._paths())
+            # Do not retry the same content in a loop, but never lose a change either: the new
+            # baseline is what the files looked like *before* the reload read them, so a write
+            # that lands while the reload runs (an in-place write caught half-way) is seen at
+            # the next poll. A reload may change the set of files (a new include, a new key
+            # file); only then is the baseline taken afresh over the new set.
+            new_paths = tuple(self._paths())
+            if new_paths == paths:
+                current = settled
+            else:
+                paths, current = new_paths, fingerprint(new_paths)
