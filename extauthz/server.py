@@ -4,6 +4,15 @@ Reload: the configuration files (and key material the authenticators read) are p
 changes (see :mod:`extauthz.reload`), and SIGHUP reloads at once. A configuration that fails
 validation is refused whole and the previous one keeps serving.
 
+Readiness (``/readyz`` 200, gRPC health SERVING, ``extauthz_ready`` 1) needs a valid
+configuration loaded and, when it verifies JWTs with remote keys (``jwks.url``/``discovery``), the
+first successful JWKS fetch of every such issuer: a pod whose IdP is unreachable at start stays
+unready (and keeps retrying in the background) instead of answering 503 ``jwks_unavailable``. This
+holds for the first readiness only; a later IdP outage is the per-route ``max_stale_seconds``
+business, not a reason to pull every replica out of service at once. A configuration that fails
+validation at start is fatal (exit code 1): there is nothing to serve. Liveness (``/healthz``)
+depends on nothing but the event loop answering.
+
 Stop sequence on SIGTERM/SIGINT: health -> NOT_SERVING and ``/readyz`` -> 503 first (so Envoy and
 Kubernetes stop sending), then the gRPC server stops accepting and waits up to the grace period
 for in-flight checks, then background work (JWKS refresh) is closed.
@@ -73,6 +82,11 @@ class Server:
         self.state_hub = StateHub(self.metrics)
         self.health = health.aio.HealthServicer()
         self._draining = False
+        #: latched once the first snapshot's remote JWKS were fetched (see the module docstring)
+        self._warm = False
+        self._warming: asyncio.Task[None] | None = None
+        #: health SERVING was announced (``/readyz`` follows it, so the two never disagree)
+        self._serving = False
         self._stopped = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
@@ -84,7 +98,38 @@ class Server:
 
     @property
     def ready(self) -> bool:
-        return self.engine.snapshot is not None and not self._draining
+        """What ``/readyz`` says: health was announced SERVING and the server is not draining."""
+        return self._serving and not self._draining
+
+    def _can_serve(self) -> bool:
+        return self.engine.snapshot is not None and not self._draining and self._keys_warm()
+
+    def _keys_warm(self) -> bool:
+        """True once every remote JWKS of the serving snapshot has loaded keys (latched)."""
+        if not self._warm:
+            snapshot = self.engine.snapshot
+            if snapshot is None:
+                return False
+            for authenticator in snapshot.authenticators.values():
+                source = getattr(authenticator, "jwks", None)
+                if source is not None and getattr(source, "keyset", True) is None:
+                    return False
+            self._warm = True
+        return True
+
+    async def _become_ready(self, poll: float = 0.05) -> None:
+        """Turn health SERVING, ``/readyz`` 200 and ``extauthz_ready`` 1 once a valid
+        configuration is serving and its remote JWKS were fetched; gives up when draining."""
+        while not self._can_serve():
+            if self._draining:
+                return
+            await asyncio.sleep(poll)
+        await self._set_serving(True)
+        if self._draining:  # stop() began meanwhile; it sets NOT_SERVING after us
+            return
+        self._serving = True
+        self.metrics.ready.set(1)
+        log.info("ready")
 
     async def load(self) -> Snapshot:
         """Load, compile and start the configuration, then install it (raises ConfigError).
@@ -161,8 +206,12 @@ class Server:
         self._runner = runner
         sockets = getattr(site._server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else port
-        await self._set_serving(True)
-        self.metrics.ready.set(1)
+        if self._can_serve():
+            await self._become_ready()
+        else:
+            log.warning("not ready until the first JWKS fetch of every remote issuer succeeds")
+            await self._set_serving(False)
+            self._warming = asyncio.create_task(self._become_ready(), name="readiness")
         if self.options.watch_interval_seconds > 0:
             self._watcher = ConfigWatcher(
                 self._watched_files, self.reload, interval=self.options.watch_interval_seconds
@@ -186,6 +235,8 @@ class Server:
             return
         self._draining = True
         self.metrics.ready.set(0)
+        if self._warming is not None:
+            self._warming.cancel()
         if self._watcher is not None:
             await self._watcher.stop()
         await self._set_serving(False)
