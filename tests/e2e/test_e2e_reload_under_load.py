@@ -128,6 +128,10 @@ def reloads(stack: Stack, result: str) -> float:
     return metric(stack.metrics(), "extauthz_config_reload_total", {"result": result})
 
 
+def grew(stack: Stack, result: str, before: float) -> Callable[[], bool]:
+    return lambda: reloads(stack, result) > before
+
+
 def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> float:
     """Poll ``predicate`` every 20 ms; return the seconds waited; fail after ``timeout``."""
     start = time.monotonic()
@@ -194,13 +198,11 @@ def test_reloads_under_load_lose_nothing_and_decide_right(
                 wait_until(f"write {serial}: generation {new} in effect", switched, 10)
                 effects.append(seen_at - written)
                 timeline[-2].until = seen_at
-                wait_until(f"write {serial}: success counted",
-                           lambda b=before_ok: reloads(stack, "success") > b, 5)  # fmt: skip
+                wait_until(f"write {serial}: success counted", grew(stack, "success", before_ok), 5)
                 current = new
             else:
                 refusals.append(wait_until(
-                    f"write {serial}: refusal counted",
-                    lambda b=before_failed: reloads(stack, "failure") > b, 10,
+                    f"write {serial}: refusal counted", grew(stack, "failure", before_failed), 10
                 ))  # fmt: skip
                 # The refused write changed nothing: the previous generation still answers.
                 assert marker_outcome(stack)[0] == EXPECTED["marker"][current]
