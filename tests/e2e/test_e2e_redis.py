@@ -19,6 +19,9 @@ Proven here:
   port: both replicas recover by themselves (same PIDs), and what Redis persisted (revocations,
   nonces) still holds.
 
+Without Redis, ``settings.revocation_file`` is the list: ``extauthz revoke`` appends to it and the
+running server picks the change up by its file watch (last test; gRPC straight to extauthz).
+
 Envoy sends no route name for these paths (its catch-all route), so extauthz selects the route
 by its own prefixes: ``/keys/`` API key, ``/jwt/`` JWT, ``/basic/`` Basic (``max_failures: 3``),
 ``/hmac/`` RFC 9421 HMAC with a required nonce.
@@ -39,13 +42,21 @@ from typing import Any
 import grpc
 import pytest
 import redis
+import yaml
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from extauthz.demo.background import BackgroundApp
 from extauthz.demo.httpclient import Response
 from extauthz.keys import hash_api_key
 from tests.e2e.helpers import assert_denied, upstream_headers
-from tests.support.processes import Stack, free_port, start_stack, write_config
+from tests.support.processes import (
+    Stack,
+    free_port,
+    free_ports,
+    start_extauthz,
+    start_stack,
+    write_config,
+)
 from tests.support.redis_server import RedisServer
 from tests.support.signing import Message, SignatureInput, sign_rfc9421
 from tests.support.tokens import AUDIENCE, ISSUER, claims, ec_key, jwks, mint
@@ -166,15 +177,17 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def grpc_check(stack: Stack, path: str, headers: Mapping[str, str]) -> Any:
-    """Check ``path`` on the stack's extauthz directly over gRPC (to see the gRPC status)."""
+def grpc_check(stack: Stack | int, path: str, headers: Mapping[str, str]) -> Any:
+    """Check ``path`` on the stack's extauthz (or the one on gRPC port ``stack``) directly over
+    gRPC, to see the gRPC status."""
+    port = stack if isinstance(stack, int) else stack.ports.extauthz
     req = external_auth_pb2.CheckRequest()
     http = req.attributes.request.http
     http.method, http.path, http.host, http.scheme = "GET", path, "api.example.com", "http"
     http.headers.update({":method": "GET", ":path": path, ":authority": "api.example.com",
                          ":scheme": "http", **headers})
     req.attributes.source.address.socket_address.address = "127.0.0.1"
-    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.extauthz}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         return stub.Check(req, timeout=2)
 
@@ -358,3 +371,39 @@ def test_redis_outage_fails_closed_and_recovers(
     # Nobody restarted extauthz.
     assert (a.extauthz.pid, b.extauthz.pid) == pids and a.extauthz.running and b.extauthz.running
     print(f"outage checks {outage:.2f}s, recovery on both replicas {recovery:.2f}s")
+
+
+def test_revocation_file_without_redis_is_hot_reloaded(
+    e2e_dir: Path, extauthz_config: Path
+) -> None:
+    data = yaml.safe_load(extauthz_config.read_text())
+    del data["settings"]["redis"]
+    data["settings"]["revocation_file"] = "revoked.txt"
+    conf = extauthz_config.parent
+    (conf / "revoked.txt").write_text("# revoked JWT ids and API keys\n")
+    config = write_config(conf / "extauthz-file.yaml", data)
+    grpc_port, http_port = free_ports(2)
+    proc = start_extauthz(config, grpc_port=grpc_port, http_port=http_port,
+                          log_path=e2e_dir / "file" / "extauthz.log", timeout=20)
+    try:
+        jti = f"file-{secrets.token_hex(4)}"
+        token = bearer(jti)
+        assert grpc_check(grpc_port, "/jwt/x", token).status.code == 0
+        assert grpc_check(grpc_port, "/keys/x", {"x-api-key": REVOKED_KEY}).status.code == 0
+        assert "appended to" in revoke(config, "jti", jti)
+        revoke(config, "key", "partner/key-b")
+        assert (conf / "revoked.txt").read_text().endswith(f"jti {jti}\nkey partner/key-b\n")
+        deadline = time.monotonic() + 5  # the file watch polls once a second, debounced
+        while (response := grpc_check(grpc_port, "/jwt/x", token)).status.code == 0:
+            assert time.monotonic() < deadline, "revocation file change not picked up"
+            time.sleep(0.05)
+        assert (response.status.code, response.denied_response.status.code) == (16, 401)
+        assert "token_revoked" in response.denied_response.body
+        response = grpc_check(grpc_port, "/keys/x", {"x-api-key": REVOKED_KEY})
+        assert (response.status.code, response.denied_response.status.code) == (16, 401)
+        assert "key_revoked" in response.denied_response.body
+        assert grpc_check(grpc_port, "/keys/x", {"x-api-key": API_KEY}).status.code == 0
+        # Basic and HMAC work without Redis too (in-memory state, per replica).
+        assert grpc_check(grpc_port, "/hmac/x", hmac_headers("/hmac/x")).status.code == 0
+    finally:
+        proc.stop()
