@@ -669,7 +669,7 @@ class HmacAuthenticator:
         value = params.get(name)
         if value is None:
             return None
-        if not value.isdigit() or len(value) > 15:
+        if not (value.isascii() and value.isdigit()) or len(value) > 15:  # not "²" or "٣"
             raise ValueError(name)
         return int(value)
 

@@ -1,0 +1,127 @@
+"""Properties of client-certificate input: the XFCC header and Envoy's URL-encoded PEM peer
+certificate, through the mTLS authenticator of the all-kinds configuration.
+
+Mutations of a *valid* XFCC element and of a valid certificate's DER (re-encoded, so the PEM
+armour is right and the bytes inside are not) reach the X.509 loader and verifier, not only the
+header grammar. Invariant: ``parse_xfcc`` raises only ``XfccError``; the authenticator raises only
+``AuthenticationError`` (a mutated certificate is never accepted unless it is the same DER).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extauthz.authn.mtls import MtlsAuthenticator
+from extauthz.authn.xfcc import XfccError, parse_xfcc
+from extauthz.errors import AuthenticationError
+from extauthz.types import Headers, RequestView
+from tests.support.allkinds import AllKinds, Running, write_all_kinds
+from tests.support.certs import xfcc_for
+from tests.support.hypo import budget
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory: pytest.TempPathFactory) -> AllKinds:
+    return write_all_kinds(tmp_path_factory.mktemp("prop-certs"))
+
+
+@pytest.fixture(scope="module")
+def running(kinds: AllKinds) -> Iterator[Running]:
+    with Running(kinds) as started:
+        yield started
+
+
+def _mtls(running: Running) -> MtlsAuthenticator:
+    authenticator = running.snapshot.authenticators["certs"]
+    assert isinstance(authenticator, MtlsAuthenticator)
+    return authenticator
+
+
+def _outcome(running: Running, *, xfcc: str | None = None, peer: str = "") -> str:
+    headers = {"x-forwarded-client-cert": xfcc} if xfcc is not None else {}
+    view = RequestView(method="GET", host="h", path="/", headers=Headers(headers),
+                       peer_certificate=peer)
+    try:
+        identity = running.run(_mtls(running).authenticate(view))
+    except AuthenticationError as exc:
+        return exc.reason.value
+    return "allow" if identity is not None else "absent"
+
+
+@st.composite
+def mutated(draw: st.DrawFn, text: str, alphabet: str) -> str:
+    """``text`` with a few characters replaced, inserted or deleted."""
+    out = list(text)
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(out)))
+        op = draw(st.sampled_from(["replace", "insert", "delete"]))
+        char = draw(st.sampled_from(alphabet))
+        if op == "insert" or at == len(out):
+            out.insert(at, char)
+        elif op == "replace":
+            out[at] = char
+        else:
+            del out[at]
+    return "".join(out)
+
+
+_XFCC_CHARS = 'ABCabc019=;,"\\% \t%2C%3D-+/:é\x00'
+
+
+@budget(200)
+@given(st.data())
+def test_mutated_xfcc_is_refused_cleanly(running: Running, kinds: AllKinds,
+                                         data: st.DataObject) -> None:
+    valid = xfcc_for(kinds.leaf)
+    header = data.draw(st.one_of(
+        mutated(valid, _XFCC_CHARS),
+        mutated(valid[:200], _XFCC_CHARS),
+        st.lists(st.sampled_from([valid, ",", ";", "By=x", 'Hash="', "Cert=", "%"]),
+                 max_size=4).map("".join),
+    ))
+    with contextlib.suppress(XfccError):
+        parse_xfcc(header)
+    outcome = _outcome(running, xfcc=header)
+    if outcome == "allow":
+        # only an element whose Cert is still the trusted leaf can pass
+        element = parse_xfcc(header)[-1]
+        assert element.cert is not None
+        assert kinds.leaf.cert.public_bytes(serialization.Encoding.PEM).decode() in element.cert
+
+
+def _der_to_pem(der: bytes) -> str:
+    body = base64.b64encode(der).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
+@budget(200)
+@given(st.data())
+def test_mutated_peer_certificate_is_refused_cleanly(running: Running, kinds: AllKinds,
+                                                     data: st.DataObject) -> None:
+    der = kinds.leaf.cert.public_bytes(serialization.Encoding.DER)
+    flips = data.draw(st.lists(st.tuples(st.integers(0, len(der) - 1), st.integers(0, 255)),
+                               min_size=1, max_size=3))
+    changed = bytearray(der)
+    for at, value in flips:
+        changed[at] = value
+    cut = data.draw(st.integers(len(der) // 2, len(der)))
+    pem = _der_to_pem(bytes(changed[:cut]))
+    encoded = data.draw(st.sampled_from([quote(pem, safe=""), pem]))
+    outcome = _outcome(running, peer=encoded)
+    if outcome == "allow":
+        assert bytes(changed[:cut]) == der
+
+
+@budget(200)
+@given(st.text(max_size=300))
+def test_random_peer_certificate_field(running: Running, peer: str) -> None:
+    assert _outcome(running, peer=peer or "x") not in ("allow",)
