@@ -45,12 +45,13 @@ def find_server_binary() -> Path:
 
 
 def ping(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    """Whether a server on ``host:port`` answers ``PING`` with ``+PONG`` (raw RESP, no client)."""
+    """Whether a server on ``host:port`` answers ``PING`` (raw RESP, no client): ``+PONG``, or
+    ``-NOAUTH`` from a server that wants a password (it is up all the same)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -65,6 +66,7 @@ class RedisServer:
         *,
         persist: bool = True,
         host: str = LOOPBACK,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         if data_dir is None:
             import tempfile
@@ -74,6 +76,8 @@ class RedisServer:
         self.host = host
         self.data_dir = Path(data_dir)
         self.persist = persist
+        #: more ``valkey-server`` options, e.g. ``("--requirepass", "pw")``
+        self.extra_args = extra_args
         self.binary = find_server_binary()
         self._proc: ManagedProcess | None = None
 
@@ -105,6 +109,7 @@ class RedisServer:
             "--protected-mode", "yes",
             "--daemonize", "no",
             "--loglevel", "warning",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> RedisServer:

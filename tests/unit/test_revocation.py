@@ -25,6 +25,7 @@ from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
 from extauthz.cli import main
 from extauthz.clock import FixedClock
 from extauthz.config.compile import Snapshot, load_snapshot
+from extauthz.config.schema import RedisSpec
 from extauthz.decision import Decision, GrpcCode, Outcome
 from extauthz.errors import ConfigError, Reason
 from extauthz.keys import hash_api_key
@@ -45,6 +46,7 @@ from extauthz.state.revocation import (
     redis_keys,
     revoke_in_redis,
 )
+from extauthz.state.snapshot import resolve_target
 from extauthz.wire import to_check_response
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import AUDIENCE, ISSUER, claims, ec_key, jwks, mint
@@ -521,3 +523,50 @@ def test_cli_revoke_with_redis_down(tmp_path: Path, capsys: pytest.CaptureFixtur
     config = write_config(tmp_path, redis={"url": down.url, "timeout_seconds": 0.1})
     assert main(["revoke", "jti", "t", "--config", str(config)]) == 1
     assert "unreachable: t NOT revoked" in capsys.readouterr().err
+
+
+# -- authentication and documentation -------------------------------------------------------------
+
+
+async def test_redis_password_from_file_or_url_env(tmp_path: Path, prefix: str) -> None:
+    redis = RedisServer(data_dir=tmp_path / "r", persist=False,
+                        extra_args=("--requirepass", "s3cret-pw")).start()
+    try:
+        (tmp_path / "redis.pw").write_text("s3cret-pw\n")
+        cases: list[tuple[dict[str, Any], dict[str, str], bool]] = [
+            ({"url": redis.url, "password_file": "redis.pw"}, {}, True),
+            ({"url_env": "TEST_REDIS_URL"},
+             {"TEST_REDIS_URL": f"redis://:s3cret-pw@127.0.0.1:{redis.port}/0"}, True),
+            ({"url": redis.url, "password_env": "TEST_REDIS_PW"}, {"TEST_REDIS_PW": "wrong"},
+             False),
+            ({"url": redis.url}, {}, False),
+        ]
+        for spec, environ, works in cases:
+            target = resolve_target(RedisSpec.model_validate(
+                {**spec, "key_prefix": prefix, "timeout_seconds": 0.3}), tmp_path, environ)
+            assert "s3cret" not in repr(target) and "s3cret" not in target.display
+            client = RedisClient(target, Metrics())
+            await client.start()
+            try:
+                assert client.up is works, spec
+                if works:
+                    await revoke_in_redis(client, prefix, "jti", "pw-test", FOREVER, time.time())
+                else:
+                    with pytest.raises(SharedStateUnavailable):
+                        await revoke_in_redis(client, prefix, "jti", "x", FOREVER, time.time())
+            finally:
+                await client.close()
+    finally:
+        redis.stop()
+
+
+def test_every_key_is_documented() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert "`revocation_file`" in doc and "`redis`" in doc
+    for name in RedisSpec.model_fields:
+        assert f"`redis.{name}`" in doc, name
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for words in ("### Shared state (Redis)", "shared_state_unavailable", "extauthz revoke jti",
+                  "extauthz_redis_up", "extauthz_redis_errors_total",
+                  "extauthz_revocation_sync_age_seconds", "key_prefix"):
+        assert words in readme, words
