@@ -272,7 +272,8 @@ def test_a_check_longer_than_the_grace_period_is_cut_off_at_the_grace_period(
             exited = time.monotonic() - sent
             response, _ = future.result(timeout=10)
         assert code == 0, stack.extauthz.log_tail()
-        assert exited < grace + 1.0, exited  # the grace, plus closing the rest
+        print(f"\ncheck longer than the grace ({grace}s): exit after {exited:.3f}s")
+        assert grace * 0.9 <= exited < grace + 2.0, exited  # the grace, plus closing the rest
         assert_envoy_failed_closed(response)
     finally:
         slow_as.delay = SLOW
