@@ -570,3 +570,40 @@ def test_every_key_is_documented() -> None:
                   "extauthz_redis_up", "extauthz_redis_errors_total",
                   "extauthz_revocation_sync_age_seconds", "key_prefix"):
         assert words in readme, words
+
+
+async def test_server_reload_during_an_outage_keeps_the_pool_and_the_lists(
+    tmp_path: Path, prefix: str
+) -> None:
+    """A reload while Redis is down: the new snapshot reuses the process's client and the lists
+    synced before the outage, so JWT/API-key checks keep their answers (no 503 from the reload)."""
+    from extauthz.server import Server, ServerOptions
+
+    redis = RedisServer(data_dir=tmp_path / "r", persist=False).start()
+    config = write_config(tmp_path, redis={
+        "url": redis.url, "key_prefix": prefix, "timeout_seconds": 0.2,
+        "health_check_interval_seconds": 0.05, "revocation_sync_seconds": 0.05})
+    server = Server(ServerOptions(config_path=str(config), decision_log=False))
+    try:
+        first = await server.load()
+        assert first.state is not None and first.state.client is not None
+        client = first.state.client
+        await revoke_in_redis(client, prefix, "jti", "gone", FOREVER, time.time())
+        await wait_for_reason(server.engine, "/jwt/x", {"authorization": f"Bearer {token('gone')}"},
+                              Reason.TOKEN_REVOKED)
+        redis.stop()
+        second = await server.load()  # a reload (same settings.redis) during the outage
+        assert second is not first and second.state is not None
+        assert second.state.client is client and client.started
+        assert_allowed(await check(server.engine, "/jwt/x",
+                                   {"authorization": f"Bearer {token('fine')}"}))
+        assert_allowed(await check(server.engine, "/keys/x", {"x-api-key": KEY_A}))
+        assert_denied(await check(server.engine, "/jwt/x",
+                                  {"authorization": f"Bearer {token('gone')}"}),
+                      401, Reason.TOKEN_REVOKED)
+    finally:
+        snapshot = server.engine.snapshot
+        if snapshot is not None:
+            await snapshot.close()
+        await server.state_hub.close()
+        redis.stop()
