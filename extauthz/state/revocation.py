@@ -22,8 +22,8 @@ Two sources, both optional, checked together:
   check is a dict lookup — never a round trip — and a revocation is in force everywhere within
   about one sync interval. While Redis cannot be reached a replica keeps enforcing the entries
   it has for ``revocation_max_stale_seconds``; after that, the checks that consult the lists
-  (every JWT and API-key check) fail closed with 503 ``shared_state_unavailable``, because a
-  revocation made meanwhile could not be seen.
+  (every API-key check, every JWT with a ``jti``) fail closed with 503
+  ``shared_state_unavailable``, because a revocation made meanwhile could not be seen.
 
 Values: a ``jti`` is 1-1024 characters without whitespace or control characters (a token whose
 ``jti`` has spaces cannot be revoked by id); consumer and key id follow the configuration's name
