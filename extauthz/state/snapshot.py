@@ -127,7 +127,8 @@ class SnapshotState:
         )
 
     def files(self) -> tuple[Path, ...]:
-        """Files to watch for hot reload (the revocation file)."""
+        """Files to watch for hot reload (the revocation file, the Redis password file and CA
+        bundle)."""
         return self._files
 
     async def start(self) -> None:
@@ -189,6 +190,10 @@ def build_state(
             "sync_seconds": spec.revocation_sync_seconds,
             "max_stale_seconds": spec.revocation_max_stale_seconds,
         }
+        # A rotated password or CA bundle is picked up by the file watch (a reload).
+        for name in (spec.password_file, spec.tls_ca_file):
+            if name is not None:
+                files.append(Path(name) if Path(name).is_absolute() else base_dir / name)
         try:
             target = resolve_target(spec, base_dir, environ)
         except ValueError as exc:

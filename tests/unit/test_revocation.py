@@ -541,6 +541,9 @@ async def test_redis_password_from_file_or_url_env(tmp_path: Path, prefix: str) 
              False),
             ({"url": redis.url}, {}, False),
         ]
+        snapshot = load_snapshot(write_config(tmp_path, redis={
+            "url": redis.url, "password_file": "redis.pw"}), Metrics())
+        assert tmp_path / "redis.pw" in snapshot.files  # rotation = a reload
         for spec, environ, works in cases:
             target = resolve_target(RedisSpec.model_validate(
                 {**spec, "key_prefix": prefix, "timeout_seconds": 0.3}), tmp_path, environ)
