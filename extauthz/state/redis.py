@@ -136,7 +136,9 @@ class RedisClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         redis, self._redis = self._redis, None
-        self._set_up(False, quiet=True)
+        # Not through _set_up: the gauge belongs to whichever client is serving now (a reload
+        # to another target starts the new client before the old one is closed).
+        self._up = False
         if redis is not None:
             try:
                 await redis.aclose(close_connection_pool=True)
@@ -185,10 +187,10 @@ class RedisClient:
 
     # -- health ------------------------------------------------------------------------------
 
-    def _set_up(self, up: bool, *, quiet: bool = False) -> None:
-        if up != self._up and not quiet:
+    def _set_up(self, up: bool) -> None:
+        if up != self._up:
             if up:
-                log.info("Redis %s is reachable again", self.target.display)
+                log.info("Redis %s is reachable", self.target.display)
             else:
                 log.warning("Redis %s is unreachable: checks that need shared state answer 503 "
                             "shared_state_unavailable until it is back", self.target.display)
