@@ -42,6 +42,16 @@ def output_dir(given: str | None, prefix: str) -> Path:
     return out
 
 
+def _sweep_points(text: str) -> dict[str, list[int]]:
+    """``routes=1,1000;api_keys=10,100000`` -> {"routes": [1, 1000], "api_keys": [10, 100000]}."""
+    points: dict[str, list[int]] = {}
+    for part in text.split(";"):
+        if part.strip():
+            dim, _, values = part.partition("=")
+            points[dim.strip()] = _ints(values)
+    return points
+
+
 def _run(args: argparse.Namespace) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     out = output_dir(args.out, "")
@@ -58,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers, envoy_concurrency=args.envoy_concurrency,
         direct=False if args.no_direct else None, sweep=False if args.no_sweep else None,
         extauthz_args=args.extauthz_arg or None,
+        sweep_points=_sweep_points(args.sweep_points) if args.sweep_points else None,
     )
     print(f"bench: {mode} run -> {out}", flush=True)
     doc = runner.run(found, opts)
@@ -97,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Envoy worker threads (default 1)")
         p.add_argument("--no-direct", action="store_true", help="skip the h2load gRPC runs")
         p.add_argument("--no-sweep", action="store_true", help="skip the scaling sweep")
+        p.add_argument("--sweep-points", metavar="DIM=N,..;..",
+                       help="sweep only these points, e.g. 'api_keys=10,100000;routes=1,1000' "
+                            "(dimensions: routes, api_keys, issuers, cached_tokens)")
         p.add_argument("--no-plot", action="store_true")
         p.add_argument("--extauthz-arg", action="append", metavar="ARG",
                        help="extra argument for `extauthz serve` (repeatable), e.g. "

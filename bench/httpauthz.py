@@ -232,6 +232,7 @@ def main(args: argparse.Namespace) -> int:
         print("bench: " + found.missing_message(), file=sys.stderr)
         return 3
     fx = fixtures.build(work, new_tokens=10)
+    scratch = runner.scratch_dir(out)
     by_name = {s.name: s for s in runner.scenarios(fx)}
     names = args.scenarios.split(",")
     concs = [int(c) for c in args.concurrency.split(",")]
@@ -250,17 +251,17 @@ def main(args: argparse.Namespace) -> int:
                     "--config", str(fx.config), "--grpc-address", f"{LOOPBACK}:{port}",
                     "--http-address", f"{LOOPBACK}:{hport}"]
             server = ManagedProcess(kind, ["/bin/sh", "-c", 'exec "$@" >/dev/null', "sh",
-                                           *argv], work / f"{kind}.log", cwd=runner.REPO)
+                                           *argv], scratch / f"{kind}.log", cwd=runner.REPO)
         else:
             text = envoy_http_config(listener_port=listener, admin_port=admin, authz_port=port)
             argv = [sys.executable, "-m", "bench.httpauthz", "--port", str(port), "--config",
                     str(fx.config)] + (["--uvloop"] if kind == "http-uvloop" else [])
-            server = ManagedProcess(kind, argv, work / f"{kind}.log", cwd=runner.REPO)
-        cfg = work / f"envoy-{kind}.yaml"
+            server = ManagedProcess(kind, argv, scratch / f"{kind}.log", cwd=runner.REPO)
+        cfg = scratch / f"envoy-{kind}.yaml"
         cfg.write_text(text)
         envoy = ManagedProcess(f"envoy-{kind}", [
             found.envoy, "-c", str(cfg), "--log-level", "warning", "--concurrency", "1",
-            "--disable-hot-restart"], work / f"envoy-{kind}.log")
+            "--disable-hot-restart"], scratch / f"envoy-{kind}.log")
         try:
             server.start().wait_ready(partial(tcp_open, LOOPBACK, port), 60)
             envoy.start().wait_ready(http_ok(f"http://{LOOPBACK}:{admin}/ready"), 30)

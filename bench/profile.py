@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     by_name = {s.name: s for s in runner.scenarios(fx)}
     opts = runner.Options.for_mode("quick", out, duration_s=args.duration, warmup_s=1.0)
     summary: dict[str, Any] = {}
-    with runner.running_stack(found, work, opts, fx.config) as stack:
+    with runner.running_stack(found, runner.scratch_dir(out), opts, fx.config) as stack:
         pid = stack.extauthz_pids[0]
         for name in args.scenarios.split(","):
             sc = by_name[name]

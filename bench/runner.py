@@ -11,6 +11,12 @@ Order within a run (so every ratio compares measurements taken minutes apart, no
 4. the gRPC server directly with h2load (one HTTP/2 connection, 1/10/50 concurrent streams);
 5. the scaling sweep: one extauthz per point, same Envoy, wrk at 10 connections.
 
+Files: configuration and key material live in ``work/``; everything written *while* extauthz runs
+(wrk scripts, h2load logs, process logs, Envoy's config) goes to ``scratch/``. extauthz watches its
+configuration's directory for changes (hot reload), so a file created next to the configuration
+during a measurement would trigger a reload in the middle of it; with 10 000 API keys such a
+reload took the CPU the checks needed (an early sweep measured that instead of the lookup).
+
 Every measured wrk/h2load run is preceded by a short warm-up run of the same kind. CPU per check
 is the extauthz processes' utime+stime delta over the measured run divided by its requests.
 """
@@ -22,6 +28,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -254,7 +261,7 @@ def measure_wrk(stack: Stack, tools: Tools, sc: Scenario, conns: int, opts: Opti
                 *, warm: bool = True) -> dict[str, Any]:
     assert tools.wrk is not None
     threads = max(1, min(2, conns))
-    script = _script(opts.out / "work", sc, threads)
+    script = _script(scratch_dir(opts.out), sc, threads)
     url = stack.url()
     if warm and opts.warmup_s > 0:
         loadgen.run_wrk(tools.wrk, url, script, connections=conns, duration_s=opts.warmup_s,
@@ -296,7 +303,7 @@ def measure_direct(stack: Stack, tools: Tools, sc: Scenario, streams: int, body:
                    opts: Options) -> dict[str, Any]:
     assert tools.h2load is not None
     url = f"http://{LOOPBACK}:{stack.grpc_ports[0]}{grpcframe.CHECK_PATH}"
-    log = opts.out / "work" / f"h2load-{sc.name}-{streams}.log"
+    log = scratch_dir(opts.out) / f"h2load-{sc.name}-{streams}.log"
     pids = stack.extauthz_pids[:1]
     # warm-up: a separate short run (h2load's own --warm-up-time still counts in its log)
     loadgen.run_h2load(tools.h2load, url, body, streams=streams,
@@ -323,6 +330,47 @@ def grpc_check_status(port: int, message: Any) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------- sweep
+
+
+def checks_counted(stack: Stack) -> int:
+    """Sum of ``extauthz_checks_total`` over every worker's /metrics (0 when unreadable)."""
+    total = 0.0
+    for port in stack.http_ports:
+        try:
+            url = f"http://{LOOPBACK}:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("extauthz_checks_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def fill_until(wrk: str, stack: Stack, script: Path, count: int, *, timeout_s: float) -> int:
+    """Run wrk with ``script`` until the servers counted ``count`` more checks; bounded."""
+    before = checks_counted(stack)
+    argv = [wrk, "-t", "2", "-c", "10", "-d", f"{int(timeout_s)}s", "--timeout", "5s",
+            "-s", str(script), stack.url()]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            done = checks_counted(stack) - before
+            if done >= count:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    return done
 
 
 def run_sweep(stack: Stack, tools: Tools, fx: fixtures.Fixtures,
@@ -366,12 +414,13 @@ def run_sweep(stack: Stack, tools: Tools, fx: fixtures.Fixtures,
             if status != 200:
                 raise RuntimeError(f"sweep {dim}={n}: expected 200, got {status}: {text[:200]}")
             if fill is not None:
-                # every token verified once (bounded: one pass over the file, 2 threads)
-                script = _script(work, fill, 2, limit=(n + 1) // 2, name=f"fill-{n}")
+                # every token verified once: one pass over the file, stopped when the servers
+                # have counted that many checks (wrk itself would sleep out its whole -d)
+                script = _script(scratch_dir(opts.out), fill, 2, limit=(n + 1) // 2,
+                                 name=f"fill-{n}")
                 t0 = time.monotonic()
-                loadgen.run_wrk(tools.wrk or "wrk", stack.url(), script, connections=10,
-                                duration_s=600, threads=2)
-                opts.log(f"    filled the token cache with {n} tokens in "
+                checked = fill_until(tools.wrk or "wrk", stack, script, n, timeout_s=900)
+                opts.log(f"    filled the token cache: {checked} checks in "
                          f"{time.monotonic() - t0:.1f}s")
             sweep_opts = Options(**{**opts.__dict__, "duration_s": opts.sweep_duration_s})
             row = measure_wrk(stack, tools, sc, 10, sweep_opts)
@@ -422,6 +471,13 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def scratch_dir(out: Path) -> Path:
+    """Where files written during a run go: not extauthz's configuration directory."""
+    path = out / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def run(tools: Tools, opts: Options) -> dict[str, Any]:
     """Run the benchmark; returns the result document (also the JSON file's content)."""
     work = opts.out / "work"
@@ -438,7 +494,7 @@ def run(tools: Tools, opts: Options) -> dict[str, Any]:
                 or s.name in wanted]
     result["scenarios"] = {s.name: {"title": s.title, "route": s.route, "note": s.note,
                                     "expected_status": s.expect} for s in selected}
-    with running_stack(tools, work, opts, fx.config) as stack:
+    with running_stack(tools, scratch_dir(opts.out), opts, fx.config) as stack:
         log(f"extauthz x{opts.workers} on {stack.grpc_ports}, envoy on {stack.listener}")
         active: list[Scenario] = []
         for sc in selected:
@@ -486,7 +542,8 @@ def run(tools: Tools, opts: Options) -> dict[str, Any]:
                     result["skipped"][f"direct:{sc.name}"] = (
                         f"gRPC preflight: HTTP {http} (gRPC {code}), expected {sc.expect}")
                     continue
-                body = grpcframe.write_frame(work / f"check-{sc.name}.bin", message)
+                body = grpcframe.write_frame(scratch_dir(opts.out) / f"check-{sc.name}.bin",
+                                             message)
                 for streams in opts.concurrency:
                     row = measure_direct(stack, tools, sc, streams, body, opts)
                     row["grpc_status"] = code

@@ -32,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
-from extauthz.config.compile import Snapshot, load_snapshot
+from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
 from extauthz.metrics import Metrics
@@ -154,6 +154,9 @@ class Server:
             self.metrics.config_info.info({"sha256": snapshot.digest})
             if previous is not None:
                 await previous.close()
+                del previous
+            # the snapshot's objects out of the cyclic GC's generations (see settle_heap)
+            settle_heap()
             return snapshot
 
     async def reload(self) -> bool:

@@ -8,6 +8,7 @@ collected and raised together as one :class:`ConfigError`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,6 +76,25 @@ class Snapshot:
                 await self.state.close()
             except Exception as exc:
                 log.warning("error while closing the shared state: %s", type(exc).__name__)
+
+
+def settle_heap() -> None:
+    """Move everything alive now (the serving snapshot, imported modules) out of the cyclic GC.
+
+    A snapshot with 100 000 API keys is a few hundred thousand container objects that live until
+    the next reload. Left in the collector's generations, every full collection walks them all:
+    measured 67-107 ms per full collection with 100 000 keys on the benchmark machine, a stall of
+    every check in flight whenever the server's per-check garbage triggers one (a p99 spike, not
+    a throughput loss). ``gc.freeze()`` moves the surviving objects to the permanent generation,
+    which collections skip (the same collection then takes < 0.1 ms); reference counting still
+    frees them when the snapshot is dropped. The server calls this after every load and reload:
+    ``gc.unfreeze()`` and one full collection first, so cycles left by the previous snapshot (or
+    by compiling) are reclaimed rather than frozen for good. That one collection is the only
+    pause, once per reload.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _where(source: str, path: str) -> str:
