@@ -50,6 +50,8 @@ def render_location(loc: Sequence[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part == "":  # an empty key would vanish from the location: quote it
+            out += '[""]'
         else:
             out += f".{part}" if out else str(part)
     return out
