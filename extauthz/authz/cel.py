@@ -152,7 +152,13 @@ def plain(value: Any) -> Any:
 def _headers(view: RequestView) -> dict[str, str]:
     # Headers keeps a dict with lowercase keys: copying it beats a Mapping walk (hot path).
     data = getattr(view.headers, "_data", None)
-    return dict(data) if type(data) is dict else dict(view.headers.items())
+    out = dict(data) if type(data) is dict else dict(view.headers.items())
+    for key, value in out.items():
+        if not value.isascii():
+            # raw_value bytes that are not UTF-8 arrive as surrogate escapes, which a CEL string
+            # cannot hold (the whole rule failed: policy_error); CEL sees U+FFFD for them instead
+            out[key] = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return out
 
 
 def activation_data(

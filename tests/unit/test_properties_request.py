@@ -9,13 +9,16 @@ request, ``MalformedCredentials`` from Basic parsing, nothing at all from the re
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from extauthz.authn.basic import MalformedCredentials, parse_basic_credentials
 from extauthz.authn.sources import Source
+from extauthz.decision import Outcome
 from extauthz.errors import BadRequestError
 from extauthz.request import (
     _parse_query,
@@ -25,7 +28,7 @@ from extauthz.request import (
     split_host,
 )
 from extauthz.types import Headers, RequestView
-from tests.support.allkinds import check_request
+from tests.support.allkinds import Running, check_request, write_all_kinds
 from tests.support.hypo import budget
 
 # Header-ish text: mostly printable ASCII with the separators parsers care about, sometimes
@@ -174,3 +177,29 @@ def test_host_and_path_helpers_never_raise(text: str) -> None:
                            max_size=60).map("".join))))
 def test_signature_component_count_never_raises(headers: dict[str, str]) -> None:
     assert signature_components(Headers(headers)) >= 0
+
+
+# -- headers nobody reads do not change a decision -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, str]]:
+    kinds = write_all_kinds(tmp_path_factory.mktemp("prop-request"))
+    with Running(kinds) as started:
+        yield started, kinds.token(realm_access={"roles": ["admin"]})
+
+
+@budget(150)
+@given(st.binary(max_size=40), st.sampled_from(["x-latin1", "user-agent", "accept"]))
+def test_unread_raw_header_bytes_do_not_change_the_decision(
+    running: tuple[Running, str], value: bytes, name: str
+) -> None:
+    """Regression: a non-UTF-8 byte in any header (encode_raw_headers: ``café`` in Latin-1)
+    made every CEL rule reading ``request.headers`` fail, so the route answered 403
+    policy_error to a valid token."""
+    started, token = running
+    raw = [(":path", b"/jwt/x"), (":method", b"GET"), (":authority", b"api.example.com"),
+           ("authorization", f"Bearer {token}".encode()), (name, value)]
+    view = from_check_request(check_request("/jwt/x", raw_headers=raw))
+    decision = started.run(started.engine.check(view))
+    assert decision.outcome is Outcome.ALLOW, decision
