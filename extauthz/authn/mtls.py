@@ -330,7 +330,7 @@ class MtlsAuthenticator:
     def _load_pem(self, pem: str, what: str) -> list[x509.Certificate]:
         try:
             return x509.load_pem_x509_certificates(pem.encode("utf-8", "replace"))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
                              f"{what}: {exc}") from None
 
@@ -468,7 +468,7 @@ def _load_bundle(path: Path, where: str) -> list[x509.Certificate]:
         ) from None
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise ValueError(f"{where}: {path}: no PEM certificates found") from None
     for n, cert in enumerate(certs, start=1):
         try:

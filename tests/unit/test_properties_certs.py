@@ -121,6 +121,25 @@ def test_mutated_peer_certificate_is_refused_cleanly(running: Running, kinds: Al
         assert bytes(changed[:cut]) == der
 
 
+@budget(100)
+@given(st.integers(0, 255))
+def test_any_certificate_version_is_refused_cleanly(running: Running, kinds: AllKinds,
+                                                     version: int) -> None:
+    """Regression: a client certificate whose version byte is not 0-2 (``106``) made
+    cryptography raise ``InvalidVersion`` (not a ValueError): 503 internal_error, not 401."""
+    der = bytearray(kinds.leaf.cert.public_bytes(serialization.Encoding.DER))
+    at = der.find(bytes([0xA0, 0x03, 0x02, 0x01, 0x02]))  # TBSCertificate.version = v3
+    assert at > 0
+    der[at + 4] = version
+    pem = _der_to_pem(bytes(der))
+    peer = _outcome(running, peer=quote(pem, safe=""))
+    xfcc = _outcome(running, xfcc=f"Cert={quote(pem, safe='')}")
+    if version == 2:
+        assert (peer, xfcc) == ("allow", "allow")
+    else:
+        assert peer == xfcc == "cert_invalid" or "allow" not in (peer, xfcc)
+
+
 @budget(200)
 @given(st.text(max_size=300))
 def test_random_peer_certificate_field(running: Running, peer: str) -> None:
