@@ -1,10 +1,10 @@
 """A configuration with every authenticator kind, and the credentials that pass it.
 
 Used by the request-limit tests, the parser property tests and the fuzz run of the full ``Check``
-path (``tests/fuzz``): one place that knows how to set up API keys, a JWT issuer (inline JWKS),
-mTLS (trust bundle + XFCC), Basic (htpasswd, {SHA} and bcrypt), HMAC (RFC 9421 and cavage) and
-token introspection, plus policies that read claims, headers, query parameters, path parameters
-and CEL.
+path (``tests/servicer/test_fuzz_check.py``): one place that knows how to set up API keys, a JWT
+issuer (inline JWKS), mTLS (trust bundle + XFCC), Basic (htpasswd, {SHA} and bcrypt), HMAC (RFC 9421
+and cavage) and token introspection, plus policies that read claims, headers, query parameters,
+path parameters and CEL.
 
 Routes (the prefix is the route name)::
 
@@ -200,6 +200,8 @@ class IntrospectionStub:
         self.status = 200
         self.body = b'{"active": true, "sub": "opaque-user", "scope": "read"}'
         self.requests = 0
+        #: when set, only these tokens get ``body``; any other is ``{"active": false}``
+        self.valid_tokens: frozenset[str] | None = None
         self.app = BackgroundApp(self._make_app, name="introspection-stub")
 
     def _make_app(self) -> web.Application:
@@ -209,8 +211,11 @@ class IntrospectionStub:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
-        await request.read()
-        return web.Response(status=self.status, body=self.body, content_type="application/json")
+        form = await request.post()
+        body = self.body
+        if self.valid_tokens is not None and form.get("token") not in self.valid_tokens:
+            body = b'{"active": false}'
+        return web.Response(status=self.status, body=body, content_type="application/json")
 
     @property
     def endpoint(self) -> str:
