@@ -268,7 +268,7 @@ def main(args: argparse.Namespace) -> int:
 
             stack: Any = SimpleNamespace(
                 grpc_ports=[port], extauthz_pids=[server.pid], envoy=envoy,
-                url=partial("http://{}:{}{}".format, LOOPBACK, listener))
+                url=partial(runner.loopback_url, listener))
             for name in names:
                 sc = by_name[name]
                 status, body = runner.send_once(stack.url(sc.path), sc,

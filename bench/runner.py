@@ -213,6 +213,10 @@ class Stack:
         return f"http://{LOOPBACK}:{self.listener}{path}"
 
 
+def loopback_url(port: int, path: str = "/") -> str:
+    return f"http://{LOOPBACK}:{port}{path}"
+
+
 @contextlib.contextmanager
 def running_stack(tools: Tools, work: Path, opts: Options, config: Path) -> Iterator[Stack]:
     stack = Stack(tools, work, opts.workers, opts.envoy_concurrency, opts.extauthz_args)

@@ -192,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
 
         # what runner.measure_* need of a stack
         stack: Any = SimpleNamespace(grpc_ports=[port], extauthz_pids=[], envoy=envoy,
-                                     url=partial("http://{}:{}{}".format, LOOPBACK, listener))
+                                     url=partial(runner.loopback_url, listener))
         envoy_rows = [runner.measure_wrk(stack, found, by_name["envoy"], 10, opts)]
         print(f"envoy alone: {envoy_rows[0]['rps']:.0f} req/s", flush=True)
         for model in models:

@@ -16,7 +16,7 @@ from extauthz.errors import ConfigError
 def _serve(args: argparse.Namespace) -> int:
     from extauthz.server import Server, ServerOptions, split_address
 
-    for address in (args.grpc_address, args.http_address):
+    for address in (args.grpc_address, args.http_address, args.http_authz_address or "x:0"):
         try:
             split_address(address)
         except ValueError as exc:
@@ -30,6 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         decision_log=not args.no_decision_log,
         decision_log_sample_allowed=args.log_sample_allowed,
         watch_interval_seconds=args.watch_interval,
+        http_authz_address=args.http_authz_address,
+        http_authz_path_prefix=args.http_authz_path_prefix,
     )
     try:
         asyncio.run(Server(options).run_until_signal())
@@ -227,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True)
     serve.add_argument("--grpc-address", default="127.0.0.1:9001")
     serve.add_argument("--http-address", default="127.0.0.1:9090")
+    serve.add_argument("--http-authz-address", metavar="HOST:PORT", default=None,
+                       help="also answer Envoy's HTTP ext_authz protocol (http_service) here; "
+                            "off by default (docs/performance.md, deploy/envoy/"
+                            "envoy-http-authz.yaml)")
+    serve.add_argument("--http-authz-path-prefix", default="/check",
+                       help="the http_service path_prefix Envoy puts before the path")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
     serve.add_argument("--watch-interval", type=float, default=1.0,

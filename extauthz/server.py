@@ -35,6 +35,7 @@ from extauthz.admin import make_admin_app
 from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
+from extauthz.http_authz import HttpAuthzServer
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.reload import ConfigWatcher
@@ -61,6 +62,9 @@ class ServerOptions:
     decision_log_sample_allowed: float = 1.0
     #: poll the configuration files this often for changes (0 disables; SIGHUP still works)
     watch_interval_seconds: float = 1.0
+    #: also serve Envoy's HTTP ext_authz protocol here (:mod:`extauthz.http_authz`); None: off
+    http_authz_address: str | None = None
+    http_authz_path_prefix: str = "/check"
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -95,6 +99,8 @@ class Server:
         self._watcher: ConfigWatcher | None = None
         self.grpc_port = 0
         self.http_port = 0
+        self.http_authz: HttpAuthzServer | None = None
+        self.http_authz_port = 0
 
     @property
     def ready(self) -> bool:
@@ -201,6 +207,11 @@ class Server:
             raise OSError(f"cannot listen on {self.options.grpc_address}")
         await server.start()
         self._grpc = server
+        if self.options.http_authz_address:
+            self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
+                                              path_prefix=self.options.http_authz_path_prefix)
+            self.http_authz_port = await self.http_authz.start(
+                *split_address(self.options.http_authz_address))
         host, port = split_address(self.options.http_address)
         runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready), access_log=None)
         await runner.setup()
@@ -243,8 +254,11 @@ class Server:
         if self._watcher is not None:
             await self._watcher.stop()
         await self._set_serving(False)
-        if self._grpc is not None:
-            await self._grpc.stop(self.options.grace_seconds)
+        # both transports drain at once, each within the grace period
+        await asyncio.gather(
+            *([self.http_authz.stop(self.options.grace_seconds)] if self.http_authz else []),
+            *([self._grpc.stop(self.options.grace_seconds)] if self._grpc is not None else []),
+        )
         if self._runner is not None:
             await self._runner.cleanup()
         snapshot = self.engine.snapshot

@@ -1,0 +1,258 @@
+"""The HTTP ext_authz transport in process: same decisions as gRPC, Envoy's HTTP protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from extauthz.http_authz import REMOVE_HEADER, render, to_view
+from extauthz.keys import hash_api_key
+from extauthz.server import Server, ServerOptions
+
+KEY = "eak_http-authz-test-key-0000000000"
+
+CONFIG = f"""
+authenticators:
+  keys: {{api_key: {{}}}}
+  qkeys: {{api_key: {{sources: [{{query: api_key}}]}}}}
+consumers:
+- name: alice
+  keys: [{{id: k1, hash: "{hash_api_key(KEY)}", scopes: [read]}}]
+routes:
+- name: api
+  match: {{prefix: /api/}}
+  authn: [keys]
+- name: admin
+  match: {{prefix: /admin/}}
+  authn: [keys]
+  authz: {{scopes_all: [admin]}}
+- name: query
+  match: {{prefix: /q/}}
+  authn: [qkeys]
+"""
+
+
+class Response:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name]
+
+
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+    length = int(next((v for k, v in headers if k == "content-length"), "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), 5) if length else b""
+    return Response(status, headers, body)
+
+
+def request(path: str, headers: dict[str, str] | None = None, method: str = "GET",
+            body: bytes = b"") -> bytes:
+    lines = [f"{method} /check{path} HTTP/1.1", "host: svc.local:8080",
+             f"content-length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    srv = Server(ServerOptions(str(config), "127.0.0.1:0", "127.0.0.1:0", grace_seconds=2,
+                               decision_log=False, watch_interval_seconds=0,
+                               http_authz_address="127.0.0.1:0"))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+async def exchange(server: Server, *raw: bytes) -> list[Response]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.http_authz_port)
+    try:
+        writer.write(b"".join(raw))
+        await writer.drain()
+        return [await read_response(reader) for _ in raw]
+    finally:
+        writer.close()
+
+
+async def test_allow_sets_identity_headers_and_removes_the_credential(server: Server) -> None:
+    [resp] = await exchange(server, request("/api/orders", {"x-api-key": KEY}))
+    assert resp.status == 200
+    assert resp.header("x-auth-subject") == "alice"
+    removed = (resp.header(REMOVE_HEADER) or "").split(",")
+    assert "x-api-key" in removed
+    assert resp.body == b""
+
+
+async def test_missing_credential_is_401_with_challenge_and_problem_body(server: Server) -> None:
+    [resp] = await exchange(server, request("/api/orders"))
+    assert resp.status == 401
+    assert resp.all("www-authenticate") and resp.all("www-authenticate")[0].startswith("ApiKey")
+    assert resp.header("content-type") == "application/problem+json"
+    problem = json.loads(resp.body)
+    assert problem["status"] == 401 and problem["reason"] == "missing_credential"
+
+
+async def test_wrong_key_is_401_invalid_api_key(server: Server) -> None:
+    [resp] = await exchange(server, request("/api/orders", {"x-api-key": "eak_wrong"}))
+    assert resp.status == 401
+    assert json.loads(resp.body)["reason"] == "invalid_api_key"
+
+
+async def test_insufficient_scope_is_403(server: Server) -> None:
+    [resp] = await exchange(server, request("/admin/users", {"x-api-key": KEY}))
+    assert resp.status == 403
+    assert json.loads(resp.body)["reason"] == "insufficient_scope"
+
+
+async def test_no_route_is_403(server: Server) -> None:
+    [resp] = await exchange(server, request("/elsewhere", {"x-api-key": KEY}))
+    assert resp.status == 403
+    assert json.loads(resp.body)["reason"] == "no_route"
+
+
+async def test_path_without_the_prefix_is_400(server: Server) -> None:
+    raw = f"GET /api/orders HTTP/1.1\r\nhost: svc\r\nx-api-key: {KEY}\r\n\r\n".encode()
+    [resp] = await exchange(server, raw)
+    assert resp.status == 400
+    assert json.loads(resp.body)["reason"] == "bad_request"
+
+
+async def test_query_credential_cannot_be_stripped_so_it_is_refused(server: Server) -> None:
+    # HTTP mode has no way to remove a query parameter: fail closed, never leak it upstream
+    [resp] = await exchange(server, request(f"/q/x?api_key={KEY}"))
+    assert resp.status == 503
+    assert json.loads(resp.body)["reason"] == "internal_error"
+
+
+async def test_keep_alive_and_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    responses = await exchange(
+        server,
+        request("/api/a", {"x-api-key": KEY}),
+        request("/api/b"),
+        request("/admin/c", {"x-api-key": KEY}),
+        request("/api/d", {"x-api-key": KEY}),
+    )
+    assert [r.status for r in responses] == [200, 401, 403, 200]
+
+
+async def test_malformed_request_is_400_and_closed(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.http_authz_port)
+    try:
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        resp = await read_response(reader)
+        assert resp.status == 400
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    finally:
+        writer.close()
+
+
+async def test_oversized_headers_are_431_and_closed(server: Server) -> None:
+    big = "x" * (100 * 1024)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.http_authz_port)
+    try:
+        writer.write(request("/api/a", {"x-big": big}))
+        resp = await read_response(reader)
+        assert resp.status == 431
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+async def test_metrics_count_http_checks_like_grpc_ones(server: Server) -> None:
+    checks = server.metrics.checks
+    before = checks.labels("api", "allow", "ok")._value.get()
+    await exchange(server, request("/api/a", {"x-api-key": KEY}))
+    assert checks.labels("api", "allow", "ok")._value.get() == before + 1
+
+
+def test_view_reads_method_host_path_query_and_repeated_headers() -> None:
+    view = to_view("POST", "/check/v1/x?a=1&a=2&b=3", {"host": "API.example.com:443",
+                                                       "x-forwarded-proto": "https",
+                                                       "x-request-id": "r1", "a": "1,2"},
+                   b"body", "/check", 40)
+    assert (view.method, view.host, view.path) == ("POST", "api.example.com", "/v1/x")
+    assert dict(view.query) == {"a": "1", "b": "3"} and view.raw_query == "a=1&a=2&b=3"
+    assert view.scheme == "https" and view.request_id == "r1" and view.body == b"body"
+    assert view.headers.get("a") == "1,2" and view.header_bytes == 40
+    assert not view.context_extensions and view.peer_certificate == ""
+
+
+def test_render_close_adds_connection_close() -> None:
+    from extauthz.decision import GrpcCode, deny
+    from extauthz.errors import Reason
+
+    payload = render(deny(403, GrpcCode.PERMISSION_DENIED, Reason.FORBIDDEN, "r", "no"), False)
+    head = payload.split(b"\r\n\r\n", 1)[0].decode()
+    assert head.startswith("HTTP/1.1 403 Forbidden")
+    assert "connection: close" in head
+
+
+async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
+    from extauthz.http_authz import HttpAuthzServer
+    from extauthz.metrics import Metrics
+    from extauthz.pipeline import Engine
+
+    srv = HttpAuthzServer(Engine(Metrics()), max_body_bytes=10)
+    port = await srv.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request("/api/a", method="POST", body=b"x" * 100))
+        resp = await read_response(reader)
+        assert resp.status == 413
+        writer.close()
+    finally:
+        await srv.stop(1)
+
+
+async def test_a_check_that_suspends_is_finished_as_a_task() -> None:
+    from extauthz.decision import Decision, GrpcCode, deny
+    from extauthz.errors import Reason
+    from extauthz.http_authz import _drive, _resume
+
+    loop = asyncio.get_running_loop()
+
+    async def slow(fut: asyncio.Future[str]) -> Decision:
+        await asyncio.sleep(0)
+        value = await fut
+        return deny(403, GrpcCode.PERMISSION_DENIED, Reason.FORBIDDEN, value, "")
+
+    fut: asyncio.Future[str] = loop.create_future()
+    coro = slow(fut)
+    done, awaited = _drive(coro)
+    assert not done
+    task = asyncio.ensure_future(_resume(coro, awaited))
+    loop.call_later(0.01, fut.set_result, "route-x")
+    decision = await asyncio.wait_for(task, 5)
+    assert decision.route == "route-x"
+
+    failing: asyncio.Future[str] = loop.create_future()
+    coro2 = slow(failing)
+    done, awaited = _drive(coro2)
+    task2 = asyncio.ensure_future(_resume(coro2, awaited))
+    loop.call_later(0.01, failing.set_exception, ValueError("boom"))
+    with pytest.raises(ValueError, match="boom"):
+        await asyncio.wait_for(task2, 5)
