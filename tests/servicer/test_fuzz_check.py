@@ -295,7 +295,8 @@ class Generator:
             draft.headers["date"] = formatdate(time.time() - 7, usegmt=True)
 
     def forged_opaque(self) -> str:
-        return self.rng.choice([self.mutate(OPAQUE_TOKEN), self.text(30) or "t", "a" * 200])
+        return self._unlike(lambda: self.rng.choice(
+            [self.mutate(OPAQUE_TOKEN), self.text(30) or "t", "a" * 200]), OPAQUE_TOKEN)
 
     # -- valid credentials -----------------------------------------------------------------
 
