@@ -725,16 +725,25 @@ class RouteSpec(Model):
         return self
 
 
+#: gRPC's default receive limit for one message (grpcio server), which a CheckRequest must fit in
+GRPC_MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+#: what headers + body may take of it (the rest: peer certificate, attributes, framing)
+MAX_CHECK_PAYLOAD_BYTES = GRPC_MAX_RECEIVE_BYTES - 256 * 1024
+
+
 class Limits(Model):
     """Bounds on what one request may carry; each violation is a clean deny with a reason.
 
-    Checked once per request before any parsing work (:mod:`extauthz.pipeline`): header bytes,
-    header count and body size -> 400; a credential over ``max_token_bytes`` or a signature
-    covering more than ``max_signature_components`` -> 401 ``credential_too_large``.
+    Checked once per request (:mod:`extauthz.pipeline`), before routing and before any
+    credential or header is parsed (reading the CheckRequest only splits the path and reads at
+    most 256 query parameters): header bytes, header count and body size -> 400; then, once the
+    route is known, a credential over ``max_token_bytes`` or a signature covering more than
+    ``max_signature_components`` -> 401 ``credential_too_large``. Headers plus body must fit in
+    one gRPC message (:data:`MAX_CHECK_PAYLOAD_BYTES`).
     """
 
     #: sum of the name and value lengths of every request header (pseudo-headers included)
-    max_header_bytes: Annotated[int, Field(ge=1024, le=8 * 1024 * 1024)] = 64 * 1024
+    max_header_bytes: Annotated[int, Field(ge=1024, le=MAX_CHECK_PAYLOAD_BYTES)] = 64 * 1024
     #: distinct request header names (Envoy joins repeated headers with ``,``)
     max_headers: Annotated[int, Field(ge=8, le=10_000)] = 128
     #: longest credential a route's authenticators read (Authorization after its scheme,
@@ -743,7 +752,18 @@ class Limits(Model):
     #: components one HTTP message signature may cover (RFC 9421 inner list, cavage ``headers``)
     max_signature_components: Annotated[int, Field(ge=1, le=64)] = 32
     #: longest request body Envoy may forward (``with_request_body``)
-    max_body_bytes: Annotated[int, Field(ge=0, le=64 * 1024 * 1024)] = 1024 * 1024
+    max_body_bytes: Annotated[int, Field(ge=0, le=MAX_CHECK_PAYLOAD_BYTES)] = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _fits_one_grpc_message(self) -> Limits:
+        # A CheckRequest over gRPC's receive limit never reaches Check: Envoy would answer its
+        # status_on_error (403), not our 400. Headers + body must leave room for the rest.
+        if self.max_header_bytes + self.max_body_bytes > MAX_CHECK_PAYLOAD_BYTES:
+            raise ValueError(
+                f"max_header_bytes + max_body_bytes must be at most {MAX_CHECK_PAYLOAD_BYTES} "
+                f"(a CheckRequest must fit in one {GRPC_MAX_RECEIVE_BYTES}-byte gRPC message)"
+            )
+        return self
 
 
 # --- shared state across replicas (issue 7) ------------------------------------------------------

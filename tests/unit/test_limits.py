@@ -12,19 +12,23 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
 from extauthz import sfv
+from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.authn.hmac_sig import sign, signature_base
 from extauthz.config.compile import load_snapshot
 from extauthz.config.loader import load_config
+from extauthz.config.schema import MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decision import Decision, GrpcCode, Outcome
 from extauthz.errors import ConfigError, Reason
 from extauthz.explain import Trace
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.request import from_check_request, signature_components
+from extauthz.server import Server, ServerOptions
 from extauthz.servicer import decide
 from extauthz.types import Headers
 from extauthz.wire import to_check_response
@@ -281,3 +285,41 @@ def test_signature_component_counting_is_linear() -> None:
         signature_components(Headers({"signature-input": hostile, "authorization": hostile,
                                       "signature": hostile}))
         assert time.perf_counter() - started < 0.5
+
+
+# -- one gRPC message ----------------------------------------------------------------------------
+
+
+def test_limits_must_fit_in_one_grpc_message(tmp_path: Path) -> None:
+    """Over gRPC's 4 MiB receive limit a CheckRequest never reaches Check (RESOURCE_EXHAUSTED,
+    which Envoy turns into its status_on_error 403): such limits are refused at load."""
+    kinds = write_all_kinds(tmp_path, limits={"max_body_bytes": MAX_CHECK_PAYLOAD_BYTES,
+                                              "max_header_bytes": 64 * 1024})
+    with pytest.raises(ConfigError) as info:
+        load_config(kinds.config)
+    (issue,) = info.value.issues
+    assert issue.path == "settings.limits"
+    assert "one 4194304-byte gRPC message" in issue.message
+
+
+async def test_largest_allowed_request_is_a_clean_400_over_grpc(tmp_path: Path) -> None:
+    """At the largest limits the schema allows, a request just over both limits still arrives
+    and is answered 400 (not a gRPC error)."""
+    header_limit = 512 * 1024
+    kinds = write_all_kinds(tmp_path, limits={
+        "max_header_bytes": header_limit, "max_body_bytes": MAX_CHECK_PAYLOAD_BYTES - header_limit})
+    server = Server(ServerOptions(str(kinds.config), "127.0.0.1:0", "127.0.0.1:0",
+                                  grace_seconds=1))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            body = b"x" * (MAX_CHECK_PAYLOAD_BYTES - header_limit + 1)
+            headers = {"x-big": "v" * (header_limit - 200)}
+            response = await stub.Check(check_request("/public/x", headers, body=body),
+                                        timeout=10)
+    finally:
+        await server.stop()
+    assert response.status.code == GrpcCode.INVALID_ARGUMENT.value
+    assert response.denied_response.status.code == 400
+    assert json.loads(response.denied_response.body)["reason"] == Reason.BODY_TOO_LARGE.value
