@@ -69,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         direct=False if args.no_direct else None, sweep=False if args.no_sweep else None,
         extauthz_args=args.extauthz_arg or None,
         sweep_points=_sweep_points(args.sweep_points) if args.sweep_points else None,
+        transports=args.transports.split(",") if args.transports else None,
     )
     print(f"bench: {mode} run -> {out}", flush=True)
     doc = runner.run(found, opts)
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Envoy worker threads (default 1)")
         p.add_argument("--no-direct", action="store_true", help="skip the h2load gRPC runs")
         p.add_argument("--no-sweep", action="store_true", help="skip the scaling sweep")
+        p.add_argument("--transports", metavar="grpc,http",
+                       help="Envoy -> extauthz transports to measure end to end (default: "
+                            "both; --smoke: grpc)")
         p.add_argument("--sweep-points", metavar="DIM=N,..;..",
                        help="sweep only these points, e.g. 'api_keys=10,100000;routes=1,1000' "
                             "(dimensions: routes, api_keys, issuers, cached_tokens)")

@@ -11,8 +11,9 @@ connections — several per worker under load, which SO_REUSEPORT *does* spread 
 This module serves that protocol with extauthz's own :class:`~extauthz.pipeline.Engine` (same
 snapshot, same decisions, same metrics calls and decision log as the gRPC servicer), on a
 hand-rolled HTTP/1.1 parser (Envoy is the only client; no pipelining, bounded header size). It
-is an experiment for ``docs/performance.md``, not a product transport: a real one belongs in
-``extauthz/`` with the shared tests (and a proper parser such as httptools or h11).
+was the experiment that justified the product transport, :mod:`extauthz.http_authz` (httptools
+parser, shared tests, ``extauthz serve --http-authz-address``); ``scripts/bench http`` now
+measures gRPC, the product HTTP transport and this experiment on uvloop side by side.
 
 Limits of the mapping: HTTP mode has no ``context_extensions`` (extauthz routes by its own
 matchers), no peer certificate, and Envoy prefixes the path with ``path_prefix`` (stripped here).
@@ -28,7 +29,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from functools import partial
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
@@ -180,14 +181,17 @@ def serve_main(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------- Envoy config
 
 
-def envoy_http_config(*, listener_port: int, admin_port: int, authz_port: int) -> str:
-    """The benchmark Envoy config with the ext_authz filter switched to ``http_service``."""
+def envoy_http_config(*, listener_port: int, admin_port: int,
+                      authz_ports: Sequence[int]) -> str:
+    """The benchmark Envoy config with the ext_authz filter switched to ``http_service``
+    (deploy/envoy/envoy-http-authz.yaml's settings; one cluster endpoint per worker)."""
     import yaml
 
     from bench import envoyconf
 
+    authz_port = authz_ports[0]
     data = yaml.safe_load(envoyconf.render(listener_port=listener_port, admin_port=admin_port,
-                                           extauthz_ports=[authz_port]))
+                                           extauthz_ports=list(authz_ports)))
     hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     for f in hcm["typed_config"]["http_filters"]:
         if f["name"] == "envoy.filters.http.ext_authz":
@@ -198,8 +202,6 @@ def envoy_http_config(*, listener_port: int, admin_port: int, authz_port: int) -
                 "server_uri": {"uri": f"http://127.0.0.1:{authz_port}", "cluster": "extauthz",
                                "timeout": "5s"},
                 "path_prefix": PATH_PREFIX,
-                "authorization_request": {"allowed_headers": {"patterns": [
-                    {"safe_regex": {"regex": ".*"}}]}},
                 "authorization_response": {
                     "allowed_upstream_headers": {"patterns": [{"prefix": "x-auth-"}]},
                     "allowed_client_headers": {"patterns": [
@@ -207,6 +209,8 @@ def envoy_http_config(*, listener_port: int, admin_port: int, authz_port: int) -
                         {"exact": "retry-after"}]},
                 },
             }
+            cfg["allowed_headers"] = {"patterns": [{"safe_regex": {"regex": ".*"}}]}
+            cfg["status_on_error"] = {"code": "ServiceUnavailable"}
     for route in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
         per = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz")
         if per and "check_settings" in per:
@@ -238,24 +242,31 @@ def main(args: argparse.Namespace) -> int:
     concs = [int(c) for c in args.concurrency.split(",")]
     opts = runner.Options.for_mode("quick", out, duration_s=args.duration, warmup_s=1.0)
     rows: list[dict[str, Any]] = []
-    variants = [("grpc (extauthz serve)", "grpc"), ("http asyncio", "http"),
-                ("http uvloop", "http-uvloop")]
+    variants = [("grpc (extauthz serve)", "grpc"),
+                ("http (extauthz serve --http-authz-address)", "http"),
+                ("http experiment (bench.httpauthz, uvloop)", "http-uvloop")]
     for label, kind in variants:
-        listener, admin, port, hport = free_ports(4)
-        if kind == "grpc":
+        listener, admin, port, hport, gport = free_ports(5)
+        if kind in ("grpc", "http"):
             from bench import envoyconf
 
-            text = envoyconf.render(listener_port=listener, admin_port=admin,
-                                    extauthz_ports=[port])
             argv = [sys.executable, "-m", "extauthz", "--log-level", "WARNING", "serve",
-                    "--config", str(fx.config), "--grpc-address", f"{LOOPBACK}:{port}",
-                    "--http-address", f"{LOOPBACK}:{hport}"]
+                    "--config", str(fx.config), "--http-address", f"{LOOPBACK}:{hport}"]
+            if kind == "grpc":
+                text = envoyconf.render(listener_port=listener, admin_port=admin,
+                                        extauthz_ports=[port])
+                argv += ["--grpc-address", f"{LOOPBACK}:{port}"]
+            else:
+                text = envoy_http_config(listener_port=listener, admin_port=admin,
+                                         authz_ports=[port])
+                argv += ["--grpc-address", f"{LOOPBACK}:{gport}",
+                         "--http-authz-address", f"{LOOPBACK}:{port}"]
             server = ManagedProcess(kind, ["/bin/sh", "-c", 'exec "$@" >/dev/null', "sh",
                                            *argv], scratch / f"{kind}.log", cwd=runner.REPO)
         else:
-            text = envoy_http_config(listener_port=listener, admin_port=admin, authz_port=port)
+            text = envoy_http_config(listener_port=listener, admin_port=admin, authz_ports=[port])
             argv = [sys.executable, "-m", "bench.httpauthz", "--port", str(port), "--config",
-                    str(fx.config)] + (["--uvloop"] if kind == "http-uvloop" else [])
+                    str(fx.config), "--uvloop"]
             server = ManagedProcess(kind, argv, scratch / f"{kind}.log", cwd=runner.REPO)
         cfg = scratch / f"envoy-{kind}.yaml"
         cfg.write_text(text)

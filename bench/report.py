@@ -30,9 +30,9 @@ def _ms(row: dict[str, Any], p: str) -> str:
 
 def e2e_table(doc: dict[str, Any]) -> str:
     titles = {k: v["title"] for k, v in doc["scenarios"].items()}
-    head = ("| scenario | conc | req/s | x Envoy | p50 ms | p99 ms | +p50 ms | +p99 ms "
-            "| extauthz CPU µs/check | Envoy CPU µs/req | extauthz RSS MiB | bad |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| transport | scenario | conc | req/s | x Envoy | p50 ms | p99 ms | +p50 ms "
+            "| +p99 ms | extauthz CPU µs/check | Envoy CPU µs/req | extauthz RSS MiB | bad |")
+    lines = [head, "|" + "---|" * 13]
     for row in doc["e2e"]:
         added = row.get("added_latency_ms", {})
         bad = row.get("unexpected_responses", 0)
@@ -40,7 +40,8 @@ def e2e_table(doc: dict[str, Any]) -> str:
         if row["scenario"] == "envoy":
             name += f" (drift {row.get('baseline_drift', 0):.0%})"
         lines.append(
-            f"| {name} | {row['concurrency']} | {row['rps']:.0f} | {_f(row.get('rps_ratio'))} "
+            f"| {row.get('transport', 'grpc')} | {name} | {row['concurrency']} | {row['rps']:.0f} "
+            f"| {_f(row.get('rps_ratio'))} "
             f"| {_ms(row, 'p50')} | {_ms(row, 'p99')} | {_f(added.get('p50'), 3)} "
             f"| {_f(added.get('p99'), 3)} | "
             f"{_f(row['extauthz_cpu_us_per_check'], 0) if row['scenario'] != 'envoy' else '-'} "
@@ -77,9 +78,10 @@ def sweep_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _find(rows: list[dict[str, Any]], scenario: str, conc: int) -> dict[str, Any] | None:
-    return next((r for r in rows if r["scenario"] == scenario and r["concurrency"] == conc),
-                None)
+def _find(rows: list[dict[str, Any]], scenario: str, conc: int,
+          transport: str = "grpc") -> dict[str, Any] | None:
+    return next((r for r in rows if r["scenario"] == scenario and r["concurrency"] == conc
+                 and r.get("transport", "grpc") == transport), None)
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,23 +92,25 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, value: float | None, limit: float, met: bool | None, how: str) -> None:
         out.append({"target": name, "value": value, "limit": limit, "met": met, "how": how})
 
-    jwt10 = _find(rows, "jwt-rs256-warm", 10)
-    v = jwt10.get("rps_ratio") if jwt10 else None
-    add("JWT RS256 warm, 10 conns: req/s ≥ 0.25 x Envoy alone", v,
-        TARGETS["jwt_warm_ratio_c10"], None if v is None else v >= 0.25, "ratio")
-    for scen in ("jwt-rs256-warm", "apikey"):
-        row1 = _find(rows, scen, 1)
-        added = row1.get("added_latency_ms", {}) if row1 else {}
-        p50, p99 = added.get("p50"), added.get("p99")
-        add(f"{scen}, conc 1: added p50 ≤ 0.3 ms", p50, 0.3,
-            None if p50 is None else p50 <= 0.3, "ms")
-        add(f"{scen}, conc 1: added p99 ≤ 1 ms", p99, 1.0,
-            None if p99 is None else p99 <= 1.0, "ms")
-    for scen in ("jwt-rs256-warm", "apikey", "mtls"):
-        row = _find(rows, scen, 10)
-        cpu = row["extauthz_cpu_us_per_check"] if row else None
-        add(f"{scen}: extauthz CPU per check ≤ 100 µs (10 conns)", cpu, 100.0,
-            None if cpu is None else cpu <= 100.0, "µs")
+    transports = list(dict.fromkeys(r.get("transport", "grpc") for r in rows)) or ["grpc"]
+    for t in transports:
+        jwt10 = _find(rows, "jwt-rs256-warm", 10, t)
+        v = jwt10.get("rps_ratio") if jwt10 else None
+        add(f"[{t}] JWT RS256 warm, 10 conns: req/s ≥ 0.25 x Envoy alone", v,
+            TARGETS["jwt_warm_ratio_c10"], None if v is None else v >= 0.25, "ratio")
+        for scen in ("jwt-rs256-warm", "apikey"):
+            row1 = _find(rows, scen, 1, t)
+            added = row1.get("added_latency_ms", {}) if row1 else {}
+            p50, p99 = added.get("p50"), added.get("p99")
+            add(f"[{t}] {scen}, conc 1: added p50 ≤ 0.3 ms", p50, 0.3,
+                None if p50 is None else p50 <= 0.3, "ms")
+            add(f"[{t}] {scen}, conc 1: added p99 ≤ 1 ms", p99, 1.0,
+                None if p99 is None else p99 <= 1.0, "ms")
+        for scen in ("jwt-rs256-warm", "apikey", "mtls"):
+            row = _find(rows, scen, 10, t)
+            cpu = row["extauthz_cpu_us_per_check"] if row else None
+            add(f"[{t}] {scen}: extauthz CPU per check ≤ 100 µs (10 conns)", cpu, 100.0,
+                None if cpu is None else cpu <= 100.0, "µs")
     sweep = doc.get("sweep") or []
     for dim in dict.fromkeys(r["dimension"] for r in sweep):
         ratios = [r["rps_ratio_to_smallest"] for r in sweep if r["dimension"] == dim]
@@ -185,11 +189,13 @@ def plot(doc: dict[str, Any], path: Path) -> str | None:
     if not concs:
         return "no end-to-end rows to plot"
     titles = {k: v["title"] for k, v in doc["scenarios"].items()}
-    fig, axes = plt.subplots(1, len(concs), figsize=(6 * len(concs), 5.5), squeeze=False)
+    height = max(5.5, 0.32 * len([r for r in rows if r["concurrency"] == concs[0]]) + 1.5)
+    fig, axes = plt.subplots(1, len(concs), figsize=(6 * len(concs), height), squeeze=False)
     percentiles = ("p50", "p90", "p99", "p999")
     for ax, conc in zip(axes[0], concs, strict=True):
         crow = [r for r in rows if r["concurrency"] == conc]
-        names = [titles.get(r["scenario"], r["scenario"]) for r in crow]
+        names = [f"[{r.get('transport', 'grpc')}] " + titles.get(r["scenario"], r["scenario"])
+                 for r in crow]
         width = 0.8 / len(percentiles)
         for i, p in enumerate(percentiles):
             values = [r["latency_ms"].get(p, 0) for r in crow]

@@ -120,6 +120,10 @@ class Options:
     sweep: bool = True
     workers: int = 1
     envoy_concurrency: int = 1
+    #: Envoy -> extauthz transports measured end to end, each against its own Envoy-alone
+    #: baseline: ``grpc`` (ext_authz grpc_service) and/or ``http`` (http_service, served by
+    #: ``extauthz serve --http-authz-address``). The direct h2load runs and the sweep use gRPC.
+    transports: Sequence[str] = ("grpc",)
     new_tokens: int = 2000
     #: extra ``extauthz serve`` arguments (e.g. ``--no-decision-log``)
     extauthz_args: Sequence[str] = ()
@@ -131,15 +135,18 @@ class Options:
     def for_mode(cls, mode: str, out: Path, **overrides: Any) -> Options:
         base: dict[str, Any] = {"out": out, "mode": mode}
         if mode == "full":
-            base.update(sweep_points={"routes": [1, 100, 1000], "api_keys": [10, 10_000, 100_000],
+            # two transports x 8 scenarios x 3 concurrencies: 6 s per point keeps it ~13 min
+            base.update(transports=("grpc", "http"), duration_s=6.0,
+                        sweep_points={"routes": [1, 100, 1000], "api_keys": [10, 10_000, 100_000],
                                       "issuers": [1, 10, 100], "cached_tokens": [1, 100_000]})
         elif mode == "quick":
-            base.update(duration_s=3.0, warmup_s=0.5, direct_duration_s=2.0, new_tokens=500,
-                        sweep_duration_s=2.0,
+            base.update(transports=("grpc", "http"), duration_s=3.0, warmup_s=0.5,
+                        direct_duration_s=2.0, new_tokens=500, sweep_duration_s=2.0,
                         sweep_points={"routes": [1, 1000], "api_keys": [10, 10_000],
                                       "issuers": [1, 100], "cached_tokens": [1, 10_000]})
         elif mode == "smoke":
-            base.update(duration_s=1.0, warmup_s=1.0, direct_duration_s=1.0, concurrency=(10,),
+            base.update(transports=("grpc", "http"), duration_s=1.0, warmup_s=1.0,
+                        direct_duration_s=1.0, concurrency=(10,),
                         scenarios=("apikey",), new_tokens=10, sweep=False)
         else:
             raise ValueError(f"unknown mode {mode!r}")
@@ -154,14 +161,19 @@ class Stack:
     """extauthz worker processes + Envoy, all on 127.0.0.1, stopped by PID."""
 
     def __init__(self, tools: Tools, work: Path, workers: int, envoy_concurrency: int,
-                 extauthz_args: Sequence[str] = ()) -> None:
+                 extauthz_args: Sequence[str] = (), transport: str = "grpc") -> None:
+        if transport not in ("grpc", "http"):
+            raise ValueError(f"unknown transport {transport!r}")
         self.tools = tools
+        self.transport = transport
         self.extauthz_args = list(extauthz_args)
         self.work = work
-        ports = free_ports(2 + 2 * workers)
+        ports = free_ports(2 + 3 * workers)
         self.listener, self.admin = ports[0], ports[1]
         self.grpc_ports = ports[2:2 + workers]
-        self.http_ports = ports[2 + workers:]
+        self.http_ports = ports[2 + workers:2 + 2 * workers]
+        #: the HTTP ext_authz listeners (used when transport == "http")
+        self.authz_ports = ports[2 + 2 * workers:]
         self.envoy_concurrency = envoy_concurrency
         self.extauthz: list[ManagedProcess] = []
         self.envoy: ManagedProcess | None = None
@@ -173,11 +185,14 @@ class Stack:
     def start_extauthz(self, config: Path, timeout: float = 180.0) -> None:
         self.stop_extauthz()
         procs = []
-        for i, (gport, hport) in enumerate(zip(self.grpc_ports, self.http_ports, strict=True)):
+        for i, (gport, hport, aport) in enumerate(
+                zip(self.grpc_ports, self.http_ports, self.authz_ports, strict=True)):
             argv = [sys.executable, "-m", "extauthz", "--log-level", "WARNING", "serve",
                     "--config", str(config), "--grpc-address", f"{LOOPBACK}:{gport}",
                     "--http-address", f"{LOOPBACK}:{hport}", "--grace-seconds", "1",
                     *self.extauthz_args]
+            if self.transport == "http":
+                argv += ["--http-authz-address", f"{LOOPBACK}:{aport}"]
             # The decision log stays on (the default) but goes to /dev/null: a log collector's
             # cost is not ours, the JSON encoding is. exec keeps the PID that we measure.
             shell = ["/bin/sh", "-c", 'exec "$@" >/dev/null', "sh", *argv]
@@ -190,8 +205,15 @@ class Stack:
     def start_envoy(self) -> None:
         assert self.tools.envoy is not None
         config = self.work / "envoy.yaml"
-        config.write_text(envoyconf.render(listener_port=self.listener, admin_port=self.admin,
-                                           extauthz_ports=self.grpc_ports))
+        if self.transport == "http":
+            from bench.httpauthz import envoy_http_config
+
+            text = envoy_http_config(listener_port=self.listener, admin_port=self.admin,
+                                     authz_ports=self.authz_ports)
+        else:
+            text = envoyconf.render(listener_port=self.listener, admin_port=self.admin,
+                                    extauthz_ports=self.grpc_ports)
+        config.write_text(text)
         argv = [self.tools.envoy, "-c", str(config), "--log-level", "warning",
                 "--concurrency", str(self.envoy_concurrency), "--disable-hot-restart",
                 "--drain-time-s", "1"]
@@ -218,8 +240,10 @@ def loopback_url(port: int, path: str = "/") -> str:
 
 
 @contextlib.contextmanager
-def running_stack(tools: Tools, work: Path, opts: Options, config: Path) -> Iterator[Stack]:
-    stack = Stack(tools, work, opts.workers, opts.envoy_concurrency, opts.extauthz_args)
+def running_stack(tools: Tools, work: Path, opts: Options, config: Path,
+                  transport: str = "grpc") -> Iterator[Stack]:
+    stack = Stack(tools, work, opts.workers, opts.envoy_concurrency, opts.extauthz_args,
+                  transport)
     try:
         stack.start_extauthz(config)
         stack.start_envoy()
@@ -462,6 +486,7 @@ def environment(tools: Tools, opts: Options) -> dict[str, Any]:
         "workers": opts.workers,
         "envoy_concurrency": opts.envoy_concurrency,
         "extauthz_args": list(opts.extauthz_args),
+        "transports": list(opts.transports),
         "duration_s": opts.duration_s,
         "warmup_s": opts.warmup_s,
     }
@@ -498,70 +523,83 @@ def run(tools: Tools, opts: Options) -> dict[str, Any]:
                 or s.name in wanted]
     result["scenarios"] = {s.name: {"title": s.title, "route": s.route, "note": s.note,
                                     "expected_status": s.expect} for s in selected}
-    with running_stack(tools, scratch_dir(opts.out), opts, fx.config) as stack:
-        log(f"extauthz x{opts.workers} on {stack.grpc_ports}, envoy on {stack.listener}")
-        active: list[Scenario] = []
-        for sc in selected:
-            status, text = send_once(stack.url(sc.path), sc, first_line(sc.rotate_file))
-            if status != sc.expect:
-                reason = f"preflight: expected HTTP {sc.expect}, got {status}: {text[:200]}"
-                result["skipped"][sc.name] = reason
-                log(f"  skip {sc.name}: {reason}")
-                continue
-            active.append(sc)
-        envoy_sc = next(s for s in active if s.name == "envoy")
-        for conns in opts.concurrency:
-            log(f"concurrency {conns}")
-            baseline = [measure_wrk(stack, tools, envoy_sc, conns, opts)]
-            log(f"  {'envoy':<16} {baseline[0]['rps']:>9.0f} req/s")
-            rows = []
-            for sc in active:
-                if sc.name == "envoy":
-                    continue
-                row = measure_wrk(stack, tools, sc, conns, opts)
-                rows.append(row)
-                log(f"  {sc.name:<16} {row['rps']:>9.0f} req/s  p50 "
-                    f"{row['latency_ms'].get('p50', 0):.3f} ms  p99 "
-                    f"{row['latency_ms'].get('p99', 0):.3f} ms  cpu "
-                    f"{row['extauthz_cpu_us_per_check']:.0f} us/check")
-            baseline.append(measure_wrk(stack, tools, envoy_sc, conns, opts))
-            log(f"  {'envoy (again)':<16} {baseline[1]['rps']:>9.0f} req/s")
-            base = _merge_baseline(baseline)
-            result["e2e"].append(base)
-            for row in rows:
-                _add_ratios(row, base)
-                result["e2e"].append(row)
-        if opts.direct and tools.h2load:
-            log("gRPC server directly (h2load, 1 HTTP/2 connection)")
-            for sc in active:
-                if not sc.direct:
-                    continue
-                message = grpcframe.check_request(
-                    method=sc.method, path=sc.path, body=sc.body, route=sc.route,
-                    headers={k: v for k, v in sc.headers.items() if k != "host"}
-                    | ({sc.rotate_header: sc.rotate_prefix + (first_line(sc.rotate_file) or "")}
-                       if sc.rotate_header else {}))
-                code, http = grpc_check_status(stack.grpc_ports[0], message)
-                if http != sc.expect:
-                    result["skipped"][f"direct:{sc.name}"] = (
-                        f"gRPC preflight: HTTP {http} (gRPC {code}), expected {sc.expect}")
-                    continue
-                body = grpcframe.write_frame(scratch_dir(opts.out) / f"check-{sc.name}.bin",
-                                             message)
-                for streams in opts.concurrency:
-                    row = measure_direct(stack, tools, sc, streams, body, opts)
-                    row["grpc_status"] = code
-                    result["direct"].append(row)
-                    log(f"  {sc.name:<16} m={streams:<3} {row['rps']:>9.0f} req/s  p50 "
-                        f"{row['latency_ms'].get('p50', 0):.3f} ms  cpu "
-                        f"{row['extauthz_cpu_us_per_check']:.0f} us/check")
-        elif opts.direct:
-            result["skipped"]["direct"] = "h2load not found (Debian package nghttp2-client)"
-        if opts.sweep and opts.sweep_points:
-            log("scaling sweep (wrk, 10 connections)")
-            result["sweep"] = run_sweep(stack, tools, fx, opts)
+    for index, transport in enumerate(opts.transports):
+        with running_stack(tools, scratch_dir(opts.out), opts, fx.config, transport) as stack:
+            log(f"[{transport}] extauthz x{opts.workers}, envoy on {stack.listener}")
+            _run_e2e(stack, tools, selected, opts, result, transport)
+            if index == 0 and opts.direct and tools.h2load:
+                _run_direct(stack, tools, selected, opts, result)
+            elif index == 0 and opts.direct:
+                result["skipped"]["direct"] = "h2load not found (Debian package nghttp2-client)"
+            if index == len(opts.transports) - 1 and opts.sweep and opts.sweep_points:
+                log(f"scaling sweep (wrk, 10 connections, {transport})")
+                result["sweep"] = run_sweep(stack, tools, fx, opts)
     result["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def _run_e2e(stack: Stack, tools: Tools, selected: list[Scenario], opts: Options,
+             result: dict[str, Any], transport: str) -> None:
+    log = opts.log
+    active: list[Scenario] = []
+    for sc in selected:
+        status, text = send_once(stack.url(sc.path), sc, first_line(sc.rotate_file))
+        if status != sc.expect:
+            reason = f"preflight: expected HTTP {sc.expect}, got {status}: {text[:200]}"
+            result["skipped"][f"{transport}:{sc.name}"] = reason
+            log(f"  skip {sc.name}: {reason}")
+            continue
+        active.append(sc)
+    envoy_sc = next(s for s in active if s.name == "envoy")
+    for conns in opts.concurrency:
+        log(f"[{transport}] concurrency {conns}")
+        baseline = [measure_wrk(stack, tools, envoy_sc, conns, opts)]
+        log(f"  {'envoy':<16} {baseline[0]['rps']:>9.0f} req/s")
+        rows = []
+        for sc in active:
+            if sc.name == "envoy":
+                continue
+            row = measure_wrk(stack, tools, sc, conns, opts)
+            rows.append(row)
+            log(f"  {sc.name:<16} {row['rps']:>9.0f} req/s  p50 "
+                f"{row['latency_ms'].get('p50', 0):.3f} ms  p99 "
+                f"{row['latency_ms'].get('p99', 0):.3f} ms  cpu "
+                f"{row['extauthz_cpu_us_per_check']:.0f} us/check")
+        baseline.append(measure_wrk(stack, tools, envoy_sc, conns, opts))
+        log(f"  {'envoy (again)':<16} {baseline[1]['rps']:>9.0f} req/s")
+        base = _merge_baseline(baseline)
+        base["transport"] = transport
+        result["e2e"].append(base)
+        for row in rows:
+            _add_ratios(row, base)
+            row["transport"] = transport
+            result["e2e"].append(row)
+
+
+def _run_direct(stack: Stack, tools: Tools, active: list[Scenario], opts: Options,
+                result: dict[str, Any]) -> None:
+    opts.log("gRPC server directly (h2load, 1 HTTP/2 connection)")
+    for sc in active:
+        if not sc.direct:
+            continue
+        message = grpcframe.check_request(
+            method=sc.method, path=sc.path, body=sc.body, route=sc.route,
+            headers={k: v for k, v in sc.headers.items() if k != "host"}
+            | ({sc.rotate_header: sc.rotate_prefix + (first_line(sc.rotate_file) or "")}
+               if sc.rotate_header else {}))
+        code, http = grpc_check_status(stack.grpc_ports[0], message)
+        if http != sc.expect:
+            result["skipped"][f"direct:{sc.name}"] = (
+                f"gRPC preflight: HTTP {http} (gRPC {code}), expected {sc.expect}")
+            continue
+        body = grpcframe.write_frame(scratch_dir(opts.out) / f"check-{sc.name}.bin", message)
+        for streams in opts.concurrency:
+            row = measure_direct(stack, tools, sc, streams, body, opts)
+            row["grpc_status"] = code
+            result["direct"].append(row)
+            opts.log(f"  {sc.name:<16} m={streams:<3} {row['rps']:>9.0f} req/s  p50 "
+                     f"{row['latency_ms'].get('p50', 0):.3f} ms  cpu "
+                     f"{row['extauthz_cpu_us_per_check']:.0f} us/check")
 
 
 def _merge_baseline(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -225,6 +225,7 @@ def main(args: argparse.Namespace) -> int:
                       f"bad {row['unexpected_responses']}", flush=True)
             finally:
                 proc.stop()
+                stack.extauthz_pids = []
         envoy_rows.append(runner.measure_wrk(stack, found, by_name["envoy"], 10, opts))
     finally:
         envoy.stop()

@@ -1,8 +1,9 @@
 """CI smoke of the benchmark (``scripts/bench --smoke``): it still runs and reports sensibly.
 
 A benchmark, not a timed test: nothing here asserts a speed, only that a run completes (Envoy
-alone + the API-key scenario at 10 connections for a second each, plus the direct gRPC run when
-h2load exists) and that ``results.json`` has the documented shape with non-zero throughput.
+alone + the API-key scenario at 10 connections for a second each, through both transports — gRPC
+and Envoy's HTTP ext_authz — plus the direct gRPC run when h2load exists) and that
+``results.json`` has the documented shape with non-zero throughput.
 Skips (never fails) when wrk or Envoy is missing: installing wrk needs root
 (``apt-get install wrk nghttp2-client``), which the test command must not require.
 """
@@ -60,8 +61,13 @@ def test_results_have_the_documented_shape(smoke: dict[str, Any]) -> None:
 def test_envoy_alone_and_api_key_have_throughput_latency_cpu_and_ratio(
     smoke: dict[str, Any],
 ) -> None:
-    rows = {r["scenario"]: r for r in smoke["e2e"]}
-    assert set(rows) == {"envoy", "apikey"}
+    by_transport = {(r["transport"], r["scenario"]): r for r in smoke["e2e"]}
+    assert set(by_transport) == {(t, s) for t in ("grpc", "http") for s in ("envoy", "apikey")}
+    for transport in ("grpc", "http"):
+        _check_rows({s: by_transport[(transport, s)] for s in ("envoy", "apikey")})
+
+
+def _check_rows(rows: dict[str, dict[str, Any]]) -> None:
     for row in rows.values():
         assert row["concurrency"] == 10
         assert row["requests"] > 0 and row["rps"] > 0
