@@ -96,6 +96,7 @@ def test_defaults_are_documented_values(tmp_path: Path) -> None:
     doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     for name in type(limits).model_fields:
         assert f"`limits.{name}`" in doc, name
+    assert f"{MAX_CHECK_PAYLOAD_BYTES:,}" in doc  # the gRPC message rule
 
 
 def test_limits_out_of_range_name_their_path(tmp_path: Path) -> None:

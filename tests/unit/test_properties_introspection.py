@@ -62,7 +62,7 @@ def _introspection(running: Running) -> IntrospectionAuthenticator:
     return authenticator
 
 
-@budget(400)
+@budget(200)
 @given(st.one_of(documents, documents.map(lambda d: {"active": True, "sub": "u", **d})))
 def test_any_document_is_an_outcome_or_an_endpoint_error(running: Running,
                                                          doc: dict[str, Any]) -> None:
