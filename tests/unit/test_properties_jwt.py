@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extauthz.authn import dispatch
 from extauthz.authn.introspection import looks_like_jwt
 from extauthz.authn.jwks import ALGORITHMS, b64url_decode, parse_jwks
 from extauthz.authn.jwt import JwtAuthenticator, _json_segment
@@ -223,3 +224,20 @@ def test_jwks_parsing_skips_bad_keys(document: Any, algorithms: set[str]) -> Non
     for key in keyset.keys:
         assert key.algorithms <= algorithms
 
+
+
+# -- bearer dispatch (JWT or opaque; which issuer) -----------------------------------------------
+
+
+@budget(300)
+@given(st.one_of(st.tuples(segments, segments, segments).map(".".join),
+                 json_values.map(lambda v: "eyJhbGciOiJFUzI1NiJ9."  # {"alg":"ES256"}
+                                 + b64url(json.dumps(v).encode()) + ".c2ln"),
+                 st.text(max_size=60)))
+def test_bearer_dispatch_never_raises(running: Running, token: str) -> None:
+    route = next(r for r in running.snapshot.routes.routes if r.name == "bearer")
+    kept = dispatch.select(route.authenticators, _bearer(token))
+    assert kept and set(kept) <= set(route.authenticators)
+    if looks_like_jwt(token):  # the unverified issuer (routes with several JWT issuers)
+        issuer = dispatch._unverified_issuer(token)
+        assert issuer is None or isinstance(issuer, str)
