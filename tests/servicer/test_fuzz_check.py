@@ -213,6 +213,9 @@ class Generator:
              "eak_" + "0" * 40]), API_KEY)
 
     def forged_jwt(self) -> str:
+        return self._unlike(self._forged_jwt, self.valid_jwt)
+
+    def _forged_jwt(self) -> str:
         rng = self.rng
         now = time.time()
         key = self.kinds.jwt_key
@@ -239,7 +242,7 @@ class Generator:
             return f"{head}.{body.decode()}."
         if choice == 8:
             return mint(key, claims(now=now, subject="", realm_access={"roles": ["admin"]}))
-        return self._unlike(lambda: self.mutate(self.valid_jwt, changes=4), self.valid_jwt)
+        return self.mutate(self.valid_jwt, changes=4)
 
     def forged_basic(self) -> str:
         rng = self.rng
