@@ -35,12 +35,28 @@ def split_host(authority: str) -> str:
     return host
 
 
+def _size(data: dict[str, str]) -> int:
+    """Bytes of the names and values as they were on the wire (UTF-8; raw bytes that were not
+    UTF-8 are surrogate escapes, one byte each). ASCII, the usual case, is counted by length."""
+    size = sum(map(len, data)) + sum(map(len, data.values()))
+    if all(map(str.isascii, data.values())) and all(map(str.isascii, data)):
+        return size
+    return sum(map(_wire_length, (*data, *data.values())))
+
+
+def _wire_length(text: str) -> int:
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate that is no escape: 3 bytes, never an error
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _headers(http: Any) -> tuple[Headers, int]:
-    """The headers, and the sum of their name and value lengths (for ``limits``)."""
+    """The headers, and the bytes of their names and values (for ``limits``)."""
     if http.headers:
         # Envoy already lowercases keys; trust that (hot path) but normalise if not.
         data = dict(http.headers)
-        size = sum(map(len, data)) + sum(map(len, data.values()))
+        size = _size(data)
         for key in data:
             if not key.islower() and key.lower() != key:
                 return Headers(data), size
@@ -54,7 +70,7 @@ def _headers(http: Any) -> tuple[Headers, int]:
         parts.setdefault(header.key.lower(), []).append(value)
     data = {key: values[0] if len(values) == 1 else ",".join(values)
             for key, values in parts.items()}
-    size = sum(map(len, data)) + sum(map(len, data.values()))
+    size = _size(data)
     return Headers.from_lowercase(data), size
 
 

@@ -87,7 +87,7 @@ class RequestView:
     body: bytes = b""
     request_id: str = ""
     protocol: str = ""
-    #: sum of the name and value lengths of every header, counted once when the request is read
+    #: bytes (UTF-8) of the names and values of every header, counted once when the request is read
     #: (``settings.limits.max_header_bytes``); 0 for views built without a CheckRequest
     header_bytes: int = 0
 

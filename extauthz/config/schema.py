@@ -742,7 +742,7 @@ class Limits(Model):
     one gRPC message (:data:`MAX_CHECK_PAYLOAD_BYTES`).
     """
 
-    #: sum of the name and value lengths of every request header (pseudo-headers included)
+    #: bytes of the names and values of every request header (pseudo-headers included)
     max_header_bytes: Annotated[int, Field(ge=1024, le=MAX_CHECK_PAYLOAD_BYTES)] = 64 * 1024
     #: distinct request header names (Envoy joins repeated headers with ``,``)
     max_headers: Annotated[int, Field(ge=8, le=10_000)] = 128

@@ -148,6 +148,11 @@ async def test_header_size_is_counted_once_when_the_request_is_read() -> None:
     view = from_check_request(check_request("/p", raw_headers=raw))
     assert view.headers["a"] == "1,22"
     assert view.header_bytes == len("a") + len("1,22") + len("b")
+    # bytes, not characters: UTF-8 as sent, and raw bytes that are not UTF-8 one each
+    view = from_check_request(check_request("/p", {"x": "é" * 10}))
+    assert view.header_bytes == pseudo + 1 + 20
+    raw = [("x", "é".encode() * 10 + b"\xff" * 5)]
+    assert from_check_request(check_request("/p", raw_headers=raw)).header_bytes == 1 + 25
 
 
 def test_repeated_raw_headers_are_joined_in_linear_time() -> None:

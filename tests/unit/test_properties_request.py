@@ -47,6 +47,10 @@ header_names = st.one_of(
 )
 
 
+def _wire(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def view(headers: dict[str, str] | None = None, **kwargs: Any) -> RequestView:
     return RequestView(method="GET", host="h", path="/", headers=Headers(headers or {}), **kwargs)
 
@@ -146,7 +150,7 @@ def test_reading_a_check_request_raises_only_bad_request(
         return
     assert got.path  # never empty ("/" when Envoy sent none)
     # every byte received is counted (names Envoy would have lowercased to one: each of them)
-    assert got.header_bytes >= sum(len(k) + len(v) for k, v in got.headers.items())
+    assert got.header_bytes >= sum(_wire(k) + _wire(v) for k, v in got.headers.items())
     assert got.body == body
 
 
@@ -157,7 +161,8 @@ def test_raw_header_map_is_read_and_counted(raw: list[tuple[str, bytes]]) -> Non
     got = from_check_request(check_request("/p", raw_headers=raw))
     names = {k for k, _ in raw}
     assert set(got.headers) == names
-    assert got.header_bytes == sum(len(k) + len(v) for k, v in got.headers.items())
+    assert got.header_bytes == sum(len(k.encode()) + len(v.encode("utf-8", "surrogateescape"))
+                                   for k, v in got.headers.items())
     for name in names:
         parts = [v.decode("utf-8", "surrogateescape") for k, v in raw if k == name]
         assert got.headers[name] == ",".join(parts)
