@@ -103,3 +103,29 @@ def test_body_over_max_body_bytes_is_400(stack: BodyStack, listener: str, size: 
     r = stack.send("POST", "/open/x", [("content-type", "application/octet-stream")],
                    b"x" * size, listener=listener)
     assert_denied(r, 400, "body_too_large")
+
+
+def test_default_limits_accept_whatever_a_default_envoy_accepts(
+    e2e_dir: Path, echo: BackgroundApp
+) -> None:
+    """The default max_header_bytes (64 KiB) sits above Envoy's default 60 KiB plus the headers
+    Envoy adds: the largest header block Envoy lets through is allowed, not 400."""
+    config = write_config(e2e_dir / "extauthz-defaults.yaml", {
+        "version": 1, "routes": [{"name": "open", "public": True}]})
+    running = start_env_stack(config, echo_port=echo.port, log_dir=e2e_dir / "logs-defaults",
+                              routes=[body_route("/open/", "open")])
+    def block(size: int) -> list[tuple[str, str]]:
+        # in 8 headers: the echo upstream refuses one header line over 8 KiB
+        return [(f"x-big{i}", "v" * (size // 8 - 8)) for i in range(8)]
+
+    try:
+        size = ENVOY_HEADER_LIMIT
+        r = running.send("GET", "/open/x", block(size))
+        while r.status == 431 and size > ENVOY_HEADER_LIMIT - 2048:  # Envoy's own refusal
+            size -= 32
+            r = running.send("GET", "/open/x", block(size))
+        assert r.status != 431, "Envoy refused every size tried"
+        seen = upstream_headers(r)  # 200 from the upstream: extauthz did not refuse it
+        assert sum(len(v) for k, v in seen.items() if k.startswith("x-big")) > 59 * 1024
+    finally:
+        running.stop()
