@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="profile extauthz under load (py-spy)")
     prof.add_argument("--out", help="output directory (default .bench/profile-<timestamp>)")
     prof.add_argument("--duration", type=float, default=8.0)
+    prof.add_argument("--transport", choices=("grpc", "http"), default="grpc")
     prof.add_argument("--scenarios", default="jwt-rs256-warm,apikey")
     prof.set_defaults(func=lambda a: __import__("bench.profile").profile.main(a))
 

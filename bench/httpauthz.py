@@ -243,10 +243,10 @@ def main(args: argparse.Namespace) -> int:
     opts = runner.Options.for_mode("quick", out, duration_s=args.duration, warmup_s=1.0)
     rows: list[dict[str, Any]] = []
     variants = [("grpc (extauthz serve)", "grpc"),
-                ("http (extauthz serve --http-authz-address)", "http"),
+                ("http (extauthz serve --http-authz-address, --grpc-address off)", "http"),
                 ("http experiment (bench.httpauthz, uvloop)", "http-uvloop")]
     for label, kind in variants:
-        listener, admin, port, hport, gport = free_ports(5)
+        listener, admin, port, hport = free_ports(4)
         if kind in ("grpc", "http"):
             from bench import envoyconf
 
@@ -259,8 +259,7 @@ def main(args: argparse.Namespace) -> int:
             else:
                 text = envoy_http_config(listener_port=listener, admin_port=admin,
                                          authz_ports=[port])
-                argv += ["--grpc-address", f"{LOOPBACK}:{gport}",
-                         "--http-authz-address", f"{LOOPBACK}:{port}"]
+                argv += ["--grpc-address", "off", "--http-authz-address", f"{LOOPBACK}:{port}"]
             server = ManagedProcess(kind, ["/bin/sh", "-c", 'exec "$@" >/dev/null', "sh",
                                            *argv], scratch / f"{kind}.log", cwd=runner.REPO)
         else:

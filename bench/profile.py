@@ -8,6 +8,7 @@ loaded with wrk (10 connections) while ``py-spy record --native`` samples the ex
 ``protobuf``    protobuf's runtime or generated messages
 ``prometheus``  prometheus_client (metrics)
 ``decisionlog`` the decision log writer thread (JSON + write)
+``httptools``   the HTTP/1.1 parser of the HTTP transport (``--transport http``)
 ``grpc``        grpcio: the Cython core (``cygrpc``), ``grpc/aio``, the C core (``grpc_core``...)
 ``asyncio``     the event loop itself (selectors, ``_run_once``, tasks/futures)
 ``other``
@@ -30,7 +31,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-BUCKETS = ("ours", "protobuf", "prometheus", "decisionlog", "grpc", "asyncio", "other")
+BUCKETS = ("ours", "protobuf", "prometheus", "decisionlog", "httptools", "grpc", "asyncio",
+           "other")
+
+
+#: our entry points: on every stack of the main thread, so they say nothing about the cost
+_ENTRY = ("extauthz/__main__.py", "extauthz/cli.py", "extauthz/server.py")
+#: the transports: a stage label is the first of our frames below these
+_TRANSPORT = ("extauthz/servicer.py", "extauthz/http_authz.py")
+
+
+def _ours(frame: str) -> bool:
+    """A frame of the extauthz package (py-spy prints paths relative to sys.path entries)."""
+    return (("(extauthz/" in frame or "/extauthz/" in frame) and "_proto" not in frame
+            and not any(e in frame for e in _ENTRY))
 
 
 def classify(stack: str) -> str:
@@ -41,9 +55,11 @@ def classify(stack: str) -> str:
     for frame in reversed(frames):  # leaf first
         if "prometheus_client" in frame:
             return "prometheus"
+        if "httptools" in frame or "llhttp" in frame:
+            return "httptools"
         if "google/protobuf" in frame or "extauthz/_proto" in frame or "upb" in frame.lower():
             return "protobuf"
-        if "/extauthz/" in frame:
+        if _ours(frame):
             return "ours"
     joined = stack.lower()
     if "grpc" in joined or "cygrpc" in joined:
@@ -54,17 +70,17 @@ def classify(stack: str) -> str:
 
 
 def ours_breakdown(stacks: Counter[str]) -> Counter[str]:
-    """For samples in our code: the outermost extauthz function below the servicer (which
+    """For samples in our code: the outermost extauthz function below the transport (which
     stage: view, engine/authn, wire, metrics...)."""
     out: Counter[str] = Counter()
     for stack, n in stacks.items():
         if classify(stack) not in ("ours", "protobuf", "prometheus"):
             continue
-        frames = [f for f in stack.split(";") if "/extauthz/" in f and "_proto" not in f]
-        inner = [f for f in frames if "servicer.py" not in f]
-        label = (inner[0] if inner else frames[0] if frames else "(protobuf/metrics outside)")
-        out[label.split(" (")[0] + " " + label.split("/extauthz/")[-1].split(":")[0]
-            if "/extauthz/" in label else label] += n
+        frames = [f for f in stack.split(";") if _ours(f)]
+        inner = [f for f in frames if not any(t in f for t in _TRANSPORT)]
+        label = inner[0] if inner else frames[-1] if frames else "(protobuf/metrics outside)"
+        name, _, where = label.partition(" (")
+        out[f"{name} {where.split(':')[0]}" if where else label] += n
     return out
 
 
@@ -106,7 +122,8 @@ def main(args: argparse.Namespace) -> int:
     by_name = {s.name: s for s in runner.scenarios(fx)}
     opts = runner.Options.for_mode("quick", out, duration_s=args.duration, warmup_s=1.0)
     summary: dict[str, Any] = {}
-    with runner.running_stack(found, runner.scratch_dir(out), opts, fx.config) as stack:
+    with runner.running_stack(found, runner.scratch_dir(out), opts, fx.config,
+                              args.transport) as stack:
         pid = stack.extauthz_pids[0]
         for name in args.scenarios.split(","):
             sc = by_name[name]
@@ -114,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
             rec = subprocess.Popen(
                 [spy, "record", "--pid", str(pid), "--native", "--rate", "250",
                  "--duration", str(int(args.duration) + 3), "--format", "raw",
-                 "--output", str(folded), "--nonblocking"],
+                 "--output", str(folded)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             timer = threading.Timer(args.duration + 60, rec.kill)
             timer.start()

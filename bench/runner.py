@@ -192,6 +192,9 @@ class Stack:
                     "--http-address", f"{LOOPBACK}:{hport}", "--grace-seconds", "1",
                     *self.extauthz_args]
             if self.transport == "http":
+                # the recommended HTTP deployment: no gRPC server (its poller costs CPU per
+                # event-loop turn even without gRPC traffic)
+                argv[argv.index("--grpc-address") + 1] = "off"
                 argv += ["--http-authz-address", f"{LOOPBACK}:{aport}"]
             # The decision log stays on (the default) but goes to /dev/null: a log collector's
             # cost is not ours, the JSON encoding is. exec keeps the PID that we measure.

@@ -16,7 +16,11 @@ from extauthz.errors import ConfigError
 def _serve(args: argparse.Namespace) -> int:
     from extauthz.server import Server, ServerOptions, split_address
 
-    for address in (args.grpc_address, args.http_address, args.http_authz_address or "x:0"):
+    if args.grpc_address == "off" and not args.http_authz_address:
+        print("extauthz: --grpc-address off needs --http-authz-address", file=sys.stderr)
+        return 2
+    grpc_check = "x:0" if args.grpc_address == "off" else args.grpc_address
+    for address in (grpc_check, args.http_address, args.http_authz_address or "x:0"):
         try:
             split_address(address)
         except ValueError as exc:
@@ -227,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the ext_authz gRPC server")
     serve.add_argument("--config", required=True)
-    serve.add_argument("--grpc-address", default="127.0.0.1:9001")
+    serve.add_argument("--grpc-address", default="127.0.0.1:9001",
+                       help="HOST:PORT, or 'off' (only with --http-authz-address)")
     serve.add_argument("--http-address", default="127.0.0.1:9090")
     serve.add_argument("--http-authz-address", metavar="HOST:PORT", default=None,
                        help="also answer Envoy's HTTP ext_authz protocol (http_service) here; "

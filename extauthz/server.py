@@ -44,6 +44,11 @@ from extauthz.state.redis import StateHub
 
 log = logging.getLogger("extauthz.server")
 
+#: ``--grpc-address off``: serve only the HTTP ext_authz transport. grpcio's aio machinery costs
+#: CPU on every event-loop turn even with no gRPC traffic (~20 µs per HTTP check, measured with
+#: ``scripts/bench profile --transport http``), so an HTTP-only deployment turns it off.
+GRPC_OFF = "off"
+
 #: The gRPC service name Envoy's ``grpc_health_check`` may ask about (besides the empty name).
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
@@ -191,22 +196,13 @@ class Server:
     async def start(self) -> None:
         """Load the configuration and start listening. Raises on a bad config or a busy port."""
         await self.load()
-        # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         if self.options.decision_log:
             self.decision_log = DecisionLog(
                 sample_allowed=self.options.decision_log_sample_allowed,
                 dropped=self.metrics.decision_log_dropped,
             )
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationServicer(self.engine, self.decision_log), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.grpc_port = server.add_insecure_port(self.options.grpc_address)
-        if not self.grpc_port:
-            raise OSError(f"cannot listen on {self.options.grpc_address}")
-        await server.start()
-        self._grpc = server
+        if self.options.grpc_address != GRPC_OFF:
+            await self._start_grpc()
         if self.options.http_authz_address:
             self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
                                               path_prefix=self.options.http_authz_path_prefix)
@@ -232,6 +228,19 @@ class Server:
             )
             self._watcher.start()
         log.info("serving grpc=%s http=%s", self.options.grpc_address, self.options.http_address)
+
+    async def _start_grpc(self) -> None:
+        # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(self.engine, self.decision_log), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.grpc_port = server.add_insecure_port(self.options.grpc_address)
+        if not self.grpc_port:
+            raise OSError(f"cannot listen on {self.options.grpc_address}")
+        await server.start()
+        self._grpc = server
 
     async def _set_serving(self, serving: bool) -> None:
         status = (

@@ -256,3 +256,28 @@ async def test_a_check_that_suspends_is_finished_as_a_task() -> None:
     loop.call_later(0.01, failing.set_exception, ValueError("boom"))
     with pytest.raises(ValueError, match="boom"):
         await asyncio.wait_for(task2, 5)
+
+
+async def test_http_only_server_without_grpc(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    srv = Server(ServerOptions(str(config), "off", "127.0.0.1:0", grace_seconds=2,
+                               decision_log=False, watch_interval_seconds=0,
+                               http_authz_address="127.0.0.1:0"))
+    await srv.start()
+    try:
+        assert srv.grpc_port == 0 and srv.ready
+        allowed, denied = await exchange(srv, request("/api/a", {"x-api-key": KEY}),
+                                         request("/api/a"))
+        assert allowed.status == 200 and allowed.header("x-auth-subject") == "alice"
+        assert denied.status == 401
+    finally:
+        await srv.stop()
+
+
+def test_cli_refuses_grpc_off_without_the_http_transport(tmp_path: Path) -> None:
+    from extauthz.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    assert main(["serve", "--config", str(config), "--grpc-address", "off"]) == 2
