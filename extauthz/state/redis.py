@@ -74,6 +74,35 @@ class RedisTarget:
         return f"RedisTarget({self.display})"
 
 
+def cancel_requested() -> bool:
+    """Whether the running task has been asked to stop (``Task.cancel``) and has not yet."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library turned into another error.
+
+    redis-py can answer a cancellation that lands while it tears a broken connection down with a
+    ``ConnectionError``; caught as "Redis is down" it would keep a cancelled background loop (or
+    a check whose caller went away) running. A timeout of our own ``asyncio.timeout`` is no
+    cancellation request any more once its block has exited.
+    """
+    if cancel_requested():
+        raise asyncio.CancelledError
+
+
+async def stop_task(task: asyncio.Task[None], timeout: float = 2.0) -> None:
+    """Cancel ``task`` and wait for it, at most ``timeout`` seconds (closing never hangs)."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("task %s did not stop within %.1fs; left behind", task.get_name(), timeout)
+        return
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("task %s failed: %s", task.get_name(), type(task.exception()).__name__)
+
+
 class RedisClient:
     """One Redis connection pool with bounded calls and a health flag (module docstring)."""
 
@@ -132,9 +161,7 @@ class RedisClient:
         """Stop probing and close the pool (errors are logged, never raised)."""
         task, self._probe_task = self._probe_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         redis, self._redis = self._redis, None
         # Not through _set_up: the gauge belongs to whichever client is serving now (a reload
         # to another target starts the new client before the old one is closed).
@@ -171,10 +198,12 @@ class RedisClient:
             async with asyncio.timeout(self.target.timeout_seconds):
                 return await call(redis)
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+            raise_if_cancelled()
             self._errors[op].inc()
             self._mark_down(exc)
             raise SharedStateUnavailable("shared state unavailable", type(exc).__name__) from None
         except RedisError as exc:
+            raise_if_cancelled()
             # The server answered, with an error (OOM under noeviction, a script error, ...).
             self._errors[op].inc()
             log.warning("Redis %s refused %s: %s", self.target.display, op, type(exc).__name__)
@@ -214,6 +243,7 @@ class RedisClient:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure means "not up"; the reason is only logged
+            raise_if_cancelled()
             if self._up:
                 log.debug("Redis probe failed: %s", type(exc).__name__)
             self._errors["ping"].inc()
@@ -223,7 +253,7 @@ class RedisClient:
 
     async def _probe_loop(self, wake: asyncio.Event) -> None:
         interval = self.target.health_check_interval_seconds
-        while True:
+        while not cancel_requested():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await wake.wait()

@@ -33,7 +33,6 @@ rules. ``jti`` values are global across issuers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from extauthz.clock import Clock
 from extauthz.metrics import Metrics
 from extauthz.state.base import SharedStateUnavailable
-from extauthz.state.redis import RedisClient
+from extauthz.state.redis import RedisClient, cancel_requested, raise_if_cancelled, stop_task
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -277,6 +276,7 @@ class RedisRevocations:
                              len(self._jti), len(self._revoked_keys))
                 self._loaded = True
         except SharedStateUnavailable:
+            raise_if_cancelled()
             return False
         self.synced_at = self._clock()
         return True
@@ -301,16 +301,14 @@ class RedisRevocations:
             self._metrics.revocation_age.set(age)
 
     async def _run(self) -> None:
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(self._sync_seconds)
             await self._sync_and_report()
 
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
 
 # ------------------------------------------------------------------------------ both

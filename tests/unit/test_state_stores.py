@@ -384,3 +384,52 @@ def test_target_never_shows_the_password() -> None:
     target = RedisTarget(url="redis://user:s3cret@redis.example:6380/2", password="p4ss")
     assert target.display == "redis://redis.example:6380/2"
     assert "s3cret" not in repr(target) and "p4ss" not in repr(target)
+
+
+async def test_a_cancellation_turned_into_a_connection_error_still_cancels(
+    clients: tuple[RedisClient, RedisClient],
+) -> None:
+    """redis-py may answer a cancellation with ConnectionError while it drops a connection: the
+    client must not read that as "Redis is down" and keep a cancelled task running (background
+    loops that never stop made ``close()`` hang)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    a, _ = clients
+    entered = asyncio.Event()
+
+    async def swallowing(redis: Redis) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise RedisConnectionError("Connection closed by server.") from None
+
+    task = asyncio.create_task(a.run("nonce", swallowing))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert task.cancelled()
+    assert a.up  # not counted as an outage
+
+
+async def test_close_never_hangs_on_a_loop_that_ignores_cancellation() -> None:
+    from extauthz.state.redis import stop_task
+
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                continue
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await stop_task(task, timeout=0.2)
+    assert time.monotonic() - started < 1.0
+    assert not task.done()  # left behind, logged, and close() went on
+    release.set()
+    await asyncio.wait_for(task, 2)
