@@ -15,6 +15,10 @@
   new one. redis-py retries a command **once**, without backoff, on a connection error — so the
   first command after a Redis restart (on a pooled connection the restart killed) still succeeds.
   The Lua scripts are written so that a retried call is harmless (see :mod:`extauthz.state.stores`).
+* Cancellation always wins: a Redis error that surfaces while the task has a pending cancel
+  request (redis-py may report a cancellation that lands mid-teardown as ``ConnectionError``) is
+  re-raised as ``CancelledError``, the background loops stop when cancelled, and closing waits for
+  them at most 2 s (:func:`stop_task`) — shutting down or reloading never hangs on Redis.
 
 :class:`StateHub` keeps one :class:`RedisClient` per distinct target for the process and
 reference-counts the snapshots using it, so a configuration reload that keeps the same Redis
