@@ -126,13 +126,18 @@ def _expand_includes(base: Path, entries: list[str], issues: list[ConfigIssue]) 
     files: list[Path] = []
     for index, entry in enumerate(entries):
         target = Path(os.path.normpath(base / entry))
-        if target.is_dir():
-            found = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml"))
-            files.extend(found)
-        elif target.is_file():
-            files.append(target)
-        else:
-            issues.append(ConfigIssue(f"include[{index}]", f"no such file or directory: {entry}"))
+        try:
+            if target.is_dir():
+                found = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml"))
+                files.extend(found)
+            elif target.is_file():
+                files.append(target)
+            else:
+                issues.append(
+                    ConfigIssue(f"include[{index}]", f"no such file or directory: {entry}"))
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission, ...
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "invalid path"
+            issues.append(ConfigIssue(f"include[{index}]", f"cannot read: {reason}"))
     return files
 
 

@@ -129,3 +129,14 @@ def test_random_documents_reach_the_loader(base_dir: Path) -> None:
     path = base_dir / "base.yaml"
     path.write_text(yaml.safe_dump(_BASE, sort_keys=False))
     assert load_config(path).main.routes
+
+
+@pytest.mark.parametrize("entry", ["a" * 300, "dir/" * 2000 + "x", "nul\x00byte"])
+def test_include_entries_the_os_refuses_are_config_errors(base_dir: Path, entry: str) -> None:
+    """Regression (found with HYPOTHESIS_PROFILE=long): an include name too long for the file
+    system raised OSError (ENAMETOOLONG) out of the loader instead of a ConfigError."""
+    path = base_dir / "include.yaml"
+    path.write_text(yaml.safe_dump({"include": [entry], "routes": []}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [issue.path for issue in info.value.issues] == ["include[0]"]
