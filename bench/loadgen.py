@@ -91,7 +91,11 @@ def wrk_script(
     the rotating values ``k, k+T, k+2T, ...`` so the threads do not send the same ones)."""
     lines = [f"wrk.method = {lua_string(method)}", f"wrk.path = {lua_string(path)}"]
     for name, value in headers.items():
-        lines.append(f"wrk.headers[{lua_string(name)}] = {lua_string(value)}")
+        # wrk adds its own "Host: <url host>" unless wrk.headers["Host"] (that exact spelling)
+        # is set: a lowercase "host" would send two, and Envoy would see another authority
+        # (an HMAC signature covering @authority then fails)
+        key = "Host" if name.lower() == "host" else name
+        lines.append(f"wrk.headers[{lua_string(key)}] = {lua_string(value)}")
     if body:
         lines.append(f"wrk.body = {lua_string(body.decode('latin-1'))}")
     lines.append("local threads = 0")
