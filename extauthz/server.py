@@ -159,6 +159,12 @@ class Server:
                 self.metrics.config_loads.labels("failure").inc()
                 raise
             await snapshot.start()
+            current = self.engine.snapshot
+            if current is not None:
+                # State that must outlive a reload (the in-memory HMAC nonce cache: without it
+                # every nonce seen before the reload could be replayed). No await between this
+                # and the swap, so the old snapshot records nothing the new one misses.
+                snapshot.inherit_from(current)
             previous = self.engine.swap(snapshot)
             self.metrics.config_loads.labels("success").inc()
             self.metrics.config_last_success.set_to_current_time()
