@@ -87,6 +87,10 @@ from extauthz.types import AuthMethod, Identity, RequestView
 XFCC_HEADER = "x-forwarded-client-cert"
 #: Largest URL-encoded peer certificate (chain) accepted.
 MAX_PEER_CERT_LENGTH = 64 * 1024
+#: what cryptography raises for a malformed certificate, at load or when a part is first read
+#: (extensions and names are parsed lazily); only ValueError is a ValueError
+_X509_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
+                x509.UnsupportedGeneralNameType)
 #: Most intermediates accepted from a client.
 MAX_INTERMEDIATES = 8
 #: SPIFFE IDs are at most 2048 bytes (SPIFFE-ID spec §2.3).
@@ -330,7 +334,7 @@ class MtlsAuthenticator:
     def _load_pem(self, pem: str, what: str) -> list[x509.Certificate]:
         try:
             return x509.load_pem_x509_certificates(pem.encode("utf-8", "replace"))
-        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
+        except _X509_ERRORS as exc:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
                              f"{what}: {exc}") from None
 
@@ -354,7 +358,7 @@ class MtlsAuthenticator:
             extensions = leaf.extensions
             constraints = _extension(extensions, x509.BasicConstraints)
             eku = _extension(extensions, x509.ExtendedKeyUsage)
-        except ValueError as exc:
+        except _X509_ERRORS as exc:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
                              f"extensions: {exc}") from None
         if constraints is not None and constraints.ca:
@@ -375,7 +379,7 @@ class MtlsAuthenticator:
             dns = san.get_values_for_type(x509.DNSName) if san else []
             subject_dn = leaf.subject.rfc4514_string()
             issuer_dn = leaf.issuer.rfc4514_string()
-        except ValueError as exc:
+        except _X509_ERRORS as exc:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
                              f"names: {exc}") from None
         spiffe_id: str | None = None
@@ -468,12 +472,12 @@ def _load_bundle(path: Path, where: str) -> list[x509.Certificate]:
         ) from None
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except (ValueError, x509.InvalidVersion):
+    except _X509_ERRORS:
         raise ValueError(f"{where}: {path}: no PEM certificates found") from None
     for n, cert in enumerate(certs, start=1):
         try:
             constraints = _extension(cert.extensions, x509.BasicConstraints)
-        except ValueError:
+        except _X509_ERRORS:
             raise ValueError(f"{where}: {path}: certificate {n} is malformed") from None
         if constraints is None or not constraints.ca:
             raise ValueError(

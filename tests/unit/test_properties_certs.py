@@ -142,6 +142,23 @@ def test_any_certificate_version_is_refused_cleanly(running: Running, kinds: All
         assert peer == xfcc == "cert_invalid" or "allow" not in (peer, xfcc)
 
 
+@pytest.mark.parametrize("oid", [b"\x25", b"\x11", b"\x13", b"\x0e", b"\x23"])
+def test_duplicate_extension_is_refused_cleanly(running: Running, kinds: AllKinds,
+                                                oid: bytes) -> None:
+    """Regression (found by the Check fuzz run): a certificate with two extensions of one type
+    (one bit flipped in an extension OID) made cryptography raise DuplicateExtension (not a
+    ValueError) when the extensions were first read: 503 internal_error, not 401."""
+    der = kinds.leaf.cert.public_bytes(serialization.Encoding.DER)
+    at = der.find(b"\x06\x03\x55\x1d" + oid)  # id-ce-<oid>
+    if at < 0:
+        pytest.skip("the leaf has no such extension")
+    key_usage = b"\x06\x03\x55\x1d\x0f"
+    assert key_usage in der and oid != b"\x0f"
+    duplicated = der[:at] + key_usage + der[at + 5 :]  # a second keyUsage
+    peer = quote(_der_to_pem(duplicated), safe="")
+    assert _outcome(running, peer=peer) == "cert_invalid"
+
+
 @budget(200)
 @given(st.text(max_size=300))
 def test_random_peer_certificate_field(running: Running, peer: str) -> None:
