@@ -5,12 +5,14 @@
 * The pool is created on the event loop in :meth:`RedisClient.start` and closed in
   :meth:`RedisClient.close` (both idempotent; a closed client can be started again).
 * Every operation runs under ``asyncio.timeout(timeout_seconds)`` (connecting included). A
-  connection-level error or a timeout marks Redis **down**: ``extauthz_redis_up`` drops to 0 and
-  from then on calls fail at once (no request waits for a dead Redis, so the 503 reaches Envoy
+  connection-level error, or a failed probe, marks Redis **down**: ``extauthz_redis_up`` drops to
+  0 and from then on calls fail at once (no request waits for a dead Redis, so the 503 reaches Envoy
   well inside its own ext_authz timeout) until the background probe (``PING`` every
   ``health_check_interval_seconds``) succeeds again. Any failure raises
   :class:`~extauthz.state.base.SharedStateUnavailable` (503 ``shared_state_unavailable``) and
-  counts ``extauthz_redis_errors_total{op}``.
+  counts ``extauthz_redis_errors_total{op}``. A timeout fails only its own operation and wakes
+  the probe: the bound includes event-loop delay, so one late reply on a busy replica is not
+  taken for an outage (a PING that also cannot make it is).
 * Reconnection is redis-py's: a connection that broke is dropped and the next command opens a
   new one. redis-py retries a command **once**, without backoff, on a connection error — so the
   first command after a Redis restart (on a pooled connection the restart killed) still succeeds.
@@ -201,7 +203,16 @@ class RedisClient:
         try:
             async with asyncio.timeout(self.target.timeout_seconds):
                 return await call(redis)
-        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+        except (RedisTimeoutError, TimeoutError) as exc:
+            raise_if_cancelled()
+            # A slow answer fails this operation (fail closed) but does not by itself mark Redis
+            # down: the bound includes time the reply waited on a busy event loop, and one late
+            # reply on an overloaded replica must not turn every shared-state check into a 503.
+            # The probe runs at once and marks Redis down if a PING cannot make it either.
+            self._errors[op].inc()
+            self._probe_now()
+            raise SharedStateUnavailable("shared state unavailable", type(exc).__name__) from None
+        except (RedisConnectionError, OSError) as exc:
             raise_if_cancelled()
             self._errors[op].inc()
             self._mark_down(exc)
@@ -234,8 +245,11 @@ class RedisClient:
         if self._up:
             log.debug("Redis operation failed: %s", type(exc).__name__)
             self._set_up(False)
-            if self._wake is not None:
-                self._wake.set()  # probe right away: a one-off broken connection recovers fast
+            self._probe_now()  # a one-off broken connection recovers fast
+
+    def _probe_now(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     async def _probe(self) -> None:
         redis = self._redis

@@ -341,10 +341,32 @@ async def test_every_operation_is_bounded_by_the_timeout(prefix: str) -> None:
         task.cancel()
         assert 0.15 < elapsed < 0.6, elapsed
         assert ticks >= 5  # the loop was never blocked
+        # the timeout woke the probe, whose PING cannot make it either: down
+        deadline = time.monotonic() + 2.0
+        while client.up and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         assert not client.up
     finally:
         await client.close()
         tarpit.close()
+
+
+async def test_one_late_answer_fails_its_operation_but_does_not_mark_redis_down(
+    clients: tuple[RedisClient, RedisClient],
+) -> None:
+    """The bound includes event-loop delay: one late reply on a busy replica is not an outage.
+    The operation fails closed; the probe it wakes finds Redis answering, so it stays up."""
+    a, _ = clients
+
+    async def late(redis: Redis) -> None:
+        await asyncio.sleep(a.target.timeout_seconds * 2)
+
+    with pytest.raises(SharedStateUnavailable):
+        await a.run("nonce", late)
+    assert a.up  # not marked down by the timeout itself (other checks are not failed at once)
+    await asyncio.sleep(0.3)  # the woken probe (PING) has run by now
+    assert a.up
+    assert await a.run("ping", lambda r: r.ping())  # type: ignore[no-untyped-call]
 
 
 async def test_a_refused_command_is_unavailable_but_not_down(
