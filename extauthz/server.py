@@ -158,7 +158,13 @@ class Server:
             except Exception:
                 self.metrics.config_loads.labels("failure").inc()
                 raise
-            await snapshot.start()
+            try:
+                await snapshot.start()
+            except BaseException:
+                # half-started (a JWKS task running, a Redis client acquired): release it all
+                await snapshot.close()
+                self.metrics.config_loads.labels("failure").inc()
+                raise
             current = self.engine.snapshot
             if current is not None:
                 # State that must outlive a reload (the in-memory HMAC nonce cache: without it
