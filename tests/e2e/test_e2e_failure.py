@@ -43,11 +43,12 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
 def restore(stack: Stack, idp: DemoIdP) -> Iterator[None]:
     """After each test: extauthz running (not stopped), IdP up and answering."""
     yield
+    # The IdP first: a restarted extauthz is ready only after its first JWKS fetch.
+    idp.mode = "ok"
+    idp.up()
     stack.extauthz.signal(signal.SIGCONT)
     if not stack.extauthz.running:
         stack.start_extauthz()
-    idp.mode = "ok"
-    idp.up()
 
 
 def wait_for_fresh_keys(idp: DemoIdP) -> None:
