@@ -165,7 +165,8 @@ def test_every_single_bit_flip_of_a_certificate_is_refused_cleanly(
     """Exhaustive (about 4,200 certificates, ~1 s): every one-bit change of the valid leaf's DER
     is refused with an AuthenticationError — nothing else escapes. The one change that still
     verifies is the signature BIT STRING's unused-bits count (not covered by the signature;
-    cryptography accepts 1 there): the same signed content, so the same identity."""
+    cryptography accepts a count the signature's trailing zero bits allow): the same signed
+    content, so the same identity."""
     der = kinds.leaf.cert.public_bytes(serialization.Encoding.DER)
     unused_bits = len(kinds.leaf.cert.tbs_certificate_bytes) + 4 + 12 + 2  # see the docstring
     allowed: list[tuple[int, int]] = []
@@ -176,7 +177,8 @@ def test_every_single_bit_flip_of_a_certificate_is_refused_cleanly(
             outcome = _outcome(running, peer=quote(_der_to_pem(bytes(flipped)), safe=""))
             if outcome == "allow":
                 allowed.append((at, bit))
-    assert allowed in ([], [(unused_bits, 0)]), allowed
+    # which counts verify depends on how many trailing zero bits the signature happens to have
+    assert all(at == unused_bits for at, _bit in allowed), allowed
 
 
 @budget(200)
