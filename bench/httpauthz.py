@@ -36,6 +36,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 PATH_PREFIX = "/check"
+#: the header Envoy sets to the client address (deploy/envoy/envoy-http-authz.yaml)
+SOURCE_HEADER = "x-extauthz-source-address"
 MAX_HEAD = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             429: "Too Many Requests", 503: "Service Unavailable"}
@@ -202,6 +204,8 @@ def envoy_http_config(*, listener_port: int, admin_port: int,
                 "server_uri": {"uri": f"http://127.0.0.1:{authz_port}", "cluster": "extauthz",
                                "timeout": "5s"},
                 "path_prefix": PATH_PREFIX,
+                "authorization_request": {"headers_to_add": [
+                    {"key": SOURCE_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]},
                 "authorization_response": {
                     "allowed_upstream_headers": {"patterns": [{"prefix": "x-auth-"}]},
                     "allowed_client_headers": {"patterns": [

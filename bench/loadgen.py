@@ -175,7 +175,8 @@ def run_h2load(
     connections: int = 1,
 ) -> LoadResult:
     argv = [h2load, "-t", "1", "-c", str(connections), "-m", str(streams),
-            "-D", f"{duration_s:g}", "--warm-up-time", f"{warmup_s:g}",
+            # h2load reads a bare number as whole seconds ("0.5" is an error): give milliseconds
+            "-D", f"{round(duration_s * 1000)}ms", "--warm-up-time", f"{round(warmup_s * 1000)}ms",
             "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
             "--log-file", str(log_file), url]
     proc = subprocess.run(argv, capture_output=True, text=True,

@@ -195,7 +195,10 @@ class Stack:
                 # the recommended HTTP deployment: no gRPC server (its poller costs CPU per
                 # event-loop turn even without gRPC traffic)
                 argv[argv.index("--grpc-address") + 1] = "off"
-                argv += ["--http-authz-address", f"{LOOPBACK}:{aport}"]
+                from bench.httpauthz import SOURCE_HEADER
+
+                argv += ["--http-authz-address", f"{LOOPBACK}:{aport}",
+                         "--http-authz-source-header", SOURCE_HEADER]
             # The decision log stays on (the default) but goes to /dev/null: a log collector's
             # cost is not ours, the JSON encoding is. exec keeps the PID that we measure.
             shell = ["/bin/sh", "-c", 'exec "$@" >/dev/null', "sh", *argv]
@@ -530,13 +533,16 @@ def run(tools: Tools, opts: Options) -> dict[str, Any]:
         with running_stack(tools, scratch_dir(opts.out), opts, fx.config, transport) as stack:
             log(f"[{transport}] extauthz x{opts.workers}, envoy on {stack.listener}")
             _run_e2e(stack, tools, selected, opts, result, transport)
-            if index == 0 and opts.direct and tools.h2load:
+            # the direct h2load runs need the gRPC server, which the HTTP stack turns off
+            if transport == "grpc" and opts.direct and tools.h2load:
                 _run_direct(stack, tools, selected, opts, result)
-            elif index == 0 and opts.direct:
+            elif transport == "grpc" and opts.direct:
                 result["skipped"]["direct"] = "h2load not found (Debian package nghttp2-client)"
             if index == len(opts.transports) - 1 and opts.sweep and opts.sweep_points:
                 log(f"scaling sweep (wrk, 10 connections, {transport})")
                 result["sweep"] = run_sweep(stack, tools, fx, opts)
+    if opts.direct and "grpc" not in opts.transports:
+        result["skipped"]["direct"] = "the gRPC transport was not measured (--transports)"
     result["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 

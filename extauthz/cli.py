@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         watch_interval_seconds=args.watch_interval,
         http_authz_address=args.http_authz_address,
         http_authz_path_prefix=args.http_authz_path_prefix,
+        http_authz_source_header=args.http_authz_source_header,
     )
     try:
         asyncio.run(Server(options).run_until_signal())
@@ -240,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "envoy-http-authz.yaml)")
     serve.add_argument("--http-authz-path-prefix", default="/check",
                        help="the http_service path_prefix Envoy puts before the path")
+    serve.add_argument("--http-authz-source-header", metavar="NAME", default=None,
+                       help="read the client address from this header, which Envoy must set "
+                            "itself (authorization_request.headers_to_add with "
+                            "%%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%%); off by default")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
     serve.add_argument("--watch-interval", type=float, default=1.0,

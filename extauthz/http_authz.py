@@ -30,7 +30,13 @@ Limits of the mapping (the gRPC transport has none of them):
 * no peer certificate (``include_peer_certificate`` is gRPC-only): mTLS needs Envoy to send
   ``x-forwarded-client-cert`` (``forward_client_cert_details: SANITIZE_SET``) and the
   authenticator's XFCC option;
-* no client address: policies with ``source`` CIDRs see an empty address and deny (fail closed);
+* no client address of its own: Envoy can send it in a header it sets itself
+  (``authorization_request.headers_to_add`` with ``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``,
+  which overwrites a client-sent header of the same name), and ``--http-authz-source-header NAME``
+  tells extauthz to read it. Off by default, because without that Envoy setting the header is
+  whatever the client sent. Without it (or with a value that is not an IP address) policies with
+  ``source`` CIDRs see an empty address and deny (fail closed), and Basic's per-address
+  brute-force limit has no address to count;
 * no dynamic metadata, and query parameters cannot be removed: a decision that must strip a
   credential from the query string is refused (503 ``internal_error``; the client gets Envoy's
   ``status_on_error``) rather than let the credential through to the upstream: routes that read
@@ -47,6 +53,7 @@ in order.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -135,8 +142,22 @@ async def _resume(coro: Coroutine[Any, Any, Decision], awaited: Any) -> Decision
         raise
 
 
+def source_address(headers: dict[str, str], header: str | None) -> str:
+    """The client address Envoy put in ``header`` ("" when off, absent or not an IP address).
+
+    "" is the fail-closed answer: a ``source`` rule cannot match it.
+    """
+    if not header:
+        return ""
+    value = headers.get(header, "").strip()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return ""
+
+
 def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
-            path_prefix: str, head_bytes: int) -> RequestView:
+            path_prefix: str, head_bytes: int, source_header: str | None = None) -> RequestView:
     """The RequestView of one authorization request (raises BadRequestError)."""
     if path_prefix:
         if not target.startswith(path_prefix):
@@ -157,6 +178,7 @@ def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
         headers=Headers.from_lowercase(headers),
         body=body,
         request_id=headers.get("x-request-id", ""),
+        source_address=source_address(headers, source_header),
         protocol="",
         header_bytes=head_bytes,
     )
@@ -335,8 +357,11 @@ class HttpAuthzServer:
         path_prefix: str = DEFAULT_PATH_PREFIX,
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        source_header: str | None = None,
     ) -> None:
         self.engine = engine
+        #: the header Envoy sets to the client address (lower case); None: no client address
+        self.source_header = source_header.lower() if source_header else None
         self.decision_log = decision_log
         self.path_prefix = path_prefix.rstrip("/")
         self.max_head_bytes = max_head_bytes
@@ -354,7 +379,7 @@ class HttpAuthzServer:
         try:
             target = message.url.decode("utf-8", "surrogateescape")
             view = to_view(message.method, target, message.headers, b"".join(message.body),
-                           self.path_prefix, message.head_bytes)
+                           self.path_prefix, message.head_bytes, self.source_header)
         except CheckError as exc:
             return None, from_error(exc, NO_ROUTE_LABEL)
         except Exception:

@@ -70,6 +70,8 @@ class ServerOptions:
     #: also serve Envoy's HTTP ext_authz protocol here (:mod:`extauthz.http_authz`); None: off
     http_authz_address: str | None = None
     http_authz_path_prefix: str = "/check"
+    #: header Envoy sets to the client address for the HTTP transport (None: no address)
+    http_authz_source_header: str | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -217,7 +219,8 @@ class Server:
             await self._start_grpc()
         if self.options.http_authz_address:
             self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
-                                              path_prefix=self.options.http_authz_path_prefix)
+                                              path_prefix=self.options.http_authz_path_prefix,
+                                              source_header=self.options.http_authz_source_header)
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
         host, port = split_address(self.options.http_address)

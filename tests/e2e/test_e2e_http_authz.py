@@ -28,22 +28,37 @@ REPORTS = "/reports/q1"
 PROFILE = "/profile/me"
 APIKEY_CHALLENGE = 'ApiKey realm="extauthz", header="x-api-key"'
 MAX_STALE = 3.0
+SOURCE_HEADER = "x-extauthz-source-address"  # set by the example config's headers_to_add
 
 
 @pytest.fixture(scope="module")
 def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
-    return render_policies(
+    main = render_policies(
         e2e_dir / "policies",
         issuer=idp.issuer,
         jwt_overrides={"refresh_interval_seconds": 1.0, "max_stale_seconds": MAX_STALE,
                        "fetch_timeout_seconds": 0.3, "min_refetch_interval_seconds": 0.5},
     )
+    # two routes whose only difference is the client network they admit
+    (main.parent / "routes.d" / "sources.yaml").write_text("""\
+routes:
+- name: from-loopback
+  match: {prefix: /net/loopback/}
+  authn: [demo-keys]
+  authz: {rules: [{source: {allow: [127.0.0.0/8]}}]}
+- name: from-ten
+  match: {prefix: /net/ten/}
+  authn: [demo-keys]
+  authz: {rules: [{source: {allow: [10.0.0.0/8]}}]}
+""")
+    return main
 
 
 def _start_extauthz(config: Path, ports: EnvoyPorts, grpc_port: int, http_port: int,
                     log_dir: Path) -> ManagedProcess:
     argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
-            "--http-authz-address", f"{LOOPBACK}:{ports.extauthz}"]
+            "--http-authz-address", f"{LOOPBACK}:{ports.extauthz}",
+            "--http-authz-source-header", SOURCE_HEADER]
     proc = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
     try:
         proc.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
@@ -103,6 +118,19 @@ def test_spoofed_identity_headers_never_reach_the_upstream(stack: Stack) -> None
                                                 "x-auth-admin": "true"}))
     assert seen["x-auth-subject"] == "demo-client"
     assert "x-auth-admin" not in seen
+
+
+def test_source_rules_see_the_client_address_envoy_sets(stack: Stack) -> None:
+    key = {"x-api-key": DEMO_API_KEY}
+    assert stack.get("/net/loopback/a", key).status == 200
+    assert_denied(stack.get("/net/ten/a", key), 403, "forbidden")
+
+
+def test_a_client_sent_source_header_is_overwritten_by_envoy(stack: Stack) -> None:
+    # headers_to_add replaces the client's value with the real peer address (127.0.0.1)
+    spoofed = {"x-api-key": DEMO_API_KEY, SOURCE_HEADER: "10.1.2.3"}
+    assert_denied(stack.get("/net/ten/a", spoofed), 403, "forbidden")
+    assert stack.get("/net/loopback/a", spoofed).status == 200
 
 
 def test_no_credential_is_401_with_challenge_and_problem_body(stack: Stack) -> None:

@@ -281,3 +281,46 @@ def test_cli_refuses_grpc_off_without_the_http_transport(tmp_path: Path) -> None
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
     assert main(["serve", "--config", str(config), "--grpc-address", "off"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "headers", "expected"),
+    [
+        (None, {"x-src": "10.1.2.3"}, ""),  # off by default: a client could have sent it
+        ("x-src", {"x-src": "10.1.2.3"}, "10.1.2.3"),
+        ("x-src", {"x-src": " 2001:DB8::1 "}, "2001:db8::1"),
+        ("x-src", {}, ""),
+        ("x-src", {"x-src": "10.1.2.3, 10.9.9.9"}, ""),  # two values: not Envoy's one address
+        ("x-src", {"x-src": "example.com"}, ""),
+        ("x-src", {"x-src": "10.1.2.3:8080"}, ""),
+    ],
+)
+def test_source_address_only_from_the_configured_header_and_only_an_ip(
+        header: str | None, headers: dict[str, str], expected: str) -> None:
+    view = to_view("GET", "/check/", {"host": "h", **headers}, b"", "/check", 0, header)
+    assert view.source_address == expected
+
+
+async def test_source_rule_sees_the_address_from_the_configured_header(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG + """\
+- name: inside
+  match: {prefix: /inside/}
+  authn: [keys]
+  authz: {rules: [{source: {allow: [10.0.0.0/8]}}]}
+""")
+    srv = Server(ServerOptions(str(config), "127.0.0.1:0", "127.0.0.1:0", grace_seconds=2,
+                               decision_log=False, watch_interval_seconds=0,
+                               http_authz_address="127.0.0.1:0",
+                               http_authz_source_header="X-Src"))
+    await srv.start()
+    try:
+        statuses = []
+        for source in ("10.1.2.3", "192.0.2.1", None):
+            headers = {"x-api-key": KEY} | ({"x-src": source} if source else {})
+            [resp] = await exchange(srv, request("/inside/a", headers))
+            statuses.append(resp.status)
+        # a 403 here is the source rule's: the key is valid
+        assert statuses == [200, 403, 403]
+    finally:
+        await srv.stop()
