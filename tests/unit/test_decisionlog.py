@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Callable
 from types import MappingProxyType
+
+from prometheus_client import CollectorRegistry, Counter
 
 from extauthz.decision import Decision, GrpcCode, Outcome, deny
 from extauthz.decisionlog import DecisionLog, record, redacted_path
@@ -60,3 +64,61 @@ def test_stream_gets_json_lines_and_denies_always() -> None:
     assert [line["reason"] for line in lines] == ["invalid_api_key", "internal_error"]
     assert lines[0]["status"] == 401
     assert SECRET not in out.getvalue()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_lines_are_written_in_batches_without_waiting_for_close() -> None:
+    out = io.StringIO()
+    log = DecisionLog(out, flush_interval=0.02)
+    try:
+        for _ in range(3):
+            log.write(view(), allow(), 0.001)
+        assert _wait_for(lambda: out.getvalue().count("\n") == 3)
+    finally:
+        log.close()
+    assert out.getvalue().count("\n") == 3  # close wrote nothing twice
+
+
+def test_a_full_buffer_drops_and_counts_instead_of_blocking() -> None:
+    registry = CollectorRegistry()
+    dropped = Counter("dropped", "d", registry=registry)
+    out = io.StringIO()
+    log = DecisionLog(out, max_queue=2, dropped=dropped, flush_interval=60)
+    for _ in range(5):
+        log.write(view(), allow(), 0.001)
+    log.close()
+    assert out.getvalue().count("\n") == 2
+    assert registry.get_sample_value("dropped_total") == 3
+
+
+class _BrokenStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("disk full")
+
+
+def test_a_failing_sink_counts_every_line_it_lost() -> None:
+    registry = CollectorRegistry()
+    dropped = Counter("dropped", "d", registry=registry)
+    log = DecisionLog(_BrokenStream(), dropped=dropped, flush_interval=60)
+    for _ in range(4):
+        log.write(view(), allow(), 0.001)
+    log.close()
+    assert registry.get_sample_value("dropped_total") == 4
+
+
+def test_writes_after_close_are_counted_as_dropped() -> None:
+    registry = CollectorRegistry()
+    dropped = Counter("dropped", "d", registry=registry)
+    out = io.StringIO()
+    log = DecisionLog(out, dropped=dropped)
+    log.close()
+    log.write(view(), allow(), 0.001)
+    assert out.getvalue() == "" and registry.get_sample_value("dropped_total") == 1
