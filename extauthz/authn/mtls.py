@@ -170,7 +170,12 @@ class MtlsAuthenticator:
         self._policy = PolicyBuilder().store(Store(anchors)).extension_policies(
             ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
         )
-        self._cache: TtlLru[bytes, Identity] = TtlLru(spec.cache_size)
+        #: leaf fingerprint -> (identity, valid until): a verified chain costs a dict hit
+        self._cache: TtlLru[bytes, tuple[Identity, float]] = TtlLru(spec.cache_size)
+        #: SHA-256 of exactly what Envoy presented (peer certificate text, XFCC header) -> the
+        #: same entry: a repeated presentation skips PEM parsing and DER re-encoding too, which
+        #: cost far more than the lookup (docs/performance.md). Same bytes, same answer.
+        self._presentations: TtlLru[bytes, tuple[Identity, float]] = TtlLru(spec.cache_size)
         self._cache_ttl = spec.cache_ttl_seconds
         self._allowed_ids = frozenset(spec.allowed_spiffe_ids)
         self._trust_domains = frozenset(spec.trust_domains)
@@ -206,10 +211,18 @@ class MtlsAuthenticator:
     # -- the check -----------------------------------------------------------------------------
 
     async def authenticate(self, view: RequestView) -> Identity | None:
-        presented = self._presented(view)
-        if presented is None:
+        key = self._presentation_key(view)
+        if key is None:
             return None
-        identity = self.verify(presented.leaf, presented.intermediates)
+        now = self._clock()
+        entry = self._presentations.get(key, now)
+        if entry is None:
+            presented = self._presented(view)
+            if presented is None:
+                return None
+            entry = self._verified(presented.leaf, presented.intermediates)
+            self._presentations.put(key, entry, entry[1])
+        identity = entry[0]
         if not self.principal_allowed(identity):
             raise AuthorizationError(
                 Reason.FORBIDDEN, "client certificate not allowed",
@@ -221,6 +234,12 @@ class MtlsAuthenticator:
         self, leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ...] = ()
     ) -> Identity:
         """Verify ``leaf`` (with optional untrusted ``intermediates``) and derive its Identity."""
+        return self._verified(leaf, intermediates)[0]
+
+    def _verified(
+        self, leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ...] = ()
+    ) -> tuple[Identity, float]:
+        """(identity, time until which the verification stands), from the cache if there."""
         der = leaf.public_bytes(serialization.Encoding.DER)
         fingerprint = hashlib.sha256(der).digest()
         now = self._clock()
@@ -239,8 +258,9 @@ class MtlsAuthenticator:
                              str(exc)) from None
         identity = self._identity(leaf, der, fingerprint)
         chain_end = min(c.not_valid_after_utc.timestamp() for c in verified.chain)
-        self._cache.put(fingerprint, identity, min(chain_end, now + self._cache_ttl))
-        return identity
+        entry = (identity, min(chain_end, now + self._cache_ttl))
+        self._cache.put(fingerprint, entry, entry[1])
+        return entry
 
     def principal_allowed(self, identity: Identity) -> bool:
         """Whether a verified identity passes the principal rules (module docstring)."""
@@ -267,6 +287,18 @@ class MtlsAuthenticator:
         return False
 
     # -- reading the certificate ---------------------------------------------------------------
+
+    def _presentation_key(self, view: RequestView) -> bytes | None:
+        """The cache key of what :meth:`_presented` reads from ``view`` (None: nothing there)."""
+        peer = view.peer_certificate
+        xfcc = view.headers.value(XFCC_HEADER) if self._xfcc else None
+        if not peer and xfcc is None:
+            return None
+        digest = hashlib.sha256(peer.encode("utf-8", "surrogatepass"))
+        if xfcc is not None:  # it can supply the chain (or the certificate): part of the key
+            digest.update(b"\0")
+            digest.update(xfcc.encode("utf-8", "surrogatepass"))
+        return digest.digest()
 
     def _presented(self, view: RequestView) -> _Presented | None:
         if view.peer_certificate:

@@ -266,6 +266,29 @@ async def test_cache_ttl_and_size_bound(tmp_path: Path) -> None:
     assert len(auth._cache) == 2
 
 
+async def test_a_repeated_presentation_is_not_parsed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = make(tmp_path, xfcc=True)
+    loads: list[str] = []
+    real = auth._load_pem
+    monkeypatch.setattr(auth, "_load_pem", lambda pem, what: loads.append(what) or real(pem, what))
+    header = xfcc_for(LEAF, uri=SVID)
+    for _ in range(3):
+        assert (await auth.authenticate(xfcc_view(header))).subject == SVID  # type: ignore[union-attr]
+        assert (await auth.authenticate(peer(LEAF))).subject == SVID  # type: ignore[union-attr]
+    assert loads == ["XFCC Cert", "peer certificate"]  # once per distinct presentation
+    # the same peer certificate with an XFCC header beside it is another presentation
+    assert await auth.authenticate(peer(LEAF, headers={"x-forwarded-client-cert": header}))
+    assert len(loads) > 2
+
+
+async def test_a_cached_presentation_still_meets_the_principal_rules(tmp_path: Path) -> None:
+    auth = make(tmp_path, allowed_spiffe_ids=["spiffe://example.org/other"])
+    for _ in range(2):
+        with pytest.raises(AuthorizationError):
+            await auth.authenticate(peer(LEAF))
+
+
 async def test_failures_are_not_cached(tmp_path: Path) -> None:
     auth = make(tmp_path)
     counter = spy(auth)
