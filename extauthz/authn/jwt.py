@@ -30,7 +30,8 @@ safety properties PyJWT has (and a few more), in this order::
 Every failure raises :class:`~extauthz.errors.AuthenticationError` with a reason code and a short
 public-safe description; the token itself never appears in an error, a log line or a metric.
 
-Verified-token cache: a bounded LRU keyed by the token string. An entry holds the Identity, the
+Verified-token cache: a bounded LRU keyed by the SHA-256 of the token (32 bytes instead of the
+~700-byte token: the key is most of an entry's size). An entry holds the Identity, the
 :class:`~extauthz.authn.jwks.JwkKey` that verified it and the window ``[lo, hi)`` in which a fresh
 verification would also pass (``hi = exp + leeway``). A hit needs: the JWKS not stale, ``lo <= now
 < hi``, and the key still in the current key set — a key removed at a refresh invalidates exactly
@@ -45,10 +46,12 @@ header, nor does a value with control characters (it could never be a valid head
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -104,8 +107,17 @@ class _DuplicateName(ValueError):
     pass
 
 
+#: string values up to this length are interned: ``iss``, ``aud``, ``scope``, roles... repeat in
+#: every token of an issuer, and a verified token's claims live in the cache until it expires
+_INTERN_MAX = 64
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
+    # Interning makes 100 000 cached tokens share one copy of each member name and of each
+    # repeated short value instead of holding their own (docs/performance.md: cached_tokens).
+    intern = sys.intern
+    out = {intern(k): intern(v) if type(v) is str and len(v) <= _INTERN_MAX else v
+           for k, v in pairs}
     if len(out) != len(pairs):
         raise _DuplicateName("duplicate member name")
     return out
@@ -227,6 +239,7 @@ class JwtAuthenticator(SourceCredentials):
         self._subject = _claim_path(spec.subject_claim)
         self._subject_name = spec.subject_claim
         self._scope_claims = tuple(spec.scope_claims)
+        self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
         self._claim_headers = tuple(
             (_claim_path(claim), header) for claim, header in spec.claims_to_headers.items()
         )
@@ -234,7 +247,7 @@ class JwtAuthenticator(SourceCredentials):
         #: them even when a token lacks the claim (else a client could spoof them)
         self.injected_headers: tuple[str, ...] = tuple(spec.claims_to_headers.values())
         self._source = Source.from_spec(spec.source)
-        self._cache: TtlLru[str, _Entry] | None = (
+        self._cache: TtlLru[bytes, _Entry] | None = (
             TtlLru(spec.cache_size) if spec.cache_size > 0 else None
         )
         #: revoked ``jti`` values, checked after verification and on every cache hit
@@ -271,15 +284,16 @@ class JwtAuthenticator(SourceCredentials):
         cache = self._cache
         if cache is None:
             return self._not_revoked((await self._verify(token, now, keyset))[0])
-        entry = cache.get(token, now)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        entry = cache.get(digest, now)
         if entry is not None:
             if entry.lo <= now and entry.key in keyset.live:
                 self._hit.inc()
                 return self._not_revoked(entry.identity)
-            cache.discard(token)
+            cache.discard(digest)
         self._miss.inc()
         identity, entry, hi = await self._verify(token, now, keyset)
-        cache.put(token, entry, hi)
+        cache.put(digest, entry, hi)
         return self._not_revoked(identity)
 
     def _not_revoked(self, identity: Identity) -> Identity:
@@ -438,6 +452,16 @@ class JwtAuthenticator(SourceCredentials):
     def _missing(self, claim: str) -> AuthenticationError:
         return self._fail(Reason.MISSING_CLAIM, claim, f"token lacks the {claim} claim")
 
+    def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
+        """One shared frozenset per distinct scope set (a handful per issuer in practice; the
+        table stops growing at 1024 sets, after which sets are simply not shared)."""
+        shared = self._scope_sets.get(scopes)
+        if shared is not None:
+            return shared
+        if len(self._scope_sets) < 1024:
+            self._scope_sets[scopes] = scopes
+        return scopes
+
     def _identity(self, claims: dict[str, Any], key: JwkKey) -> Identity:
         subject = self._subject(claims)
         if subject is None or subject == "":
@@ -461,7 +485,7 @@ class JwtAuthenticator(SourceCredentials):
             method=AuthMethod.JWT,
             subject=subject,
             authenticator=self.name,
-            scopes=frozenset(scopes),
+            scopes=self._shared_scopes(frozenset(scopes)),
             claims=MappingProxyType(claims),
             expires_at=float(exp) if exp is not None else None,
             headers=tuple(headers),
