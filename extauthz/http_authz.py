@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -67,7 +68,7 @@ import httptools
 from extauthz.decision import Decision, from_error
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import BadRequestError, CheckError, Reason
-from extauthz.metrics import NO_ROUTE_LABEL
+from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder
 from extauthz.pipeline import Engine
 from extauthz.request import _parse_query, split_host
 from extauthz.types import Headers, RequestView
@@ -151,7 +152,12 @@ def source_address(headers: dict[str, str], header: str | None) -> str:
         return ""
     value = headers.get(header, "").strip()
     try:
-        return str(ipaddress.ip_address(value))
+        socket.inet_pton(socket.AF_INET, value)  # the common case, ~20x cheaper than ipaddress
+        return value
+    except (OSError, ValueError):  # not IPv4 (ValueError: an embedded NUL)
+        pass
+    try:
+        return str(ipaddress.ip_address(value))  # IPv6, normalized
     except ValueError:
         return ""
 
@@ -369,8 +375,7 @@ class HttpAuthzServer:
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[Decision]] = set()
         self._server: asyncio.Server | None = None
-        self._checks = engine.metrics.checks
-        self._duration = engine.metrics.check_duration
+        self._recorder = CheckRecorder(engine.metrics)
         self.port = 0
 
     def begin(self, message: _Message) -> tuple[RequestView | None,
@@ -389,8 +394,8 @@ class HttpAuthzServer:
 
     def record(self, view: RequestView | None, decision: Decision, elapsed: float) -> None:
         """Metrics and decision log, exactly as the gRPC servicer records a check."""
-        self._checks.labels(decision.route, decision.outcome.value, decision.reason.value).inc()
-        self._duration.labels(decision.route).observe(elapsed)
+        self._recorder.record(decision.route, decision.outcome.value, decision.reason.value,
+                              elapsed)
         if self.decision_log is not None:
             self.decision_log.write(view, decision, elapsed)
 

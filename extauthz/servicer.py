@@ -14,7 +14,7 @@ from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.decision import Decision, from_error
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import CheckError
-from extauthz.metrics import NO_ROUTE_LABEL
+from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder
 from extauthz.pipeline import Engine
 from extauthz.request import from_check_request
 from extauthz.types import RequestView
@@ -49,9 +49,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, engine: Engine, decision_log: DecisionLog | None = None) -> None:
         self.engine = engine
         self.decision_log = decision_log
-        metrics = engine.metrics
-        self._checks = metrics.checks
-        self._duration = metrics.check_duration
+        self._recorder = CheckRecorder(engine.metrics)
 
     async def Check(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
@@ -64,8 +62,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
             response = to_check_response(decision)
         elapsed = time.perf_counter() - started
-        self._checks.labels(decision.route, decision.outcome.value, decision.reason.value).inc()
-        self._duration.labels(decision.route).observe(elapsed)
+        self._recorder.record(decision.route, decision.outcome.value, decision.reason.value,
+                              elapsed)
         if self.decision_log is not None:
             self.decision_log.write(view, decision, elapsed)
         return response

@@ -1,0 +1,23 @@
+"""CheckRecorder: cached metric children count and time exactly like labels() each time."""
+
+from __future__ import annotations
+
+from extauthz.metrics import CheckRecorder, Metrics
+
+
+def test_each_label_set_is_counted_and_timed_separately() -> None:
+    metrics = Metrics()
+    recorder = CheckRecorder(metrics)
+    for _ in range(3):
+        recorder.record("orders", "allow", "ok", 0.0002)
+    recorder.record("orders", "deny", "invalid_api_key", 0.0004)
+    recorder.record("admin", "allow", "ok", 0.002)
+    sample = metrics.registry.get_sample_value
+    assert sample("extauthz_checks_total",
+                  {"route": "orders", "outcome": "allow", "reason": "ok"}) == 3
+    assert sample("extauthz_checks_total",
+                  {"route": "orders", "outcome": "deny", "reason": "invalid_api_key"}) == 1
+    assert sample("extauthz_checks_total",
+                  {"route": "admin", "outcome": "allow", "reason": "ok"}) == 1
+    assert sample("extauthz_check_duration_seconds_count", {"route": "orders"}) == 4
+    assert sample("extauthz_check_duration_seconds_sum", {"route": "admin"}) == 0.002
