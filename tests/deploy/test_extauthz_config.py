@@ -3,6 +3,7 @@ volume laid out by the kubelet (symlinks into a hidden timestamped directory).""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -34,12 +35,16 @@ def test_mounted_configuration_validates(name: str, tmp_path: Path) -> None:
         files = volume_files(name, deployment, mount["name"])
         root = write_kubelet_volume(tmp_path / mount["name"], files)
         local = root / Path(config).relative_to(mount["mountPath"])
+        # the container's environment too: settings.redis.url_env reads it (overlays/redis)
+        env = {**os.environ, **{e["name"]: e["value"] for e in container.get("env", [])
+                                if "value" in e}}
         result = subprocess.run(
             [*extauthz_command(), "validate", "--config", str(local)],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
+            env=env,
         )
         assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
         assert "ok (" in result.stdout

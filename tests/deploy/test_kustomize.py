@@ -7,12 +7,15 @@ import ipaddress
 from typing import Any
 
 import pytest
+import yaml
 
 from .conftest import (
     BUILDS,
+    K8S,
     SIDECAR_BUILDS,
     STANDALONE_BUILDS,
     build,
+    config_data,
     containers,
     extauthz_containers,
     flag,
@@ -270,8 +273,33 @@ def test_redis_overlay_points_extauthz_at_redis() -> None:
     url = env["EXTAUTHZ_REDIS_URL"]
     service = get("redis", "Service", "extauthz-redis")
     assert url == f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/0"
-    get("redis", "Deployment", "extauthz-redis")
     get("redis", "NetworkPolicy", "extauthz-redis")
+    # extauthz really uses it: the mounted extauthz.yaml reads that variable
+    mounted = yaml.safe_load(config_data(_extauthz_config_map("redis"))["extauthz.yaml"])
+    assert mounted["settings"]["redis"] == {"url_env": "EXTAUTHZ_REDIS_URL"}
+
+
+def test_redis_keeps_state_it_must_not_lose() -> None:
+    (redis,) = get("redis", "Deployment", "extauthz-redis")["spec"]["template"]["spec"][
+        "containers"]
+    args = redis["args"]
+    # an evicted nonce is a replay; an evicted revocation is a revoked token accepted again
+    assert flag(args, "--maxmemory-policy") == "noeviction"
+    assert flag(args, "--appendonly") == "yes"
+
+
+def test_redis_overlay_config_differs_from_the_component_only_in_settings_redis() -> None:
+    overlay = yaml.safe_load((K8S / "overlays" / "redis" / "extauthz.yaml").read_text())
+    component = yaml.safe_load(
+        (K8S / "components" / "extauthz-config" / "extauthz.yaml").read_text())
+    overlay["settings"].pop("redis")
+    assert overlay == component
+
+
+def _extauthz_config_map(name: str) -> dict[str, Any]:
+    (config_map,) = [o for o in build(name) if o["kind"] == "ConfigMap"
+                     and o["metadata"]["name"].startswith("extauthz-config")]
+    return config_map
 
 
 def _selects(selector: dict[str, str], deployment: dict[str, Any]) -> bool:
