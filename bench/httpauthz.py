@@ -35,9 +35,9 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl
 
+from extauthz.http_authz import SOURCE_HEADER
+
 PATH_PREFIX = "/check"
-#: the header Envoy sets to the client address (deploy/envoy/envoy-http-authz.yaml)
-SOURCE_HEADER = "x-extauthz-source-address"
 MAX_HEAD = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             429: "Too Many Requests", 503: "Service Unavailable"}

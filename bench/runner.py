@@ -42,6 +42,7 @@ from typing import Any
 from bench import envoyconf, fixtures, grpcframe, loadgen, procstat
 from bench.tools import Tools
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, ProcessError, free_ports, http_ok
+from extauthz.http_authz import SOURCE_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,8 +196,6 @@ class Stack:
                 # the recommended HTTP deployment: no gRPC server (its poller costs CPU per
                 # event-loop turn even without gRPC traffic)
                 argv[argv.index("--grpc-address") + 1] = "off"
-                from bench.httpauthz import SOURCE_HEADER
-
                 argv += ["--http-authz-address", f"{LOOPBACK}:{aport}",
                          "--http-authz-source-header", SOURCE_HEADER]
             # The decision log stays on (the default) but goes to /dev/null: a log collector's

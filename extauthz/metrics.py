@@ -8,9 +8,14 @@ per process.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+if TYPE_CHECKING:  # runtime imports would be circular (decisionlog needs nothing from here)
+    from extauthz.decision import Decision
+    from extauthz.decisionlog import DecisionLog
+    from extauthz.types import RequestView
 
 #: Latency buckets sized for an in-path authorizer: most checks are well under a millisecond.
 LATENCY_BUCKETS = (
@@ -126,22 +131,31 @@ class Metrics:
 
 
 class CheckRecorder:
-    """Counts and times decided checks (``checks_total``, ``check_duration_seconds``).
+    """Records a decided check: ``checks_total``, ``check_duration_seconds`` and the decision log.
 
-    The labelled children are kept: ``labels()`` takes a lock and validates its arguments on
-    every call (~1.3 µs each, twice per check), while the set of (route, outcome, reason) is
-    small and bounded by the configuration and two enums. Both transports record through this.
+    Both transports (gRPC and HTTP) finish every check through :meth:`finished`, so they count
+    and log identically. The labelled metric children are kept: ``labels()`` takes a lock and
+    validates its arguments on every call (~1.3 µs each, twice per check), while the set of
+    (route, outcome, reason) is small and bounded by the configuration and two enums.
     """
 
-    __slots__ = ("_checks", "_counters", "_duration", "_timers")
+    __slots__ = ("_checks", "_counters", "_duration", "_timers", "decision_log")
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, decision_log: DecisionLog | None = None) -> None:
+        self.decision_log = decision_log
         self._checks = metrics.checks
         self._duration = metrics.check_duration
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._timers: dict[str, Any] = {}
 
+    def finished(self, view: RequestView | None, decision: Decision, elapsed: float) -> None:
+        """Count, time and log one decided check (``view`` is None when unreadable)."""
+        self.record(decision.route, decision.outcome.value, decision.reason.value, elapsed)
+        if self.decision_log is not None:
+            self.decision_log.write(view, decision, elapsed)
+
     def record(self, route: str, outcome: str, reason: str, elapsed: float) -> None:
+        """Count and time one check."""
         key = (route, outcome, reason)
         counter = self._counters.get(key)
         if counter is None:

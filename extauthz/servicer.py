@@ -48,8 +48,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
     def __init__(self, engine: Engine, decision_log: DecisionLog | None = None) -> None:
         self.engine = engine
-        self.decision_log = decision_log
-        self._recorder = CheckRecorder(engine.metrics)
+        self._recorder = CheckRecorder(engine.metrics, decision_log)
 
     async def Check(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
@@ -62,8 +61,5 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
             response = to_check_response(decision)
         elapsed = time.perf_counter() - started
-        self._recorder.record(decision.route, decision.outcome.value, decision.reason.value,
-                              elapsed)
-        if self.decision_log is not None:
-            self.decision_log.write(view, decision, elapsed)
+        self._recorder.finished(view, decision, elapsed)
         return response

@@ -294,6 +294,8 @@ class MtlsAuthenticator:
         xfcc = view.headers.value(XFCC_HEADER) if self._xfcc else None
         if not peer and xfcc is None:
             return None
+        if len(peer) > MAX_PEER_CERT_LENGTH:  # bounded before it is hashed (XFCC: by the limits)
+            raise self._fail(Reason.CERT_INVALID, "client certificate too large")
         digest = hashlib.sha256(peer.encode("utf-8", "surrogatepass"))
         if xfcc is not None:  # it can supply the chain (or the certificate): part of the key
             digest.update(b"\0")
@@ -316,8 +318,7 @@ class MtlsAuthenticator:
         return None
 
     def _from_peer(self, encoded: str) -> _Presented:
-        if len(encoded) > MAX_PEER_CERT_LENGTH:
-            raise self._fail(Reason.CERT_INVALID, "client certificate too large")
+        # (its size was bounded by _presentation_key, which every authentication runs first)
         certs = self._load_pem(_url_decoded(encoded), "peer certificate")
         if not certs:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate")

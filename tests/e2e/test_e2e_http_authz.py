@@ -19,6 +19,7 @@ from extauthz.demo.background import BackgroundApp
 from extauthz.demo.envoy import EnvoyPorts, start_envoy, validate_config
 from extauthz.demo.idp import DemoIdP
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
+from extauthz.http_authz import SOURCE_HEADER  # set by the example config's headers_to_add
 from tests.e2e.helpers import assert_denied, upstream_headers, wait_for_status
 from tests.support.envoy import write_envoy_config
 from tests.support.processes import STARTUP_TIMEOUT, Stack, render_policies
@@ -28,7 +29,6 @@ REPORTS = "/reports/q1"
 PROFILE = "/profile/me"
 APIKEY_CHALLENGE = 'ApiKey realm="extauthz", header="x-api-key"'
 MAX_STALE = 3.0
-SOURCE_HEADER = "x-extauthz-source-address"  # set by the example config's headers_to_add
 
 
 @pytest.fixture(scope="module")
