@@ -71,6 +71,10 @@ class Reason(enum.StrEnum):
     SIGNATURE_NOT_YET_VALID = "signature_not_yet_valid"
     REPLAYED = "replayed"
     DIGEST_MISMATCH = "digest_mismatch"
+    #: a covered digest, but Envoy forwarded only part of the body
+    BODY_TRUNCATED = "body_truncated"
+    #: a covered digest, but the request may carry a body extauthz never received
+    BODY_NOT_FORWARDED = "body_not_forwarded"
     # Token introspection
     INACTIVE_TOKEN = "inactive_token"  # noqa: S105
     INTROSPECTION_UNAVAILABLE = "introspection_unavailable"

@@ -41,6 +41,10 @@ Limits of the mapping (the gRPC transport has none of them):
   credential from the query string is refused (503 ``internal_error``; the client gets Envoy's
   ``status_on_error``) rather than let the credential through to the upstream: routes that read
   credentials from the query string need the gRPC transport;
+* Envoy never passes the client's ``content-length`` on: the one it sends describes the bytes it
+  forwards. When it forwarded no body that header is dropped from the view, so nothing reads
+  Envoy's ``0`` as "the client sent no body"; a signature that covers a body digest therefore
+  needs ``with_request_body`` and a non-empty body on this transport;
 * Envoy prepends ``path_prefix`` to the path: the prefix given here is stripped, and a request
   without it is refused (400).
 
@@ -169,6 +173,11 @@ def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
     path, _, raw_query = target.partition("?")
     path, _, _fragment = path.partition("#")
     query = MappingProxyType(_parse_query(raw_query)) if raw_query else MappingProxyType({})
+    if not body and "content-length" in headers:
+        # Envoy sets content-length to what it forwards (it never passes the client's on): with
+        # no body forwarded it says "0" whatever the client sent, which must not read as "the
+        # client sent no body" (a covered digest would pass against a body never seen).
+        headers = {k: v for k, v in headers.items() if k != "content-length"}
     return RequestView(
         method=method,
         host=split_host(headers.get("host", "")),

@@ -25,8 +25,10 @@ request that fails anything else never burns its nonce)::
     base      RFC 9421 §2.5 signature base; a covered header that is absent from the request
               is missing_component (never skipped)
     mac       HMAC-SHA256(secret, base) compared with hmac.compare_digest (bad_signature)
-    digest    when content-digest is covered: it must match the body (digest_mismatch; a
-              body Envoy truncated, x-envoy-auth-partial-body: true, always fails)
+    digest    when content-digest is covered (even one member): it must match the body
+              (digest_mismatch), and that body must provably be the whole body: a body
+              Envoy truncated is body_truncated, a request that may carry a body Envoy did
+              not forward is body_not_forwarded (see extauthz.authn.digest.complete_body)
     nonce     when present (required with require_nonce): recorded per key until the end of
               the acceptance window; seen before = replayed
 
@@ -85,8 +87,10 @@ from typing import Any
 from extauthz import sfv
 from extauthz.authn.base import Challenge
 from extauthz.authn.digest import (
+    BodyNotForwarded,
+    BodyTruncated,
     DigestError,
-    is_partial_body,
+    complete_body,
     verify_content_digest,
     verify_legacy_digest,
 )
@@ -137,6 +141,8 @@ _DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.SIGNATURE_NOT_YET_VALID: "signature created in the future",
     Reason.REPLAYED: "signature nonce already used",
     Reason.DIGEST_MISMATCH: "content digest mismatch",
+    Reason.BODY_TRUNCATED: "body truncated",
+    Reason.BODY_NOT_FORWARDED: "request body not forwarded",
     Reason.BAD_SIGNATURE: "signature verification failed",
     Reason.UNKNOWN_KEY: "unknown signing key",
     Reason.DISALLOWED_ALGORITHM: "signature algorithm not allowed",
@@ -434,18 +440,25 @@ class HmacAuthenticator:
         value = _field(view.headers, header)
         if value is None:
             raise self._fail(Reason.MISSING_COMPONENT, f"covered header {header} is absent")
-        if is_partial_body(view.headers):
-            raise self._fail(Reason.DIGEST_MISMATCH, "body truncated")
+        # Only a body extauthz provably received whole can satisfy a digest (digest.py says
+        # what Envoy sends); "no body forwarded" is never read as "empty body".
+        try:
+            body = complete_body(view.headers, view.body)
+        except BodyTruncated as exc:
+            raise self._fail(Reason.BODY_TRUNCATED, str(exc)) from None
+        except BodyNotForwarded as exc:
+            raise self._fail(
+                Reason.BODY_NOT_FORWARDED, str(exc),
+                "a signature covers a body digest but Envoy forwarded no body "
+                "(with_request_body off or disabled on this route?)",
+            ) from None
         try:
             if header == "digest":
-                verify_legacy_digest(value, view.body, self._digest_algs)
+                verify_legacy_digest(value, body, self._digest_algs)
             else:
-                verify_content_digest(value, view.body, self._digest_algs)
+                verify_content_digest(value, body, self._digest_algs)
         except DigestError as exc:
-            detail = ""
-            if not view.body and view.headers.value("content-length") not in (None, "0"):
-                detail = "request body not forwarded by Envoy (with_request_body?)"
-            raise self._fail(Reason.DIGEST_MISMATCH, str(exc), detail) from None
+            raise self._fail(Reason.DIGEST_MISMATCH, str(exc)) from None
 
     async def _remember_nonce(self, key: HmacKey, nonce: str, window: _Window) -> None:
         try:
