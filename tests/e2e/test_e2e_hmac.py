@@ -367,10 +367,20 @@ def test_chunked_body_is_buffered_and_digested(stack: BodyStack) -> None:
     assert body_bytes == len(body)
 
 
-def test_get_without_body_signs_the_empty_digest(stack: BodyStack) -> None:
+def test_get_declaring_no_body_signs_the_empty_digest(stack: BodyStack) -> None:
+    # The client sends Content-Length: 0, its own statement that there is no body (Envoy
+    # enforces it).
     signed = Signed(stack, method="GET", target=WEBHOOKS + "?page=2", body=b"")
     seen, _ = _upstream(signed.send())
     assert seen["x-auth-key-id"] == ACME
+
+
+def test_get_without_content_length_cannot_prove_it_has_no_body(stack: BodyStack) -> None:
+    # Without it, "no body" and "a chunked body Envoy did not buffer" look the same to extauthz
+    # (Envoy forwards no transfer-encoding): a covered digest is refused, never read as empty.
+    signed = Signed(stack, method="GET", target=WEBHOOKS + "?page=2", body=b"")
+    r = stack.send("GET", signed.target, signed.fields(), None)  # no Content-Length at all
+    assert_denied(r, 401, "body_not_forwarded", challenge_contains=(INVALID,))
 
 
 def test_large_unsigned_body_passes_on_a_route_without_require_digest(stack: BodyStack) -> None:
@@ -422,13 +432,13 @@ def test_digest_recomputed_by_a_tamperer_breaks_the_signature(stack: BodyStack) 
 
 
 @pytest.mark.parametrize("size", [MAX_REQUEST_BYTES + 1, 4 * MAX_REQUEST_BYTES])
-def test_body_larger_than_max_request_bytes_is_401_digest_mismatch(
+def test_body_larger_than_max_request_bytes_is_401_body_truncated(
     stack: BodyStack, size: int
 ) -> None:
     # The digest and signature are right, but extauthz only sees the first 8 KiB
     # (x-envoy-auth-partial-body: true): a truncated body can never satisfy a digest.
     r = Signed(stack, body=b"a" * size).send()
-    assert_denied(r, 401, "digest_mismatch", challenge_contains=(INVALID, TRUNCATED))
+    assert_denied(r, 401, "body_truncated", challenge_contains=(INVALID, TRUNCATED))
 
 
 @pytest.mark.parametrize("listener", ["main", "raw"])
@@ -446,7 +456,7 @@ def test_bytes_appended_beyond_the_buffer_are_refused(
     if forged_flag is not None:
         fields.append(("x-envoy-auth-partial-body", forged_flag))
     r = signed.send(body=original + b'&"admin": true', fields=fields)
-    assert_denied(r, 401, "digest_mismatch", challenge_contains=(TRUNCATED,))
+    assert_denied(r, 401, "body_truncated", challenge_contains=(TRUNCATED,))
 
 
 def test_client_sent_partial_flag_never_reaches_the_upstream(stack: BodyStack) -> None:

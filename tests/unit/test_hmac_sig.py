@@ -960,3 +960,21 @@ async def test_attack_cavage_empty_body_digest_for_a_body_never_received(
         "date": DATE, "digest": digest, **framing,
         "authorization": draft_header("(request-target) date digest", signing)})
     await denied(auth, view, reason)
+
+
+async def test_body_not_forwarded_is_401_unauthenticated_over_the_pipeline(tmp_path: Path) -> None:
+    (tmp_path / "rfc.key").write_text(RFC_SECRET_B64 + "\n")
+    (tmp_path / "c.yaml").write_text(PIPELINE_CONFIG)
+    snapshot = compile_config(load_config(tmp_path / "c.yaml"), Metrics(),
+                              clock=FixedClock(CREATED),
+                              registry={"hmac": HmacAuthenticator.from_spec})
+    engine = Engine(Metrics(), snapshot)
+    view = request(body=b"", headers={"content-digest": EMPTY_DIGEST, "content-length": "42"})
+    decision = await engine.check(sign_view(view, [*FULL, "content-digest"]))
+    assert decision.http_status == 401 and decision.grpc_code is GrpcCode.UNAUTHENTICATED
+    assert decision.reason is Reason.BODY_NOT_FORWARDED
+    truncated = with_headers(view, x_envoy_auth_partial_body="true")
+    decision = await engine.check(sign_view(truncated, [*FULL, "content-digest"]))
+    assert decision.http_status == 401 and decision.grpc_code is GrpcCode.UNAUTHENTICATED
+    assert decision.reason is Reason.BODY_TRUNCATED
+    await snapshot.close()

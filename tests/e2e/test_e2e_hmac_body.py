@@ -1,0 +1,255 @@
+"""Issue 14 finding 1 through the real Envoy: a covered body digest passes only against the body
+extauthz actually received, whole — on both transports, with and without ``with_request_body``.
+
+The attack: a client signs ``content-digest`` (or, Kong/APISIX profile, ``Digest``) of the *empty*
+body and sends a body anyway. Where Envoy forwards no body, extauthz used to hash ``b""`` and
+allow, and the upstream received the attacker's bytes.
+
+Three Envoys, each the shipped file on free ports with four test routes in front:
+
+``grpc-body``   deploy/envoy/envoy-body.yaml (gRPC, ``with_request_body`` 8 KiB, partial allowed)
+``grpc-plain``  deploy/envoy/envoy.yaml (gRPC, no ``with_request_body`` at all)
+``http-body``   deploy/envoy/envoy-http-authz.yaml (HTTP transport, ``with_request_body`` 64 KiB)
+
+Routes: ``/sig/`` (RFC 9421, ``require_digest``) and ``/kong/`` (draft-cavage ``Digest``,
+``require_digest``) use the filter's own body setting; ``/nb/sig/`` and ``/nb/kong/`` turn body
+buffering off per route (``check_settings.disable_request_body_buffering: true``).
+
+Every deny is asserted as the client sees it (401, problem+json reason, challenge); the gRPC
+code of these reasons is asserted in tests/unit/test_hmac_sig.py
+(test_body_not_forwarded_is_401_unauthenticated_over_the_pipeline).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from extauthz.demo.background import BackgroundApp
+from extauthz.demo.envoy import ENVOY_CONFIG, REPO_ROOT, EnvoyPorts, render_config, start_envoy
+from extauthz.demo.httpclient import Response
+from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
+from tests.e2e.helpers import assert_denied, upstream_headers
+from tests.support.envoy_body import (
+    BODY_ENVOY_CONFIG,
+    EXT_AUTHZ,
+    PER_ROUTE,
+    BodyStack,
+    _hcm,
+    send,
+    start_env_stack,
+)
+from tests.support.processes import STARTUP_TIMEOUT, write_config
+from tests.support.signing import (
+    Message,
+    SignatureInput,
+    cavage_authorization,
+    content_digest,
+    legacy_digest,
+    sign_rfc9421,
+)
+
+ENVOY_HTTP = REPO_ROOT / "deploy" / "envoy" / "envoy-http-authz.yaml"
+SECRET = b"body-forwarding-secret-0123456789abcdef"
+KEY = "body-client"
+COMPONENTS = ("@method", "@authority", "@path", "@query", "content-digest")
+INVALID = 'error="invalid_signature"'
+BODY = b'{"transfer": 10}'
+EVIL = b'{"transfer": 1000000, "to": "mallory"}'
+#: above both max_request_bytes (8 KiB gRPC, 64 KiB HTTP): Envoy forwards a truncated prefix
+LARGE = b"L" * (70 * 1024)
+
+#: stack -> does Envoy forward the body on the routes without the per-route switch?
+FORWARDS = {"grpc-body": True, "grpc-plain": False, "http-body": True}
+
+
+def _route(prefix: str, name: str, cluster: str, *, no_body: bool) -> dict[str, Any]:
+    settings: dict[str, Any] = {"context_extensions": {"route": name}}
+    if no_body:
+        settings["disable_request_body_buffering"] = True
+    return {
+        "match": {"prefix": prefix},
+        "route": {"cluster": cluster},
+        "typed_per_filter_config": {EXT_AUTHZ: {"@type": PER_ROUTE, "check_settings": settings}},
+    }
+
+
+def _routes(cluster: str) -> list[dict[str, Any]]:
+    return [
+        _route("/nb/sig/", "nb-sig", cluster, no_body=True),
+        _route("/nb/kong/", "nb-kong", cluster, no_body=True),
+        _route("/sig/", "sig", cluster, no_body=False),
+        _route("/kong/", "kong", cluster, no_body=False),
+    ]
+
+
+@pytest.fixture(scope="module")
+def extauthz_config(e2e_dir: Path) -> Path:
+    (e2e_dir / "body.key").write_bytes(SECRET)
+    keys = [{"id": KEY, "secret_file": str(e2e_dir / "body.key")}]
+    timing = {"max_skew_seconds": 60, "max_age_seconds": 60}
+    return write_config(e2e_dir / "extauthz-body.yaml", {
+        "version": 1,
+        "authenticators": {
+            "sig": {"hmac": {"keys": keys, "require_digest": True, **timing}},
+            "kong": {"hmac": {"profile": "cavage", "keys": keys, "require_digest": True,
+                              "required_components": ["@method", "@path", "@query"], **timing}},
+        },
+        # match blocks for the HTTP transport (no context_extensions there), same names
+        "routes": [
+            {"name": "nb-sig", "match": {"prefix": "/nb/sig/"}, "authn": ["sig"]},
+            {"name": "nb-kong", "match": {"prefix": "/nb/kong/"}, "authn": ["kong"]},
+            {"name": "sig", "match": {"prefix": "/sig/"}, "authn": ["sig"]},
+            {"name": "kong", "match": {"prefix": "/kong/"}, "authn": ["kong"]},
+        ],
+    })  # fmt: skip
+
+
+def _http_stack(config: Path, echo_port: int, log_dir: Path) -> BodyStack:
+    """extauthz serving the HTTP ext_authz protocol behind deploy/envoy/envoy-http-authz.yaml."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    listener, admin, authz, grpc_port, http_port = free_ports(5)
+    ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz, echo=echo_port)
+    data = yaml.safe_load(render_config(ports, ENVOY_HTTP))
+    (base,) = data["static_resources"]["listeners"]
+    (vhost,) = _hcm(base)["route_config"]["virtual_hosts"]
+    vhost["routes"] = _routes("echo") + vhost["routes"]
+    envoy_config = log_dir / "envoy-http.yaml"
+    envoy_config.write_text(yaml.safe_dump(data, sort_keys=False))
+    argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
+            "--http-authz-address", f"{LOOPBACK}:{authz}"]
+    extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
+    try:
+        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
+        envoy = start_envoy(envoy_config, admin_port=admin, log_path=log_dir / "envoy.log",
+                            timeout=STARTUP_TIMEOUT)
+    except BaseException:
+        extauthz.stop()
+        raise
+    return BodyStack(config=config, ports=ports, http_port=http_port, log_dir=log_dir,
+                     extauthz=extauthz, envoy=envoy, envoy_config=envoy_config,
+                     timeout=STARTUP_TIMEOUT, raw_port=listener)
+
+
+@pytest.fixture(scope="module", params=list(FORWARDS))
+def stack(
+    request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path
+) -> Iterator[tuple[str, BodyStack]]:
+    name: str = request.param
+    log_dir = e2e_dir / f"logs-{name}"
+    if name == "http-body":
+        running = _http_stack(extauthz_config, echo.port, log_dir)
+    else:
+        source, cluster = (
+            (BODY_ENVOY_CONFIG, "upstream") if name == "grpc-body" else (ENVOY_CONFIG, "echo")
+        )
+        running = start_env_stack(extauthz_config, echo_port=echo.port, log_dir=log_dir,
+                                  routes=_routes(cluster), source=source)
+    try:
+        yield name, running
+    finally:
+        running.stop()
+
+
+def _signed(
+    stack: BodyStack, profile: str, method: str, target: str, signed_body: bytes
+) -> list[tuple[str, str]]:
+    """The headers a client sends: a valid signature over the digest of ``signed_body``."""
+    authority = f"{LOOPBACK}:{stack.ports.listener}"
+    if profile == "sig":
+        headers = [("Content-Digest", content_digest(signed_body))]
+        message = Message(method, authority, target, headers)
+        params = SignatureInput(COMPONENTS, created=int(time.time()), keyid=KEY)
+        return headers + sign_rfc9421(message, params, SECRET)
+    headers = [("Date", formatdate(time.time(), usegmt=True)),
+               ("Digest", legacy_digest(signed_body))]
+    message = Message(method, authority, target, headers)
+    auth = cavage_authorization(message, ("(request-target)", "date", "digest"), key_id=KEY,
+                                secret=SECRET)
+    return [*headers, ("Authorization", auth)]
+
+
+def _send(
+    stack: BodyStack, method: str, target: str, headers: list[tuple[str, str]],
+    body: bytes | None, *, chunk_size: int | None = None,
+) -> Response:
+    return send(stack.ports.listener, method, target, headers, body, chunk_size=chunk_size)
+
+
+def _target(profile: str, forwarded_route: bool) -> str:
+    return f"/{profile}/x" if forwarded_route else f"/nb/{profile}/x"
+
+
+PROFILES = ["sig", "kong"]
+ROUTE_KINDS = [True, False]  # the filter's body setting / body buffering off on the route
+
+
+def _forwarded(name: str, forwarded_route: bool) -> bool:
+    return FORWARDS[name] and forwarded_route
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("forwarded_route", ROUTE_KINDS)
+def test_signed_body_is_allowed_only_where_envoy_forwards_it(
+    stack: tuple[str, BodyStack], profile: str, forwarded_route: bool
+) -> None:
+    name, running = stack
+    target = _target(profile, forwarded_route)
+    r = _send(running, "POST", target, _signed(running, profile, "POST", target, BODY), BODY)
+    if _forwarded(name, forwarded_route):
+        assert upstream_headers(r)["x-auth-subject"] == KEY
+        assert int(r.json()["body_bytes"]) == len(BODY)
+    else:
+        assert_denied(r, 401, "body_not_forwarded", challenge_contains=(INVALID,))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("forwarded_route", ROUTE_KINDS)
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_attack_empty_body_digest_with_a_body_is_refused(
+    stack: tuple[str, BodyStack], profile: str, forwarded_route: bool, chunked: bool
+) -> None:
+    name, running = stack
+    target = _target(profile, forwarded_route)
+    headers = _signed(running, profile, "POST", target, b"")
+    r = _send(running, "POST", target, headers, EVIL, chunk_size=8 if chunked else None)
+    if _forwarded(name, forwarded_route):
+        assert_denied(r, 401, "digest_mismatch", challenge_contains=(INVALID,))
+    else:
+        assert_denied(r, 401, "body_not_forwarded", challenge_contains=(INVALID,))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_attack_body_beyond_the_buffer_is_refused_as_truncated(
+    stack: tuple[str, BodyStack], profile: str
+) -> None:
+    name, running = stack
+    target = _target(profile, True)
+    r = _send(running, "POST", target, _signed(running, profile, "POST", target, LARGE), LARGE)
+    reason = "body_truncated" if FORWARDS[name] else "body_not_forwarded"
+    assert_denied(r, 401, reason, challenge_contains=(INVALID,))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("forwarded_route", ROUTE_KINDS)
+def test_bodyless_request_passes_only_when_it_declares_content_length_zero(
+    stack: tuple[str, BodyStack], profile: str, forwarded_route: bool
+) -> None:
+    # Content-Length: 0 is the client's own word, visible over gRPC only: the HTTP transport
+    # sees Envoy's content-length (of the check request), never the client's.
+    name, running = stack
+    target = _target(profile, forwarded_route)
+    headers = _signed(running, profile, "GET", target, b"")
+    declared = _send(running, "GET", target, headers, b"")  # sends Content-Length: 0
+    if name.startswith("grpc"):
+        assert upstream_headers(declared)["x-auth-subject"] == KEY
+    else:
+        assert_denied(declared, 401, "body_not_forwarded", challenge_contains=(INVALID,))
+    silent = _send(running, "GET", target, _signed(running, profile, "GET", target, b""), None)
+    assert_denied(silent, 401, "body_not_forwarded", challenge_contains=(INVALID,))
