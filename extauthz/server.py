@@ -160,6 +160,12 @@ class Server:
             except Exception:
                 self.metrics.config_loads.labels("failure").inc()
                 raise
+            current = self.engine.snapshot
+            if current is not None:
+                # The last good JWKS keys / discovery result / introspection answers: a reload
+                # during an IdP outage keeps serving them (within max_stale, counted from when
+                # they were fetched) instead of answering 503 until the IdP is back.
+                snapshot.adopt_outbound_state(current)
             try:
                 await snapshot.start()
             except BaseException:

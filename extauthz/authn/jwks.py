@@ -49,10 +49,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
@@ -62,6 +61,10 @@ from extauthz.clock import Clock
 from extauthz.config.schema import JwtSpec
 from extauthz.errors import DependencyUnavailable, Reason
 from extauthz.metrics import Metrics
+from extauthz.outbound import OutboundError, OutboundPolicy, safe_url
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("extauthz.jwks")
 
@@ -466,12 +469,8 @@ class StaticJwks:
         return None
 
 
-class _FetchError(Exception):
-    """A fetch failed; ``result`` is its jwks_fetches label (error, timeout, invalid)."""
-
-    def __init__(self, result: str, message: str) -> None:
-        super().__init__(message)
-        self.result = result
+class _FetchError(OutboundError):
+    """A fetch failed; ``result`` is its jwks_fetches label (error, timeout, invalid, refused)."""
 
 
 def discovery_url(issuer: str) -> str:
@@ -484,18 +483,14 @@ def _http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def _safe_url(value: str) -> str:
-    """A URL for logs: scheme, host, port and path only (no credentials, query or fragment)."""
-    parts = urlsplit(value)
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-
-
 class RemoteJwks:
-    """Keys fetched over HTTP(S) from ``url`` or via OpenID Connect discovery of ``issuer``."""
+    """Keys fetched over HTTP(S) from ``url`` or via OpenID Connect discovery of ``issuer``.
+
+    Every request goes through the process's :class:`~extauthz.outbound.OutboundPolicy` (https,
+    redirects, proxies, CA bundle). A fetch (discovery and keys together) is bounded by
+    ``fetch_timeout``; a check that meets an unknown ``kid`` waits for the refetch at most
+    ``refetch_wait`` (the fetch goes on in the background, single-flight and rate-limited).
+    """
 
     def __init__(
         self,
@@ -506,10 +501,12 @@ class RemoteJwks:
         discovery: bool = False,
         refresh_interval: float = 300.0,
         max_stale: float = 3600.0,
-        fetch_timeout: float = 2.0,
+        fetch_timeout: float = 0.5,
         min_refetch_interval: float = 10.0,
+        refetch_wait: float = 0.25,
         clock: Clock,
         metrics: Metrics,
+        policy: OutboundPolicy | None = None,
     ) -> None:
         if (url is None) == (not discovery):
             raise ValueError("set exactly one of url and discovery")
@@ -523,9 +520,11 @@ class RemoteJwks:
         self._discovery = discovery
         self._refresh_interval = refresh_interval
         self._max_stale = max_stale
-        self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
+        self._fetch_timeout = fetch_timeout
         self._min_refetch = min_refetch_interval
+        self._refetch_wait = refetch_wait
         self._clock = clock
+        self._policy = policy if policy is not None else OutboundPolicy()
         self._fetches = metrics.jwks_fetches
         self._age = metrics.jwks_age.labels(issuer=issuer)
         self._key_count = metrics.jwks_keys.labels(issuer=issuer)
@@ -533,10 +532,38 @@ class RemoteJwks:
         self._last_success = -math.inf
         self._stale_deadline = -math.inf
         self._next_refetch = -math.inf
+        #: the last good discovery result (``jwks_uri``), used when discovery alone fails
+        self._jwks_uri: str | None = None
         self._session: aiohttp.ClientSession | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+
+    # -- identity across reloads --------------------------------------------------------------
+
+    @property
+    def source_key(self) -> tuple[str, str | None, bool, frozenset[str]]:
+        """What makes two sources interchangeable: same issuer, URL/discovery, algorithms."""
+        return (self.issuer, self._url, self._discovery, self._algorithms)
+
+    def adopt(self, previous: RemoteJwks) -> bool:
+        """Take over the last good keys of the source this one replaces on a reload.
+
+        Only from a source with the same :attr:`source_key`, and only when it has keys newer than
+        ours. The staleness deadline is computed from when *those* keys were fetched, with this
+        source's ``max_stale``: a reload never makes old keys live longer. Returns True when
+        keys were taken over. Call before :meth:`start` (which then does not block on a fetch).
+        """
+        if previous is self or previous.source_key != self.source_key:
+            return False
+        if previous._keyset is None or previous._last_success <= self._last_success:
+            return False
+        self._keyset = previous._keyset
+        self._last_success = previous._last_success
+        self._stale_deadline = previous._last_success + self._max_stale
+        self._jwks_uri = previous._jwks_uri
+        self._key_count.set(len(self._keyset.keys))
+        return True
 
     # -- read side (hot path) -----------------------------------------------------------------
 
@@ -569,34 +596,46 @@ class RemoteJwks:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    async def refresh(self) -> bool:
-        """Fetch now (joining a fetch already in flight); True iff it succeeded."""
-        if self._closed:
-            return False
+    def _spawn(self) -> asyncio.Task[bool]:
+        """The in-flight fetch, started if there is none (single-flight)."""
         task = self._inflight
         if task is None or task.done():
             task = asyncio.create_task(self._fetch(), name=f"jwks-fetch:{self.issuer}")
             self._inflight = task
-        return await asyncio.shield(task)
+        return task
+
+    async def refresh(self) -> bool:
+        """Fetch now (joining a fetch already in flight); True iff it succeeded."""
+        if self._closed:
+            return False
+        return await asyncio.shield(self._spawn())
 
     async def refetch(self) -> bool:
-        task = self._inflight
-        if task is not None and not task.done():
-            return await asyncio.shield(task)
-        now = self._clock()
-        if now < self._next_refetch or self._closed:
+        """After an unknown ``kid``: join or start (at most once per ``min_refetch_interval``)
+        a fetch, and wait for it at most ``refetch_wait`` seconds. True iff a fetch finished
+        successfully within that time; the fetch itself always runs to its own end."""
+        if self._closed:
             return False
-        self._next_refetch = now + self._min_refetch
-        return await self.refresh()
+        task = self._inflight
+        if task is None or task.done():
+            now = self._clock()
+            if now < self._next_refetch:
+                return False
+            self._next_refetch = now + self._min_refetch
+            task = self._spawn()
+        if self._refetch_wait <= 0:
+            return False
+        done, _ = await asyncio.wait((task,), timeout=self._refetch_wait)
+        return bool(done) and not task.cancelled() and task.exception() is None and task.result()
 
     async def _fetch(self) -> bool:
         try:
-            keyset = await self._download()
-        except _FetchError as err:
-            self._fetches.labels(issuer=self.issuer, result=err.result).inc()
-            log.warning("JWKS fetch for issuer %s failed (%s): %s", self.issuer, err.result, err)
-            self._update_age()
-            return False
+            async with asyncio.timeout(self._fetch_timeout):
+                keyset = await self._download()
+        except TimeoutError:
+            return self._failed(_FetchError("timeout", "fetch timed out"))
+        except OutboundError as err:
+            return self._failed(err)
         except Exception:
             self._fetches.labels(issuer=self.issuer, result="error").inc()
             log.exception("JWKS fetch for issuer %s failed unexpectedly", self.issuer)
@@ -606,25 +645,27 @@ class RemoteJwks:
         self._fetches.labels(issuer=self.issuer, result="ok").inc()
         return True
 
+    def _failed(self, err: OutboundError) -> bool:
+        self._fetches.labels(issuer=self.issuer, result=err.result).inc()
+        log.warning("JWKS fetch for issuer %s failed (%s): %s", self.issuer, err.result, err)
+        self._update_age()
+        return False
+
     async def _download(self) -> KeySet:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = self._policy.session(self._fetch_timeout)
         session = self._session
         url = self._url
         if self._discovery:
-            meta = await self._get_json(session, discovery_url(self.issuer))
-            if not isinstance(meta, dict):
-                raise _FetchError("invalid", "discovery document is not a JSON object")
-            if meta.get("issuer") != self.issuer:
-                raise _FetchError(
-                    "invalid", "discovery document names a different issuer (refused)"
-                )
-            jwks_uri = meta.get("jwks_uri")
-            if not isinstance(jwks_uri, str) or not _http_url(jwks_uri):
-                raise _FetchError("invalid", "discovery document has no valid jwks_uri")
-            if self.issuer.startswith("https:") and not jwks_uri.startswith("https:"):
-                raise _FetchError("invalid", "jwks_uri downgrades an https issuer to http")
-            url = jwks_uri
+            try:
+                url = await self._discover(session)
+            except OutboundError as err:
+                if self._jwks_uri is None:
+                    raise
+                # The last good discovery result still names the keys' location.
+                log.warning("OIDC discovery for issuer %s failed (%s); using the last good "
+                            "jwks_uri", self.issuer, err)
+                url = self._jwks_uri
         if url is None:  # unreachable: the constructor requires url or discovery
             raise _FetchError("invalid", "no JWKS url")
         document = await self._get_json(session, url)
@@ -635,29 +676,37 @@ class RemoteJwks:
         if not keyset.keys:
             reasons = "; ".join(keyset.skipped[:5]) or "the set is empty"
             raise _FetchError("invalid", f"no usable key ({reasons})")
+        if self._discovery:
+            self._jwks_uri = url
         return keyset
 
+    async def _discover(self, session: aiohttp.ClientSession) -> str:
+        meta = await self._get_json(session, discovery_url(self.issuer))
+        if not isinstance(meta, dict):
+            raise _FetchError("invalid", "discovery document is not a JSON object")
+        if meta.get("issuer") != self.issuer:
+            raise _FetchError("invalid", "discovery document names a different issuer (refused)")
+        jwks_uri = meta.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not _http_url(jwks_uri):
+            raise _FetchError("invalid", "discovery document has no valid jwks_uri")
+        if self.issuer.startswith("https:") and not jwks_uri.startswith("https:"):
+            raise _FetchError("refused", "jwks_uri downgrades an https issuer to http")
+        problem = self._policy.url_problem(jwks_uri)
+        if problem is not None:
+            raise _FetchError("refused", f"jwks_uri {safe_url(jwks_uri)}: {problem}")
+        return jwks_uri
+
     async def _get_json(self, session: aiohttp.ClientSession, url: str) -> Any:
-        where = _safe_url(url)
+        status, body = await self._policy.fetch(
+            session, "GET", url, timeout=self._fetch_timeout, max_bytes=MAX_DOCUMENT_BYTES,
+            headers={"Accept": "application/json"},
+        )
+        if status != 200:
+            raise _FetchError("error", f"GET {safe_url(url)}: HTTP {status}")
         try:
-            async with session.get(url, headers={"Accept": "application/json"}) as resp:
-                if resp.status != 200:
-                    raise _FetchError("error", f"GET {where}: HTTP {resp.status}")
-                if (resp.content_length or 0) > MAX_DOCUMENT_BYTES:
-                    raise _FetchError("invalid", f"GET {where}: document too large")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise _FetchError("invalid", f"GET {where}: document too large")
-        except TimeoutError:
-            raise _FetchError("timeout", f"GET {where}: timed out") from None
-        except (aiohttp.ClientError, OSError) as err:
-            raise _FetchError("error", f"GET {where}: {type(err).__name__}") from None
-        try:
-            return _strict_json(bytes(body))
+            return _strict_json(body)
         except (ValueError, RecursionError):
-            raise _FetchError("invalid", f"GET {where}: not valid JSON") from None
+            raise _FetchError("invalid", f"GET {safe_url(url)}: not valid JSON") from None
 
     def _install(self, keyset: KeySet) -> None:
         previous = self._keyset
@@ -689,8 +738,19 @@ class RemoteJwks:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Fetch once (a failure is logged, never raised) and start the refresh loop."""
+        """Fetch once (a failure is logged, never raised) and start the refresh loop.
+
+        With keys taken over from the previous configuration (:meth:`adopt`), the first fetch
+        runs in the background instead: a reload during an IdP outage does not wait for it.
+        """
         if self._task is not None or self._closed:
+            return
+        if self._keyset is not None:
+            age = self._clock() - self._last_success
+            first = max(0.0, self._refresh_interval - age)
+            self._task = asyncio.create_task(
+                self._run(True, first), name=f"jwks-refresh:{self.issuer}"
+            )
             return
         ok = await self.refresh()
         if not ok:
@@ -699,10 +759,13 @@ class RemoteJwks:
             )
         self._task = asyncio.create_task(self._run(ok), name=f"jwks-refresh:{self.issuer}")
 
-    async def _run(self, ok: bool) -> None:
+    async def _run(self, ok: bool, first_delay: float | None = None) -> None:
         failures = 0 if ok else 1
+        delay_override = first_delay
         while True:
-            if failures == 0:
+            if delay_override is not None:
+                delay, delay_override = delay_override, None
+            elif failures == 0:
                 delay = self._refresh_interval * random.uniform(0.9, 1.0)  # noqa: S311
             else:
                 backoff = min(MAX_BACKOFF_SECONDS, 2.0 ** (failures - 1))
@@ -720,8 +783,7 @@ class RemoteJwks:
                 await task
         inflight = self._inflight
         if inflight is not None and not inflight.done():
-            timeout = (self._timeout.total or 2.0) * 2 + 1
-            _, pending = await asyncio.wait([inflight], timeout=timeout)
+            _, pending = await asyncio.wait([inflight], timeout=self._fetch_timeout * 2 + 1)
             for p in pending:
                 p.cancel()
         if self._session is not None:
@@ -730,7 +792,12 @@ class RemoteJwks:
 
 
 def jwks_source_from_spec(
-    spec: JwtSpec, *, base_dir: Path, clock: Clock, metrics: Metrics
+    spec: JwtSpec,
+    *,
+    base_dir: Path,
+    clock: Clock,
+    metrics: Metrics,
+    policy: OutboundPolicy | None = None,
 ) -> StaticJwks | RemoteJwks:
     """Build the key source of ``spec``; file reads happen here. ``ValueError`` on bad input."""
     source = spec.jwks
@@ -761,6 +828,11 @@ def jwks_source_from_spec(
             "max_stale_seconds must be at least refresh_interval_seconds "
             "(otherwise keys go stale between two refreshes)"
         )
+    policy = policy if policy is not None else OutboundPolicy()
+    if source.url is not None:
+        policy.check_url(source.url, "jwks.url")
+    else:
+        policy.check_url(discovery_url(spec.issuer), "issuer (OIDC discovery)")
     return RemoteJwks(
         issuer=spec.issuer,
         algorithms=algorithms,
@@ -770,6 +842,8 @@ def jwks_source_from_spec(
         max_stale=spec.max_stale_seconds,
         fetch_timeout=spec.fetch_timeout_seconds,
         min_refetch_interval=spec.min_refetch_interval_seconds,
+        refetch_wait=spec.refetch_wait_seconds,
         clock=clock,
         metrics=metrics,
+        policy=policy,
     )

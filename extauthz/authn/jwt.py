@@ -52,7 +52,7 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -63,6 +63,7 @@ from extauthz.authn.jwks import (
     JwkKey,
     JwksSource,
     KeySet,
+    RemoteJwks,
     b64url_decode,
     jwks_source_from_spec,
 )
@@ -264,7 +265,8 @@ class JwtAuthenticator(SourceCredentials):
         """Build from configuration; ``ValueError`` (with a message) for bad input, e.g. an
         unreadable JWKS file or a JWKS without a usable key."""
         jwks = jwks_source_from_spec(
-            spec, base_dir=ctx.base_dir, clock=ctx.clock, metrics=ctx.metrics
+            spec, base_dir=ctx.base_dir, clock=ctx.clock, metrics=ctx.metrics,
+            policy=ctx.outbound,
         )
         revocations = ctx.state.revocations if ctx.state is not None else None
         return cls(name, spec, jwks, realm=ctx.settings.realm, metrics=ctx.metrics, clock=ctx.clock,
@@ -305,6 +307,17 @@ class JwtAuthenticator(SourceCredentials):
             if isinstance(jti, str) and revocations.jti_revoked(jti):
                 raise self._fail(Reason.TOKEN_REVOKED)
         return identity
+
+    def adopt_outbound_state(self, candidates: Iterable[object]) -> None:
+        """On a reload: take over the last good keys of a previous authenticator that fetched
+        from the same place (issuer, URL or discovery, algorithms), whatever its name."""
+        jwks = self.jwks
+        if not isinstance(jwks, RemoteJwks):
+            return
+        for old in candidates:
+            if (isinstance(old, JwtAuthenticator) and isinstance(old.jwks, RemoteJwks)
+                    and jwks.adopt(old.jwks)):
+                return
 
     async def start(self) -> None:
         await self.jwks.start()

@@ -60,3 +60,8 @@ class TtlLru(Generic[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._data
+
+    def items(self, now: float) -> list[tuple[K, V, float]]:
+        """The live entries as ``(key, value, expires_at)``, least recently used first (a copy:
+        putting them into another cache in this order keeps their relative recency)."""
+        return [(k, v, exp) for k, (v, exp) in self._data.items() if now < exp]

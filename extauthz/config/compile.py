@@ -24,6 +24,7 @@ from extauthz.config.loader import LoadedConfig, load_config
 from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
 from extauthz.errors import ConfigError, ConfigIssue
 from extauthz.metrics import Metrics
+from extauthz.outbound import OutboundPolicy
 from extauthz.routing import HostMatcher, PathMatcher, Route, RouteTable, compile_template
 from extauthz.state.redis import StateHub
 from extauthz.state.snapshot import SnapshotState, build_state
@@ -50,6 +51,20 @@ class Snapshot:
         if self.state is not None:
             await self.state.start()
         await asyncio.gather(*(a.start() for a in self.authenticators.values()))
+
+    def adopt_outbound_state(self, previous: Snapshot) -> None:
+        """Take over what outbound calls fetched for the snapshot this one replaces (last good
+        JWKS keys and discovery result, introspection answers), before :meth:`start`.
+
+        Matched by what was fetched (issuer, URL, endpoint), not by authenticator name, so a
+        rename keeps it too. Without this, a reload during an IdP outage starts with no keys.
+        An authenticator opts in with ``adopt_outbound_state(candidates)``.
+        """
+        candidates = tuple(previous.authenticators.values())
+        for authenticator in self.authenticators.values():
+            adopt = getattr(authenticator, "adopt_outbound_state", None)
+            if callable(adopt):
+                adopt(candidates)
 
     def inherit_from(self, previous: Snapshot) -> None:
         """Carry state that must survive a reload (e.g. HMAC nonce replay caches).
@@ -126,8 +141,16 @@ class _Compiler:
             consumers=tuple(self.consumers),
             clock=clock,
             state=self.state,
+            outbound=self._outbound(loaded.path.parent),
         )
         self.authenticators: dict[str, Authenticator] = {}
+
+    def _outbound(self, base_dir: Path) -> OutboundPolicy:
+        try:
+            return OutboundPolicy.from_spec(self.settings.outbound, base_dir)
+        except ValueError as exc:
+            self.issues.append(ConfigIssue("settings.outbound.ca_file", str(exc)))
+            return OutboundPolicy()
 
     def _parts(self) -> list[tuple[str, object]]:
         parts: list[tuple[str, object]] = [("", self.loaded.main)]

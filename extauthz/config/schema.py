@@ -127,9 +127,20 @@ class JwtSpec(Model):
     refresh_interval_seconds: PositiveSeconds = 300
     #: how long the last good keys keep verifying while the issuer cannot be reached
     max_stale_seconds: PositiveSeconds = 3600
-    fetch_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    #: bound of one JWKS fetch (discovery + keys), in the background; below the shipped Envoy
+    #: ext_authz timeout (1 s) so that even a fetch a check waits for ends before Envoy gives up
+    fetch_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 0.5
     #: minimum time between two refetches triggered by an unknown ``kid``
     min_refetch_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 10
+    #: the longest a check waits for an unknown-``kid`` refetch before answering from the keys
+    #: it has (the fetch goes on in the background); 0 = never wait
+    refetch_wait_seconds: Annotated[float, Field(ge=0, le=5)] = 0.25
+    #: accepted ``typ`` header values (case-insensitive, an ``application/`` prefix ignored);
+    #: a token without ``typ`` is accepted unless ``require_typ``
+    typ: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: ["JWT", "at+jwt"], min_length=1
+    )
+    require_typ: bool = False
     cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
 
     @field_validator("claims_to_headers")
@@ -318,7 +329,9 @@ class IntrospectionSpec(Model):
     client_secret_env: str | None = None
     #: how we authenticate to the endpoint: HTTP Basic or client_id/client_secret form fields
     client_auth: Literal["basic", "post"] = "basic"
-    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    #: bound of one introspection call; a check with an uncached token waits for it, so the
+    #: default stays well below the shipped Envoy ext_authz timeout (1 s)
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 0.5
     #: active results are cached until min(exp, now + this); 0 disables the positive cache
     cache_max_ttl_seconds: Annotated[float, Field(ge=0, le=86400)] = 300
     #: inactive (and refused) results are cached this long; 0 disables the negative cache
@@ -864,6 +877,20 @@ class RedisSpec(Model):
         return self
 
 
+class OutboundSpec(Model):
+    """The policy of every outbound HTTP call (JWKS, discovery, introspection): docs/outbound.md."""
+
+    #: follow redirects of GETs (JWKS, discovery); never https -> http, never for introspection
+    follow_redirects: bool = False
+    max_redirects: Annotated[int, Field(ge=1, le=10)] = 3
+    #: accept plain http to hosts other than loopback (refused by default)
+    allow_plain_http: bool = False
+    #: use HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc) from the environment
+    trust_env: bool = False
+    #: PEM CA bundle that replaces the system trust store (relative to the config file)
+    ca_file: str | None = Field(default=None, min_length=1)
+
+
 class Settings(Model):
     """Process-wide behaviour."""
 
@@ -883,6 +910,8 @@ class Settings(Model):
     revocation_file: str | None = Field(default=None, min_length=1)
     #: request size limits (see :class:`Limits`)
     limits: Limits = Field(default_factory=Limits)
+    #: outbound HTTP calls (JWKS, discovery, introspection): redirects, https, proxies, CA
+    outbound: OutboundSpec = Field(default_factory=OutboundSpec)
 
     @field_validator("identity_header_prefix")
     @classmethod
