@@ -72,6 +72,8 @@ log = logging.getLogger("extauthz.jwks")
 MAX_DOCUMENT_BYTES = 1024 * 1024
 #: keys beyond this many in one set are ignored
 MAX_KEYS = 256
+#: different keys under one (kid, alg) that a token is tried against; more are skipped
+MAX_KEYS_PER_KID = 4
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 16384
 #: cap of the retry backoff after failed fetches (further capped by the refresh interval)
@@ -318,28 +320,34 @@ class KeySet:
     #: changes whenever the set of keys changes (not on a refresh that returns the same keys)
     generation: int = 0
     live: frozenset[JwkKey] = field(init=False, repr=False)
-    _by_kid_alg: dict[tuple[str, str], JwkKey] = field(init=False, repr=False)
+    _by_kid_alg: dict[tuple[str, str], tuple[JwkKey, ...]] = field(init=False, repr=False)
     _by_alg: dict[str, tuple[JwkKey, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        by_kid_alg: dict[tuple[str, str], JwkKey] = {}
+        by_kid_alg: dict[tuple[str, str], list[JwkKey]] = {}
         by_alg: dict[str, list[JwkKey]] = {}
         for key in self.keys:
             for alg in key.algorithms:
                 by_alg.setdefault(alg, []).append(key)
                 if key.kid is not None:
-                    by_kid_alg.setdefault((key.kid, alg), key)
+                    by_kid_alg.setdefault((key.kid, alg), []).append(key)
         object.__setattr__(self, "live", frozenset(self.keys))
-        object.__setattr__(self, "_by_kid_alg", by_kid_alg)
+        object.__setattr__(self, "_by_kid_alg", {k: tuple(v) for k, v in by_kid_alg.items()})
         object.__setattr__(self, "_by_alg", {a: tuple(ks) for a, ks in by_alg.items()})
 
-    def lookup(self, kid: str | None, alg: str) -> JwkKey | None:
-        """The key for a token header: by ``(kid, alg)``; without a kid, the one key usable for
-        ``alg`` if there is exactly one (several candidates need a kid: ``None``)."""
+    def candidates(self, kid: str | None, alg: str) -> tuple[JwkKey, ...]:
+        """The keys to try for a token header: every key with ``(kid, alg)`` (several only when
+        the issuer publishes one kid more than once, see the module docstring); without a kid,
+        the one key usable for ``alg`` if there is exactly one (several need a kid: none)."""
         if kid is not None:
-            return self._by_kid_alg.get((kid, alg))
-        candidates = self._by_alg.get(alg, ())
-        return candidates[0] if len(candidates) == 1 else None
+            return self._by_kid_alg.get((kid, alg), ())
+        found = self._by_alg.get(alg, ())
+        return found if len(found) == 1 else ()
+
+    def lookup(self, kid: str | None, alg: str) -> JwkKey | None:
+        """The first of :meth:`candidates` (``None`` if there is none)."""
+        found = self.candidates(kid, alg)
+        return found[0] if found else None
 
     def count(self, alg: str) -> int:
         """How many keys can verify ``alg``."""
@@ -370,7 +378,7 @@ def parse_jwks(
     keys: list[JwkKey] = []
     skipped: list[str] = []
     seen_fingerprints: set[tuple[Any, ...]] = set()
-    seen_kid_algs: set[tuple[str, str]] = set()
+    kid_algs: dict[tuple[str, str], int] = {}
     for index, jwk in enumerate(entries):
         label = f"keys[{index}]"
         if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
@@ -389,12 +397,17 @@ def parse_jwks(
         if fingerprint in seen_fingerprints:
             skipped.append(f"{label}: duplicate key")
             continue
-        if key.kid is not None and any((key.kid, a) in seen_kid_algs for a in key.algorithms):
-            skipped.append(f"{label}: duplicate 'kid' for the same algorithm")
+        if key.kid is not None and any(
+            kid_algs.get((key.kid, a), 0) >= MAX_KEYS_PER_KID for a in key.algorithms
+        ):
+            skipped.append(
+                f"{label}: more than {MAX_KEYS_PER_KID} keys with this 'kid' for one algorithm"
+            )
             continue
         seen_fingerprints.add(fingerprint)
         if key.kid is not None:
-            seen_kid_algs.update((key.kid, a) for a in key.algorithms)
+            for a in key.algorithms:
+                kid_algs[(key.kid, a)] = kid_algs.get((key.kid, a), 0) + 1
         keys.append(reuse.get(fingerprint, key))
     if previous is not None and previous.fingerprints == seen_fingerprints:
         if previous.skipped == tuple(skipped):

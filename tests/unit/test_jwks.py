@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from extauthz.authn.jwks import (
+    MAX_KEYS_PER_KID,
     MAX_DOCUMENT_BYTES,
     RemoteJwks,
     b64url_decode,
@@ -140,16 +141,27 @@ def test_parse_skips_keys_not_usable_with_pinned_algorithms() -> None:
 
 
 def test_parse_duplicates() -> None:
+    # the same key twice is kept once; another key under the same kid is a candidate too
     same_kid = rsa_key("k1-again")
     doc = jwks(K1, K1, {**same_kid.public_jwk(), "kid": "k1"})
     keyset = parse_jwks(doc, ["RS256"])
-    assert len(keyset.keys) == 1
-    assert keyset.lookup("k1", "RS256") is not None
-    assert keyset.lookup("k1", "RS256").public_key.public_numbers() == (  # type: ignore[union-attr]
+    assert len(keyset.keys) == 2
+    first, second = keyset.candidates("k1", "RS256")
+    assert first.public_key.public_numbers() == (  # type: ignore[union-attr]
         K1.private_key.public_key().public_numbers()  # type: ignore[union-attr]
     )
-    assert "duplicate key" in keyset.skipped[0]
-    assert "duplicate 'kid'" in keyset.skipped[1]
+    assert second.public_key.public_numbers() == (  # type: ignore[union-attr]
+        same_kid.private_key.public_key().public_numbers()  # type: ignore[union-attr]
+    )
+    assert keyset.lookup("k1", "RS256") is first
+    assert keyset.skipped == ("keys[1] (kid 'k1'): duplicate key",)
+
+
+def test_duplicate_kid_candidates_are_bounded() -> None:
+    keys = [{**ec_key(f"e{i}").public_jwk(), "kid": "dup"} for i in range(MAX_KEYS_PER_KID + 2)]
+    keyset = parse_jwks({"keys": keys}, ["ES256"])
+    assert len(keyset.candidates("dup", "ES256")) == MAX_KEYS_PER_KID
+    assert len(keyset.skipped) == 2 and "more than" in keyset.skipped[0]
 
 
 @pytest.mark.parametrize("doc", [[], {"keys": {}}, {"keys": "x"}, {}, "keys", None])
