@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from extauthz.authn.jwks import (
-    MAX_KEYS_PER_KID,
     MAX_DOCUMENT_BYTES,
+    MAX_KEYS_PER_KID,
     RemoteJwks,
     b64url_decode,
     discovery_url,
