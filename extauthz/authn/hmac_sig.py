@@ -8,7 +8,8 @@ no credential (``None``); one without the other, or anything unparsable = 401
 request that fails anything else never burns its nonce)::
 
     label     spec.label, else the first label of Signature-Input whose keyid is one of ours
-              (so a signature added by some other party is skipped, not fatal)
+              and, when spec.tag is set, whose tag is that tag (so a signature added by some
+              other party, or for another application, is skipped, not fatal)
     shape     the input is an inner list of distinct strings; the signature a byte sequence;
               created/expires integers, keyid/nonce/alg/tag strings
     alg       if present, exactly "hmac-sha256" (else disallowed_algorithm); the key's
@@ -54,10 +55,12 @@ instead of ``keyId`` also accepted, as Kong sends them), or the same parameters 
 header. The signing string is built from the ``headers`` list:
 
     ``(request-target)``  ``(request-target): get /path?query``      (draft-cavage)
-    ``@request-target``   ``GET /path?query``                        (APISIX)
+    ``@request-target``   ``GET /path?query``                        (dialects draft, apisix)
+    ``@request-target``   ``@request-target: get /path?query``       (dialect kong)
     ``request-line``      ``GET /path?query HTTP/1.1``               (Kong)
     ``(created)``, ``(expires)``  the ``created`` / ``expires`` parameters
-    ``name``              ``name: value``
+    ``name``              ``name: value``; the name lowercased (dialect draft) or as the
+                          client listed it (``Date: ...``, dialects kong and apisix)
 
 joined with ``\\n``; dialect ``apisix`` prefixes the key id as the first line and ends every
 line with ``\\n``. Unlike those plugins: the comparison is constant-time; ``headers`` is required
@@ -508,10 +511,18 @@ class HmacAuthenticator:
         else:
             labels = list(inputs)
         seen_keyid = False
+        wanted_tag = self._spec.tag
+        seen_tag = False
         for label in labels:
             member = inputs[label]
             if not isinstance(member, sfv.InnerList):
                 raise self._fail(Reason.MALFORMED_SIGNATURE, "signature input is not a list")
+            if wanted_tag is not None and self._spec.label is None:
+                # RFC 9421 §2.3: the tag says which application a signature is for; with a
+                # configured tag, signatures for other applications are skipped, not fatal
+                if member.params.get("tag") != wanted_tag:
+                    continue
+                seen_tag = True
             keyid = member.params.get("keyid")
             if keyid is None:
                 continue
@@ -526,6 +537,8 @@ class HmacAuthenticator:
             return label, member, key
         if seen_keyid:
             raise self._fail(Reason.UNKNOWN_KEY)
+        if wanted_tag is not None and not seen_tag and self._spec.label is None:
+            raise self._fail(Reason.MALFORMED_SIGNATURE, "no signature with the expected tag")
         raise self._fail(Reason.MALFORMED_SIGNATURE, "signature has no keyid")
 
     def _params(self, inner: sfv.InnerList) -> tuple[int | None, int | None, str | None]:
@@ -699,11 +712,14 @@ class HmacAuthenticator:
         return int(parsed.timestamp())
 
     def _cavage_line(
-        self, view: RequestView, name: str, created: int | None, expires: int | None
+        self, view: RequestView, spelled: str, created: int | None, expires: int | None
     ) -> str:
+        name = spelled.lower()
         if name == "(request-target)":
             return f"(request-target): {_method(view).lower()} {_request_target(view)}"
         if name == "@request-target":
+            if self._spec.dialect == "kong":
+                return f"@request-target: {_method(view).lower()} {_request_target(view)}"
             return f"{_method(view).upper()} {_request_target(view)}"
         if name == "request-line":
             return f"{_method(view).upper()} {_request_target(view)} {_http_version(view)}"
@@ -717,7 +733,9 @@ class HmacAuthenticator:
         value = _field(view.headers, name)
         if value is None:
             raise self._fail(Reason.MISSING_COMPONENT, f"covered header {name} is absent")
-        return f"{name}: {value}"
+        # draft-cavage lowercases the name; Kong and APISIX write it as the client listed it
+        shown = name if self._spec.dialect == "draft" else spelled
+        return f"{shown}: {value}"
 
     async def _authenticate_cavage(self, view: RequestView) -> Identity | None:
         params = self._cavage_params(view)
@@ -733,7 +751,8 @@ class HmacAuthenticator:
         listed = params.get("headers")
         if listed is None or not listed.strip():
             raise self._fail(Reason.MALFORMED_SIGNATURE, "headers parameter required")
-        names = [n.lower() for n in listed.split()]
+        spelled = listed.split()
+        names = [n.lower() for n in spelled]
         if len(names) > MAX_COMPONENTS or len(set(names)) != len(names):
             raise self._fail(Reason.MALFORMED_SIGNATURE, "invalid headers parameter")
         covered = set(names)
@@ -761,7 +780,7 @@ class HmacAuthenticator:
             )
         signed_expires = expires if "(expires)" in covered else None
         self._check_time(signed_created, signed_expires)
-        lines = [self._cavage_line(view, n, created, expires) for n in names]
+        lines = [self._cavage_line(view, n, created, expires) for n in spelled]
         if self._spec.dialect == "apisix":
             signing_string = "\n".join([key.id, *lines]) + "\n"
         else:

@@ -260,8 +260,9 @@ class HmacSpec(Model):
     """HTTP request signatures with shared keys: RFC 9421 ``hmac-sha256`` or draft-cavage."""
 
     profile: Literal["rfc9421", "cavage"] = "rfc9421"
-    #: cavage only: ``draft`` (draft-cavage-http-signatures-12) or ``apisix`` (APISIX >= 3.11)
-    dialect: Literal["draft", "apisix"] = "draft"
+    #: cavage only: ``draft`` (draft-cavage-http-signatures-12), ``apisix`` (APISIX >= 3.11) or
+    #: ``kong`` (Kong's hmac-auth: ``@request-target: get /path``, header names as listed)
+    dialect: Literal["draft", "apisix", "kong"] = "draft"
     keys: list[HmacKeySpec] = Field(min_length=1)
     #: rfc9421 only: the signature label to verify (default: the first whose keyid is ours)
     label: str | None = Field(default=None, pattern=_SF_KEY.pattern)

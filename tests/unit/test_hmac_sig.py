@@ -978,3 +978,37 @@ async def test_body_not_forwarded_is_401_unauthenticated_over_the_pipeline(tmp_p
     assert decision.http_status == 401 and decision.grpc_code is GrpcCode.UNAUTHENTICATED
     assert decision.reason is Reason.BODY_TRUNCATED
     await snapshot.close()
+
+
+# ---------------------------------------------------------------------- RFC 9421 tag selection
+
+
+def _two_signatures(view: RequestView, first_tag: str, second_tag: str) -> RequestView:
+    """Two signatures by our key: ``one`` (tag ``first_tag``, a garbage MAC) then ``two``
+    (tag ``second_tag``, valid)."""
+    items = [sfv.Item(c) for c in FULL]
+    one = sfv.InnerList(items, {"created": CREATED, "keyid": KEY_ID, "tag": first_tag})
+    two = sfv.InnerList(items, {"created": CREATED, "keyid": KEY_ID, "tag": second_tag})
+    mac = hmac.new(RFC_SECRET, signature_base(view, two).encode(), hashlib.sha256).digest()
+    return with_headers(
+        view,
+        signature_input=sfv.serialize_dictionary({"one": one, "two": two}),
+        signature=sfv.serialize_dictionary({"one": sfv.Item(b"\x00" * 32), "two": sfv.Item(mac)}),
+    )
+
+
+async def test_configured_tag_selects_among_several_signatures(tmp_path: Path) -> None:
+    view = _two_signatures(request(), "payments-api", "orders-api")
+    identity = await make_auth(tmp_path, tag="orders-api").authenticate(view)
+    assert identity is not None and identity.claims["label"] == "two"
+    # without a tag the first signature with our keyid is the one verified (and it is bad)
+    await denied(make_auth(tmp_path), view, Reason.BAD_SIGNATURE)
+    # the tag picks the signature: a bad one under the configured tag is not excused
+    swapped = _two_signatures(request(), "orders-api", "payments-api")
+    await denied(make_auth(tmp_path, tag="orders-api"), swapped, Reason.BAD_SIGNATURE)
+
+
+async def test_no_signature_with_the_configured_tag_is_refused(tmp_path: Path) -> None:
+    view = _two_signatures(request(), "payments-api", "billing-api")
+    error = await denied(make_auth(tmp_path, tag="orders-api"), view, Reason.MALFORMED_SIGNATURE)
+    assert error.description == "no signature with the expected tag"
