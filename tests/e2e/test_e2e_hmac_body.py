@@ -22,6 +22,9 @@ code of these reasons is asserted in tests/unit/test_hmac_sig.py
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac as hmac_lib
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -85,6 +88,7 @@ def _routes(cluster: str) -> list[dict[str, Any]]:
         _route("/nb/sig/", "nb-sig", cluster, no_body=True),
         _route("/nb/kong/", "nb-kong", cluster, no_body=True),
         _route("/sig/", "sig", cluster, no_body=False),
+        _route("/kong3/", "kong3", cluster, no_body=False),
         _route("/kong/", "kong", cluster, no_body=False),
     ]
 
@@ -100,12 +104,16 @@ def extauthz_config(e2e_dir: Path) -> Path:
             "sig": {"hmac": {"keys": keys, "require_digest": True, **timing}},
             "kong": {"hmac": {"profile": "cavage", "keys": keys, "require_digest": True,
                               "required_components": ["@method", "@path", "@query"], **timing}},
+            "kong3": {"hmac": {"profile": "cavage", "dialect": "kong", "keys": keys,
+                               "required_components": ["@method", "@path", "@query"],
+                               **timing}},
         },
         # match blocks for the HTTP transport (no context_extensions there), same names
         "routes": [
             {"name": "nb-sig", "match": {"prefix": "/nb/sig/"}, "authn": ["sig"]},
             {"name": "nb-kong", "match": {"prefix": "/nb/kong/"}, "authn": ["kong"]},
             {"name": "sig", "match": {"prefix": "/sig/"}, "authn": ["sig"]},
+            {"name": "kong3", "match": {"prefix": "/kong3/"}, "authn": ["kong3"]},
             {"name": "kong", "match": {"prefix": "/kong/"}, "authn": ["kong"]},
         ],
     })  # fmt: skip
@@ -253,3 +261,20 @@ def test_bodyless_request_passes_only_when_it_declares_content_length_zero(
         assert_denied(declared, 401, "body_not_forwarded", challenge_contains=(INVALID,))
     silent = _send(running, "GET", target, _signed(running, profile, "GET", target, b""), None)
     assert_denied(silent, 401, "body_not_forwarded", challenge_contains=(INVALID,))
+
+
+def test_kong_signature_as_kong_3_sends_it_is_allowed(stack: tuple[str, BodyStack]) -> None:
+    """Issue 14 finding 3 on the wire: Kong's ``hmac`` scheme, ``@request-target`` signed as
+    ``post /path?query`` (method lowercased) and header names listed in upper case."""
+    _, running = stack
+    target = "/kong3/orders?page=2"
+    date = formatdate(time.time(), usegmt=True)
+    signing = "\n".join([f"Date: {date}", f"@request-target: post {target}", "X-Tenant: t1"])
+    mac = base64.b64encode(hmac_lib.new(SECRET, signing.encode(), hashlib.sha256).digest())
+    auth = (f'hmac username="{KEY}", algorithm="hmac-sha256", '
+            f'headers="Date @request-target X-Tenant", signature="{mac.decode()}"')
+    headers = [("Date", date), ("X-Tenant", "t1"), ("Authorization", auth)]
+    r = _send(running, "POST", target, headers, BODY)
+    assert upstream_headers(r)["x-auth-subject"] == KEY
+    tampered = _send(running, "POST", "/kong3/orders?page=3", headers, BODY)
+    assert_denied(tampered, 401, "bad_signature")
