@@ -485,3 +485,16 @@ async def test_slow_introspection_is_bounded_by_its_timeout() -> None:
     finally:
         await authn.close()
         await runner.cleanup()
+
+
+def test_extauthz_validate_refuses_plain_http_and_names_the_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from extauthz.cli import main
+
+    path = _config(tmp_path, {}, JWT_URL)
+    assert main(["validate", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "authenticators.idp.jwt: jwks.url: plain http to a non-loopback host" in err
+    path = _config(tmp_path, {"outbound": {"allow_plain_http": True}}, JWT_URL)
+    assert main(["validate", "--config", str(path)]) == 0
