@@ -21,7 +21,7 @@ from extauthz.authn.introspection import IntrospectionAuthenticator
 from extauthz.errors import Reason
 from extauthz.server import Server, ServerOptions
 from tests.support.builders import make_view
-from tests.support.idp import FakeIdP
+from tests.support.idp import FakeIdP, serve_app
 from tests.support.tokens import AUDIENCE, bearer, claims, jwks, mint, rsa_key
 
 KEY = rsa_key("reload-k1")
@@ -159,11 +159,7 @@ async def test_introspection_answers_survive_a_reload_for_the_same_endpoint(
 
     app = web.Application()
     app.router.add_post("/introspect", introspect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     (tmp_path / "secret").write_text("client-secret")
 
     def write(marker: str, endpoint_path: str = "/introspect") -> Path:

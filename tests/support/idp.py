@@ -129,3 +129,15 @@ def unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on 127.0.0.1 (ephemeral port); returns its runner (``cleanup()`` stops it)
+    and the port. For one-off endpoints such as a fake introspection server."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    return runner, port

@@ -32,7 +32,7 @@ from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundError, OutboundPolicy, is_loopback_host
 from tests.support.builders import make_view
 from tests.support.certs import TestCA
-from tests.support.idp import FakeIdP
+from tests.support.idp import FakeIdP, serve_app
 from tests.support.tokens import AUDIENCE, bearer, claims, jwks, mint, rsa_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,11 +268,7 @@ async def test_introspection_is_never_redirected(plain_idp: FakeIdP) -> None:
 
     app = web.Application()
     app.router.add_post("/introspect", moved)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     spec = IntrospectionSpec.model_validate({
         "endpoint": f"http://127.0.0.1:{port}/introspect", "client_id": "c",
         "client_secret_env": "UNUSED"})  # fmt: skip
@@ -340,11 +336,7 @@ async def proxy() -> AsyncIterator[list[str]]:
 
     app = web.Application()
     app.router.add_route("GET", "/{tail:.*}", forward)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     seen.append(f"http://127.0.0.1:{port}")  # seen[0]: the proxy's own URL
     try:
         yield seen
@@ -421,7 +413,7 @@ async def test_slow_idp_unknown_kid_answers_within_the_bound_and_the_key_arrives
         started = loop.time()
         await refused(authn, rotated, plain_idp.issuer, Reason.UNKNOWN_KEY, 401)
         elapsed = loop.time() - started
-        assert elapsed < 0.8, elapsed  # 0.25 s bound + scheduling margin, well below Envoy's 1 s
+        assert elapsed < 0.9, elapsed  # 0.25 s bound + scheduling margin, below Envoy's 1 s
         # the known key keeps verifying at once while the fetch is in flight
         started = loop.time()
         assert await check(authn, GOOD, plain_idp.issuer)
@@ -449,9 +441,10 @@ async def test_concurrent_unknown_kids_on_a_slow_idp_share_one_bounded_fetch(
         results = await asyncio.gather(
             *(check(authn, k, plain_idp.issuer, jti=str(i)) for i, k in enumerate(strangers * 5)),
             return_exceptions=True)
-        assert loop.time() - started < 0.8
+        # 0.2 s bound + margin for a loaded machine: still under Envoy's 1 s
+        assert loop.time() - started < 0.9
         assert all(isinstance(r, CheckError) and r.reason is Reason.UNKNOWN_KEY for r in results)
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(1.5)
         assert plain_idp.jwks_hits == 2  # one refetch for all fifteen, then rate-limited
     finally:
         await authn.close()
@@ -464,11 +457,7 @@ async def test_slow_introspection_is_bounded_by_its_timeout() -> None:
 
     app = web.Application()
     app.router.add_post("/introspect", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     spec = IntrospectionSpec.model_validate({
         "endpoint": f"http://127.0.0.1:{port}/introspect", "client_id": "c",
         "client_secret_env": "UNUSED"})  # fmt: skip
