@@ -10,6 +10,7 @@ Three Envoys, each the shipped file on free ports with four test routes in front
 ``grpc-body``   deploy/envoy/envoy-body.yaml (gRPC, ``with_request_body`` 8 KiB, partial allowed)
 ``grpc-plain``  deploy/envoy/envoy.yaml (gRPC, no ``with_request_body`` at all)
 ``http-body``   deploy/envoy/envoy-http-authz.yaml (HTTP transport, ``with_request_body`` 64 KiB)
+``http-plain``  the same without ``with_request_body``
 
 Routes: ``/sig/`` (RFC 9421, ``require_digest``) and ``/kong/`` (draft-cavage ``Digest``,
 ``require_digest``) use the filter's own body setting; ``/nb/sig/`` and ``/nb/kong/`` turn body
@@ -45,6 +46,7 @@ from tests.support.envoy_body import (
     PER_ROUTE,
     BodyStack,
     _hcm,
+    ext_authz_filter,
     send,
     start_env_stack,
 )
@@ -69,7 +71,7 @@ EVIL = b'{"transfer": 1000000, "to": "mallory"}'
 LARGE = b"L" * (70 * 1024)
 
 #: stack -> does Envoy forward the body on the routes without the per-route switch?
-FORWARDS = {"grpc-body": True, "grpc-plain": False, "http-body": True}
+FORWARDS = {"grpc-body": True, "grpc-plain": False, "http-body": True, "http-plain": False}
 
 
 def _route(prefix: str, name: str, cluster: str, *, no_body: bool) -> dict[str, Any]:
@@ -119,8 +121,9 @@ def extauthz_config(e2e_dir: Path) -> Path:
     })  # fmt: skip
 
 
-def _http_stack(config: Path, echo_port: int, log_dir: Path) -> BodyStack:
-    """extauthz serving the HTTP ext_authz protocol behind deploy/envoy/envoy-http-authz.yaml."""
+def _http_stack(config: Path, echo_port: int, log_dir: Path, *, body: bool) -> BodyStack:
+    """extauthz serving the HTTP ext_authz protocol behind deploy/envoy/envoy-http-authz.yaml
+    (without its ``with_request_body`` unless ``body``)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     listener, admin, authz, grpc_port, http_port = free_ports(5)
     ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz, echo=echo_port)
@@ -128,6 +131,8 @@ def _http_stack(config: Path, echo_port: int, log_dir: Path) -> BodyStack:
     (base,) = data["static_resources"]["listeners"]
     (vhost,) = _hcm(base)["route_config"]["virtual_hosts"]
     vhost["routes"] = _routes("echo") + vhost["routes"]
+    if not body:
+        del ext_authz_filter(base)["with_request_body"]
     envoy_config = log_dir / "envoy-http.yaml"
     envoy_config.write_text(yaml.safe_dump(data, sort_keys=False))
     argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
@@ -151,8 +156,8 @@ def stack(
 ) -> Iterator[tuple[str, BodyStack]]:
     name: str = request.param
     log_dir = e2e_dir / f"logs-{name}"
-    if name == "http-body":
-        running = _http_stack(extauthz_config, echo.port, log_dir)
+    if name.startswith("http"):
+        running = _http_stack(extauthz_config, echo.port, log_dir, body=name == "http-body")
     else:
         source, cluster = (
             (BODY_ENVOY_CONFIG, "upstream") if name == "grpc-body" else (ENVOY_CONFIG, "echo")
