@@ -564,3 +564,17 @@ async def test_close_without_start_and_refetch_after_close(idp: FakeIdP) -> None
     await authn.close()
     assert not await authn.jwks.refetch()
     assert idp.jwks_hits == 0
+
+
+async def test_discovery_failing_later_refreshes_from_the_last_good_jwks_uri(
+    idp: FakeIdP,
+) -> None:
+    """Issue 13.4: the last good discovery result is kept. When only the discovery document
+    fails (here it names another issuer), keys still come from the jwks_uri discovered before."""
+    metrics, clock = Metrics(), FixedClock(NOW)
+    async with running(remote_spec(idp.issuer, {"discovery": True}), clock, metrics) as authn:
+        idp.discovery_issuer = "https://evil.example.com"
+        idp.jwks = jwks(K1, K2)  # a rotation
+        assert await authn.jwks.refresh()
+        assert idp.discovery_hits == 2 and idp.jwks_hits == 2
+        assert (await verify(authn, token(K2, idp.issuer))).key_id == "k2"
