@@ -26,7 +26,8 @@ request that fails anything else never burns its nonce)::
     base      RFC 9421 §2.5 signature base; a covered header that is absent from the request
               is missing_component (never skipped)
     mac       HMAC-SHA256(secret, base) compared with hmac.compare_digest (bad_signature)
-    digest    when content-digest is covered (even one member): it must match the body
+    digest    when content-digest, repr-digest (no content-coding) or a legacy Digest is
+              covered (even one member): it must match the body
               (digest_mismatch), and that body must provably be the whole body: a body
               Envoy truncated is body_truncated, a request that may carry a body Envoy did
               not forward is body_not_forwarded (see extauthz.authn.digest.complete_body)
@@ -130,6 +131,9 @@ _SF_DICTIONARY = frozenset(
     }
 )
 _SF_LIST = frozenset({"cache-status", "proxy-status", "accept-ch"})
+#: covered fields that vouch for the body: each is verified against it (both profiles), so no
+#: signature can bind a digest that nobody checked
+_BODY_DIGESTS = ("content-digest", "repr-digest", "digest")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _REQUEST_TARGETS = frozenset({"(request-target)", "@request-target", "request-line"})
 _CAVAGE_PARAM = re.compile(
@@ -455,6 +459,14 @@ class HmacAuthenticator:
                 "a signature covers a body digest but Envoy forwarded no body "
                 "(with_request_body off or disabled on this route?)",
             ) from None
+        if header == "repr-digest":
+            # RFC 9530: the digest of the representation, i.e. of the body before any
+            # content-coding. Without one it is the body itself; with one it cannot be checked
+            # here, and an unchecked covered digest would vouch for any body.
+            coding = (view.headers.value("content-encoding") or "identity").strip().lower()
+            if coding != "identity":
+                raise self._fail(Reason.DIGEST_MISMATCH,
+                                 "repr-digest of an encoded body cannot be verified")
         try:
             if header == "digest":
                 verify_legacy_digest(value, body, self._digest_algs)
@@ -628,8 +640,9 @@ class HmacAuthenticator:
             raise self._fail(Reason.MALFORMED_SIGNATURE, "invalid signature parameters") from None
         if not hmac.compare_digest(sign(key.secret, base), signature_item.value):
             raise self._fail(Reason.BAD_SIGNATURE)
-        if "content-digest" in touched:  # even one covered member binds the body
-            self._check_body(view, "content-digest")
+        for header in _BODY_DIGESTS:  # even one covered member binds the body
+            if header in touched:
+                self._check_body(view, header)
         if nonce is not None:
             await self._remember_nonce(key, nonce, window)
         claims: dict[str, Any] = {
@@ -791,7 +804,7 @@ class HmacAuthenticator:
             raise self._fail(Reason.MALFORMED_SIGNATURE, "signature is not base64") from None
         if not hmac.compare_digest(sign(key.secret, signing_string), presented):
             raise self._fail(Reason.BAD_SIGNATURE)
-        for header in ("digest", "content-digest"):
+        for header in _BODY_DIGESTS:
             if header in covered:
                 self._check_body(view, header)
         claims: dict[str, Any] = {

@@ -1012,3 +1012,23 @@ async def test_no_signature_with_the_configured_tag_is_refused(tmp_path: Path) -
     view = _two_signatures(request(), "payments-api", "billing-api")
     error = await denied(make_auth(tmp_path, tag="orders-api"), view, Reason.MALFORMED_SIGNATURE)
     assert error.description == "no signature with the expected tag"
+
+
+@pytest.mark.parametrize("field", ["repr-digest", "digest"])
+async def test_attack_any_covered_body_digest_is_verified(tmp_path: Path, field: str) -> None:
+    """Not only content-digest: a signature covering Repr-Digest or a legacy Digest vouches for
+    the body too, so those are verified against it (never left unchecked)."""
+    auth = make_auth(tmp_path)
+    digest = content_digest(BODY) if field == "repr-digest" else legacy_digest(BODY)
+    signed = sign_view(request(headers={field: digest}), [*FULL, field])
+    assert await auth.authenticate(signed)
+    await denied(auth, swap_body(signed, b"evil"), Reason.DIGEST_MISMATCH)
+    empty = content_digest(b"") if field == "repr-digest" else legacy_digest(b"")
+    unforwarded = request(body=b"", headers={field: empty, "content-length": "42"})
+    await denied(auth, sign_view(unforwarded, [*FULL, field]), Reason.BODY_NOT_FORWARDED)
+
+
+async def test_repr_digest_of_an_encoded_body_cannot_vouch_for_it(tmp_path: Path) -> None:
+    auth = make_auth(tmp_path)
+    view = request(headers={"repr-digest": content_digest(BODY), "content-encoding": "gzip"})
+    await denied(auth, sign_view(view, [*FULL, "repr-digest"]), Reason.DIGEST_MISMATCH)
