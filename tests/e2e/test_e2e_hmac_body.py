@@ -33,24 +33,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from extauthz.demo.background import BackgroundApp
-from extauthz.demo.envoy import ENVOY_CONFIG, REPO_ROOT, EnvoyPorts, render_config, start_envoy
+from extauthz.demo.envoy import ENVOY_CONFIG
 from extauthz.demo.httpclient import Response
-from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
+from extauthz.demo.procs import LOOPBACK
 from tests.e2e.helpers import assert_denied, upstream_headers
 from tests.support.envoy_body import (
     BODY_ENVOY_CONFIG,
     EXT_AUTHZ,
     PER_ROUTE,
     BodyStack,
-    _hcm,
-    ext_authz_filter,
     send,
     start_env_stack,
+    start_http_stack,
 )
-from tests.support.processes import STARTUP_TIMEOUT, write_config
+from tests.support.processes import write_config
 from tests.support.signing import (
     Message,
     SignatureInput,
@@ -60,7 +58,6 @@ from tests.support.signing import (
     sign_rfc9421,
 )
 
-ENVOY_HTTP = REPO_ROOT / "deploy" / "envoy" / "envoy-http-authz.yaml"
 SECRET = b"body-forwarding-secret-0123456789abcdef"
 KEY = "body-client"
 COMPONENTS = ("@method", "@authority", "@path", "@query", "content-digest")
@@ -121,35 +118,6 @@ def extauthz_config(e2e_dir: Path) -> Path:
     })  # fmt: skip
 
 
-def _http_stack(config: Path, echo_port: int, log_dir: Path, *, body: bool) -> BodyStack:
-    """extauthz serving the HTTP ext_authz protocol behind deploy/envoy/envoy-http-authz.yaml
-    (without its ``with_request_body`` unless ``body``)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    listener, admin, authz, grpc_port, http_port = free_ports(5)
-    ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz, echo=echo_port)
-    data = yaml.safe_load(render_config(ports, ENVOY_HTTP))
-    (base,) = data["static_resources"]["listeners"]
-    (vhost,) = _hcm(base)["route_config"]["virtual_hosts"]
-    vhost["routes"] = _routes("echo") + vhost["routes"]
-    if not body:
-        del ext_authz_filter(base)["with_request_body"]
-    envoy_config = log_dir / "envoy-http.yaml"
-    envoy_config.write_text(yaml.safe_dump(data, sort_keys=False))
-    argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
-            "--http-authz-address", f"{LOOPBACK}:{authz}"]
-    extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
-    try:
-        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
-        envoy = start_envoy(envoy_config, admin_port=admin, log_path=log_dir / "envoy.log",
-                            timeout=STARTUP_TIMEOUT)
-    except BaseException:
-        extauthz.stop()
-        raise
-    return BodyStack(config=config, ports=ports, http_port=http_port, log_dir=log_dir,
-                     extauthz=extauthz, envoy=envoy, envoy_config=envoy_config,
-                     timeout=STARTUP_TIMEOUT, raw_port=listener)
-
-
 @pytest.fixture(scope="module", params=list(FORWARDS))
 def stack(
     request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path
@@ -157,7 +125,8 @@ def stack(
     name: str = request.param
     log_dir = e2e_dir / f"logs-{name}"
     if name.startswith("http"):
-        running = _http_stack(extauthz_config, echo.port, log_dir, body=name == "http-body")
+        running = start_http_stack(extauthz_config, echo_port=echo.port, log_dir=log_dir,
+                                   routes=_routes("echo"), body=name == "http-body")
     else:
         source, cluster = (
             (BODY_ENVOY_CONFIG, "upstream") if name == "grpc-body" else (ENVOY_CONFIG, "echo")

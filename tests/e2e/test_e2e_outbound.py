@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from extauthz.demo.background import BackgroundApp
 from extauthz.demo.idp import DemoIdP
 from tests.e2e.helpers import assert_denied, upstream_headers, wait_for_status
+from tests.support.envoy_body import BodyStack, start_http_stack
 from tests.support.processes import Stack, render_policies, write_config
 
 REFRESH = 1.0
@@ -42,6 +44,18 @@ def restore(stack: Stack, idp: DemoIdP) -> Iterator[None]:
     yield
     idp.mode = "ok"
     idp.up()
+
+
+@pytest.fixture(scope="module")
+def http_stack(
+    extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path, stack: Stack
+) -> Iterator[BodyStack]:
+    """The same configuration behind the HTTP ext_authz transport (envoy-http-authz.yaml)."""
+    running = start_http_stack(extauthz_config, echo_port=echo.port, log_dir=e2e_dir / "http")
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def bearer(idp: DemoIdP) -> dict[str, str]:
@@ -77,6 +91,21 @@ def test_unknown_kid_while_the_idp_hangs_gets_extauthz_own_401(
     start = time.monotonic()
     assert upstream_headers(stack.get(PROFILE, bearer(idp)))["x-auth-subject"] == "alice"
     assert time.monotonic() - start < 0.5
+
+
+def test_unknown_kid_while_the_idp_hangs_gets_extauthz_own_401_over_http(
+    http_stack: BodyStack, idp: DemoIdP
+) -> None:
+    ok = http_stack.get(PROFILE, bearer(idp))
+    assert upstream_headers(ok)["x-auth-subject"] == "alice"
+    idp.delay = 5.0
+    idp.mode = "slow"
+    staged = idp.new_key(publish=False)
+    start = time.monotonic()
+    r = http_stack.get(PROFILE, {"authorization": f"Bearer {idp.mint('eve', kid=staged)}"})
+    elapsed = time.monotonic() - start
+    assert_denied(r, 401, "unknown_key", challenge_contains=('error="invalid_token"',))
+    assert elapsed < 0.9, elapsed
 
 
 @pytest.mark.parametrize("how", ["sighup", "config-change"])
