@@ -2,7 +2,10 @@
 
 Reload: the configuration files (and key material the authenticators read) are polled for
 changes (see :mod:`extauthz.reload`), and SIGHUP reloads at once. A configuration that fails
-validation is refused whole and the previous one keeps serving.
+validation is refused whole and the previous one keeps serving. The new snapshot takes over what
+outbound calls fetched for the old one (last good JWKS keys and discovery result, introspection
+answers; :meth:`Snapshot.adopt_outbound_state`) before it starts, so a reload during an IdP
+outage keeps serving within ``max_stale_seconds`` of the last successful fetch.
 
 Readiness (``/readyz`` 200, gRPC health SERVING, ``extauthz_ready`` 1) needs a valid
 configuration loaded and, when it verifies JWTs with remote keys (``jwks.url``/``discovery``), the

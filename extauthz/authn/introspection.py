@@ -7,7 +7,8 @@ One :class:`IntrospectionAuthenticator` talks to one endpoint::
     cache    keyed by SHA-256(token) (the token itself is never stored, logged or a label):
                active   until min(exp, now + cache_max_ttl_seconds)
                refused  (inactive, wrong aud/iss, ...) for negative_cache_ttl_seconds
-             endpoint failures are never cached.
+             endpoint failures are never cached. A reload keeps the cache when the endpoint,
+             client and checks are unchanged (adopt_outbound_state).
     request  POST application/x-www-form-urlencoded ``token`` (+ ``token_type_hint``) with the
              client authenticated by HTTP Basic (RFC 6749 §2.3.1: id and secret form-encoded,
              then base64) or ``client_id``/``client_secret`` form fields (``client_auth: post``).

@@ -21,14 +21,20 @@ and HMAC do not exist here at all.
 Sources (:class:`JwksSource`):
 
 * :class:`StaticJwks` — ``file`` / ``inline``; loaded at build time, never stale.
-* :class:`RemoteJwks` — ``url`` / ``discovery``; fetched with aiohttp in ``start()`` and then every
-  ``refresh_interval_seconds`` by a background task (failures retry with capped, jittered backoff).
-  Each HTTP request is bounded by ``fetch_timeout_seconds``; a response is at most 1 MiB. A fetch
-  that fails or yields no usable key keeps the previous keys. Keys keep verifying for
-  ``max_stale_seconds`` after the last *successful* fetch; past that, and before the first success,
-  :meth:`~JwksSource.keys_at` raises ``DependencyUnavailable(jwks_unavailable)`` (503).
+* :class:`RemoteJwks` — ``url`` / ``discovery``; fetched in ``start()`` and then every
+  ``refresh_interval_seconds`` by a background task (failures retry with capped, jittered backoff),
+  every request under the process's outbound policy (:mod:`extauthz.outbound`: https off
+  loopback, no redirects by default and never https -> http, proxies, CA bundle). One fetch
+  (discovery and keys) is bounded by ``fetch_timeout_seconds``; a document is at most 1 MiB. A
+  fetch that fails or yields no usable key keeps the previous keys (and, with discovery, a failed
+  discovery falls back to the last good ``jwks_uri``). Keys keep verifying for
+  ``max_stale_seconds`` after the last *successful* fetch; past that, and before the first
+  success, :meth:`~JwksSource.keys_at` raises ``DependencyUnavailable(jwks_unavailable)`` (503).
   :meth:`~JwksSource.refetch` (used on an unknown ``kid``) is rate-limited to one per
-  ``min_refetch_interval_seconds`` and de-duplicated: every caller awaits the one in-flight fetch.
+  ``min_refetch_interval_seconds``, de-duplicated (every caller joins the one in-flight fetch),
+  and waited for at most ``refetch_wait_seconds``: the check then answers from the keys it has
+  while the fetch finishes in the background. On a reload, :meth:`RemoteJwks.adopt` carries the
+  last good keys over to the new configuration's source for the same issuer and location.
 
 Cache invalidation: a refresh that returns a key identical to one already held (same kid, type and
 public material) reuses the existing :class:`JwkKey` object, so a verified-token cache can pin the
