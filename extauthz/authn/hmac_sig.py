@@ -57,11 +57,13 @@ header. The signing string is built from the ``headers`` list:
 
     ``(request-target)``  ``(request-target): get /path?query``      (draft-cavage)
     ``@request-target``   ``GET /path?query``                        (dialects draft, apisix)
-    ``@request-target``   ``@request-target: get /path?query``       (dialect kong)
+    ``@request-target``   ``@request-target: get /path?query``       (dialect kong, or
+                          Kong's ``hmac`` scheme under dialect draft)
     ``request-line``      ``GET /path?query HTTP/1.1``               (Kong)
     ``(created)``, ``(expires)``  the ``created`` / ``expires`` parameters
     ``name``              ``name: value``; the name lowercased (dialect draft) or as the
-                          client listed it (``Date: ...``, dialects kong and apisix)
+                          client listed it (``Date: ...``, dialects kong and apisix, and
+                          Kong's ``hmac`` scheme)
 
 joined with ``\\n``; dialect ``apisix`` prefixes the key id as the first line and ends every
 line with ``\\n``. Unlike those plugins: the comparison is constant-time; ``headers`` is required
@@ -659,20 +661,23 @@ class HmacAuthenticator:
 
     # ----------------------------------------------------------------------------- cavage
 
-    def _cavage_params(self, view: RequestView) -> dict[str, str] | None:
+    def _cavage_params(self, view: RequestView) -> tuple[dict[str, str], bool] | None:
+        """The signature parameters, and whether they came in Kong's ``hmac`` scheme."""
         raw = view.headers.value("authorization")
         text: str | None = None
+        kong_scheme = False
         if raw is not None:
             scheme, _, rest = raw.strip().partition(" ")
             if scheme.lower() in ("signature", "hmac"):
                 text = rest
+                kong_scheme = scheme.lower() == "hmac"
         if text is None:
             text = view.headers.value("signature")
         if text is None:
             return None
         if len(text) > MAX_HEADER_LENGTH:
             raise self._fail(Reason.MALFORMED_SIGNATURE, "signature header too long")
-        return self._parse_auth_params(text.strip())
+        return self._parse_auth_params(text.strip()), kong_scheme
 
     def _parse_auth_params(self, text: str) -> dict[str, str]:
         params: dict[str, str] = {}
@@ -725,13 +730,14 @@ class HmacAuthenticator:
         return int(parsed.timestamp())
 
     def _cavage_line(
-        self, view: RequestView, spelled: str, created: int | None, expires: int | None
+        self, view: RequestView, spelled: str, created: int | None, expires: int | None,
+        kong: bool,
     ) -> str:
         name = spelled.lower()
         if name == "(request-target)":
             return f"(request-target): {_method(view).lower()} {_request_target(view)}"
         if name == "@request-target":
-            if self._spec.dialect == "kong":
+            if kong:
                 return f"@request-target: {_method(view).lower()} {_request_target(view)}"
             return f"{_method(view).upper()} {_request_target(view)}"
         if name == "request-line":
@@ -747,13 +753,17 @@ class HmacAuthenticator:
         if value is None:
             raise self._fail(Reason.MISSING_COMPONENT, f"covered header {name} is absent")
         # draft-cavage lowercases the name; Kong and APISIX write it as the client listed it
-        shown = name if self._spec.dialect == "draft" else spelled
+        shown = spelled if kong or self._spec.dialect == "apisix" else name
         return f"{shown}: {value}"
 
     async def _authenticate_cavage(self, view: RequestView) -> Identity | None:
-        params = self._cavage_params(view)
-        if params is None:
+        found = self._cavage_params(view)
+        if found is None:
             return None
+        params, kong_scheme = found
+        # Kong's signing string: dialect kong, or its own `hmac` scheme under dialect draft
+        # (no other client sends that scheme, so it says which signing string was used)
+        kong = self._spec.dialect == "kong" or (self._spec.dialect == "draft" and kong_scheme)
         signature_b64 = params.get("signature")
         if not signature_b64:
             raise self._fail(Reason.MALFORMED_SIGNATURE, "signature parameter missing")
@@ -793,7 +803,7 @@ class HmacAuthenticator:
             )
         signed_expires = expires if "(expires)" in covered else None
         self._check_time(signed_created, signed_expires)
-        lines = [self._cavage_line(view, n, created, expires) for n in spelled]
+        lines = [self._cavage_line(view, n, created, expires, kong) for n in spelled]
         if self._spec.dialect == "apisix":
             signing_string = "\n".join([key.id, *lines]) + "\n"
         else:

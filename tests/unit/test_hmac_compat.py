@@ -22,6 +22,7 @@ case says whether it passes; a case refused on purpose says why (``WHY_*``).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -329,3 +330,17 @@ async def test_the_default_required_components_refuse_a_kong_signature_over_date
     case = _kong("defaults", "date host @request-target",
                  (D, "host: hmacauth.test", "@request-target: get /request"))
     assert await auth.authenticate(_view(case)) is not None
+
+
+KONG_ALLOWED = [c for c in CASES if c.source.startswith("Kong") and c.expect is None]
+
+
+@pytest.mark.parametrize("case", KONG_ALLOWED, ids=[c.source for c in KONG_ALLOWED])
+async def test_kong_hmac_scheme_is_recognised_without_the_kong_dialect(
+    tmp_path: Path, case: Case
+) -> None:
+    """Kong's own ``hmac`` scheme says which signing string was used: under the default dialect
+    (``draft``) it is verified the Kong way too, so the docs' "Kong's scheme is accepted"
+    holds without extra configuration."""
+    draft = dataclasses.replace(case, dialect="draft")
+    assert await _authenticator(tmp_path, draft).authenticate(_view(draft)) is not None
