@@ -487,3 +487,62 @@ def test_extauthz_validate_refuses_plain_http_and_names_the_place(
     assert "authenticators.idp.jwt: jwks.url: plain http to a non-loopback host" in err
     path = _config(tmp_path, {"outbound": {"allow_plain_http": True}}, JWT_URL)
     assert main(["validate", "--config", str(path)]) == 0
+
+
+@pytest.fixture
+async def connect_proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """A CONNECT (HTTPS) proxy on 127.0.0.1: yields its URL and the targets it tunnelled to."""
+    tunnels: list[str] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        if method != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            writer.close()
+            return
+        tunnels.append(target)
+        host, _, port = target.rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1" if host == "localhost" else host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        await writer.drain()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", tunnels
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_trust_env_tunnels_https_fetches_through_https_proxy(
+    tls_idp: FakeIdP, private_ca: tuple[Path, ssl.SSLContext],
+    connect_proxy: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy_url, tunnels = connect_proxy
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, proxy_url)
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    spec = jwt_spec(tls_idp.issuer, {"url": tls_idp.jwks_url})
+    authn = JwtAuthenticator.from_spec(
+        "idp", spec, ctx(policy(trust_env=True, ca_file=str(private_ca[0]))))
+    await authn.start()
+    try:  # TLS end to end through the tunnel, verified against the private CA
+        assert (await check(authn, GOOD, tls_idp.issuer)).key_id == "good"
+    finally:
+        await authn.close()
+    assert tunnels == [f"localhost:{tls_idp.port}"]
