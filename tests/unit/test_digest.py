@@ -124,3 +124,30 @@ def test_attack_body_not_received_whole_is_refused(
 ) -> None:
     with pytest.raises(error):
         complete_body(headers, body)
+
+
+def test_complete_body_invariant_over_every_framing_combination() -> None:
+    """Exhaustive over flag x content-length x transfer-encoding x body: a body is returned only
+    when it is provably whole, and then it is exactly the bytes received."""
+    import itertools
+
+    flags = [None, "true", "false", "TRUE", " false ", "yes", ""]
+    lengths = [None, "0", "3", "4", "00", "+3", "3,3", ""]
+    encodings = [None, "chunked", "identity"]
+    bodies = [b"", b"abc"]
+    for flag, length, te, body in itertools.product(flags, lengths, encodings, bodies):
+        headers = {k: v for k, v in ((FLAG, flag), ("content-length", length),
+                                     ("transfer-encoding", te)) if v is not None}
+        state = flag.strip().lower() if flag is not None else None
+        if te is not None or state == "true":
+            whole = False
+        elif body:
+            whole = state == "false" and (length is None or length.strip() == str(len(body)))
+        else:
+            whole = length is not None and length.strip() == "0"
+        try:
+            got = complete_body(headers, body)
+        except (BodyTruncated, BodyNotForwarded):
+            assert not whole, headers
+        else:
+            assert whole and got == body, headers
