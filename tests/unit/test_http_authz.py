@@ -324,3 +324,15 @@ async def test_source_rule_sees_the_address_from_the_configured_header(tmp_path:
         assert statuses == [200, 403, 403]
     finally:
         await srv.stop()
+
+
+def test_envoys_own_content_length_is_not_the_clients() -> None:
+    """Issue 14.1: over this transport content-length describes what Envoy forwarded. With no
+    body forwarded it says 0 whatever the client sent, so it must not reach the view (a covered
+    digest of the empty body would pass against a body never seen)."""
+    bodyless = to_view("POST", "/check/x", {"host": "h", "content-length": "0"}, b"", "/check", 0)
+    assert "content-length" not in bodyless.headers
+    forwarded = to_view("POST", "/check/x", {"host": "h", "content-length": "4",
+                                             "x-envoy-auth-partial-body": "false"},
+                        b"body", "/check", 0)
+    assert forwarded.headers.get("content-length") == "4"
