@@ -1,4 +1,4 @@
-"""The ``extauthz`` command line: serve, validate, check, test, keys, revoke."""
+"""The ``extauthz`` command line: serve, validate, check, test, keys, identity-token, revoke."""
 
 from __future__ import annotations
 
@@ -223,6 +223,43 @@ def _revoke(args: argparse.Namespace) -> int:
     return 2
 
 
+def _idtoken_generate_key(args: argparse.Namespace) -> int:
+    import os
+
+    from extauthz.idtoken.keys import generate_pem, parse_private_key
+
+    pem = generate_pem(args.alg)
+    kid = parse_private_key(pem).kid
+    if args.out is None:
+        sys.stdout.write(pem.decode("ascii"))
+    else:
+        try:  # created 0600 and never overwritten: a signing key is a secret
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            print(f"extauthz: cannot create {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+    print(f"{args.alg} key, kid {kid} (RFC 7638 thumbprint)", file=sys.stderr)
+    return 0
+
+
+def _idtoken_jwks(args: argparse.Namespace) -> int:
+    from extauthz.config.compile import load_snapshot
+    from extauthz.metrics import Metrics
+
+    try:
+        snapshot = load_snapshot(args.config, Metrics())
+    except ConfigError as exc:
+        _print_config_error(args.config, exc)
+        return 1
+    if snapshot.identity_tokens is None:
+        print("extauthz: this configuration has no settings.identity_token", file=sys.stderr)
+        return 2
+    print(json.dumps(snapshot.identity_tokens.jwks(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
@@ -282,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--key-id", default="key-1")
     generate.add_argument("--hmac", action="store_true", help="print a new HMAC secret")
     generate.set_defaults(func=_keys_generate)
+
+    idtoken = sub.add_parser("identity-token",
+                             help="signing keys of the identity token (docs/identity-token.md)")
+    idtoken_sub = idtoken.add_subparsers(dest="idtoken_command", required=True)
+    genkey = idtoken_sub.add_parser("generate-key", help="print (or --out) a new private key")
+    genkey.add_argument("--alg", choices=["ES256", "EdDSA"], default="ES256")
+    genkey.add_argument("--out", metavar="FILE", help="write the PEM here (mode 0600, new file)")
+    genkey.set_defaults(func=_idtoken_generate_key)
+    export = idtoken_sub.add_parser("jwks", help="print the public JWKS of a configuration")
+    export.add_argument("--config", required=True)
+    export.set_defaults(func=_idtoken_jwks)
 
     revoke = sub.add_parser(
         "revoke", help="revoke a JWT (by jti) or an API key (in Redis when settings.redis has "

@@ -245,9 +245,19 @@ class Engine:
                 upstream.append((prefix + "scopes", " ".join(sorted(identity.scopes))))
             upstream.extend(identity.headers)
             upstream = [(k, v) for k, v in upstream if _header_safe(v)]
+        tokens = snapshot.identity_tokens
+        if tokens is not None and identity is not None and route is not None:
+            # the signed identity token (docs/identity-token.md): base64url, header-safe
+            minted = tokens.header_for(route.name, identity)
+            if minted is not None:
+                upstream.append(minted)
         upstream_names = {k for k, _ in upstream}
         remove: list[str] = []
         remove_query: list[str] = []
+        # A client-sent identity token is removed on every route, minted or not.
+        if tokens is not None and tokens.header in view.headers \
+                and tokens.header not in upstream_names:
+            remove.append(tokens.header)
         # Clients must never be able to send identity headers themselves.
         for name in view.headers:
             if name.startswith(prefix) and name not in upstream_names:
