@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from extauthz import __version__
 from extauthz.errors import ConfigError
+from extauthz.logformat import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -263,8 +264,13 @@ def _idtoken_jwks(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=os.environ.get("EXTAUTHZ_LOG_LEVEL", "INFO"),
+                        type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="application log level (default: $EXTAUTHZ_LOG_LEVEL or INFO)")
+    parser.add_argument("--log-format", default=os.environ.get("EXTAUTHZ_LOG_FORMAT", "text"),
+                        type=str.lower, choices=["text", "json"],
+                        help="application logs on stderr: text, or json (one JSON object per "
+                             "line; default: $EXTAUTHZ_LOG_FORMAT or text)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the ext_authz gRPC server")
@@ -350,11 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``extauthz`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     return int(args.func(args))
 
 
