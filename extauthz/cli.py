@@ -39,7 +39,10 @@ def _serve(args: argparse.Namespace) -> int:
         http_authz_path_prefix=args.http_authz_path_prefix,
         http_authz_source_header=args.http_authz_source_header,
     )
+    from extauthz import tracing
+
     try:
+        tracing.configure_from_env(os.environ)  # OTEL_*: imports OpenTelemetry only if asked
         asyncio.run(Server(options).run_until_signal())
     except ConfigError as exc:
         _print_config_error(args.config, exc)
@@ -47,6 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"extauthz: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # export the spans still buffered
     return 0
 
 

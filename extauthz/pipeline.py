@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from extauthz import tracing
 from extauthz.authn import dispatch
 from extauthz.authn.base import Authenticator
 from extauthz.config.compile import Snapshot
@@ -76,6 +77,12 @@ class Engine:
 
     async def check(self, view: RequestView, trace: Trace | None = None) -> Decision:
         """Decide one request. Never raises. ``trace``: record why (see the module doc)."""
+        tracer = tracing.state.tracer
+        if tracer is not None:  # OpenTelemetry: a span per check (extauthz.tracing)
+            return await tracer.check(view, self._decide(view, trace))
+        return await self._decide(view, trace)
+
+    async def _decide(self, view: RequestView, trace: Trace | None) -> Decision:
         snapshot = self.snapshot
         if snapshot is None:
             return deny(503, GrpcCode.UNAVAILABLE, Reason.DEPENDENCY_UNAVAILABLE, NO_ROUTE_LABEL,
