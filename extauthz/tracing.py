@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import importlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from extauthz.errors import ConfigError, ConfigIssue
@@ -88,13 +89,13 @@ def configure_from_env(env: Mapping[str, str]) -> bool:
     if not requested(env):
         return False
     try:
-        from extauthz import otel
+        otel = importlib.import_module("extauthz.otel")
     except ImportError as exc:
         raise ConfigError([ConfigIssue(
             "environment (OTEL_*)", "traces are configured but OpenTelemetry is not installed: "
             f"pip install 'extauthz[otel]' ({exc.name})")]) from None
     try:
-        state.tracer = otel.OtelCheckTracer.from_env(env)
+        state.tracer = cast(CheckTracer, otel.OtelCheckTracer.from_env(env))
     except ValueError as exc:
         raise ConfigError([ConfigIssue("environment (OTEL_*)", str(exc))]) from None
     return True
