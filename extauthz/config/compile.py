@@ -200,7 +200,8 @@ class _Compiler:
                 if route is not None:
                     routes.append(route)
         tokens = build_identity_tokens(self.settings.identity_token, token_routes,
-                                       self.loaded.path.parent, self.issues, clock=self.ctx.clock)
+                                       self.loaded.path.parent, self.issues, clock=self.ctx.clock,
+                                       identity_prefix=self.settings.identity_header_prefix)
         if self.issues:
             raise ConfigError(self.issues)
         return Snapshot(

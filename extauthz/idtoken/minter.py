@@ -41,6 +41,10 @@ log = logging.getLogger("extauthz.idtoken")
 
 #: the part of a token's lifetime during which it is reused from the cache
 _REUSE_FRACTION = 0.5
+#: a copied claim whose JSON is longer than this is left out of the token
+MAX_CLAIM_CHARS = 2048
+#: identity headers the pipeline sets itself (after the prefix): the token cannot take one
+_IDENTITY_HEADERS = ("subject", "method", "methods", "consumer", "scopes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +148,18 @@ class IdentityTokens:
 
 
 def _selected_claims(identity: Identity, names: tuple[str, ...]) -> dict[str, Any]:
-    """The configured claims the credential carries (absent ones are left out)."""
+    """The configured claims the credential carries (absent ones are left out, and so is a
+    value over :data:`MAX_CLAIM_CHARS` of JSON: the token must fit in a request header)."""
     if not names or not identity.claims:
         return {}
     claims = identity.claims
-    return {n: claims[n] for n in names if n in claims}
+    selected = {}
+    for name in names:
+        if name in claims:
+            value = claims[name]
+            if len(json.dumps(value, default=str)) <= MAX_CLAIM_CHARS:
+                selected[name] = value
+    return selected
 
 
 def build_identity_tokens(
@@ -158,13 +169,19 @@ def build_identity_tokens(
     issues: list[ConfigIssue],
     *,
     clock: Clock = system_clock,
+    identity_prefix: str = "",
 ) -> IdentityTokens | None:
     """Compile ``settings.identity_token`` and every route's ``identity_token``.
 
-    ``routes``: (name, config path, public, spec) per route. Problems are appended to
+    ``routes``: (name, config path, public, spec) per route; ``identity_prefix``:
+    ``settings.identity_header_prefix``. Problems are appended to
     ``issues`` (located); returns None when the feature is off or a problem was found.
     """
     where = "settings.identity_token"
+    if spec is not None and identity_prefix and spec.header in {
+            identity_prefix + h for h in _IDENTITY_HEADERS}:
+        issues.append(ConfigIssue(f"{where}.header",
+                                  f"{spec.header} is an identity header extauthz sets itself"))
     if spec is None:
         for _, at, _, route_spec in routes:
             if route_spec is not None and route_spec.enabled:

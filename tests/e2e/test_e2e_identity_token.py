@@ -54,6 +54,9 @@ routes:
   match: {{prefix: /reports/}}
   authn: [keys]
   identity_token: {{audience: {AUDIENCE}}}
+- name: profile
+  match: {{prefix: /profile/}}
+  authn: [keys]
 """)
 
 
@@ -121,6 +124,15 @@ def test_upstream_verifies_the_minted_token_and_never_sees_the_key(world: dict[s
     assert jwt.get_unverified_header(body["headers"][TOKEN_HEADER])["kid"] == world["kid_a"]
     assert "x-api-key" not in body["headers"]  # credentials still stripped
     world["token_a"] = body["headers"][TOKEN_HEADER]
+
+
+def test_a_route_that_mints_nothing_still_removes_a_client_sent_token(
+    world: dict[str, Any],
+) -> None:
+    stack: Stack = world["stack"]
+    # even a genuine token, replayed by a client, must not reach the upstream through Envoy
+    r = stack.get("/profile/me", {"x-api-key": KEY, TOKEN_HEADER: world["token_a"]})
+    assert r.status == 401 and r.json() == {"upstream": "verifier", "error": "no token"}
 
 
 def test_a_denied_request_gets_no_token_and_never_reaches_the_upstream(

@@ -206,6 +206,8 @@ def test_selected_claims_are_copied_and_reserved_ones_refused(tmp_path: Path) ->
     claims = verify(token, snap, "orders")
     assert claims["email"] == "c@example.com" and claims["groups"] == ["a", "b"]
     assert "secret" not in claims
+    big = Identity(AuthMethod.JWT, "dave", "idp", claims={"email": "x" * 5000, "groups": []})
+    assert "email" not in verify(tokens.token(tokens.routes["orders"], big), snap, "orders")
     with pytest.raises(ConfigError) as err:
         build(tmp_path, config("[{file: k.pem}]", settings_extra="    claims: [sub, email]"))
     assert "settings.identity_token.claims" in str(err.value) and "sub" in str(err.value)
@@ -268,6 +270,8 @@ def test_configuration_errors_are_located(tmp_path: Path) -> None:
          "settings.identity_token.ttl_seconds", "less than or equal to 300"),
         (config("[{file: k.pem}]", settings_extra="    header: authorization"),
          "settings.identity_token.header", "cannot carry"),
+        (config("[{file: k.pem}]", settings_extra="    header: x-auth-subject"),
+         "settings.identity_token.header", "identity header extauthz sets itself"),
         (config("[{file: k.pem}]", routes="- {name: p, match: {prefix: /}, public: true, "
                                           "identity_token: true}"),
          "routes[0].identity_token", "public route"),

@@ -181,3 +181,33 @@ async def test_off_the_decorator_is_a_plain_call() -> None:
 
     assert tracing.state.tracer is None
     assert await run("get") == "GET" and calls == ["get"]
+
+
+async def test_a_redis_call_is_a_child_span_with_the_operation_only(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    from extauthz.state.redis import RedisClient, RedisTarget
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer(data_dir=tmp_path, persist=False).start()
+    client = RedisClient(RedisTarget(url=server.url, timeout_seconds=2.0), Metrics())
+    try:
+        await client.start()
+        tracer = tracing.state.tracer
+        assert tracer is not None
+
+        async def check_like() -> object:  # a check's span context, then a Redis call
+            with tracer.outbound("parent", {}):
+                return await client.run("nonce", lambda r: r.set("k-secret-nonce", "1"))
+
+        assert await check_like()
+    finally:
+        await client.close()
+        server.stop()
+    redis_spans = [s for s in spans.get_finished_spans() if s.name == "redis"]
+    (parent,) = [s for s in spans.get_finished_spans() if s.name == "parent"]
+    assert redis_spans and all(s.parent is not None
+                               and s.parent.span_id == parent.context.span_id
+                               for s in redis_spans)
+    assert dict(redis_spans[0].attributes or {}) == {"db.system.name": "redis",
+                                                     "db.operation.name": "nonce"}
