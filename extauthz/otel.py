@@ -16,7 +16,8 @@ Spans:
 Never recorded: a credential, a subject, a header value, a query value, a body.
 
 Environment: ``OTEL_SERVICE_NAME`` (default ``extauthz``), ``OTEL_RESOURCE_ATTRIBUTES``,
-``OTEL_TRACES_EXPORTER`` (``otlp`` (default), ``console`` or ``none``),
+``OTEL_TRACES_EXPORTER`` (``otlp`` (default), ``console`` (on stderr), ``none``, or a
+comma-separated list),
 ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``/``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``
 (default) or ``grpc``), ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``/``_HEADERS``/``_TIMEOUT``/
 ``_INSECURE``, ``OTEL_TRACES_SAMPLER[_ARG]``, ``OTEL_BSP_*`` (the batch processor): read by the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -50,10 +52,18 @@ from extauthz.types import RequestView
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def _exporter(env: Mapping[str, str]) -> SpanExporter:
-    name = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
+def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
+    """The exporters ``OTEL_TRACES_EXPORTER`` lists (comma-separated, default ``otlp``)."""
+    names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
+    exporters = [_exporter(name, env) for name in dict.fromkeys(n for n in names if n)
+                 if name != "none"]
+    return exporters or [_exporter("otlp", env)]
+
+
+def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
     if name == "console":
-        return ConsoleSpanExporter()
+        # stderr: stdout is the decision log's stream
+        return ConsoleSpanExporter(out=sys.stderr)
     if name != "otlp":
         raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: supported are otlp, console, none")
     protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -87,7 +97,8 @@ class OtelCheckTracer:
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "extauthz"}))
         provider = TracerProvider(resource=resource)
-        provider.add_span_processor(BatchSpanProcessor(_exporter(env)))
+        for exporter in _exporters(env):
+            provider.add_span_processor(BatchSpanProcessor(exporter))
         return cls(provider)
 
     def _parent(self, view: RequestView) -> otel_context.Context:

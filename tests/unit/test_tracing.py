@@ -79,6 +79,17 @@ def test_an_unknown_exporter_is_a_refusal() -> None:
     assert tracing.state.tracer is None
 
 
+def test_console_exporter_writes_to_stderr_never_the_decision_log_stream(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tracer = OtelCheckTracer.from_env({"OTEL_TRACES_EXPORTER": "console,none"})
+    with tracer.outbound("jwks.fetch", {"url.full": "https://idp.example/jwks"}):
+        pass
+    tracer.shutdown()
+    out, err = capsys.readouterr()
+    assert out == "" and '"name": "jwks.fetch"' in err
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
