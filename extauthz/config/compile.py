@@ -201,7 +201,8 @@ class _Compiler:
                     routes.append(route)
         tokens = build_identity_tokens(self.settings.identity_token, token_routes,
                                        self.loaded.path.parent, self.issues, clock=self.ctx.clock,
-                                       identity_prefix=self.settings.identity_header_prefix)
+                                       identity_prefix=self.settings.identity_header_prefix,
+                                       metrics=self.ctx.metrics)
         if self.issues:
             raise ConfigError(self.issues)
         return Snapshot(

@@ -35,6 +35,7 @@ from extauthz.clock import Clock, system_clock
 from extauthz.config.idtoken_schema import IdentityTokenSpec, RouteIdentityTokenSpec
 from extauthz.errors import ConfigIssue
 from extauthz.idtoken.keys import SigningKey, jwks_document, load_key
+from extauthz.metrics import Metrics
 from extauthz.types import Identity
 
 log = logging.getLogger("extauthz.idtoken")
@@ -70,6 +71,7 @@ class IdentityTokens:
         *,
         clock: Clock = system_clock,
         files: tuple[Path, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.spec = spec
         self.header = spec.header
@@ -82,6 +84,10 @@ class IdentityTokens:
         self._cache: TtlLru[tuple[Any, ...], tuple[str, float]] = TtlLru(spec.cache_max_entries)
         #: signatures made (the cache's misses): the cost a cache hit saves
         self.minted = 0
+        metrics = metrics if metrics is not None else Metrics()
+        #: extauthz_cache_requests{cache="identity_token"}: hit = reused, miss = signed
+        self._hit = metrics.cache_requests.labels(cache="identity_token", result="hit")
+        self._miss = metrics.cache_requests.labels(cache="identity_token", result="miss")
 
     def header_for(self, route: str, identity: Identity) -> tuple[str, str] | None:
         """``(header, token)`` for an allowed request of ``identity`` on ``route``; None when
@@ -101,7 +107,9 @@ class IdentityTokens:
         cached = self._cache.get(key, now)
         if cached is not None and (identity.expires_at is None
                                    or cached[1] <= identity.expires_at):
+            self._hit.inc()
             return cached[0]
+        self._miss.inc()
         exp = now + self._ttl
         if identity.expires_at is not None:
             exp = min(exp, identity.expires_at)
@@ -170,6 +178,7 @@ def build_identity_tokens(
     *,
     clock: Clock = system_clock,
     identity_prefix: str = "",
+    metrics: Metrics | None = None,
 ) -> IdentityTokens | None:
     """Compile ``settings.identity_token`` and every route's ``identity_token``.
 
@@ -219,4 +228,5 @@ def build_identity_tokens(
             audience=audience, claims=tuple(spec.claims if claims is None else claims))
     if len(issues) > before:
         return None
-    return IdentityTokens(spec, tuple(keys), policies, clock=clock, files=tuple(files))
+    return IdentityTokens(spec, tuple(keys), policies, clock=clock, files=tuple(files),
+                          metrics=metrics)

@@ -179,6 +179,7 @@ async def test_cached_until_half_its_lifetime_then_minted_again(
     clock.advance(2)  # 61 s: less than half of the 120 s lifetime is left
     fresh = dict((await allowed(engine, "/v1/orders")).upstream_headers)[HEADER]
     assert fresh != first and tokens.minted == 4
+    assert tokens._hit._value.get() == 1 and tokens._miss._value.get() == 4
     assert verify(fresh, snap, "orders", clock.now)["iat"] == int(clock.now)
 
 
