@@ -222,3 +222,23 @@ async def test_a_redis_call_is_a_child_span_with_the_operation_only(
                                for s in redis_spans)
     assert dict(redis_spans[0].attributes or {}) == {"db.system.name": "redis",
                                                      "db.operation.name": "nonce"}
+
+
+async def test_a_cancelled_check_ends_its_span_as_an_error(
+    spans: InMemorySpanExporter, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = asyncio.Event()
+    authenticator = engine.snapshot.routes.routes[0].authenticators[0]  # type: ignore[union-attr]
+
+    async def hang(view):  # type: ignore[no-untyped-def]
+        started.set()
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(authenticator, "authenticate", hang)
+    task = asyncio.create_task(engine.check(make_view("/v1/x", headers={"x-api-key": KEY})))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code is trace.StatusCode.ERROR
