@@ -45,7 +45,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from extauthz import __version__
 from extauthz.decision import Decision
-from extauthz.tracing import transport_parent
+from extauthz.tracecontext import transport_parent
 from extauthz.types import RequestView
 
 _PROPAGATOR = TraceContextTextMapPropagator()

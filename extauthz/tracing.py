@@ -18,7 +18,6 @@ The tracer is process-wide, like the logging configuration: the server sets it o
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import importlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from extauthz.errors import ConfigError, ConfigIssue
+from extauthz.tracecontext import transport_parent
 
 if TYPE_CHECKING:
     from extauthz.decision import Decision
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: the W3C trace context of the transport call itself (gRPC metadata), for the current check
-transport_parent: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
-    "extauthz_transport_parent", default=None)
 
 
 class CheckTracer(Protocol):

@@ -26,6 +26,7 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.otel import OtelCheckTracer
 from extauthz.pipeline import Engine
+from extauthz.tracecontext import transport_parent
 from tests.support.builders import make_view
 
 KEY = "eak_tracing-test-key-0123456789abc"
@@ -151,7 +152,7 @@ async def test_the_transport_parent_wins_over_the_header(
     assert f"{span.context.trace_id:032x}" == other
     assert span.attributes is not None and span.attributes["extauthz.reason"] == \
         "missing_credential"
-    assert tracing.transport_parent.get() is None  # set in that task's context only
+    assert transport_parent.get() is None  # set in that task's context only
 
 
 async def test_outbound_calls_are_children_and_nothing_leaks_into_the_caller(
