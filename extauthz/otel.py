@@ -5,11 +5,11 @@ Spans:
 
 ``extauthz.check`` (kind SERVER), one per check, the child of the caller's W3C trace context:
     the ``traceparent`` of the gRPC call metadata (Envoy's ext_authz span) if there is one, else
-    the ``traceparent``/``tracestate`` request headers of the CheckRequest (on the HTTP transport
-    Envoy writes its ext_authz span there). Attributes: ``extauthz.route``, ``extauthz.outcome``,
-    ``extauthz.reason``, ``http.request.method``, ``http.response.status_code``,
-    ``extauthz.authn.methods`` (and ``extauthz.rule`` on a policy denial). Status ERROR only for a
-    5xx decision (a deny is not an error).
+    the ``traceparent`` request header of the CheckRequest (on the HTTP transport Envoy writes
+    its ext_authz span there). ``tracestate`` is not read. Attributes: ``extauthz.route``,
+    ``extauthz.outcome``, ``extauthz.reason``, ``http.request.method``,
+    ``http.response.status_code``, ``extauthz.authn.methods`` (and ``extauthz.rule`` on a policy
+    denial). Status ERROR only for a 5xx decision (a deny is not an error).
 ``jwks.fetch``, ``introspection``, ``redis`` (kind CLIENT): the outbound calls a check (or the
     background refresh) makes, with their endpoint without query, or the Redis operation name.
 
@@ -49,6 +49,8 @@ from extauthz.tracecontext import transport_parent
 from extauthz.types import RequestView
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+#: a version-00 traceparent is 55 characters; later versions may append fields
+_MAX_TRACEPARENT = 512
 
 
 def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
@@ -136,16 +138,14 @@ class OtelCheckTracer:
         return cls(provider)
 
     def _parent(self, view: RequestView) -> otel_context.Context:
+        """The caller's span: only ``traceparent`` is read (a version, two hex ids and flags,
+        validated by the propagator); ``tracestate`` is ignored, so nothing a client wrote
+        beyond those ids reaches an exported span."""
         transport = transport_parent.get()
-        if transport is not None:
-            return _PROPAGATOR.extract({"traceparent": transport[0], "tracestate": transport[1]})
-        carrier = {}
-        headers = view.headers
-        for name in ("traceparent", "tracestate"):
-            value = headers.value(name)
-            if value is not None:
-                carrier[name] = value
-        return _PROPAGATOR.extract(carrier)
+        value = transport[0] if transport is not None else view.headers.value("traceparent")
+        if value is None or len(value) > _MAX_TRACEPARENT:
+            return otel_context.Context()
+        return _PROPAGATOR.extract({"traceparent": value})
 
     async def check(self, view: RequestView, decide: Coroutine[Any, Any, Decision]) -> Decision:
         """Run ``decide`` in a context of its own that holds the check span (so the outbound

@@ -137,6 +137,33 @@ async def test_a_check_span_is_the_child_of_the_request_traceparent(
         "extauthz.authn.methods": ("api_key",)}
 
 
+@pytest.mark.parametrize("header", [
+    "00-zzzzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # not hex
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+    "00-" + "4" * 5000,  # oversized
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # forbidden version
+])
+async def test_a_malformed_traceparent_gives_a_root_span_and_the_same_decision(
+    spans: InMemorySpanExporter, engine: Engine, header: str
+) -> None:
+    d = await engine.check(make_view("/v1/x", headers={
+        "x-api-key": KEY, "traceparent": header, "tracestate": "evil=" + KEY}))
+    assert d.outcome is Outcome.ALLOW
+    (span,) = spans.get_finished_spans()
+    assert span.parent is None
+    assert KEY not in repr(span.context.trace_state) and KEY not in repr(span.attributes)
+
+
+async def test_client_tracestate_is_never_carried_into_the_span(
+    spans: InMemorySpanExporter, engine: Engine
+) -> None:
+    await engine.check(make_view("/v1/x", headers={
+        "x-api-key": KEY, "traceparent": HEADER_PARENT, "tracestate": "vendor=anything"}))
+    (span,) = spans.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == TRACE_ID
+    assert len(span.context.trace_state) == 0
+
+
 async def test_the_transport_parent_wins_over_the_header(
     spans: InMemorySpanExporter, engine: Engine
 ) -> None:
