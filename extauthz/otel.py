@@ -142,7 +142,7 @@ class OtelCheckTracer:
         validated by the propagator); ``tracestate`` is ignored, so nothing a client wrote
         beyond those ids reaches an exported span."""
         transport = transport_parent.get()
-        value = transport[0] if transport is not None else view.headers.value("traceparent")
+        value = transport if transport is not None else view.headers.value("traceparent")
         if value is None or len(value) > _MAX_TRACEPARENT:
             return otel_context.Context()
         return _PROPAGATOR.extract({"traceparent": value})

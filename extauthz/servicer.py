@@ -57,7 +57,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         if tracing.state.tracer is not None:
             # Envoy's ext_authz span is in the call metadata, not in the CheckRequest headers
             metadata = dict(context.invocation_metadata() or ())
-            tracing.set_transport_parent(metadata.get("traceparent"), metadata.get("tracestate"))
+            tracing.set_transport_parent(metadata.get("traceparent"))
         try:
             view, decision = await decide_request(self.engine, request)
             response = to_check_response(decision)

@@ -9,6 +9,6 @@ from __future__ import annotations
 
 import contextvars
 
-#: ``(traceparent, tracestate)`` of the transport call, or None
-transport_parent: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+#: the ``traceparent`` of the transport call, or None
+transport_parent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "extauthz_transport_parent", default=None)

@@ -105,10 +105,10 @@ def shutdown() -> None:
         tracer.shutdown()
 
 
-def set_transport_parent(traceparent: str | None, tracestate: str | None) -> None:
-    """Record the transport call's trace context for the check about to run (gRPC servicer)."""
+def set_transport_parent(traceparent: str | None) -> None:
+    """Record the transport call's ``traceparent`` for the check about to run (gRPC servicer)."""
     if traceparent:
-        transport_parent.set((traceparent, tracestate or ""))
+        transport_parent.set(traceparent)
 
 
 def safe_url(url: str) -> str:

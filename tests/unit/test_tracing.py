@@ -170,7 +170,7 @@ async def test_the_transport_parent_wins_over_the_header(
     other = "11111111111111111111111111111111"
 
     async def grpc_call() -> None:  # the servicer's own task, as with grpc.aio
-        tracing.set_transport_parent(f"00-{other}-2222222222222222-01", "")
+        tracing.set_transport_parent(f"00-{other}-2222222222222222-01")
         d = await engine.check(make_view("/v1/x", headers={"traceparent": HEADER_PARENT}))
         assert d.grpc_code is GrpcCode.UNAUTHENTICATED
 
