@@ -270,3 +270,17 @@ async def test_a_cancelled_check_ends_its_span_as_an_error(
         await task
     (span,) = spans.get_finished_spans()
     assert span.status.status_code is trace.StatusCode.ERROR
+
+
+def test_serve_refuses_to_start_with_an_unusable_otel_environment(tmp_path: Path) -> None:
+    import os
+
+    config = tmp_path / "c.yaml"
+    config.write_text("routes: [{name: p, match: {prefix: /}, public: true}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "extauthz", "serve", "--config", str(config),
+         "--grpc-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "zipkin"})
+    assert result.returncode == 1
+    assert "OTEL_TRACES_EXPORTER='zipkin'" in result.stderr
