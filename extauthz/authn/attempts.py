@@ -1,14 +1,16 @@
 """Brute-force limiting: refuse a key (username, source address, ...) after too many failures.
 
-The contract is :class:`AttemptLimiter` (async, so a shared store such as Redis can implement it
-later). A caller checks every key that identifies an attempt **before** it does expensive or
-oracle-like work (bcrypt), records a failure against each key when the credential is wrong, and
-resets the keys it trusts again after a success::
+The contract is :class:`AttemptLimiter` (async, so the Redis limiter of
+:mod:`extauthz.state.stores` implements it too). A caller **reserves** an attempt against every
+key that identifies it *before* it does expensive or oracle-like work (bcrypt): the reservation
+counts as a failure at once, so concurrent attempts cannot all pass a check that none of them has
+yet counted against; a blocked key refuses the reservation (429 + Retry-After). After a success
+the caller gives the reservation back (:meth:`AttemptLimiter.release`) or forgets the key
+(:meth:`AttemptLimiter.reset`)::
 
-    await enforce(limiter, keys)          # raises TooManyAttempts (429 + Retry-After)
-    if not verified:
-        for key in keys:
-            await limiter.record_failure(key)
+    held = await reserve_all(limiter, keys)   # raises TooManyAttempts, counts nothing then
+    if verified:
+        await limiter.reset(user_key); await limiter.release(address_key)
 
 :class:`InMemoryAttemptLimiter` keeps, per key, the times of the last ``max_failures`` failures (a
 sliding log: memory per key is bounded by ``max_failures``). A key is blocked while it has
@@ -22,6 +24,7 @@ Single-threaded by design (one asyncio loop), like the rest of the per-process s
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -45,6 +48,15 @@ class AttemptLimiter(Protocol):
 
     async def reset(self, key: str) -> None:
         """Forget the failures of ``key`` (e.g. after a successful login)."""
+        ...
+
+    async def reserve(self, key: str) -> int:
+        """Atomically: if ``key`` is blocked, the seconds until it may try again (nothing
+        counted); else count one attempt (as a failure) and return 0."""
+        ...
+
+    async def release(self, key: str) -> None:
+        """Give back one attempt counted by :meth:`reserve` (it succeeded)."""
         ...
 
 
@@ -89,6 +101,36 @@ class InMemoryAttemptLimiter:
     async def reset(self, key: str) -> None:
         self._failures.pop(key, None)
 
+    async def reserve(self, key: str) -> int:
+        # No await between the check and the count: atomic on the event loop.
+        wait = self._retry_after(key, self._clock())
+        if wait == 0:
+            await self.record_failure(key)
+        return wait
+
+    async def release(self, key: str) -> None:
+        log = self._failures.get(key)
+        if log:
+            log.pop()
+            if not log:
+                del self._failures[key]
+
+    def rebind_clock(self, clock: Clock) -> None:
+        """Use ``clock`` from now on (a reloaded configuration's)."""
+        self._clock = clock
+
+    def reconfigure(self, max_failures: int, window_seconds: float, max_keys: int) -> None:
+        """Apply a reloaded configuration's limits, keeping the counts (a reload must not hand
+        out fresh attempts)."""
+        if max_failures != self.max_failures:
+            for key, log in self._failures.items():
+                self._failures[key] = deque(log, maxlen=max_failures)
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self.max_keys = max_keys
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
+
     def _retry_after(self, key: str, now: float) -> int:
         log = self._failures.get(key)
         if log is None:
@@ -119,3 +161,31 @@ async def enforce(
         wait = max(wait, await limiter.check(key))
     if wait > 0:
         raise TooManyAttempts(Reason.TOO_MANY_ATTEMPTS, description, retry_after=wait)
+
+
+async def reserve_all(
+    limiter: AttemptLimiter,
+    keys: Iterable[str],
+    description: str = "too many failed attempts; try again later",
+) -> list[str]:
+    """Reserve one attempt against every key, or none: raises :class:`TooManyAttempts` (after
+    giving back what it reserved) when one of them is blocked. Returns the keys reserved.
+
+    Reserving key by key (not in one atomic step over all keys) keeps every Redis call on one
+    key; a reservation given back a moment later can only make a concurrent attempt look
+    blocked, never let one through.
+    """
+    held: list[str] = []
+    try:
+        for key in keys:
+            wait = await limiter.reserve(key)
+            if wait > 0:
+                raise TooManyAttempts(Reason.TOO_MANY_ATTEMPTS, description, retry_after=wait)
+            held.append(key)
+    except BaseException:
+        for key in held:
+            # best effort: a reservation that stays counted is the safe side
+            with contextlib.suppress(Exception):
+                await limiter.release(key)
+        raise
+    return held

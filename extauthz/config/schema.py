@@ -267,7 +267,11 @@ class HmacSpec(Model):
     max_age_seconds: Annotated[float, Field(ge=0, le=86400)] = 0
     #: rfc9421 only: refuse signatures without a ``nonce`` parameter
     require_nonce: bool = False
+    #: live nonces kept for this authenticator's keys together (memory bound of the replay cache)
     nonce_cache_size: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    #: live nonces one key may hold (its share; a full share refuses that key only, 503);
+    #: default nonce_cache_size divided by the number of keys
+    nonce_cache_per_key: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     #: the signature must cover a body digest that matches the body Envoy forwarded
     require_digest: bool = False
     digest_algorithms: list[DigestAlgorithm] = Field(

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 from extauthz.metrics import Metrics
 from extauthz.state.base import SharedStateUnavailable
+from extauthz.state.local import LocalState
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -309,6 +310,8 @@ class StateHub:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        #: in-memory replay cache and attempt counters of the process (kept across reloads)
+        self.local = LocalState()
         self._objects: dict[Hashable, Shared] = {}
         self._users: Counter[Hashable] = Counter()
 

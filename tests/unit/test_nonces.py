@@ -1,16 +1,17 @@
-"""The in-memory replay cache: replays detected, entries expire, the bound fails closed."""
+"""The in-memory expiring set under the replay cache: replays detected, entries expire, the bound
+fails closed."""
 
 from __future__ import annotations
 
 import pytest
 
-from extauthz.authn.nonces import MemoryNonceStore, NonceStore, NonceStoreFull
+from extauthz.authn.nonces import ExpiringSet as MemoryNonceStore
+from extauthz.authn.nonces import NonceStoreFull
 from extauthz.clock import FixedClock
 
 
 async def test_second_use_is_a_replay() -> None:
     store = MemoryNonceStore(10, FixedClock(1000))
-    assert isinstance(store, NonceStore)
     assert await store.remember("k1\x00n1", 1100) is True
     assert await store.remember("k1\x00n1", 1100) is False
     assert await store.remember("k2\x00n1", 1100) is True  # scoped by the caller's key
