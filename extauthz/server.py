@@ -115,7 +115,8 @@ class Server:
         return self._serving and not self._draining
 
     def _can_serve(self) -> bool:
-        return self.engine.snapshot is not None and not self._draining and self._keys_warm()
+        return (self.engine.snapshot is not None and not self._draining and self._keys_warm()
+                and not self.state_hub.problems())
 
     def _keys_warm(self) -> bool:
         """True once every remote JWKS of the serving snapshot has loaded keys (latched)."""
@@ -234,7 +235,13 @@ class Server:
         if self._can_serve():
             await self._become_ready()
         else:
-            log.warning("not ready until the first JWKS fetch of every remote issuer succeeds")
+            problems = self.state_hub.problems()
+            if problems:
+                log.error("not ready: Redis cannot be trusted with extauthz's state: %s",
+                          "; ".join(problems))
+            else:
+                log.warning("not ready until the first JWKS fetch of every remote issuer "
+                            "succeeds")
             await self._set_serving(False)
             self._warming = asyncio.create_task(self._become_ready(), name="readiness")
         if self.options.watch_interval_seconds > 0:

@@ -820,8 +820,12 @@ class RedisSpec(Model):
     #: bound on one Redis operation, connecting included
     timeout_seconds: Annotated[float, Field(gt=0, le=5)] = 0.1
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
-    #: how often the connection is probed (and, while Redis is down, retried)
+    #: how often the connection is probed (while Redis is down: every 50 ms)
     health_check_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    #: extauthz refuses a Redis whose maxmemory-policy is not noeviction (it could evict nonces,
+    #: counters and revocations). Where CONFIG GET is disabled (managed Redis) it cannot check:
+    #: set this to true once you have made sure the policy is noeviction
+    assume_noeviction: bool = False
     #: keep the JWT ``jti`` / API key revocation lists in Redis (``extauthz revoke`` writes there);
     #: ``false``: only ``settings.revocation_file`` (if any) is consulted
     revocation: bool = True

@@ -76,6 +76,7 @@ def resolve_target(
         timeout_seconds=spec.timeout_seconds,
         max_connections=spec.max_connections,
         health_check_interval_seconds=spec.health_check_interval_seconds,
+        assume_noeviction=spec.assume_noeviction,
     )
 
 
@@ -149,6 +150,7 @@ class SnapshotState:
         for key in keys:
             await self._hub.acquire(key)
             self._held.append(key)
+        await self.client.watch_epoch(self._prefix)
 
     async def close(self) -> None:
         held, self._held = self._held, []
