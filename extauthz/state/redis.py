@@ -351,20 +351,34 @@ class RedisClient:
                 raise_if_cancelled()
                 log.debug("epoch check failed: %s", type(exc).__name__)
 
-    async def _check_epoch(self, redis: Redis, prefix: str) -> None:
+    async def epoch(self, prefix: str, op: str) -> bytes:
+        """The epoch value of ``prefix`` (created when missing), through :meth:`run`; a change
+        is logged like the probe's. :class:`SharedStateUnavailable` when Redis cannot answer."""
+        value, created = await self.run(op, lambda r: self._epoch_call(r, prefix))
+        self._note_epoch(prefix, value, bool(int(created)))
+        return bytes(value)
+
+    async def _epoch_call(self, redis: Redis, prefix: str) -> list[Any]:
         import time
 
         script = self.script(EPOCH_SCRIPT)
         now = str(int(time.time() * 1000))
+        result: list[Any] = await script(keys=[f"{prefix}epoch"], args=[now], client=redis)
+        return result
+
+    async def _check_epoch(self, redis: Redis, prefix: str) -> None:
         async with asyncio.timeout(self.target.timeout_seconds):
-            value, created = await script(keys=[f"{prefix}epoch"], args=[now], client=redis)
+            value, created = await self._epoch_call(redis, prefix)
+        self._note_epoch(prefix, value, bool(int(created)))
+
+    def _note_epoch(self, prefix: str, value: bytes, created: bool) -> None:
         known = self._epochs.get(prefix)
         if known is not None and value != known:
             log.error(
                 "Redis %s lost extauthz's data (key %sepoch %s): HMAC nonces signed before now "
                 "are refused, Basic attempt counters restarted, revocation lists are "
                 "re-published from the replicas' copies", self.target.display, prefix,
-                "was recreated" if int(created) else "changed")
+                "was recreated" if created else "changed")
             self._metrics.redis_data_loss.inc()
         self._epochs[prefix] = value
 
