@@ -103,6 +103,8 @@ class Server:
         self._runner: web.AppRunner | None = None
         self.decision_log: DecisionLog | None = None
         self._reload_lock = asyncio.Lock()
+        #: files of the last refused reload (watched until a configuration loads)
+        self._refused_files: tuple[Path, ...] = ()
         self._watcher: ConfigWatcher | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -190,6 +192,7 @@ class Server:
         try:
             snapshot = await self.load()
         except ConfigError as exc:
+            self._refused_files = exc.files
             self.metrics.config_reloads.labels("failure").inc()
             log.error("configuration reload refused (%d problem(s)); the previous configuration "
                       "keeps serving", len(exc.issues))
@@ -200,13 +203,17 @@ class Server:
             self.metrics.config_reloads.labels("failure").inc()
             log.exception("configuration reload failed; the previous configuration keeps serving")
             return False
+        self._refused_files = ()
         self.metrics.config_reloads.labels("success").inc()
         log.info("configuration reloaded (sha256 %s)", snapshot.digest[:12])
         return True
 
     def _watched_files(self) -> tuple[Path, ...]:
         snapshot = self.engine.snapshot
-        return snapshot.files if snapshot is not None else (Path(self.options.config_path),)
+        files = snapshot.files if snapshot is not None else (Path(self.options.config_path),)
+        # After a refused reload, also the files that attempt read (a new include, a new key
+        # file): fixing one of them in place must be noticed, not only the serving ones.
+        return tuple(dict.fromkeys(files + self._refused_files))
 
     async def start(self) -> None:
         """Load the configuration and start listening. Raises on a bad config or a busy port."""

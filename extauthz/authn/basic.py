@@ -40,13 +40,13 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from extauthz.authn.attempts import AttemptLimiter, InMemoryAttemptLimiter, enforce, reserve_all
 from extauthz.authn.base import Challenge
 from extauthz.authn.htpasswd import HtpasswdEntry, check_bcrypt, dummy_bcrypt_hash, load_htpasswd
+from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.clock import Clock
 from extauthz.config.schema import BasicSpec
@@ -93,29 +93,18 @@ def parse_basic_credentials(token: str) -> tuple[str, str]:
 
 
 class _TtlSet:
-    """A bounded LRU set of byte strings whose members expire (single-threaded)."""
+    """A bounded LRU set of byte strings whose members expire (expired ones are dropped, see
+    :class:`~extauthz.authn.lru.TtlLru`)."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._data: OrderedDict[bytes, float] = OrderedDict()
+        self._data: TtlLru[bytes, bool] = TtlLru(max(0, maxsize))
 
     def has(self, key: bytes, now: float) -> bool:
-        expires_at = self._data.get(key)
-        if expires_at is None:
-            return False
-        if now >= expires_at:
-            del self._data[key]
-            return False
-        self._data.move_to_end(key)
-        return True
+        return self._data.get(key, now) is not None
 
     def add(self, key: bytes, expires_at: float) -> None:
-        if self.maxsize <= 0:
-            return
-        self._data[key] = expires_at
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
+        self._data.put(key, True, expires_at)
 
     def __len__(self) -> int:
         return len(self._data)
