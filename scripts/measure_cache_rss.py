@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extauthz.authn.jwt import JwtAuthenticator  # noqa: E402
-from extauthz.clock import FixedClock  # noqa: E402
-from extauthz.config.schema import JwtSpec  # noqa: E402
-from tests.support.builders import NOW, make_ctx, make_view  # noqa: E402
-from tests.support.tokens import AUDIENCE, ISSUER, claims, ed25519_key, jwks, mint  # noqa: E402
+from extauthz.authn.jwt import JwtAuthenticator
+from extauthz.clock import FixedClock
+from extauthz.config.schema import JwtSpec
+from tests.support.builders import NOW, make_ctx, make_view
+from tests.support.tokens import AUDIENCE, ISSUER, claims, ed25519_key, jwks, mint
 
 
 def rss_mib() -> float:

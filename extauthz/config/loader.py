@@ -179,7 +179,7 @@ def load_config(path: str | Path) -> LoadedConfig:
     # Include directories (a new fragment file changes them) and, after a refused attempt,
     # includes that do not exist yet (their creation is then noticed).
     watched.extend(Path(os.path.normpath(base / str(e))) for e in include
-                   if (base / str(e)).is_dir() or issues)
+                   if issues or (base / str(e)).is_dir())
     if issues or main is None:
         raise ConfigError(issues, files=tuple(dict.fromkeys(watched)))
     return LoadedConfig(main_path, main, tuple(fragments), hasher.hexdigest(), tuple(watched))

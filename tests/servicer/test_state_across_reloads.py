@@ -50,7 +50,7 @@ def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> dict[str
 
 
 def write_config(tmp_path: Path, settings: dict[str, Any], *, name: str = "sig",
-                 skew: float = 1, max_failures: int = 3) -> Path:
+                 skew: float = 3, max_failures: int = 3) -> Path:
     (tmp_path / "rfc.key").write_text(RFC_SECRET_B64 + "\n")
     users = tmp_path / "users.htpasswd"
     if not users.exists():
@@ -100,18 +100,19 @@ async def reload(srv: Server, tmp_path: Path, store: dict[str, Any], marker: str
 async def test_widening_the_window_does_not_reopen_a_used_nonce(
     server: Server, tmp_path: Path, store: dict[str, Any]
 ) -> None:
-    view = sign_view(request(), FULL, nonce="once", created=int(time.time()))
+    created = int(time.time())
+    view = sign_view(request(), FULL, nonce="once", created=created)
     first = await server.engine.check(view)
     assert first.allowed, first
-    # Widen the skew from 1 s to 120 s and rename the authenticator in the same reload.
+    # Widen the skew from 3 s to 120 s and rename the authenticator in the same reload.
     await reload(server, tmp_path, store, "wide", name="renamed", skew=120)
     replay = await server.engine.check(view)
     assert not replay.allowed
     assert replay.reason is Reason.REPLAYED  # the renamed authenticator still knows the nonce
     assert (replay.http_status, replay.grpc_code.name) == (401, "UNAUTHENTICATED")
-    # Once the 1 s window that accepted it (and kept its nonce) is over, the new 120 s window
+    # Once the 3 s window that accepted it (and kept its nonce) is over, the new 120 s window
     # would accept the signature again: it is refused as expired instead.
-    await asyncio.sleep(2.2)
+    await asyncio.sleep(max(0.0, created + 3.3 - time.time()))
     late = await server.engine.check(view)
     assert not late.allowed, "a used nonce was accepted again after a widening reload"
     assert late.reason is Reason.SIGNATURE_EXPIRED
