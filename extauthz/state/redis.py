@@ -359,10 +359,14 @@ class RedisClient:
         return bytes(value)
 
     async def _epoch_call(self, redis: Redis, prefix: str) -> list[Any]:
+        import secrets
         import time
 
         script = self.script(EPOCH_SCRIPT)
-        now = str(int(time.time() * 1000))
+        # Whole seconds, the granularity of a signature's `created`: a signature made in the
+        # second the epoch begins is not refused for being "older" than it.
+        # The random part makes every (re)creation distinct, even within one second.
+        now = f"{int(time.time()) * 1000}-{secrets.token_hex(8)}"
         result: list[Any] = await script(keys=[f"{prefix}epoch"], args=[now], client=redis)
         return result
 

@@ -7,7 +7,8 @@ and secret, see :func:`extauthz.authn.nonces.key_scope`)::
                                             can no longer be accepted by any configuration seen
     P nonces:{S}                            ZSET of the scope's live nonces (the per-key share)
     P nonce-window:{S}                      the scope's window history (no expiry, ~30 bytes)
-    P epoch                                 POSIX ms when this Redis's extauthz state began
+    P epoch                                 "<ms>-<random>": when this Redis's extauthz state
+                                            began (whole seconds), unique per (re)creation
     P attempts:A:user:<sha256(user), 32 hex>   integer counter, expires window_seconds after
     P attempts:A:addr:<source address>         the first failure of its window (A = the Basic
                                                authenticator's name)
@@ -66,10 +67,11 @@ local created = tonumber(ARGV[3])
 local expires = tonumber(ARGV[4])
 local age = tonumber(ARGV[5])
 local skew = tonumber(ARGV[6])
-local epoch = tonumber(redis.call('GET', KEYS[4]))
+local raw_epoch = redis.call('GET', KEYS[4])
+local epoch = raw_epoch and tonumber(string.match(raw_epoch, '^%d+'))
 if not epoch then
-  epoch = now
-  redis.call('SET', KEYS[4], string.format('%.0f', now))
+  epoch = math.floor(now / 1000) * 1000
+  redis.call('SET', KEYS[4], string.format('%.0f', epoch) .. '-' .. ARGV[1])
 end
 local steps = {}
 local raw = redis.call('GET', KEYS[3])

@@ -86,9 +86,11 @@ async def test_nonces_signed_before_a_data_loss_are_refused(
 ) -> None:
     redis, metrics = client
     prefix = "p:"
+    # A Redis that has held extauthz's state for a minute already.
+    await raw_call(server, "SET", f"{prefix}epoch", f"{(int(time.time()) - 60) * 1000}-old")
     await redis.watch_epoch(prefix)
     store = RedisNonceStore(redis, prefix=prefix, owner="sig", clock=system_clock)
-    signed = time.time()
+    signed = time.time() - 2  # made in an earlier second than the loss (epochs are seconds)
     assert await store.remember(use("before", signed)) is True
     assert await store.remember(use("before", signed)) is False
     await asyncio.sleep(0.01)
