@@ -21,9 +21,10 @@ from typing import Generic, TypeVar
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-#: the expiry heap is rebuilt from the live entries when it holds this many times more items
-#: (entries evicted by the LRU bound or replaced leave their heap item behind until it expires)
-_COMPACT_FACTOR = 2
+#: the expiry heap is rebuilt from the live entries when it holds this many more items than
+#: ``maxsize`` (entries evicted by the LRU bound or replaced leave their heap item behind until it
+#: expires): at most 25 % extra items, rebuilt in O(maxsize) every maxsize / 4 puts
+_COMPACT_SLACK = 4
 
 
 class TtlLru(Generic[K, V]):
@@ -75,7 +76,7 @@ class TtlLru(Generic[K, V]):
         while len(data) > self.maxsize:
             data.popitem(last=False)
         heapq.heappush(self._heap, (expires_at, next(self._seq), key))
-        if len(self._heap) > _COMPACT_FACTOR * self.maxsize + 64:
+        if len(self._heap) > self.maxsize + self.maxsize // _COMPACT_SLACK + 64:
             self._heap = [(at, next(self._seq), k) for k, (_, at) in data.items()]
             heapq.heapify(self._heap)
 
