@@ -100,7 +100,10 @@ class ExpiringSet:
 
     def _purge(self, now: float) -> None:
         heap, expiry = self._heap, self._expiry
-        while heap and heap[0][0] <= now:
+        # An entry is live up to and including its expiry: the signature checks accept a
+        # signature at exactly the end of its window (`now > end` is expired), so its nonce must
+        # still be there then.
+        while heap and heap[0][0] < now:
             at, digest = heapq.heappop(heap)
             # The dict may hold a newer expiry for a key that was re-recorded after expiring.
             if expiry.get(digest) == at:
@@ -116,9 +119,9 @@ class ExpiringSet:
         self._purge(now)
         digest = self._digest(key)
         current = self._expiry.get(digest)
-        if current is not None and current > now:
+        if current is not None and current >= now:
             return False
-        if expires_at <= now:
+        if expires_at < now:
             # Already outside its window: nothing to remember (the caller's time checks would
             # refuse such a signature anyway).
             return True

@@ -127,7 +127,7 @@ if held then
   if held == ARGV[1] then return 1 end
   return 0
 end
-local ttl = math.floor(ends(amax, smax) - now)
+local ttl = math.floor(ends(amax, smax) - now) + 1
 if ttl < 1 then ttl = 1 end
 local t = redis.call('TIME')
 local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -22,7 +22,9 @@ async def test_entries_expire_and_may_be_reused_after_their_window() -> None:
     store = MemoryNonceStore(10, clock)
     assert await store.remember("n", 1100)
     clock.set(1100)
-    assert await store.remember("n", 1200)  # expired at 1100: remembered again
+    assert not await store.remember("n", 1200)  # live up to and including its expiry
+    clock.set(1100.001)
+    assert await store.remember("n", 1200)  # expired after 1100: remembered again
     assert not await store.remember("n", 1200)
     assert len(store) == 1
 
@@ -35,7 +37,7 @@ async def test_full_store_refuses_instead_of_evicting_live_entries() -> None:
     with pytest.raises(NonceStoreFull):
         await store.remember("c", 1200)
     assert not await store.remember("a", 1100)  # "a" was not evicted: still a replay
-    clock.set(1100)  # "a" expires: room again
+    clock.set(1100.5)  # "a" expired: room again
     assert await store.remember("c", 1200)
     assert len(store) == 2
 
