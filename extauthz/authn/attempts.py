@@ -70,6 +70,7 @@ class InMemoryAttemptLimiter:
         *,
         max_keys: int = 100_000,
         clock: Clock = system_clock,
+        failures: OrderedDict[str, deque[float]] | None = None,
     ) -> None:
         if max_failures < 1:
             raise ValueError("max_failures must be >= 1")
@@ -81,7 +82,12 @@ class InMemoryAttemptLimiter:
         self.window_seconds = window_seconds
         self.max_keys = max_keys
         self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        #: key -> times of its last failures (oldest first). ``failures`` may be shared with the
+        #: limiters of earlier configurations (extauthz.state.local): counts survive reloads,
+        #: and each limiter applies its own limits to them.
+        self._failures: OrderedDict[str, deque[float]] = (
+            OrderedDict() if failures is None else failures
+        )
 
     async def check(self, key: str) -> int:
         return self._retry_after(key, self._clock())
@@ -90,13 +96,15 @@ class InMemoryAttemptLimiter:
         now = self._clock()
         log = self._failures.get(key)
         if log is None:
-            log = deque(maxlen=self.max_failures)
+            log = deque()
             self._failures[key] = log
             while len(self._failures) > self.max_keys:
                 self._failures.popitem(last=False)
         else:
             self._failures.move_to_end(key)
         log.append(now)
+        while len(log) > self.max_failures:  # memory per key bounded by max_failures
+            log.popleft()
 
     async def reset(self, key: str) -> None:
         self._failures.pop(key, None)
@@ -115,22 +123,6 @@ class InMemoryAttemptLimiter:
             if not log:
                 del self._failures[key]
 
-    def rebind_clock(self, clock: Clock) -> None:
-        """Use ``clock`` from now on (a reloaded configuration's)."""
-        self._clock = clock
-
-    def reconfigure(self, max_failures: int, window_seconds: float, max_keys: int) -> None:
-        """Apply a reloaded configuration's limits, keeping the counts (a reload must not hand
-        out fresh attempts)."""
-        if max_failures != self.max_failures:
-            for key, log in self._failures.items():
-                self._failures[key] = deque(log, maxlen=max_failures)
-        self.max_failures = max_failures
-        self.window_seconds = window_seconds
-        self.max_keys = max_keys
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
-
     def _retry_after(self, key: str, now: float) -> int:
         log = self._failures.get(key)
         if log is None:
@@ -143,7 +135,9 @@ class InMemoryAttemptLimiter:
             return 0
         if len(log) < self.max_failures:
             return 0
-        return max(1, math.ceil(log[0] + self.window_seconds - now))
+        # Blocked until the max_failures-th most recent failure leaves the window (the log may
+        # be longer when an earlier configuration allowed more failures).
+        return max(1, math.ceil(log[-self.max_failures] + self.window_seconds - now))
 
     def __len__(self) -> int:
         """Number of keys currently tracked (for tests and metrics)."""

@@ -174,7 +174,8 @@ class MemoryNonceStore:
         return entries.remember_now(use.nonce, retain_until)
 
     def rebind_clock(self, clock: Clock) -> None:
-        """Use ``clock`` from now on (when a reloaded authenticator takes this store over)."""
+        """Use ``clock`` from now on (when a reloaded authenticator takes this store over; on
+        the event loop)."""
         self._clock = clock
         for entries, _ in self._scopes.values():
             entries.rebind_clock(clock)

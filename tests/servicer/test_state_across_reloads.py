@@ -143,3 +143,15 @@ async def test_basic_failure_counts_survive_a_reload(
     blocked = await server.engine.check(basic_view("alice-pw", "10.0.0.3"))
     assert blocked.reason is Reason.TOO_MANY_ATTEMPTS, "a reload handed out fresh attempts"
     assert (blocked.http_status, blocked.grpc_code.name) == (429, "RESOURCE_EXHAUSTED")
+
+
+async def test_a_reload_with_a_lower_limit_applies_it_to_the_counts_so_far(
+    server: Server, tmp_path: Path, store: dict[str, Any]
+) -> None:
+    for i in range(2):
+        denied = await server.engine.check(basic_view(f"guess-{i}", f"10.0.1.{i}"))
+        assert denied.reason is Reason.INVALID_CREDENTIALS
+    await reload(server, tmp_path, store, "stricter", max_failures=2)
+    blocked = await server.engine.check(basic_view("alice-pw", "10.0.1.9"))
+    assert blocked.reason is Reason.TOO_MANY_ATTEMPTS
+    assert (blocked.http_status, blocked.grpc_code.name) == (429, "RESOURCE_EXHAUSTED")
