@@ -18,6 +18,8 @@ sliding log: memory per key is bounded by ``max_failures``). A key is blocked wh
 the window. At most ``max_keys`` keys are tracked; beyond that the least recently failed key is
 forgotten (bounded memory under a flood of distinct usernames, at the price that a flood of
 distinct keys can age out an old entry — the per-address key of the flooder fills up first).
+Keys whose failures have all left the window are forgotten as soon as they reach the front of
+that order, so after a flood memory returns to what the live window needs.
 
 Single-threaded by design (one asyncio loop), like the rest of the per-process state.
 """
@@ -90,10 +92,23 @@ class InMemoryAttemptLimiter:
         )
 
     async def check(self, key: str) -> int:
-        return self._retry_after(key, self._clock())
+        now = self._clock()
+        self._purge(now)
+        return self._retry_after(key, now)
+
+    def _purge(self, now: float) -> None:
+        """Forget keys whose every failure has left the window. Keys are in order of their last
+        failure (``move_to_end``), so the expired ones are at the front: amortised O(1)."""
+        failures = self._failures
+        while failures:
+            log = failures[next(iter(failures))]
+            if log and now - log[-1] < self.window_seconds:
+                return
+            failures.popitem(last=False)
 
     async def record_failure(self, key: str) -> None:
         now = self._clock()
+        self._purge(now)
         log = self._failures.get(key)
         if log is None:
             log = deque()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from extauthz.authn.attempts import InMemoryAttemptLimiter
 from extauthz.authn.lru import TtlLru
 from extauthz.clock import FixedClock
 from tests.support.builders import NOW, make_view
@@ -75,3 +76,17 @@ async def test_jwt_cache_forgets_tokens_once_they_expired() -> None:
         assert len(auth._cache) == 1  # only the live token is kept
     finally:
         await auth.close()
+
+
+async def test_the_basic_limiter_forgets_keys_whose_window_is_over() -> None:
+    clock = FixedClock(NOW)
+    limiter = InMemoryAttemptLimiter(5, 60, clock=clock)
+    for i in range(1000):  # a flood of distinct usernames, one failure each
+        await limiter.record_failure(f"user:{i}")
+    assert len(limiter) == 1000
+    clock.advance(30)
+    await limiter.record_failure("user:late")
+    assert len(limiter) == 1001  # all still inside their window
+    clock.advance(31)
+    assert await limiter.check("user:other") == 0
+    assert len(limiter) == 1  # only the late one is left
