@@ -13,13 +13,12 @@ the cache holds only the credentials seen within their lifetime (and at most ``m
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
-#: keys are compared when two entries expire at the same moment (the heap orders by expiry, then
-#: key): every cache keys by digests (bytes); str and int serve tests
-K = TypeVar("K", bytes, str, int)
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 #: the expiry heap is rebuilt from the live entries when it holds this many more items than
@@ -31,22 +30,24 @@ _COMPACT_SLACK = 4
 class TtlLru(Generic[K, V]):
     """Bounded LRU map from ``K`` to ``V``; each entry is valid while ``now < expires_at``."""
 
-    __slots__ = ("_data", "_heap", "maxsize")
+    __slots__ = ("_data", "_heap", "_seq", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 0:
             raise ValueError("maxsize must be >= 0")
         self.maxsize = maxsize
         self._data: OrderedDict[K, tuple[V, float]] = OrderedDict()
-        #: (expires_at, key); the float is the same object as in ``_data`` (no copy)
-        self._heap: list[tuple[float, K]] = []
+        #: (expires_at, tie-breaker, key): keys need not be orderable (the float is the same
+        #: object as in ``_data``)
+        self._heap: list[tuple[float, int, K]] = []
+        self._seq = itertools.count()
 
     def purge(self, now: float) -> int:
         """Drop every entry expired at ``now``; returns how many were dropped."""
         heap, data = self._heap, self._data
         dropped = 0
         while heap and heap[0][0] <= now:
-            at, key = heapq.heappop(heap)
+            at, _, key = heapq.heappop(heap)
             item = data.get(key)
             # Only if the entry is the one this heap item was pushed for (not re-put later).
             if item is not None and item[1] == at:
@@ -75,9 +76,10 @@ class TtlLru(Generic[K, V]):
         data.move_to_end(key)
         while len(data) > self.maxsize:
             data.popitem(last=False)
-        heapq.heappush(self._heap, (expires_at, key))
+        heapq.heappush(self._heap, (expires_at, next(self._seq), key))
         if len(self._heap) > self.maxsize + self.maxsize // _COMPACT_SLACK + 64:
-            self._heap = [(at, k) for k, (_, at) in data.items()]
+            seq = self._seq
+            self._heap = [(at, next(seq), k) for k, (_, at) in data.items()]
             heapq.heapify(self._heap)
 
     def discard(self, key: K) -> None:
