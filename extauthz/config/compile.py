@@ -23,6 +23,8 @@ from extauthz.clock import Clock, system_clock
 from extauthz.config.loader import LoadedConfig, load_config
 from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
 from extauthz.errors import ConfigError, ConfigIssue
+from extauthz.external.metrics import external_metrics
+from extauthz.external.stage import ExternalHub
 from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundPolicy
 from extauthz.routing import HostMatcher, PathMatcher, Route, RouteTable, compile_template
@@ -45,6 +47,8 @@ class Snapshot:
     files: tuple[Path, ...] = ()
     #: shared state (Redis client, revocation lists); started and closed with the snapshot
     state: SnapshotState | None = None
+    #: AuthZEN PDPs and metadata lookups (their sessions close with the snapshot)
+    external: ExternalHub | None = None
 
     async def start(self) -> None:
         """Start background work of every authenticator (JWKS refresh, ...)."""
@@ -86,6 +90,8 @@ class Snapshot:
         for result in results:
             if isinstance(result, BaseException):
                 log.warning("error while closing an authenticator: %s", type(result).__name__)
+        if self.external is not None:
+            await self.external.close()
         if self.state is not None:
             try:
                 await self.state.close()
@@ -144,6 +150,8 @@ class _Compiler:
             outbound=self._outbound(loaded.path.parent),
         )
         self.authenticators: dict[str, Authenticator] = {}
+        self.external = ExternalHub.build(self.settings, self.ctx.outbound,
+                                          external_metrics(metrics.registry), self.issues)
 
     def _outbound(self, base_dir: Path) -> OutboundPolicy:
         try:
@@ -226,6 +234,7 @@ class _Compiler:
             source=str(self.loaded.path),
             files=self.loaded.files + self._authenticator_files() + self.state.files(),
             state=self.state,
+            external=None if self.external.empty else self.external,
         )
 
     def _authenticator_files(self) -> tuple[Path, ...]:
@@ -274,6 +283,7 @@ class _Compiler:
                 route=spec.name,
                 consumers={c.name for c in self.consumers},
                 params=frozenset(template.groupindex) if template is not None else frozenset(),
+                external=self.external,
             )
         except PolicyError as exc:
             self.issues.extend(ConfigIssue(f"{where}.authz.{path}", message)
