@@ -224,7 +224,7 @@ def test_only_named_variables_and_members_are_converted() -> None:
     assert set(data) == {"request", "identity", "params"}
     assert "headers" not in data["request"] and "claims" not in data["identity"]
     assert set(activation_data(VIEW, ALICE, "orders", PARAMS)) == {
-        "request", "identity", "route", "params"}
+        "request", "identity", "route", "params", "metadata"}
     assert policy.cel_names <= ALL_NAMES
 
 
