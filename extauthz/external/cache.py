@@ -61,18 +61,26 @@ class CallCache:
     def _count(self, result: str) -> None:
         self._metrics.cache(self.kind, self.name, result)
 
+    def cached(self, key: str) -> tuple[bool, Any]:
+        """(True, answer) for a fresh cached answer (a remembered failure raises it again),
+        (False, None) otherwise. Synchronous: the hot path of a hit never suspends."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        expires, ok, value = entry
+        if self._clock() >= expires:
+            del self._entries[key]
+            return False, None
+        self._count("hit" if ok else "negative_hit")
+        if ok:
+            return True, value
+        raise CallFailed(value[0], value[1])
+
     async def get(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """The answer for ``key``: cached, shared with a call in flight, or fetched now."""
-        entry = self._entries.get(key)
-        now = self._clock()
-        if entry is not None:
-            expires, ok, value = entry
-            if now < expires:
-                self._count("hit" if ok else "negative_hit")
-                if ok:
-                    return value
-                raise CallFailed(value[0], value[1])
-            del self._entries[key]
+        found, value = self.cached(key)
+        if found:
+            return value
         running = self._inflight.get(key)
         if running is not None:
             self._count("shared")

@@ -49,6 +49,9 @@ class Target:
 
     async def cached(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call``'s answer for ``key`` under the cache, all within the target's deadline."""
+        found, value = self.cache.cached(key)
+        if found:
+            return value
         try:
             async with asyncio.timeout(self.limits.timeout_seconds):
                 return await self.cache.get(key, call)

@@ -15,6 +15,7 @@ on the same registry), kept in a weak map so :class:`extauthz.metrics.Metrics` i
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -40,13 +41,19 @@ class ExternalMetrics:
         self.fallbacks = Counter("extauthz_external_fallbacks", "Failed PDP calls / lookups "
                                  "answered by the configured fallback.",
                                  ["kind", "name", "action"], registry=registry)
+        self._children: dict[tuple[str, str, str], Any] = {}
 
     def call(self, kind: str, name: str, result: str, seconds: float) -> None:
         self.calls.labels(kind, name, result).inc()
         self.duration.labels(kind, name).observe(seconds)
 
     def cache(self, kind: str, name: str, result: str) -> None:
-        self.cache_results.labels(kind, name, result).inc()
+        # the labelled children are kept: labels() takes a lock and validates (hot path: a hit)
+        key = (kind, name, result)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.cache_results.labels(kind, name, result)
+        child.inc()
 
     def fallback(self, kind: str, name: str, action: str) -> None:
         self.fallbacks.labels(kind, name, action).inc()

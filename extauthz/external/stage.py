@@ -16,7 +16,7 @@ Each call has its own deadline (at most 0.45 s), so the two phases finish before
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +86,17 @@ class ExternalHub:
         await asyncio.gather(*(t.close() for t in targets), return_exceptions=True)
 
 
+async def _all(*calls: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Results (or exceptions) of ``calls``, run concurrently. One call is awaited directly: a
+    cache hit then never suspends, where ``gather`` would schedule a task for it."""
+    if len(calls) == 1:
+        try:
+            return [await calls[0]]
+        except Exception as exc:
+            return [exc]
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
 @dataclass(frozen=True, slots=True)
 class RouteExternal:
     """The lookups and PDP rules of one route's policy."""
@@ -101,14 +112,16 @@ class RouteExternal:
         data = activation_data(view, identity, route, params, self.names)
         metadata: dict[str, Any] = {}
         if self.lookups:
-            results = await asyncio.gather(*(lk.resolve(data, view) for lk in self.lookups),
-                                           return_exceptions=True)
+            results = await _all(*(lk.resolve(data, view) for lk in self.lookups))
             for lookup, result in zip(self.lookups, results, strict=True):
                 metadata[lookup.name] = self._lookup_value(lookup, result, trace)
         data["metadata"] = metadata
         answers: dict[str, PdpAnswer] = {}
         if self.checks:
-            asked = await asyncio.gather(*(c.ask(data) for c in self.checks))
+            asked = await _all(*(c.ask(data) for c in self.checks))
+            for answer in asked:
+                if isinstance(answer, BaseException):  # ask() never raises: a bug, fail closed
+                    raise answer
             answers = {a.rule: a for a in asked}
             if trace is not None:
                 trace.notes.extend(f"{a.rule}: {a.describe()}" for a in asked)
