@@ -53,8 +53,9 @@ class Target:
         if found:
             return value
         try:
-            async with asyncio.timeout(self.limits.timeout_seconds):
-                return await self.cache.get(key, call)
+            # wait_for, not asyncio.timeout(): the HTTP transport may run a check outside an
+            # asyncio task, where asyncio.timeout() raises RuntimeError (a miss pays one task)
+            return await asyncio.wait_for(self.cache.get(key, call), self.limits.timeout_seconds)
         except TimeoutError:
             self.metrics.call(self.kind, self.name, "timeout", self.limits.timeout_seconds)
             raise CallFailed("timeout", f"{self.kind} {self.name}: timed out") from None
