@@ -32,6 +32,7 @@ from extauthz.errors import (
     AuthorizationError,
     BadRequestError,
     CheckError,
+    DependencyUnavailable,
     Reason,
 )
 from extauthz.explain import AuthnStep, Trace
@@ -139,6 +140,9 @@ class Engine:
                                     identity=identity,
                                     challenges=_forbidden_challenges(snapshot, identity, exc))
                 return _with_pdp(dataclasses.replace(denied, rule=rule) if rule else denied,
+                                 resolved)
+            except DependencyUnavailable as exc:  # a PDP that could not answer (fail closed)
+                return _with_pdp(from_error(exc, route.name, request_id=view.request_id),
                                  resolved)
             return _with_pdp(self._allow(snapshot, route, identity, view), resolved)
         except AuthenticationError as exc:

@@ -90,6 +90,7 @@ class Policy:
             None if params is None else frozenset(params),
             external,
         )
+        compiler.lookups = frozenset(spec.metadata)
         rules: list[Rule] = []
         if spec.scopes_all:
             rules.append(ScopesAll("scopes_all", spec.scopes_all))
@@ -158,6 +159,17 @@ class _Compiler:
         self.cel_names: frozenset[str] = frozenset()
         self.external = external
         self.checks: list[Any] = []
+        #: the lookups the route runs (``authz.metadata``): what metadata rules may name
+        self.lookups: frozenset[str] = frozenset()
+
+    def known_lookup(self, path: str, at: str) -> bool:
+        """A ``metadata`` path must start with a lookup of the route's ``authz.metadata``."""
+        name = path.split(".", 1)[0]
+        if name in self.lookups:
+            return True
+        listed = ", ".join(sorted(self.lookups)) or "none: set authz.metadata"
+        self.issues.append((at, f"{name!r} is not a lookup of this route ({listed})"))
+        return False
 
     def external_stage(self, metadata: list[str]) -> RouteExternal | None:
         """The route's lookups and AuthZEN rules (None when it has neither)."""
@@ -237,6 +249,8 @@ class _Compiler:
         if spec.equal is not None:
             operands = spec.equal.operands
             for side, name in operands:
+                if side == "metadata" and not self.known_lookup(name, f"{at}.metadata"):
+                    return None
                 if side == "param" and self.params is not None and name not in self.params:
                     known = ", ".join(sorted(self.params)) or "none: the route has no template"
                     self.issues.append((f"{at}.param",
@@ -254,6 +268,8 @@ class _Compiler:
             return self._cel(spec.cel, at)
         if spec.metadata is not None:
             m = spec.metadata
+            if not self.known_lookup(m.path, f"{at}.path"):
+                return None
             return MetadataMatch(path, m.path, m.matcher, getattr(m, m.matcher))
         if spec.authzen is not None:
             return self._authzen(spec.authzen, path)

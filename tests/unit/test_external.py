@@ -224,6 +224,13 @@ def compile_text(tmp_path: Path, text: str) -> Any:
      "routes: [{name: r, match: {prefix: /}, authn: [keys], "
      "authz: {rules: [{authzen: {pdp: p}}]}}]",
      "routes[0].authz.rules[0].authzen", "resource: required"),
+    ("routes: [{name: r, match: {prefix: /}, authn: [keys], "
+     "authz: {rules: [{metadata: {path: doc.owner, exists: true}}]}}]",
+     "routes[0].authz.rules[0].metadata.path", "'doc' is not a lookup of this route"),
+    ("settings: {lookups: {doc: {http: {url: 'https://x/'}}}}\n"
+     "routes: [{name: r, match: {prefix: /}, authn: [keys], "
+     "authz: {metadata: [doc], rules: [{equal: {metadata: other.x, identity: subject}}]}}]",
+     "routes[0].authz.rules[0].equal.metadata", "'other' is not a lookup of this route (doc)"),
 ])
 def test_configuration_errors_are_located(tmp_path: Path, extra: str, where: str,
                                           message: str) -> None:
@@ -412,3 +419,33 @@ def test_cli_check_explain_shows_the_pdp_decision(tmp_path: Path,
     assert rule["kind"] == "authzen" and "PDP fake: decision false" in rule["detail"]
     assert "reason_admin" in rule["detail"]
     assert KEY not in json.dumps(out)
+
+
+async def test_a_pdp_that_cannot_answer_is_503_and_logged(tmp_path: Path) -> None:
+    snapshot = compile_text(tmp_path, config_with("http://127.0.0.1:9"))  # discard port: refused
+    engine = Engine(Metrics(), snapshot)
+    try:
+        view = make_view("/docs/d1", headers={"x-api-key": KEY})
+        trace = Trace()
+        decision = await engine.check(view, trace)
+        assert (decision.http_status, decision.grpc_code.name, decision.reason.value) == (
+            503, "UNAVAILABLE", "dependency_unavailable")
+        [answer] = decision.pdp
+        assert answer["decision"] is False and answer["fallback"] == "fail_closed"
+        assert answer["error"] in ("error", "timeout")
+        assert any("PDP fake could not answer" in note for note in trace.notes)
+    finally:
+        await snapshot.close()
+
+
+def test_the_configuration_in_the_docs_compiles(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "authzen.md").read_text()
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = yaml.safe_load(block)
+    data["authenticators"] = {"idp": {"api_key": {}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    snapshot = compile_config(load_config(path), Metrics())
+    [route] = snapshot.routes.routes
+    assert route.policy.external is not None
+    assert [lk.name for lk in route.policy.external.lookups] == ["doc"]
