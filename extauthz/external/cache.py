@@ -45,6 +45,7 @@ class CallCache:
         max_concurrency: int,
         metrics: ExternalMetrics,
         clock: Callable[[], float] = time.monotonic,
+        slot_timeout: float | None = None,
     ) -> None:
         self.kind, self.name = kind, name
         self.ttl, self.negative_ttl = ttl, negative_ttl
@@ -53,6 +54,9 @@ class CallCache:
         self._entries: OrderedDict[str, tuple[float, bool, Any]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._slots = asyncio.Semaphore(max_concurrency)
+        #: how long a call may wait for a slot: past it, the callers have given up anyway, and
+        #: a hung service must not let queued calls pile up without bound
+        self.slot_timeout = slot_timeout
         self._metrics = metrics
 
     def __len__(self) -> int:
@@ -95,8 +99,18 @@ class CallCache:
     async def _run(self, key: str, call: Callable[[], Awaitable[Any]],
                    future: asyncio.Future[Any]) -> None:
         try:
-            async with self._slots:
+            try:
+                async with asyncio.timeout(self.slot_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                self._count("overloaded")
+                future.set_exception(CallFailed("overloaded", f"{self.kind} {self.name}: "
+                                                "every concurrency slot stayed busy"))
+                return
+            try:
                 value = await call()
+            finally:
+                self._slots.release()
         except CallFailed as exc:
             self._store(key, self.negative_ttl, False, (exc.result, str(exc)))
             future.set_exception(exc)

@@ -37,7 +37,8 @@ class Target:
         self.cache = CallCache(
             self.kind, name, ttl=limits.cache_ttl_seconds,
             negative_ttl=limits.negative_ttl_seconds, max_entries=limits.max_entries,
-            max_concurrency=limits.max_concurrency, metrics=metrics)
+            max_concurrency=limits.max_concurrency, metrics=metrics,
+            slot_timeout=limits.timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:

@@ -6,11 +6,14 @@ any other failure follows the lookup's ``on_error``.
 
 UserInfo is called with the caller's own bearer token (``Authorization: Bearer``); the answer's
 ``sub`` must equal the verified identity's subject (OIDC Core 5.3.2), otherwise it is refused.
-Answers are cached per token (its SHA-256, never the token itself).
+Answers are cached per token (its SHA-256, never the token itself). A lookup that sends a
+credential (UserInfo, or configured headers) never follows a redirect, whatever
+``settings.outbound.follow_redirects`` says.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -49,6 +52,10 @@ class Lookup(Target):
 
     def __init__(self, name: str, spec: LookupSpec, policy: OutboundPolicy,
                  metrics: ExternalMetrics) -> None:
+        if spec.userinfo is not None or (spec.http is not None and spec.http.headers):
+            # a lookup sending a credential (the caller's token, configured headers) is never
+            # redirected: the credential would follow the redirect to wherever it points
+            policy = dataclasses.replace(policy, follow_redirects=False)
         super().__init__(name, spec, policy, metrics)
         self.spec = spec
         self.on_error = spec.on_error

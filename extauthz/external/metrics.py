@@ -5,7 +5,7 @@ configured name (bounded: names come from the configuration, never from requests
                                                       a PDP ``false``, timeout, error, invalid,
                                                       refused, not_found)
 ``extauthz_external_call_duration_seconds{kind,name}`` time of each outbound call
-``extauthz_external_cache_total{kind,name,result}``   cache hit / negative_hit / shared / miss
+``extauthz_external_cache_total{kind,name,result}``   hit, negative_hit, shared, miss, overloaded
 ``extauthz_external_fallbacks_total{kind,name,action}`` failures answered by a fallback
 
 Registered once per :class:`~prometheus_client.CollectorRegistry` (a reload builds new clients
@@ -36,7 +36,7 @@ class ExternalMetrics:
                                   "Time of each outbound PDP call / lookup.", ["kind", "name"],
                                   buckets=LATENCY_BUCKETS, registry=registry)
         self.cache_results = Counter("extauthz_external_cache", "PDP / lookup cache results "
-                                     "(hit, negative_hit, shared, miss).",
+                                     "(hit, negative_hit, shared, miss, overloaded).",
                                      ["kind", "name", "result"], registry=registry)
         self.fallbacks = Counter("extauthz_external_fallbacks", "Failed PDP calls / lookups "
                                  "answered by the configured fallback.",

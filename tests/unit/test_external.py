@@ -449,3 +449,51 @@ def test_the_configuration_in_the_docs_compiles(tmp_path: Path) -> None:
     [route] = snapshot.routes.routes
     assert route.policy.external is not None
     assert [lk.name for lk in route.policy.external.lookups] == ["doc"]
+
+
+async def test_calls_queued_past_the_deadline_are_dropped_not_piled_up() -> None:
+    c = cache(max_concurrency=1, slot_timeout=0.05)
+
+    async def hung() -> int:
+        await asyncio.sleep(0.3)
+        return 1
+
+    first = asyncio.ensure_future(c.get("a", hung))
+    await asyncio.sleep(0.01)
+    with pytest.raises(CallFailed) as info:
+        await c.get("b", hung)  # no slot within 50 ms
+    assert info.value.result == "overloaded"
+    assert await first == 1
+
+
+async def test_userinfo_never_follows_a_redirect_with_the_callers_token() -> None:
+    from extauthz.config.external import LookupSpec
+    from extauthz.external.lookups import Lookup
+
+    hits: list[str] = []
+
+    async def userinfo(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        if request.path == "/userinfo":
+            raise web.HTTPFound("/elsewhere")
+        return web.json_response({"sub": "alice"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", userinfo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    lookup = Lookup("profile", LookupSpec(userinfo={"url": f"http://127.0.0.1:{port}/userinfo"}),
+                    OutboundPolicy(follow_redirects=True), metrics())
+    view = make_view("/x", headers={"authorization": "Bearer tok-123"})
+    try:
+        with pytest.raises(CallFailed):
+            await lookup.resolve({"identity": {"subject": "alice"}}, view)
+        assert hits == ["/userinfo"]  # the token never went to /elsewhere
+        with pytest.raises(CallFailed, match="no bearer token"):
+            await lookup.resolve({"identity": {"subject": "alice"}}, make_view("/x"))
+    finally:
+        await lookup.close()
+        await runner.cleanup()
