@@ -358,3 +358,23 @@ def test_authzen_interop_todo_decisions_against_cerbos(cerbos: CerbosServer) -> 
     assert len(results) == 40
     wrong = [(req, expected) for req, expected, got in results if got != expected]
     assert wrong == []
+
+
+def test_check_explain_shows_cerbos_decision(extauthz_config: Path, idp: DemoIdP,
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from extauthz.cli import main
+
+    token = idp.mint("bob", scopes=["user"])
+    request = tmp_path / "r.yaml"
+    request.write_text(yaml.safe_dump({"path": "/az/docs/d1",
+                                       "headers": {"authorization": f"Bearer {token}"}}))
+    code = main(["check", "--config", str(extauthz_config), "--request", str(request),
+                 "--explain"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 3 and out["http_status"] == 403 and out["rule"] == "rules[0]"
+    [rule] = out["explain"]["rules"]
+    assert rule["kind"] == "authzen" and rule["result"] == "fail"
+    assert rule["detail"] == "PDP cerbos: decision false"
+    assert "metadata doc: ok" in out["explain"]["notes"]
+    assert token not in json.dumps(out)
