@@ -37,6 +37,9 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+# one URL-for-logs rule for spans and log lines (scheme, host, port, path; no user info or query)
+from extauthz.tracing import safe_url
+
 if TYPE_CHECKING:
     from extauthz.config.schema import OutboundSpec
 
@@ -60,16 +63,6 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-def safe_url(value: str) -> str:
-    """A URL for logs: scheme, host, port and path only (no credentials, query or fragment)."""
-    parts = urlsplit(value)
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,11 +63,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from extauthz import tracing
 from extauthz.clock import Clock
 from extauthz.config.schema import JwtSpec
 from extauthz.errors import DependencyUnavailable, Reason
 from extauthz.metrics import Metrics
-from extauthz.outbound import OutboundError, OutboundPolicy, safe_url
+from extauthz.outbound import OutboundError, OutboundPolicy
+from extauthz.tracing import safe_url
 
 if TYPE_CHECKING:
     import aiohttp
@@ -715,6 +717,8 @@ class RemoteJwks:
             raise _FetchError("refused", f"jwks_uri {safe_url(jwks_uri)}: {problem}")
         return jwks_uri
 
+    @tracing.outbound_span("jwks.fetch",
+                           lambda _self, _session, url: {"url.full": safe_url(url)})
     async def _get_json(self, session: aiohttp.ClientSession, url: str) -> Any:
         status, body = await self._policy.fetch(
             session, "GET", url, timeout=self._fetch_timeout, max_bytes=MAX_DOCUMENT_BYTES,

@@ -20,11 +20,13 @@ from extauthz.authn.dispatch import needs_dispatch
 from extauthz.authn.registry import BuildContext, Factory, default_registry
 from extauthz.authz.policy import Policy, PolicyError
 from extauthz.clock import Clock, system_clock
+from extauthz.config.idtoken_schema import RouteIdentityTokenSpec
 from extauthz.config.loader import LoadedConfig, load_config
 from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
 from extauthz.errors import ConfigError, ConfigIssue
 from extauthz.external.metrics import external_metrics
 from extauthz.external.stage import ExternalHub
+from extauthz.idtoken import IdentityTokens, build_identity_tokens
 from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundPolicy
 from extauthz.routing import HostMatcher, PathMatcher, Route, RouteTable, compile_template
@@ -49,6 +51,8 @@ class Snapshot:
     state: SnapshotState | None = None
     #: AuthZEN PDPs and metadata lookups (their sessions close with the snapshot)
     external: ExternalHub | None = None
+    #: the signed identity token (``settings.identity_token``); None when off
+    identity_tokens: IdentityTokens | None = None
 
     async def start(self) -> None:
         """Start background work of every authenticator (JWKS refresh, ...)."""
@@ -213,6 +217,7 @@ class _Compiler:
                     self.authenticators[name] = built
         routes: list[Route] = []
         names: set[str] = set()
+        token_routes: list[tuple[str, str, bool, RouteIdentityTokenSpec | None]] = []
         for source, part in self._parts():
             for i, spec in enumerate(part.routes):  # type: ignore[attr-defined]
                 where = _where(source, f"routes[{i}]")
@@ -221,9 +226,14 @@ class _Compiler:
                                                    f"duplicate route {spec.name!r}"))
                     continue
                 names.add(spec.name)
+                token_routes.append((spec.name, where, spec.public, spec.identity_token))
                 route = self._route(spec, where)
                 if route is not None:
                     routes.append(route)
+        tokens = build_identity_tokens(self.settings.identity_token, token_routes,
+                                       self.loaded.path.parent, self.issues, clock=self.ctx.clock,
+                                       identity_prefix=self.settings.identity_header_prefix,
+                                       metrics=self.ctx.metrics)
         if self.issues:
             raise ConfigError(self.issues)
         return Snapshot(
@@ -232,9 +242,11 @@ class _Compiler:
             authenticators=MappingProxyType(dict(self.authenticators)),
             digest=self.loaded.digest,
             source=str(self.loaded.path),
-            files=self.loaded.files + self._authenticator_files() + self.state.files(),
+            files=(self.loaded.files + self._authenticator_files() + self.state.files()
+                   + (tokens.files if tokens is not None else ())),
             state=self.state,
             external=None if self.external.empty else self.external,
+            identity_tokens=tokens,
         )
 
     def _authenticator_files(self) -> tuple[Path, ...]:

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from extauthz.config.external import AuthzenRule, LookupSpec, PdpSpec
+from extauthz.config.idtoken_schema import IdentityTokenSpec, RouteIdentityTokenSpec
 
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -747,6 +748,8 @@ class RouteSpec(Model):
     authn_mode: Literal["any_of", "all_of"] = "any_of"
     authz: AuthzSpec = Field(default_factory=AuthzSpec)
     strip_credentials: bool | None = None
+    #: mint a signed identity token for the upstream (docs/identity-token.md)
+    identity_token: RouteIdentityTokenSpec | None = None
 
     @model_validator(mode="after")
     def _authn_or_public(self) -> RouteSpec:
@@ -934,6 +937,8 @@ class Settings(Model):
     #: AuthZEN policy decision points and metadata lookups, by name (docs/authzen.md)
     pdps: dict[Name, PdpSpec] = Field(default_factory=dict)
     lookups: dict[Name, LookupSpec] = Field(default_factory=dict)
+    #: signed identity token for the upstream (docs/identity-token.md); none = off
+    identity_token: IdentityTokenSpec | None = None
 
     @field_validator("identity_header_prefix")
     @classmethod
