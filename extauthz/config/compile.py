@@ -73,6 +73,8 @@ class Snapshot:
             adopt = getattr(authenticator, "adopt_outbound_state", None)
             if callable(adopt):
                 adopt(candidates)
+        if self.external is not None and previous.external is not None:
+            self.external.adopt(previous.external)  # PDP / lookup answers (docs/authzen.md)
 
     def inherit_from(self, previous: Snapshot) -> None:
         """Carry state that must survive a reload (e.g. HMAC nonce replay caches).

@@ -22,6 +22,9 @@ from typing import Any
 
 from extauthz.external.metrics import ExternalMetrics
 
+#: every this many stored answers, expired ones are swept (one O(entries) pass per 256 stores)
+_SWEEP_EVERY = 256
+
 
 class CallFailed(Exception):
     """The outbound call failed; ``result`` is a bounded metrics label (timeout, error, ...)."""
@@ -54,6 +57,7 @@ class CallCache:
         self._entries: OrderedDict[str, tuple[float, bool, Any]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._stores = 0
         #: how long a call may wait for a slot: past it, the callers have given up anyway, and
         #: a hung service must not let queued calls pile up without bound
         self.slot_timeout = slot_timeout
@@ -133,6 +137,20 @@ class CallCache:
         entries.move_to_end(key)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
+        self._stores += 1
+        if self._stores % _SWEEP_EVERY == 0:
+            # answers for keys never asked again would otherwise stay until max_entries pushes
+            # them out: memory follows the live answers, not the busiest minute so far
+            self.evict_expired()
+
+    def adopt(self, previous: CallCache) -> None:
+        """Copy ``previous``'s live entries (oldest first, so recency is kept)."""
+        now = self._clock()
+        for key, entry in previous._entries.items():
+            if entry[0] > now:
+                self._entries[key] = entry
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
 
     def evict_expired(self) -> None:
         """Drop expired entries (called now and then so memory levels off)."""

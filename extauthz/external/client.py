@@ -41,6 +41,10 @@ class Target:
             slot_timeout=limits.timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
+    def adopt_cache(self, previous: Target) -> None:
+        """Take over ``previous``'s cached answers (its in-flight calls stay its own)."""
+        self.cache.adopt(previous.cache)
+
     def session(self) -> aiohttp.ClientSession:
         """The target's HTTP session (created on first use, inside the event loop)."""
         if self._session is None or self._session.closed:

@@ -76,6 +76,17 @@ class ExternalHub:
                 issues.append(ConfigIssue(f"settings.lookups.{name}", str(exc)))
         return cls(pdps, lookups)
 
+    def adopt(self, previous: ExternalHub) -> None:
+        """Keep the cached answers of ``previous`` (the snapshot being replaced) for every PDP
+        and lookup configured identically (same name, same settings, same outbound policy), so
+        a reload does not send every cached question to the PDPs at once."""
+        pairs = [*((self.pdps[n], previous.pdps.get(n)) for n in self.pdps),
+                 *((self.lookups[n], previous.lookups.get(n)) for n in self.lookups)]
+        for new, old in pairs:
+            if (old is not None and old.kind == new.kind and old.limits == new.limits
+                    and old.policy == new.policy):
+                new.adopt_cache(old)
+
     @property
     def empty(self) -> bool:
         return not self.pdps and not self.lookups

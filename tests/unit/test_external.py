@@ -497,3 +497,41 @@ async def test_userinfo_never_follows_a_redirect_with_the_callers_token() -> Non
     finally:
         await lookup.close()
         await runner.cleanup()
+
+
+async def test_expired_answers_are_swept_so_memory_follows_live_answers() -> None:
+    now = [0.0]
+    c = cache(lambda: now[0], max_entries=10_000)
+
+    async def value() -> int:
+        return 1
+
+    for i in range(200):
+        await c.get(f"old{i}", value)
+    now[0] = 10.0  # all 200 expired, never asked again
+    for i in range(56):
+        await c.get(f"new{i}", value)  # the 256th store sweeps
+    assert len(c) == 56
+
+
+async def test_a_reload_keeps_the_cached_pdp_answers(fake: tuple[FakePdp, str],
+                                                     tmp_path: Path) -> None:
+    server, url = fake
+    text = config_with(url).replace(f'url: "{url}"', f'url: "{url}", cache_ttl_seconds: 60')
+    first = compile_text(tmp_path, text)
+    second = compile_text(tmp_path, text)
+    changed = compile_text(tmp_path, text.replace("cache_ttl_seconds: 60",
+                                                  "cache_ttl_seconds: 30"))
+    view = make_view("/docs/d1", headers={"x-api-key": KEY})
+    try:
+        assert (await Engine(Metrics(), first).check(view)).http_status == 200
+        asked = len(server.seen)
+        second.adopt_outbound_state(first)
+        changed.adopt_outbound_state(first)
+        assert (await Engine(Metrics(), second).check(view)).http_status == 200
+        assert len(server.seen) == asked  # answered from the adopted cache
+        assert (await Engine(Metrics(), changed).check(view)).http_status == 200
+        assert len(server.seen) == asked + 1  # settings changed: not adopted
+    finally:
+        for snapshot in (first, second, changed):
+            await snapshot.close()
