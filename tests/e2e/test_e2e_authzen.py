@@ -60,6 +60,9 @@ def _service() -> web.Application:
     async def document(request: web.Request) -> web.Response:
         doc = request.match_info["doc"]
         HITS["doc:" + doc] = HITS.get("doc:" + doc, 0) + 1
+        if doc.startswith("burst"):  # slow enough for concurrent requests to overlap
+            await asyncio.sleep(0.3)
+            return web.json_response({"id": doc, "owner": "alice"})
         if doc not in OWNERS:
             return web.json_response({"error": "not found"}, status=404)
         return web.json_response({"id": doc, "owner": OWNERS[doc]})
@@ -134,6 +137,9 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP, cerbos: CerbosServer,
                     "cache_ttl_seconds": 30},
             "profile": {"userinfo": {"url": service.base_url + "/userinfo"}},
             "gone": {"http": {"url": down + "/documents/{{ params.doc_id }}"}},
+            "doc-nocache": {"http": {"url": service.base_url + "/documents/{{ params.doc_id }}"},
+                            "cache_ttl_seconds": 0, "negative_ttl_seconds": 0,
+                            "timeout_seconds": 0.45},
         },
     })
     batch = [{"action": {"name": "read"}}, {"action": {"name": "share"}},
@@ -142,6 +148,9 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP, cerbos: CerbosServer,
         _route("az-doc", "/az/docs/{doc_id}", [_authzen()]),
         _route("az-all", "/az/all/{doc_id}", [_authzen(evaluations=batch)]),
         _route("az-any", "/az/any/{doc_id}", [_authzen(evaluations=batch, combine="any")]),
+        _route("az-nocache", "/az/nocache/{doc_id}",
+               [{"metadata": {"path": "doc-nocache.owner", "equals": "alice"}}],
+               metadata=("doc-nocache",)),
         _route("az-owner", "/az/owner/{doc_id}", [
             {"equal": {"metadata": "doc.owner", "identity": "subject"}},
             {"cel": "metadata.doc.owner == identity.subject"}]),
@@ -274,6 +283,22 @@ def test_lookup_answers_are_cached(wire: Stack, idp: DemoIdP) -> None:
                   result="hit") >= 3
     assert metric(wire, "extauthz_external_calls_total", kind="pdp", target="cerbos",
                   result="ok") >= 1
+
+
+def test_concurrent_requests_share_one_lookup_call(wire: Stack, idp: DemoIdP) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # a lookup without any cache: only single-flight can make eight overlapping checks (the
+    # service takes 0.3 s) cost fewer than eight calls
+    doc = f"burst{len(HITS)}"
+    token = bearer(idp, "alice")
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: wire.get(f"/az/nocache/{doc}", token).status,
+                                 range(8)))
+    assert statuses == [200] * 8
+    assert HITS["doc:" + doc] < 8, HITS["doc:" + doc]
+    assert metric(wire, "extauthz_external_cache_total", kind="lookup", target="doc-nocache",
+                  result="shared") >= 1
 
 
 def test_userinfo_with_the_callers_token(wire: Stack, idp: DemoIdP) -> None:
