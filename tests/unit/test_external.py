@@ -535,3 +535,22 @@ async def test_a_reload_keeps_the_cached_pdp_answers(fake: tuple[FakePdp, str],
     finally:
         for snapshot in (first, second, changed):
             await snapshot.close()
+
+
+async def test_a_template_that_cannot_render_fails_the_rule_even_with_on_error_allow(
+        fake: tuple[FakePdp, str], tmp_path: Path) -> None:
+    server, url = fake
+    text = config_with(url).replace(
+        'resource: {type: document, id: "{{ params.doc }}"}',
+        'resource: {type: document, id: "doc:{{ identity.claims.tenant }}"}\n'
+        "        on_error: allow")
+    assert "on_error: allow" in text
+    snapshot = compile_text(tmp_path, text)
+    try:
+        decision = await Engine(Metrics(), snapshot).check(
+            make_view("/docs/d1", headers={"x-api-key": KEY}))
+        assert (decision.http_status, decision.reason.value) == (403, "forbidden")
+        assert server.seen == []  # the PDP was never asked
+        assert decision.pdp[0]["error"].startswith("mapping:")
+    finally:
+        await snapshot.close()
