@@ -78,7 +78,15 @@ def _service() -> web.Application:
         await asyncio.sleep(3)
         return web.json_response({"decision": True})
 
+    async def directory(request: web.Request) -> web.Response:
+        # the interop scenario's user directory, as the PEP's lookup sees it
+        found = json.loads(INTEROP.read_text())["directory"].get(request.match_info["sub"])
+        if found is None:
+            return web.json_response({}, status=404)
+        return web.json_response(found)
+
     app = web.Application()
+    app.router.add_get("/directory/{sub}", directory)
     app.router.add_get("/documents/{doc}", document)
     app.router.add_get("/userinfo", userinfo)
     app.router.add_post("/slow/access/v1/evaluation", hang)
@@ -120,6 +128,30 @@ def _authzen(pdp: str = "cerbos", **extra: Any) -> dict[str, Any]:
                         "resource": RESOURCE, **extra}}
 
 
+#: the interop gateway scenario's routes: (route name, match, route template sent as resource id)
+GATEWAY = [
+    ("gw-user", {"template": "/users/{userId}"}, "/users/{userId}"),
+    ("gw-todos", {"path": "/todos"}, "/todos"),
+    ("gw-todo", {"template": "/todos/{todoId}"}, "/todos/{todoId}"),
+]
+#: a concrete path for each route template
+GATEWAY_PATHS = {"/users/{userId}": "/users/beth@the-smiths.com", "/todos": "/todos",
+                 "/todos/{todoId}": "/todos/7240d0db-8ff0-41ec-98b2-34a096273b9f"}
+
+
+def _gateway_route(name: str, match: dict[str, str], template: str) -> dict[str, Any]:
+    """The interop gateway PEP: who (token subject + directory lookup), what (the method),
+    which route (the template, as the AuthZEN resource)."""
+    return {"name": name, "match": match, "authn": ["demo-idp"], "authz": {
+        "metadata": ["directory"],
+        "rules": [{"authzen": {
+            "pdp": "cerbos",
+            "subject": {"type": "identity", "id": "{{ identity.subject }}",
+                        "properties": "{{ metadata.directory }}"},
+            "action": {"name": "{{ request.method }}"},
+            "resource": {"type": "route", "id": template}}}]}}
+
+
 @pytest.fixture(scope="module")
 def extauthz_config(e2e_dir: Path, idp: DemoIdP, cerbos: CerbosServer,
                     service: BackgroundApp) -> Path:
@@ -136,6 +168,8 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP, cerbos: CerbosServer,
             "doc": {"http": {"url": service.base_url + "/documents/{{ params.doc_id }}"},
                     "cache_ttl_seconds": 30},
             "profile": {"userinfo": {"url": service.base_url + "/userinfo"}},
+            "directory": {"http": {"url": service.base_url
+                                   + "/directory/{{ identity.subject }}"}},
             "gone": {"http": {"url": down + "/documents/{{ params.doc_id }}"}},
             "doc-nocache": {"http": {"url": service.base_url + "/documents/{{ params.doc_id }}"},
                             "cache_ttl_seconds": 0, "negative_ttl_seconds": 0,
@@ -163,6 +197,7 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP, cerbos: CerbosServer,
         _route("az-profile", "/az/profile/{doc_id}",
                [{"cel": 'metadata.profile.department == "eng"'}], metadata=("profile",)),
     ]
+    routes += [_gateway_route(name, match, template) for name, match, template in GATEWAY]
     (main.parent / "routes.d" / "authzen.yaml").write_text(yaml.safe_dump({"routes": routes}))
     return write_config(main, data)
 
@@ -403,3 +438,21 @@ def test_check_explain_shows_cerbos_decision(extauthz_config: Path, idp: DemoIdP
     assert rule["detail"] == "PDP cerbos: decision false"
     assert "metadata doc: ok" in out["explain"]["notes"]
     assert token not in json.dumps(out)
+
+
+def test_authzen_interop_gateway_decisions_through_envoy(wire: Stack, idp: DemoIdP) -> None:
+    """The interop API-gateway decisions as requests through Envoy: the token's subject is the
+    interop user, the directory lookup adds its roles, the route template is the resource."""
+    data = json.loads(INTEROP.read_text())
+    wrong = []
+    for case in data["gateway"]:
+        request = case["request"]
+        token = {"authorization": f"Bearer {idp.mint(request['subject']['id'])}"}
+        method = request["action"]["name"]
+        r = wire.request(method, GATEWAY_PATHS[request["resource"]["id"]], token)
+        if r.status != (200 if case["expected"] else 403):
+            wrong.append((request, r.status))
+        elif not case["expected"]:
+            assert_denied(r, 403, "forbidden")
+    assert len(data["gateway"]) == 25
+    assert wrong == []
