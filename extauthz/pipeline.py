@@ -134,7 +134,7 @@ class Engine:
                             request_id=view.request_id)
             external = route.policy.external  # lookups and PDP calls (docs/authzen.md)
             resolved = None if external is None else await external.resolve(
-                view, identity, match.params, route.name, trace)
+                view, identity, match.params, route.name, None if trace is None else trace.notes)
             try:
                 route.policy.evaluate(view, identity, match.params,
                                       None if trace is None else trace.rules, resolved)

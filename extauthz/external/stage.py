@@ -33,7 +33,6 @@ from extauthz.types import Identity, RequestView
 if TYPE_CHECKING:
     from extauthz.config.schema import Settings
     from extauthz.errors import ConfigIssue
-    from extauthz.explain import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +117,15 @@ class RouteExternal:
     names: frozenset[str] = frozenset()
 
     async def resolve(self, view: RequestView, identity: Identity, params: Mapping[str, str],
-                      route: str, trace: Trace | None = None) -> Resolved:
-        """Run the lookups, then ask the PDPs (see the module docstring)."""
+                      route: str, notes: list[str] | None = None) -> Resolved:
+        """Run the lookups, then ask the PDPs (see the module docstring). ``notes``: the explain
+        trace's notes (``check --explain``), where each lookup and PDP answer is recorded."""
         data = activation_data(view, identity, route, params, self.names)
         metadata: dict[str, Any] = {}
         if self.lookups:
             results = await _all(*(lk.resolve(data, view) for lk in self.lookups))
             for lookup, result in zip(self.lookups, results, strict=True):
-                metadata[lookup.name] = self._lookup_value(lookup, result, trace)
+                metadata[lookup.name] = self._lookup_value(lookup, result, notes)
         data["metadata"] = metadata
         answers: dict[str, PdpAnswer] = {}
         if self.checks:
@@ -134,15 +134,15 @@ class RouteExternal:
                 if isinstance(answer, BaseException):  # ask() never raises: a bug, fail closed
                     raise answer
             answers = {a.rule: a for a in asked}
-            if trace is not None:
-                trace.notes.extend(f"{a.rule}: {a.describe()}" for a in asked)
+            if notes is not None:
+                notes.extend(f"{a.rule}: {a.describe()}" for a in asked)
         return Resolved(metadata, answers)
 
     @staticmethod
-    def _lookup_value(lookup: Lookup, result: Any, trace: Trace | None) -> Any:
+    def _lookup_value(lookup: Lookup, result: Any, notes: list[str] | None) -> Any:
         if not isinstance(result, BaseException):
-            if trace is not None:
-                trace.notes.append(f"metadata {lookup.name}: "
+            if notes is not None:
+                notes.append(f"metadata {lookup.name}: "
                                    + ("not found (null)" if result is None else "ok"))
             return result
         if isinstance(result, CallFailed):
@@ -151,8 +151,8 @@ class RouteExternal:
             why = f"mapping: {result}"
         else:
             why = "error"
-        if trace is not None:
-            trace.notes.append(f"metadata {lookup.name}: failed ({why}); on_error: "
+        if notes is not None:
+            notes.append(f"metadata {lookup.name}: failed ({why}); on_error: "
                                f"{lookup.on_error}")
         if lookup.on_error == "absent":
             lookup.metrics.fallback("lookup", lookup.name, "absent")
