@@ -373,6 +373,7 @@ async def test_decision_log_and_trace_carry_the_pdp_answer(
         trace = Trace()
         decision = await engine.check(view, trace)
         assert decision.http_status == 403 and decision.rule == "rules[0]"
+        assert decision.grpc_code.name == "PERMISSION_DENIED"
         assert server.seen[-1] == {
             "subject": {"type": "user", "id": "alice", "properties": {"roles": ["user"]}},
             "action": {"name": "GET"}, "resource": {"type": "document", "id": "d7"}}
@@ -549,7 +550,8 @@ async def test_a_template_that_cannot_render_fails_the_rule_even_with_on_error_a
     try:
         decision = await Engine(Metrics(), snapshot).check(
             make_view("/docs/d1", headers={"x-api-key": KEY}))
-        assert (decision.http_status, decision.reason.value) == (403, "forbidden")
+        assert (decision.http_status, decision.grpc_code.name, decision.reason.value) == (
+            403, "PERMISSION_DENIED", "forbidden")
         assert server.seen == []  # the PDP was never asked
         assert decision.pdp[0]["error"].startswith("mapping:")
     finally:
