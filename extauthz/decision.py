@@ -90,6 +90,8 @@ class Decision:
     dynamic_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY_META)
     #: the policy rule that denied (its configuration path, e.g. ``rules[2]``), for logs
     rule: str = ""
+    #: what AuthZEN PDPs answered (pdp, rule, decision, context), for the decision log
+    pdp: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def allowed(self) -> bool:

@@ -73,6 +73,8 @@ def record(view: RequestView | None, decision: Decision, latency_s: float,
     }
     if decision.rule:
         rec["rule"] = decision.rule
+    if decision.pdp:  # PDP answers: names, booleans and the PDP's bounded context
+        rec["pdp"] = [dict(answer) for answer in decision.pdp]
     identity = decision.identity
     if identity is not None:
         rec["identity"] = {

@@ -149,12 +149,12 @@ class OutboundPolicy:
         timeout: float,
         max_bytes: int,
         headers: Mapping[str, str] | None = None,
-        data: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | bytes | None = None,
     ) -> tuple[int, bytes]:
         """(status, body) of ``method url`` under the policy; raises :class:`OutboundError`.
 
-        ``timeout`` bounds the whole exchange, redirects included. A body is only sent with
-        POST, and a POST is never redirected.
+        ``timeout`` bounds the whole exchange, redirects included. A body (form fields, or raw
+        bytes such as a JSON document) is only sent with POST, and a POST is never redirected.
         """
         try:
             async with asyncio.timeout(timeout):
@@ -169,7 +169,7 @@ class OutboundPolicy:
         url: str,
         max_bytes: int,
         headers: Mapping[str, str] | None,
-        data: Mapping[str, str] | None,
+        data: Mapping[str, str] | bytes | None,
     ) -> tuple[int, bytes]:
         hops = 0
         while True:

@@ -33,6 +33,7 @@ from extauthz.errors import (
     AuthorizationError,
     BadRequestError,
     CheckError,
+    DependencyUnavailable,
     Reason,
 )
 from extauthz.explain import AuthnStep, Trace
@@ -131,18 +132,26 @@ class Engine:
                             # identical challenges (e.g. JWT + introspection) are sent once
                             challenges=list(dict.fromkeys(a.challenge() for a in missing)),
                             request_id=view.request_id)
+            external = route.policy.external  # lookups and PDP calls (docs/authzen.md)
+            resolved = None if external is None else await external.resolve(
+                view, identity, match.params, route.name, None if trace is None else trace.notes)
             try:
                 route.policy.evaluate(view, identity, match.params,
-                                      None if trace is None else trace.rules)
+                                      None if trace is None else trace.rules, resolved)
             except AuthorizationError as exc:
                 rule = getattr(exc, "rule", "")
                 if route.policy.shadow:
-                    return self._allow(snapshot, route, identity, view, shadow=exc)
+                    return _with_pdp(self._allow(snapshot, route, identity, view, shadow=exc),
+                                     resolved)
                 denied = from_error(exc, route.name, request_id=view.request_id,
                                     identity=identity,
                                     challenges=_forbidden_challenges(snapshot, identity, exc))
-                return dataclasses.replace(denied, rule=rule) if rule else denied
-            return self._allow(snapshot, route, identity, view)
+                return _with_pdp(dataclasses.replace(denied, rule=rule) if rule else denied,
+                                 resolved)
+            except DependencyUnavailable as exc:  # a PDP that could not answer (fail closed)
+                return _with_pdp(from_error(exc, route.name, request_id=view.request_id),
+                                 resolved)
+            return _with_pdp(self._allow(snapshot, route, identity, view), resolved)
         except AuthenticationError as exc:
             return from_error(exc, route.name, request_id=view.request_id,
                               challenges=_invalid_challenges(route, exc))
@@ -308,6 +317,13 @@ class Engine:
             dynamic_metadata=metadata,
             rule=rule,
         )
+
+
+def _with_pdp(decision: Decision, resolved: Any) -> Decision:
+    """Attach the PDP answers of the external stage (decision log: ``pdp``)."""
+    if resolved is None or not resolved.answers:
+        return decision
+    return dataclasses.replace(decision, pdp=resolved.log_records())
 
 
 def _check_size(view: RequestView, limits: Limits, trace: Trace | None) -> None:

@@ -24,6 +24,8 @@ from extauthz.config.idtoken_schema import RouteIdentityTokenSpec
 from extauthz.config.loader import LoadedConfig, load_config
 from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
 from extauthz.errors import ConfigError, ConfigIssue
+from extauthz.external.metrics import external_metrics
+from extauthz.external.stage import ExternalHub
 from extauthz.idtoken import IdentityTokens, build_identity_tokens
 from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundPolicy
@@ -47,6 +49,8 @@ class Snapshot:
     files: tuple[Path, ...] = ()
     #: shared state (Redis client, revocation lists); started and closed with the snapshot
     state: SnapshotState | None = None
+    #: AuthZEN PDPs and metadata lookups (their sessions close with the snapshot)
+    external: ExternalHub | None = None
     #: the signed identity token (``settings.identity_token``); None when off
     identity_tokens: IdentityTokens | None = None
 
@@ -69,6 +73,8 @@ class Snapshot:
             adopt = getattr(authenticator, "adopt_outbound_state", None)
             if callable(adopt):
                 adopt(candidates)
+        if self.external is not None and previous.external is not None:
+            self.external.adopt(previous.external)  # PDP / lookup answers (docs/authzen.md)
 
     def inherit_from(self, previous: Snapshot) -> None:
         """Carry state that must survive a reload (e.g. HMAC nonce replay caches).
@@ -90,6 +96,8 @@ class Snapshot:
         for result in results:
             if isinstance(result, BaseException):
                 log.warning("error while closing an authenticator: %s", type(result).__name__)
+        if self.external is not None:
+            await self.external.close()
         if self.state is not None:
             try:
                 await self.state.close()
@@ -148,6 +156,8 @@ class _Compiler:
             outbound=self._outbound(loaded.path.parent),
         )
         self.authenticators: dict[str, Authenticator] = {}
+        self.external = ExternalHub.build(self.settings, self.ctx.outbound,
+                                          external_metrics(metrics.registry), self.issues)
 
     def _outbound(self, base_dir: Path) -> OutboundPolicy:
         try:
@@ -237,6 +247,7 @@ class _Compiler:
             files=(self.loaded.files + self._authenticator_files() + self.state.files()
                    + (tokens.files if tokens is not None else ())),
             state=self.state,
+            external=None if self.external.empty else self.external,
             identity_tokens=tokens,
         )
 
@@ -286,6 +297,7 @@ class _Compiler:
                 route=spec.name,
                 consumers={c.name for c in self.consumers},
                 params=frozenset(template.groupindex) if template is not None else frozenset(),
+                external=self.external,
             )
         except PolicyError as exc:
             self.issues.extend(ConfigIssue(f"{where}.authz.{path}", message)

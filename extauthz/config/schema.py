@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from extauthz.config.external import AuthzenRule, LookupSpec, PdpSpec
 from extauthz.config.idtoken_schema import IdentityTokenSpec, RouteIdentityTokenSpec
 
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
@@ -551,6 +552,13 @@ class ClaimRule(ValueMatch):
     path: str = Field(min_length=1)
 
 
+class MetadataRule(ValueMatch):
+    """``metadata: {path: owner.id, equals: alice}``: a value a metadata lookup returned."""
+
+    #: ``<lookup name>.<dotted path>`` in the lookup's JSON answer
+    path: str = Field(min_length=1)
+
+
 class HeaderRule(ValueMatch):
     """``header: {name: x-tenant, equals: acme}`` (values are strings)."""
 
@@ -644,6 +652,8 @@ class EqualRule(Model):
     header: str | None = None
     query: str | None = None
     identity: IdentityField | None = None
+    #: ``<lookup name>.<dotted path>`` in a metadata lookup's answer (docs/authzen.md)
+    metadata: str | None = None
 
     @field_validator("header")
     @classmethod
@@ -653,12 +663,13 @@ class EqualRule(Model):
     @model_validator(mode="after")
     def _two(self) -> EqualRule:
         if len(self.operands) != 2:
-            raise ValueError("name exactly two of param, claim, header, query, identity")
+            raise ValueError("name exactly two of param, claim, header, query, identity, "
+                             "metadata")
         return self
 
     @property
     def operands(self) -> list[tuple[str, str]]:
-        kinds = ("param", "claim", "header", "query", "identity")
+        kinds = ("param", "claim", "header", "query", "identity", "metadata")
         return [(k, getattr(self, k)) for k in kinds if getattr(self, k) is not None]
 
 
@@ -680,6 +691,10 @@ class RuleSpec(Model):
     all_of: list[RuleSpec] | None = Field(default=None, min_length=1)
     #: a CEL expression that must evaluate to true (compiled at load)
     cel: str | None = Field(default=None, min_length=1)
+    #: a value from a metadata lookup (``authz.metadata``; docs/authzen.md)
+    metadata: MetadataRule | None = None
+    #: ask an AuthZEN PDP (``settings.pdps``; docs/authzen.md)
+    authzen: AuthzenRule | None = None
 
     @field_validator("methods")
     @classmethod
@@ -718,6 +733,8 @@ class AuthzSpec(Model):
     subjects: list[str] | None = None
     #: explicit rules, evaluated in order after the shorthand keys
     rules: list[RuleSpec] = Field(default_factory=list)
+    #: metadata lookups (``settings.lookups``) run before the rules (docs/authzen.md)
+    metadata: list[Name] = Field(default_factory=list)
     #: evaluate and report, but do not enforce: a policy denial is logged and counted as
     #: ``shadow_deny`` and the request is allowed (authentication failures still deny)
     shadow: bool = False
@@ -925,6 +942,9 @@ class Settings(Model):
     limits: Limits = Field(default_factory=Limits)
     #: outbound HTTP calls (JWKS, discovery, introspection): redirects, https, proxies, CA
     outbound: OutboundSpec = Field(default_factory=OutboundSpec)
+    #: AuthZEN policy decision points and metadata lookups, by name (docs/authzen.md)
+    pdps: dict[Name, PdpSpec] = Field(default_factory=dict)
+    lookups: dict[Name, LookupSpec] = Field(default_factory=dict)
     #: signed identity token for the upstream (docs/identity-token.md); none = off
     identity_token: IdentityTokenSpec | None = None
 
