@@ -66,6 +66,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
@@ -77,9 +78,10 @@ from cryptography.x509.verification import (
 )
 
 from extauthz.authn.base import Challenge
+from extauthz.authn.certpolicy import CertPolicyError, check_leaf_key_and_names, check_svid_leaf
 from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
-from extauthz.authn.xfcc import XfccError, parse_xfcc
+from extauthz.authn.xfcc_trust import XfccMismatch, XfccModel, has_delimiters
 from extauthz.config.schema import MtlsSpec
 from extauthz.errors import AuthenticationError, AuthorizationError, Reason
 from extauthz.types import AuthMethod, Identity, RequestView
@@ -90,9 +92,11 @@ MAX_PEER_CERT_LENGTH = 64 * 1024
 #: what cryptography raises for a malformed certificate, at load or when a part is first read
 #: (extensions and names are parsed lazily); only ValueError is a ValueError
 _X509_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
-                x509.UnsupportedGeneralNameType)
-#: Most intermediates accepted from a client.
-MAX_INTERMEDIATES = 8
+                x509.UnsupportedGeneralNameType, UnsupportedAlgorithm)
+#: Most intermediates accepted from a client (the verifier's chain depth is
+#: ``mtls.max_intermediates``, default :data:`DEFAULT_MAX_INTERMEDIATES`).
+MAX_INTERMEDIATES = 16
+DEFAULT_MAX_INTERMEDIATES = 8
 #: SPIFFE IDs are at most 2048 bytes (SPIFFE-ID spec §2.3).
 MAX_SPIFFE_ID_LENGTH = 2048
 
@@ -155,21 +159,24 @@ class MtlsAuthenticator:
         anchors: list[x509.Certificate],
         ctx: BuildContext,
         sources: tuple[Path, ...] = (),
+        domain_anchors: dict[str, list[x509.Certificate]] | None = None,
     ) -> None:
         self.name = name
         self._sources = sources
-        self._xfcc = spec.xfcc
+        model = spec.xfcc_model()
+        self._xfcc = XfccModel(tuple(model.proxies)) if model is not None else None
         self._require_eku = spec.require_client_auth_eku
         self._clock = ctx.clock
         self._prefix = ctx.settings.identity_header_prefix
-        # The webpki end-entity profile requires a subjectAltName; we accept a leaf without one
-        # (its subject DN then names it) and check everything else as the profile does.
-        ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-            x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
-        )
-        self._policy = PolicyBuilder().store(Store(anchors)).extension_policies(
-            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
-        )
+        self._max_intermediates = spec.max_intermediates
+        #: the store for certificates without a SPIFFE ID (and SPIFFE IDs of unlisted domains
+        #: when no spiffe_bundles are configured); None when only spiffe_bundles are given
+        self._policy = _policy(anchors, spec.max_intermediates) if anchors else None
+        #: SPIFFE federation: trust domain -> the only store its SVIDs may chain to
+        self._domain_policies = {
+            domain: _policy(certs, spec.max_intermediates)
+            for domain, certs in (domain_anchors or {}).items()
+        }
         #: leaf fingerprint -> (identity, valid until): a verified chain costs a dict hit
         self._cache: TtlLru[bytes, tuple[Identity, float]] = TtlLru(spec.cache_size)
         #: SHA-256 of exactly what Envoy presented (peer certificate text, XFCC header) -> the
@@ -204,9 +211,21 @@ class MtlsAuthenticator:
         sources: list[Path] = []
         for i, file in enumerate(spec.trust_bundles):
             path = Path(file) if Path(file).is_absolute() else ctx.base_dir / file
-            anchors.extend(_load_bundle(path, f"trust_bundles[{i}]"))
+            anchors.extend(load_trust_bundle(path, f"trust_bundles[{i}]"))
             sources.append(path)
-        return cls(name, spec, anchors, ctx, tuple(sources))
+        domain_anchors: dict[str, list[x509.Certificate]] = {}
+        for i, entry in enumerate(spec.spiffe_bundles):
+            if not _TRUST_DOMAIN.match(entry.trust_domain):
+                raise ValueError(
+                    f"spiffe_bundles[{i}].trust_domain: not a trust domain "
+                    "(lowercase letters, digits, '.-_')"
+                )
+            path = Path(entry.bundle)
+            path = path if path.is_absolute() else ctx.base_dir / path
+            domain_anchors[entry.trust_domain] = load_trust_bundle(
+                path, f"spiffe_bundles[{i}].bundle")
+            sources.append(path)
+        return cls(name, spec, anchors, ctx, tuple(sources), domain_anchors)
 
     # -- the check -----------------------------------------------------------------------------
 
@@ -247,20 +266,46 @@ class MtlsAuthenticator:
         if cached is not None:
             return cached
         self._precheck(leaf, now)
+        identity = self._identity(leaf, der, fingerprint)
+        policy = self._policy_for(identity)
+        if len(intermediates) > self._max_intermediates:
+            raise self._fail(Reason.UNTRUSTED_CERT, "client certificate chain too long",
+                             f"more than {self._max_intermediates} intermediates")
         try:
             verified = (
-                self._policy.time(dt.datetime.fromtimestamp(now, dt.UTC))
+                policy.time(dt.datetime.fromtimestamp(now, dt.UTC))
                 .build_client_verifier()
                 .verify(leaf, list(intermediates))
             )
         except VerificationError as exc:
             raise self._fail(Reason.UNTRUSTED_CERT, "client certificate not trusted",
                              str(exc)) from None
-        identity = self._identity(leaf, der, fingerprint)
+        except _X509_ERRORS as exc:  # a malformed intermediate, read lazily by the verifier
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate chain",
+                             str(exc)) from None
         chain_end = min(c.not_valid_after_utc.timestamp() for c in verified.chain)
         entry = (identity, min(chain_end, now + self._cache_ttl))
         self._cache.put(fingerprint, entry, entry[1])
         return entry
+
+    def _policy_for(self, identity: Identity) -> PolicyBuilder:
+        """The store the leaf must chain to: its own trust domain's bundle when it has one.
+
+        SPIFFE Trust Domain and Bundle spec §3: an SVID is validated against the bundle of the
+        trust domain in its own SPIFFE ID, never another domain's. With ``spiffe_bundles``
+        configured, an SVID of a domain not listed there is not trusted at all.
+        """
+        domain = identity.claims.get("trust_domain")
+        if isinstance(domain, str) and self._domain_policies:
+            policy = self._domain_policies.get(domain)
+            if policy is None:
+                raise self._fail(Reason.UNTRUSTED_CERT, "client certificate not trusted",
+                                 f"no bundle for trust domain {domain!r}")
+            return policy
+        if self._policy is None:
+            raise self._fail(Reason.UNTRUSTED_CERT, "client certificate not trusted",
+                             "not an SVID and no trust_bundles configured")
+        return self._policy
 
     def principal_allowed(self, identity: Identity) -> bool:
         """Whether a verified identity passes the principal rules (module docstring)."""
@@ -303,19 +348,24 @@ class MtlsAuthenticator:
         return digest.digest()
 
     def _presented(self, view: RequestView) -> _Presented | None:
-        if view.peer_certificate:
-            presented = self._from_peer(view.peer_certificate)
-            if not presented.intermediates and self._xfcc:
-                # Envoy's source.certificate holds only the leaf (verified against 1.40). With
-                # XFCC trusted, the chain the client sent is in the sanitized XFCC element of
-                # the *same* certificate: use its intermediates (still verified by us).
-                return self._with_xfcc_chain(presented, view.headers.value(XFCC_HEADER))
-            return presented
-        if self._xfcc:
-            header = view.headers.value(XFCC_HEADER)
-            if header is not None:
-                return self._from_xfcc(header)
-        return None
+        peer = view.peer_certificate
+        if self._xfcc is None:
+            return self._from_peer(peer) if peer else None
+        header = view.headers.value(XFCC_HEADER)
+        if self._xfcc.peer_is_client:
+            if peer:
+                presented = self._from_peer(peer)
+                if presented.intermediates or header is None:
+                    return presented
+                # Envoy's source.certificate holds only the leaf (verified against 1.40). The
+                # chain the client sent is in the XFCC element of the *same* certificate: use
+                # its intermediates (still verified by us).
+                return self._with_xfcc_chain(presented, header)
+            return self._from_xfcc(header) if header is not None else None
+        # Several hops: the TLS peer of the nearest Envoy is a proxy, never the client.
+        if header is None:
+            return None
+        return self._from_xfcc(header, peer)
 
     def _from_peer(self, encoded: str) -> _Presented:
         # (its size was bounded by _presentation_key, which every authentication runs first)
@@ -324,10 +374,8 @@ class MtlsAuthenticator:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate")
         return _Presented(certs[0], self._intermediates(certs[0], certs[1:]))
 
-    def _with_xfcc_chain(self, presented: _Presented, header: str | None) -> _Presented:
+    def _with_xfcc_chain(self, presented: _Presented, header: str) -> _Presented:
         """``presented`` plus the intermediates of an XFCC element for the same certificate."""
-        if header is None:
-            return presented
         try:
             from_xfcc = self._from_xfcc(header)
         except AuthenticationError:
@@ -338,31 +386,32 @@ class MtlsAuthenticator:
             return presented
         return _Presented(presented.leaf, from_xfcc.intermediates)
 
-    def _from_xfcc(self, header: str) -> _Presented:
+    def _from_xfcc(self, header: str, peer: str = "") -> _Presented:
+        """The client's element under the trust model (xfcc_trust module docstring)."""
+        assert self._xfcc is not None
         try:
-            elements = parse_xfcc(header)
-        except XfccError as exc:
-            raise self._fail(Reason.CERT_INVALID, "malformed x-forwarded-client-cert",
+            elements = self._xfcc.read(header)
+        except XfccMismatch as exc:
+            raise self._fail(Reason.XFCC_MISMATCH,
+                             "x-forwarded-client-cert does not fit the trust model",
                              str(exc)) from None
-        element = elements[-1]  # added by the proxy nearest to us (module docstring)
-        if element.cert is None:
-            raise self._fail(
-                Reason.CERT_INVALID,
-                "x-forwarded-client-cert carries no certificate to verify",
-                "XFCC element without Cert (enable cert in set_current_client_cert_details)",
-            )
-        certs = self._load_pem(element.cert, "XFCC Cert")
-        if len(certs) != 1:
-            raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
-                             "XFCC Cert must hold exactly one certificate")
-        leaf = certs[0]
-        if element.hash is not None:
-            der = leaf.public_bytes(serialization.Encoding.DER)
-            if element.hash.lower() != hashlib.sha256(der).hexdigest():
-                raise self._fail(Reason.CERT_INVALID, "malformed x-forwarded-client-cert",
-                                 "XFCC Hash does not match Cert")
-        chain = self._load_pem(element.chain, "XFCC Chain") if element.chain else []
-        return _Presented(leaf, self._intermediates(leaf, chain))
+        if peer and self._xfcc.last_hop_appends:
+            # The nearest Envoy appended the certificate of its own peer, which is the one it
+            # also gave us as source.certificate: the two must agree.
+            peer_leaf = self._from_peer(peer).leaf
+            digest = hashlib.sha256(peer_leaf.public_bytes(serialization.Encoding.DER))
+            if digest.hexdigest() != elements[-1].hash:
+                raise self._fail(Reason.XFCC_MISMATCH,
+                                 "x-forwarded-client-cert does not fit the trust model",
+                                 "the last element is not the peer certificate")
+        client = elements[0]
+        assert client.cert is not None
+        if has_delimiters(client.uris + client.dns):
+            # Read correctly (the names are anchored to the certificate), but a name that holds
+            # XFCC syntax is refused outright: no downstream XFCC reader should ever see it.
+            raise self._fail(Reason.CERT_INVALID,
+                             "client certificate names contain x-forwarded-client-cert delimiters")
+        return _Presented(client.cert, self._intermediates(client.cert, list(client.chain)))
 
     def _load_pem(self, pem: str, what: str) -> list[x509.Certificate]:
         try:
@@ -404,6 +453,13 @@ class MtlsAuthenticator:
         elif ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
             raise self._fail(Reason.CERT_INVALID,
                              "client certificate lacks the clientAuth key usage")
+        try:
+            check_leaf_key_and_names(leaf)
+        except CertPolicyError as exc:
+            raise self._fail(Reason.CERT_INVALID, str(exc)) from None
+        except _X509_ERRORS as exc:
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
+                             f"key or names: {exc}") from None
 
     def _identity(self, leaf: x509.Certificate, der: bytes, fingerprint: bytes) -> Identity:
         try:
@@ -424,6 +480,13 @@ class MtlsAuthenticator:
             parsed = parse_spiffe_id(uris[0])
             if parsed is None:
                 raise self._fail(Reason.CERT_INVALID, "invalid SPIFFE ID in client certificate")
+            try:
+                check_svid_leaf(leaf, parsed[1])
+            except CertPolicyError as exc:
+                raise self._fail(Reason.CERT_INVALID, str(exc)) from None
+            except _X509_ERRORS as exc:
+                raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
+                                 f"keyUsage: {exc}") from None
             spiffe_id, trust_domain = uris[0], parsed[0]
         subject = spiffe_id or (dns[0] if dns else subject_dn)
         if not subject:
@@ -496,7 +559,29 @@ def _url_decoded(encoded: str) -> str:
     return encoded if _PEM_MARK in encoded else unquote(encoded)
 
 
-def _load_bundle(path: Path, where: str) -> list[x509.Certificate]:
+def _policy(anchors: list[x509.Certificate], max_intermediates: int) -> PolicyBuilder:
+    """A verifier policy for one store: webpki profiles, ``max_intermediates`` deep."""
+    # The webpki end-entity profile requires a subjectAltName; we accept a leaf without one
+    # (its subject DN then names it) and check everything else as the profile does.
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+    return (
+        PolicyBuilder()
+        .store(Store(anchors))
+        .max_chain_depth(max_intermediates)
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
+    )
+
+
+def load_trust_bundle(path: Path, where: str) -> list[x509.Certificate]:
+    """The CA certificates of a PEM trust bundle; ValueError naming ``where``, the file and the
+    certificate for anything unusable (never another exception: the caller turns ValueError
+    into a located configuration error).
+
+    Every part the verifier will read later is read now (extensions, names, the key), so a CA
+    with, e.g., malformed name constraints is refused at load time instead of failing a check.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -510,11 +595,21 @@ def _load_bundle(path: Path, where: str) -> list[x509.Certificate]:
     for n, cert in enumerate(certs, start=1):
         try:
             constraints = _extension(cert.extensions, x509.BasicConstraints)
-        except _X509_ERRORS:
+            for ext in cert.extensions:
+                _ = ext.value
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+            cert.public_key()
+            name = cert.subject.rfc4514_string()
+        except (*_X509_ERRORS, TypeError):
             raise ValueError(f"{where}: {path}: certificate {n} is malformed") from None
         if constraints is None or not constraints.ca:
             raise ValueError(
-                f"{where}: {path}: certificate {n} ({cert.subject.rfc4514_string()}) "
-                "is not a CA certificate"
+                f"{where}: {path}: certificate {n} ({name}) is not a CA certificate"
             )
+        try:
+            _policy([cert], DEFAULT_MAX_INTERMEDIATES)
+        except (*_X509_ERRORS, TypeError):
+            raise ValueError(
+                f"{where}: {path}: certificate {n} cannot be a trust anchor") from None
     return certs

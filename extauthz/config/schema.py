@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from extauthz.authn.xfcc_trust import model_problem
+
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -148,13 +150,54 @@ class JwtSpec(Model):
 # --- mTLS client certificates and Basic (issue 3) ---------------------------------------------
 
 
+XfccMode = Literal["SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"]
+
+
+def _edge_only() -> list[XfccMode]:
+    return ["SANITIZE_SET"]
+
+
+class XfccSpec(Model):
+    """The XFCC trust model: the Envoys between the client and extauthz.
+
+    ``proxies`` lists each one's ``forward_client_cert_details``, outermost first: the first must be
+    ``SANITIZE_SET``; each later ``APPEND_FORWARD`` adds one element (its peer, the previous proxy);
+    ``FORWARD_ONLY`` adds none. The header must have exactly ``1 + APPEND_FORWARD hops`` elements
+    and the client is the first.
+    """
+
+    proxies: list[XfccMode] = Field(default_factory=_edge_only, min_length=1, max_length=8)
+
+    @field_validator("proxies")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        problem = model_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
+
+class SpiffeBundleSpec(Model):
+    """One trust domain's X.509 bundle: SVIDs of ``trust_domain`` must chain to ``bundle``."""
+
+    trust_domain: str = Field(min_length=1, max_length=255)
+    #: PEM file of the domain's CA certificates, relative to the configuration file
+    bundle: str = Field(min_length=1)
+
+
 class MtlsSpec(Model):
     """Client certificates (Envoy's peer certificate, or XFCC when enabled), re-verified here."""
 
-    #: PEM files of trusted CA certificates, relative to the configuration file
-    trust_bundles: list[str] = Field(min_length=1)
-    #: also read ``x-forwarded-client-cert`` (only safe with Envoy ``SANITIZE_SET``)
-    xfcc: bool = False
+    #: PEM files of trusted CA certificates, relative to the configuration file (certificates
+    #: without a SPIFFE ID, and SPIFFE IDs of domains not in ``spiffe_bundles``, chain to these)
+    trust_bundles: list[str] = Field(default_factory=list)
+    #: SPIFFE federation: per-trust-domain bundles; an SVID of a listed domain must chain to
+    #: its own domain's bundle and nothing else
+    spiffe_bundles: list[SpiffeBundleSpec] = Field(default_factory=list)
+    #: read ``x-forwarded-client-cert`` under this trust model (``true`` = one SANITIZE_SET Envoy)
+    xfcc: StrictBool | XfccSpec = False
+    #: most intermediates between the leaf and a trust anchor (the verifier's chain depth)
+    max_intermediates: Annotated[int, Field(ge=0, le=16)] = 8
     #: refuse leaf certificates without an extendedKeyUsage that lists clientAuth
     require_client_auth_eku: bool = True
     #: principal rules (all empty = every verified certificate is allowed)
@@ -166,6 +209,21 @@ class MtlsSpec(Model):
     cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 10_000
     #: a cached verification is reused at most this long (and never past the chain's notAfter)
     cache_ttl_seconds: PositiveSeconds = 3600
+
+    @model_validator(mode="after")
+    def _check_bundles(self) -> MtlsSpec:
+        if not self.trust_bundles and not self.spiffe_bundles:
+            raise ValueError("give trust_bundles or spiffe_bundles (no trust anchor otherwise)")
+        domains = [b.trust_domain for b in self.spiffe_bundles]
+        if len(set(domains)) != len(domains):
+            raise ValueError("spiffe_bundles: a trust domain is listed twice")
+        return self
+
+    def xfcc_model(self) -> XfccSpec | None:
+        """The XFCC trust model, or None when XFCC is not read."""
+        if self.xfcc is True:
+            return XfccSpec()
+        return self.xfcc or None
 
 
 class BasicSpec(Model):

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extauthz.authn.mtls import MtlsAuthenticator, cert_thumbprint_s256, parse_spiffe_id
+from extauthz.authn.xfcc_trust import XfccModel
 from extauthz.clock import FixedClock
 from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
@@ -272,11 +273,14 @@ async def test_a_repeated_presentation_is_not_parsed_again(
     loads: list[str] = []
     real = auth._load_pem
     monkeypatch.setattr(auth, "_load_pem", lambda pem, what: loads.append(what) or real(pem, what))
-    header = xfcc_for(LEAF, uri=SVID)
+    real_read = XfccModel.read
+    monkeypatch.setattr(XfccModel, "read",
+                        lambda self, header: loads.append("XFCC") or real_read(self, header))
+    header = xfcc_for(LEAF)
     for _ in range(3):
         assert (await auth.authenticate(xfcc_view(header))).subject == SVID  # type: ignore[union-attr]
         assert (await auth.authenticate(peer(LEAF))).subject == SVID  # type: ignore[union-attr]
-    assert loads == ["XFCC Cert", "peer certificate"]  # once per distinct presentation
+    assert loads == ["XFCC", "peer certificate"]  # once per distinct presentation
     # the same peer certificate with an XFCC header beside it is another presentation
     assert await auth.authenticate(peer(LEAF, headers={"x-forwarded-client-cert": header}))
     assert len(loads) > 2
@@ -322,38 +326,38 @@ async def test_xfcc_chain_supplies_intermediates(tmp_path: Path) -> None:
     assert await auth.authenticate(without) is not None
 
 
-async def test_xfcc_uses_the_last_element(tmp_path: Path) -> None:
+async def test_xfcc_element_count_must_fit_the_model(tmp_path: Path) -> None:
+    # One SANITIZE_SET Envoy (xfcc: true): exactly one element; an extra one in either place
+    # (client-sent and forwarded by a misconfigured proxy, or an unknown hop) is refused.
     auth = make(tmp_path, xfcc=True)
     forged = OTHER_ROOT.issue(uris=["spiffe://example.org/ns/admin/sa/root"], now=NOW)
-    # A client-supplied element first, the nearest proxy's last: the proxy's counts.
-    identity = await auth.authenticate(xfcc_view(xfcc_for(forged) + "," + xfcc_for(LEAF)))
-    assert identity is not None and identity.subject == SVID
-    # The other way round the forged one would be used, and it does not verify.
-    error = await refused(auth, xfcc_view(xfcc_for(LEAF) + "," + xfcc_for(forged)))
-    assert error.reason is Reason.UNTRUSTED_CERT
+    for header in (xfcc_for(forged) + "," + xfcc_for(LEAF), xfcc_for(LEAF) + "," + xfcc_for(forged),
+                   xfcc_for(LEAF) + "," + xfcc_for(LEAF)):
+        error = await refused(auth, xfcc_view(header))
+        assert error.reason is Reason.XFCC_MISMATCH, error.detail
 
 
 async def test_xfcc_without_cert_cannot_be_verified(tmp_path: Path) -> None:
     auth = make(tmp_path, xfcc=True)
     header = f"By=spiffe://example.org/edge;Hash={LEAF.sha256_hex};URI={SVID}"
     error = await refused(auth, xfcc_view(header))
-    assert error.reason is Reason.CERT_INVALID
-    assert "no certificate" in error.description
+    assert error.reason is Reason.XFCC_MISMATCH
+    assert "no Cert" in error.detail
 
 
 async def test_xfcc_hash_must_match_the_cert(tmp_path: Path) -> None:
     auth = make(tmp_path, xfcc=True)
-    header = xfcc_for(LEAF).replace(LEAF.sha256_hex, "00" * 32)
-    assert (await refused(auth, xfcc_view(header))).reason is Reason.CERT_INVALID
-    assert await auth.authenticate(xfcc_view(xfcc_for(LEAF).replace(
-        LEAF.sha256_hex, LEAF.sha256_hex.upper()))) is not None
+    for bad in ("00" * 32, LEAF.sha256_hex.upper()):  # Envoy writes lowercase hex
+        header = xfcc_for(LEAF).replace(LEAF.sha256_hex, bad)
+        assert (await refused(auth, xfcc_view(header))).reason is Reason.XFCC_MISMATCH
 
 
 @pytest.mark.parametrize("header", ["", "By=a;", 'Subject="open', "Cert=nonsense",
-                                    "Cert=" + url_encode(LEAF.pem + LEAF.pem)])
+                                    'Hash=' + "0" * 64 + ';Cert="' + url_encode(LEAF.pem + LEAF.pem)
+                                    + '"', "Cert=" + url_encode(LEAF.pem)])
 async def test_malformed_xfcc_is_refused(tmp_path: Path, header: str) -> None:
     auth = make(tmp_path, xfcc=True)
-    assert (await refused(auth, xfcc_view(header))).reason is Reason.CERT_INVALID
+    assert (await refused(auth, xfcc_view(header))).reason is Reason.XFCC_MISMATCH
 
 
 async def test_peer_certificate_wins_over_xfcc(tmp_path: Path) -> None:
