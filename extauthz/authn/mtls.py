@@ -353,15 +353,23 @@ class MtlsAuthenticator:
             return self._from_peer(peer) if peer else None
         header = view.headers.value(XFCC_HEADER)
         if self._xfcc.peer_is_client:
-            if peer:
-                presented = self._from_peer(peer)
-                if presented.intermediates or header is None:
-                    return presented
-                # Envoy's source.certificate holds only the leaf (verified against 1.40). The
-                # chain the client sent is in the XFCC element of the *same* certificate: use
-                # its intermediates (still verified by us).
-                return self._with_xfcc_chain(presented, header)
-            return self._from_xfcc(header) if header is not None else None
+            if not peer:
+                return self._from_xfcc(header) if header is not None else None
+            presented = self._from_peer(peer)
+            if header is None:
+                return presented
+            # One Envoy wrote both: the header must fit the model and name the same
+            # certificate. Envoy's source.certificate holds only the leaf (verified against
+            # 1.40); the chain the client sent is in that element: use its intermediates
+            # (still verified by us).
+            from_xfcc = self._from_xfcc(header)
+            if _der(from_xfcc.leaf) != _der(presented.leaf):
+                raise self._fail(Reason.XFCC_MISMATCH,
+                                 "x-forwarded-client-cert does not fit the trust model",
+                                 "the client element is not the peer certificate")
+            if presented.intermediates:
+                return presented
+            return _Presented(presented.leaf, from_xfcc.intermediates)
         # Several hops: the TLS peer of the nearest Envoy is a proxy, never the client.
         if header is None:
             return None
@@ -374,18 +382,6 @@ class MtlsAuthenticator:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate")
         return _Presented(certs[0], self._intermediates(certs[0], certs[1:]))
 
-    def _with_xfcc_chain(self, presented: _Presented, header: str) -> _Presented:
-        """``presented`` plus the intermediates of an XFCC element for the same certificate."""
-        try:
-            from_xfcc = self._from_xfcc(header)
-        except AuthenticationError:
-            return presented  # the peer certificate wins; a bad XFCC adds nothing
-        same = from_xfcc.leaf.public_bytes(serialization.Encoding.DER) == (
-            presented.leaf.public_bytes(serialization.Encoding.DER))
-        if not same:
-            return presented
-        return _Presented(presented.leaf, from_xfcc.intermediates)
-
     def _from_xfcc(self, header: str, peer: str = "") -> _Presented:
         """The client's element under the trust model (xfcc_trust module docstring)."""
         assert self._xfcc is not None
@@ -395,12 +391,11 @@ class MtlsAuthenticator:
             raise self._fail(Reason.XFCC_MISMATCH,
                              "x-forwarded-client-cert does not fit the trust model",
                              str(exc)) from None
-        if peer and self._xfcc.last_hop_appends:
-            # The nearest Envoy appended the certificate of its own peer, which is the one it
-            # also gave us as source.certificate: the two must agree.
-            peer_leaf = self._from_peer(peer).leaf
-            digest = hashlib.sha256(peer_leaf.public_bytes(serialization.Encoding.DER))
-            if digest.hexdigest() != elements[-1].hash:
+        # The nearest Envoy appended the certificate of its own peer, which is the one it also
+        # gave us as source.certificate: the two must agree.
+        if (peer and self._xfcc.last_hop_appends
+                and hashlib.sha256(_der(self._from_peer(peer).leaf)).hexdigest()
+                != elements[-1].hash):
                 raise self._fail(Reason.XFCC_MISMATCH,
                                  "x-forwarded-client-cert does not fit the trust model",
                                  "the last element is not the peer certificate")
@@ -552,6 +547,10 @@ def _extension(extensions: x509.Extensions, kind: type[Any]) -> Any:
         return extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def _url_decoded(encoded: str) -> str:

@@ -360,15 +360,18 @@ async def test_malformed_xfcc_is_refused(tmp_path: Path, header: str) -> None:
     assert (await refused(auth, xfcc_view(header))).reason is Reason.XFCC_MISMATCH
 
 
-async def test_peer_certificate_wins_over_xfcc(tmp_path: Path) -> None:
+async def test_peer_certificate_and_xfcc_must_name_the_same_certificate(tmp_path: Path) -> None:
+    # One SANITIZE_SET Envoy writes both from the same connection: they agree, or the model
+    # does not describe the deployment (refused, whichever of the two is "right").
     auth = make(tmp_path, xfcc=True)
-    other = ROOT.issue(uris=["spiffe://example.org/ns/x/sa/other"], now=NOW)
-    identity = await auth.authenticate(xfcc_view(xfcc_for(other), LEAF))
+    identity = await auth.authenticate(xfcc_view(xfcc_for(LEAF), LEAF))
     assert identity is not None and identity.subject == SVID
-    # ... even when the XFCC is malformed or the peer certificate is the one that fails
-    assert await auth.authenticate(xfcc_view("garbage", LEAF)) is not None
+    other = ROOT.issue(uris=["spiffe://example.org/ns/x/sa/other"], now=NOW)
+    for header in (xfcc_for(other), "garbage", xfcc_for(LEAF) + "," + xfcc_for(LEAF)):
+        error = await refused(auth, xfcc_view(header, LEAF))
+        assert error.reason is Reason.XFCC_MISMATCH
     untrusted = OTHER_ROOT.issue(uris=[SVID], now=NOW)
-    error = await refused(auth, xfcc_view(xfcc_for(LEAF), untrusted))
+    error = await refused(auth, xfcc_view(xfcc_for(untrusted), untrusted))
     assert error.reason is Reason.UNTRUSTED_CERT
 
 
@@ -510,7 +513,7 @@ async def test_pipeline_statuses(tmp_path: Path) -> None:
                               registry={"mtls": MtlsAuthenticator.from_spec})
     engine = Engine(Metrics(), snapshot)
 
-    ok = await engine.check(peer(LEAF, headers={"x-forwarded-client-cert": "By=x",
+    ok = await engine.check(peer(LEAF, headers={"x-forwarded-client-cert": xfcc_for(LEAF),
                                                  "x-auth-spiffe-id": "spoofed"}))
     assert ok.outcome is Outcome.ALLOW and ok.grpc_code is GrpcCode.OK
     upstream = dict(ok.upstream_headers)
@@ -527,6 +530,14 @@ async def test_pipeline_statuses(tmp_path: Path) -> None:
     untrusted = await engine.check(peer(OTHER_ROOT.issue(uris=[SVID], now=NOW)))
     assert (untrusted.http_status, untrusted.grpc_code) == (401, GrpcCode.UNAUTHENTICATED)
     assert untrusted.reason is Reason.UNTRUSTED_CERT
+
+    mismatch = await engine.check(peer(LEAF, headers={
+        "x-forwarded-client-cert": xfcc_for(LEAF) + "," + xfcc_for(LEAF)}))
+    assert (mismatch.http_status, mismatch.grpc_code) == (401, GrpcCode.UNAUTHENTICATED)
+    assert mismatch.reason is Reason.XFCC_MISMATCH
+    assert ("www-authenticate", 'ClientCert realm="extauthz", error="invalid_certificate", '
+            'error_description="x-forwarded-client-cert does not fit the trust model"'
+            ) in mismatch.response_headers
 
     forbidden = await engine.check(peer(svid("/ns/billing/sa/api")))
     assert (forbidden.http_status, forbidden.grpc_code) == (403, GrpcCode.PERMISSION_DENIED)

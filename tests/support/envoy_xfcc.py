@@ -1,0 +1,187 @@
+"""Two real Envoys for the XFCC trust-model tests: an edge Envoy and an inner Envoy.
+
+::
+
+  client ──TLS──▶ edge Envoy ─────────────────────────────────────────▶ extauthz / echo
+                  │ edge_grpc  SANITIZE_SET, ext_authz gRPC *without* the peer certificate
+                  │ edge_http  SANITIZE_SET, ext_authz HTTP with %DOWNSTREAM_PEER_CERT%
+                  │ edge_echo  SANITIZE_SET, no ext_authz (shows the XFCC Envoy wrote)
+                  │ plain_http plain HTTP, ext_authz HTTP with %DOWNSTREAM_PEER_CERT% (empty)
+                  │ edge_hop   SANITIZE_SET, no ext_authz, upstream over mTLS (the edge proxy's
+                  │            own client certificate) to the inner Envoy, by path prefix:
+                  ▼              /g/ → inner_grpc, /h/ → inner_http, /e/ → inner_echo
+                inner Envoy (each listener requires a client certificate: the edge proxy's)
+                  inner_grpc APPEND_FORWARD, ext_authz gRPC *with* include_peer_certificate
+                  inner_http APPEND_FORWARD, ext_authz HTTP with %DOWNSTREAM_PEER_CERT%
+                  inner_echo APPEND_FORWARD, no ext_authz
+
+Every listener that sets the peer-certificate header keeps a client-sent one away with
+``disallowed_headers`` exactly as deploy/envoy/envoy-http-authz.yaml does (Envoy 1.40 sets nothing
+when the connection has no certificate). Every TLS listener writes all of
+``set_current_client_cert_details`` (subject, cert, chain, dns, uri).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extauthz.demo.procs import LOOPBACK
+from extauthz.http_authz import PEER_CERT_HEADER
+
+HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager")
+EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+DOWNSTREAM_TLS = ("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                  "DownstreamTlsContext")
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+EDGE_LISTENERS = ("edge_grpc", "edge_http", "edge_echo", "plain_http", "edge_hop")
+INNER_LISTENERS = ("inner_grpc", "inner_http", "inner_echo")
+
+
+def _cluster(name: str, port: int, *, http2: bool = False,
+             tls: dict[str, Any] | None = None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name, "type": "STATIC", "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": LOOPBACK,
+                                                         "port_value": port}}}}]}]},
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                         "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }}
+    if tls is not None:
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls",
+                                       "typed_config": tls}
+    return cluster
+
+
+def _downstream_tls(cert_dir: Path, *, require: bool) -> dict[str, Any]:
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": DOWNSTREAM_TLS,
+        "require_client_certificate": require,
+        "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": str(cert_dir / "server.crt")},
+                                  "private_key": {"filename": str(cert_dir / "server.key")}}],
+            "validation_context": {"trusted_ca": {"filename": str(cert_dir / "ca.crt")}},
+        }}}
+
+
+def _ext_authz(kind: str, *, peer_certificate: bool = False) -> dict[str, Any]:
+    config: dict[str, Any] = {"@type": EXT_AUTHZ_TYPE, "transport_api_version": "V3",
+                              "failure_mode_allow": False}
+    if kind == "grpc":
+        config["grpc_service"] = {"envoy_grpc": {"cluster_name": "extauthz_grpc"},
+                                  "timeout": "2s"}
+        config["include_peer_certificate"] = peer_certificate
+    else:
+        config["http_service"] = {
+            "server_uri": {"uri": f"http://{LOOPBACK}", "cluster": "extauthz_http",
+                           "timeout": "2s"},
+            "path_prefix": "/check",
+            "authorization_request": {"headers_to_add": [
+                {"key": PEER_CERT_HEADER, "value": "%DOWNSTREAM_PEER_CERT%"}]},
+            "authorization_response": {
+                "allowed_upstream_headers": {"patterns": [{"prefix": "x-auth-"}]},
+                "allowed_client_headers": {"patterns": [{"exact": "www-authenticate"},
+                                                        {"exact": "content-type"}]},
+            },
+        }
+        config["allowed_headers"] = {"patterns": [{"safe_regex": {"regex": ".*"}}]}
+        config["disallowed_headers"] = {"patterns": [{"exact": PEER_CERT_HEADER}]}
+        config["status_on_error"] = {"code": "ServiceUnavailable"}
+    return {"name": "envoy.filters.http.ext_authz", "typed_config": config}
+
+
+def _listener(name: str, port: int, *, mode: str, tls: dict[str, Any] | None,
+              authz: dict[str, Any] | None, routes: list[dict[str, Any]]) -> dict[str, Any]:
+    hcm: dict[str, Any] = {
+        "@type": HCM_TYPE, "stat_prefix": name, "forward_client_cert_details": mode,
+        "route_config": {"name": name, "virtual_hosts": [
+            {"name": name, "domains": ["*"], "routes": routes}]},
+        "http_filters": ([authz] if authz else [])
+        + [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}],
+    }
+    if mode in ("SANITIZE_SET", "APPEND_FORWARD"):
+        hcm["set_current_client_cert_details"] = {"subject": True, "cert": True, "chain": True,
+                                                  "dns": True, "uri": True}
+    chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                          "typed_config": hcm}]}
+    if tls is not None:
+        chain["transport_socket"] = tls
+    return {"name": name,
+            "address": {"socket_address": {"address": LOOPBACK, "port_value": port}},
+            "filter_chains": [chain]}
+
+
+def _to(cluster: str, prefix: str = "/") -> dict[str, Any]:
+    return {"match": {"prefix": prefix}, "route": {"cluster": cluster}}
+
+
+def inner_config(cert_dir: Path, ports: dict[str, int], admin: int, *, grpc_port: int,
+                 http_port: int, echo_port: int) -> str:
+    """The inner Envoy: APPEND_FORWARD listeners that require the edge proxy's certificate."""
+    listeners = [
+        _listener("inner_grpc", ports["inner_grpc"], mode="APPEND_FORWARD",
+                  tls=_downstream_tls(cert_dir, require=True),
+                  authz=_ext_authz("grpc", peer_certificate=True), routes=[_to("echo")]),
+        _listener("inner_http", ports["inner_http"], mode="APPEND_FORWARD",
+                  tls=_downstream_tls(cert_dir, require=True),
+                  authz=_ext_authz("http"), routes=[_to("echo")]),
+        _listener("inner_echo", ports["inner_echo"], mode="APPEND_FORWARD",
+                  tls=_downstream_tls(cert_dir, require=True), authz=None, routes=[_to("echo")]),
+    ]
+    return _render(admin, listeners, [
+        _cluster("extauthz_grpc", grpc_port, http2=True),
+        _cluster("extauthz_http", http_port),
+        _cluster("echo", echo_port),
+    ])
+
+
+def edge_config(cert_dir: Path, ports: dict[str, int], admin: int, *, grpc_port: int,
+                http_port: int, echo_port: int, inner_ports: dict[str, int]) -> str:
+    """The edge Envoy (module docstring); ``inner_ports`` are the inner Envoy's listeners."""
+    upstream_tls = {
+        "@type": UPSTREAM_TLS, "sni": "localhost",
+        "common_tls_context": {
+            "tls_certificates": [{
+                "certificate_chain": {"filename": str(cert_dir / "edgeproxy.crt")},
+                "private_key": {"filename": str(cert_dir / "edgeproxy.key")}}],
+            "validation_context": {"trusted_ca": {"filename": str(cert_dir / "ca.crt")}},
+        }}
+    listeners = [
+        _listener("edge_grpc", ports["edge_grpc"], mode="SANITIZE_SET",
+                  tls=_downstream_tls(cert_dir, require=False),
+                  authz=_ext_authz("grpc", peer_certificate=False), routes=[_to("echo")]),
+        _listener("edge_http", ports["edge_http"], mode="SANITIZE_SET",
+                  tls=_downstream_tls(cert_dir, require=False),
+                  authz=_ext_authz("http"), routes=[_to("echo")]),
+        _listener("edge_echo", ports["edge_echo"], mode="SANITIZE_SET",
+                  tls=_downstream_tls(cert_dir, require=False), authz=None, routes=[_to("echo")]),
+        _listener("plain_http", ports["plain_http"], mode="SANITIZE", tls=None,
+                  authz=_ext_authz("http"), routes=[_to("echo")]),
+        _listener("edge_hop", ports["edge_hop"], mode="SANITIZE_SET",
+                  tls=_downstream_tls(cert_dir, require=True), authz=None,
+                  routes=[_to("inner_grpc", "/g/"), _to("inner_http", "/h/"),
+                          _to("inner_echo", "/e/")]),
+    ]
+    return _render(admin, listeners, [
+        _cluster("extauthz_grpc", grpc_port, http2=True),
+        _cluster("extauthz_http", http_port),
+        _cluster("echo", echo_port),
+        *(_cluster(name, inner_ports[name], tls=upstream_tls) for name in INNER_LISTENERS),
+    ])
+
+
+def _render(admin: int, listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]) -> str:
+    data = {"admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin}}},
+            "static_resources": {"listeners": listeners, "clusters": clusters}}
+    return str(yaml.safe_dump(data, sort_keys=False))
