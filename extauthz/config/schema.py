@@ -108,48 +108,6 @@ class JwksSpec(Model):
         return self
 
 
-class JwtSpec(Model):
-    """Bearer JWTs from one issuer."""
-
-    issuer: str = Field(min_length=1)
-    audiences: list[str] = Field(min_length=1)
-    algorithms: list[JwtAlgorithm] = Field(min_length=1)
-    jwks: JwksSpec
-    source: CredentialSource = Field(
-        default_factory=lambda: CredentialSource(authorization="Bearer")
-    )
-    leeway_seconds: float = Field(default=30, ge=0, le=300)
-    require_exp: bool = True
-    #: tokens whose ``exp`` is further away than this are refused (0 = no limit)
-    max_lifetime_seconds: float = Field(default=0, ge=0)
-    subject_claim: str = "sub"
-    scope_claims: list[str] = Field(default_factory=lambda: ["scope", "scp"])
-    #: claim (dotted path) -> header to inject upstream; arrays are joined with ","
-    claims_to_headers: dict[str, HeaderName] = Field(default_factory=dict)
-    refresh_interval_seconds: PositiveSeconds = 300
-    #: how long the last good keys keep verifying while the issuer cannot be reached
-    max_stale_seconds: PositiveSeconds = 3600
-    fetch_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
-    #: minimum time between two refetches triggered by an unknown ``kid``
-    min_refetch_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 10
-    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
-
-    @field_validator("claims_to_headers")
-    @classmethod
-    def _check_headers(cls, v: dict[str, str]) -> dict[str, str]:
-        return {claim: _header_name(h) for claim, h in v.items()}
-
-    @field_validator("issuer")
-    @classmethod
-    def _check_issuer(cls, v: str) -> str:
-        if v != v.strip():
-            raise ValueError("issuer must not have surrounding whitespace")
-        return v
-
-
-# --- mTLS client certificates and Basic (issue 3) ---------------------------------------------
-
-
 XfccMode = Literal["SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"]
 
 
@@ -221,9 +179,75 @@ class MtlsSpec(Model):
 
     def xfcc_model(self) -> XfccSpec | None:
         """The XFCC trust model, or None when XFCC is not read."""
-        if self.xfcc is True:
-            return XfccSpec()
-        return self.xfcc or None
+        return _xfcc_model(self.xfcc)
+
+
+def _xfcc_model(value: bool | XfccSpec) -> XfccSpec | None:
+    if value is True:
+        return XfccSpec()
+    return value or None
+
+
+class CertBindingSpec(Model):
+    """RFC 8705 certificate-bound tokens (extauthz/authn/certbinding.py).
+
+    A token whose ``cnf`` holds ``x5t#S256`` is always checked against the presented client
+    certificate; these settings say where that certificate may come from and whether unbound
+    tokens are refused.
+    """
+
+    #: refuse tokens without ``cnf.x5t#S256``
+    require: bool = False
+    #: also take the certificate from x-forwarded-client-cert under this trust model
+    xfcc: StrictBool | XfccSpec = False
+
+    def xfcc_model(self) -> XfccSpec | None:
+        """The XFCC trust model, or None when XFCC is not read."""
+        return _xfcc_model(self.xfcc)
+
+
+class JwtSpec(Model):
+    """Bearer JWTs from one issuer."""
+
+    issuer: str = Field(min_length=1)
+    audiences: list[str] = Field(min_length=1)
+    algorithms: list[JwtAlgorithm] = Field(min_length=1)
+    jwks: JwksSpec
+    source: CredentialSource = Field(
+        default_factory=lambda: CredentialSource(authorization="Bearer")
+    )
+    leeway_seconds: float = Field(default=30, ge=0, le=300)
+    require_exp: bool = True
+    #: tokens whose ``exp`` is further away than this are refused (0 = no limit)
+    max_lifetime_seconds: float = Field(default=0, ge=0)
+    subject_claim: str = "sub"
+    scope_claims: list[str] = Field(default_factory=lambda: ["scope", "scp"])
+    #: claim (dotted path) -> header to inject upstream; arrays are joined with ","
+    claims_to_headers: dict[str, HeaderName] = Field(default_factory=dict)
+    refresh_interval_seconds: PositiveSeconds = 300
+    #: how long the last good keys keep verifying while the issuer cannot be reached
+    max_stale_seconds: PositiveSeconds = 3600
+    fetch_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    #: minimum time between two refetches triggered by an unknown ``kid``
+    min_refetch_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 10
+    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+    #: RFC 8705 certificate-bound tokens (cnf x5t#S256)
+    certificate_binding: CertBindingSpec = Field(default_factory=CertBindingSpec)
+
+    @field_validator("claims_to_headers")
+    @classmethod
+    def _check_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        return {claim: _header_name(h) for claim, h in v.items()}
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, v: str) -> str:
+        if v != v.strip():
+            raise ValueError("issuer must not have surrounding whitespace")
+        return v
+
+
+# --- mTLS client certificates and Basic (issue 3) ---------------------------------------------
 
 
 class BasicSpec(Model):
@@ -392,6 +416,8 @@ class IntrospectionSpec(Model):
     )
     #: connections to the endpoint at once (concurrent checks of one token share one request)
     max_concurrent_requests: Annotated[int, Field(ge=1, le=1024)] = 64
+    #: RFC 8705 certificate-bound tokens (the response's cnf x5t#S256)
+    certificate_binding: CertBindingSpec = Field(default_factory=CertBindingSpec)
 
     @model_validator(mode="before")
     @classmethod

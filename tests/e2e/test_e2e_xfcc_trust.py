@@ -33,15 +33,13 @@ import pytest
 from extauthz.authn.xfcc import parse_xfcc
 from extauthz.authn.xfcc_trust import XfccModel
 from extauthz.demo.background import BackgroundApp
-from extauthz.demo.envoy import start_envoy
-from extauthz.demo.httpclient import Response, request
-from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
+from extauthz.demo.httpclient import Response
 from extauthz.http_authz import PEER_CERT_HEADER
 from tests.e2e.helpers import assert_denied, upstream_headers
 from tests.support.certs import SERVER_AUTH, Issued, TestCA, url_encode
-from tests.support.envoy_tls import ClientCert, client_context, tls_request
-from tests.support.envoy_xfcc import EDGE_LISTENERS, INNER_LISTENERS, edge_config, inner_config
-from tests.support.processes import STARTUP_TIMEOUT, write_config
+from tests.support.envoy_tls import ClientCert
+from tests.support.envoy_xfcc import Topology, start_topology
+from tests.support.processes import write_config
 
 VICTIM_ID = "spiffe://example.org/ns/billing/sa/victim"
 ORDERS_ID = "spiffe://example.org/ns/orders/sa/api"
@@ -140,51 +138,14 @@ def extauthz_config(e2e_dir: Path, pki: Pki) -> Path:
     return write_config(e2e_dir / "extauthz-xfcc.yaml", data)
 
 
-@dataclass
-class Topology:
-    ports: dict[str, int]
-    processes: list[ManagedProcess]
-    ca_file: Path
-
-    def tls(self, listener: str, path: str, client: ClientCert | None,
-            headers: dict[str, str] | None = None) -> Response:
-        context = client_context(self.ca_file, client)
-        return tls_request(self.ports[listener], "GET", path, headers, context=context,
-                           timeout=10.0)
-
-    def plain(self, listener: str, path: str, headers: dict[str, str]) -> Response:
-        return request("GET", f"http://{LOOPBACK}:{self.ports[listener]}{path}", headers,
-                       timeout=10.0)
-
-
 @pytest.fixture(scope="module")
 def topo(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path, pki: Pki) -> Iterator[Topology]:
-    logs = e2e_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    names = (*EDGE_LISTENERS, *INNER_LISTENERS)
-    grpc_port, http_port, authz_http, edge_admin, inner_admin, *rest = free_ports(5 + len(names))
-    ports = dict(zip(names, rest, strict=True))
-    argv = [*extauthz_argv(extauthz_config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
-            "--http-authz-address", f"{LOOPBACK}:{authz_http}",
-            "--http-authz-peer-cert-header", PEER_CERT_HEADER]
-    processes: list[ManagedProcess] = []
+    running = start_topology(extauthz_config, echo_port=echo.port, logs=e2e_dir / "logs",
+                             cert_dir=pki.dir)
     try:
-        extauthz = ManagedProcess("extauthz", argv, logs / "extauthz.log").start()
-        processes.append(extauthz)
-        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
-        common = {"grpc_port": grpc_port, "http_port": authz_http, "echo_port": echo.port}
-        inner_yaml = logs / "inner.yaml"
-        inner_yaml.write_text(inner_config(pki.dir, ports, inner_admin, **common))
-        processes.append(start_envoy(inner_yaml, admin_port=inner_admin,
-                                     log_path=logs / "inner-envoy.log", timeout=STARTUP_TIMEOUT))
-        edge_yaml = logs / "edge.yaml"
-        edge_yaml.write_text(edge_config(pki.dir, ports, edge_admin, inner_ports=ports, **common))
-        processes.append(start_envoy(edge_yaml, admin_port=edge_admin,
-                                     log_path=logs / "edge-envoy.log", timeout=STARTUP_TIMEOUT))
-        yield Topology(ports, processes, pki.dir / "ca.crt")
+        yield running
     finally:
-        for proc in reversed(processes):
-            proc.stop()
+        running.stop()
 
 
 def _xfcc_envoy_wrote(response: Response) -> str:

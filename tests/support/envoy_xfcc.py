@@ -23,13 +23,18 @@ when the connection has no certificate). Every TLS listener writes all of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from extauthz.demo.procs import LOOPBACK
+from extauthz.demo.envoy import start_envoy
+from extauthz.demo.httpclient import Response, request
+from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
 from extauthz.http_authz import PEER_CERT_HEADER
+from tests.support.envoy_tls import ClientCert, client_context, tls_request
+from tests.support.processes import STARTUP_TIMEOUT
 
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
             "HttpConnectionManager")
@@ -185,3 +190,63 @@ def _render(admin: int, listeners: list[dict[str, Any]], clusters: list[dict[str
     data = {"admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin}}},
             "static_resources": {"listeners": listeners, "clusters": clusters}}
     return str(yaml.safe_dump(data, sort_keys=False))
+
+
+@dataclass
+class Topology:
+    """extauthz (both transports) + the inner and edge Envoys, running."""
+
+    ports: dict[str, int]
+    processes: list[ManagedProcess]
+    ca_file: Path
+
+    def tls(self, listener: str, path: str, client: ClientCert | None,
+            headers: dict[str, str] | None = None) -> Response:
+        """``GET path`` over TLS to ``listener``, presenting ``client``'s certificate (if any)."""
+        context = client_context(self.ca_file, client)
+        return tls_request(self.ports[listener], "GET", path, headers, context=context,
+                           timeout=10.0)
+
+    def plain(self, listener: str, path: str, headers: dict[str, str]) -> Response:
+        """``GET path`` over plain HTTP to ``listener``."""
+        return request("GET", f"http://{LOOPBACK}:{self.ports[listener]}{path}", headers,
+                       timeout=10.0)
+
+    def stop(self) -> None:
+        """Stop everything started, nearest the client first."""
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+def start_topology(config: Path, *, echo_port: int, logs: Path, cert_dir: Path) -> Topology:
+    """Start extauthz (gRPC + HTTP transport reading :data:`PEER_CERT_HEADER`), the inner Envoy,
+    then the edge Envoy. ``cert_dir`` holds ca.crt, server.crt/key and edgeproxy.crt/key."""
+    logs.mkdir(parents=True, exist_ok=True)
+    names = (*EDGE_LISTENERS, *INNER_LISTENERS)
+    grpc_port, http_port, authz_http, edge_admin, inner_admin, *rest = free_ports(5 + len(names))
+    ports = dict(zip(names, rest, strict=True))
+    argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
+            "--http-authz-address", f"{LOOPBACK}:{authz_http}",
+            "--http-authz-peer-cert-header", PEER_CERT_HEADER]
+    running = Topology(ports, [], cert_dir / "ca.crt")
+    try:
+        extauthz = ManagedProcess("extauthz", argv, logs / "extauthz.log").start()
+        running.processes.append(extauthz)
+        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
+        inner_yaml = logs / "inner.yaml"
+        inner_yaml.write_text(inner_config(cert_dir, ports, inner_admin, grpc_port=grpc_port,
+                                           http_port=authz_http, echo_port=echo_port))
+        running.processes.append(start_envoy(inner_yaml, admin_port=inner_admin,
+                                             log_path=logs / "inner-envoy.log",
+                                             timeout=STARTUP_TIMEOUT))
+        edge_yaml = logs / "edge.yaml"
+        edge_yaml.write_text(edge_config(cert_dir, ports, edge_admin, grpc_port=grpc_port,
+                                         http_port=authz_http, echo_port=echo_port,
+                                         inner_ports=ports))
+        running.processes.append(start_envoy(edge_yaml, admin_port=edge_admin,
+                                             log_path=logs / "edge-envoy.log",
+                                             timeout=STARTUP_TIMEOUT))
+    except BaseException:
+        running.stop()
+        raise
+    return running
