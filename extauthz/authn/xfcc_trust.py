@@ -52,16 +52,14 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from extauthz.authn.xfcc import MAX_XFCC_LENGTH
+from extauthz.config.schema import XfccMode, model_problem
 
-#: The ``forward_client_cert_details`` modes a trusted hop may have (see the module docstring).
-XfccMode = Literal["SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"]
 #: Characters that delimit XFCC syntax: never part of an unanchored value.
 XFCC_DELIMITERS = frozenset(',;="\\')
 #: Certificates read from one element's ``Chain`` at most.
@@ -147,22 +145,6 @@ class XfccModel:
     def client(self, header: str) -> TrustedElement:
         """The client's element (the first), after checking the whole header fits the model."""
         return self.read(header)[0]
-
-
-def model_problem(proxies: Sequence[str]) -> str | None:
-    """Why ``proxies`` is not a usable trust model (None when it is)."""
-    if not proxies:
-        return "at least one proxy (the one that terminated the client's TLS)"
-    if len(proxies) > 8:
-        return "at most 8 proxies"
-    if proxies[0] != "SANITIZE_SET":
-        return ("the first (outermost) proxy must use SANITIZE_SET: with any other mode the "
-                "client's own x-forwarded-client-cert reaches extauthz")
-    for i, mode in enumerate(proxies[1:], start=1):
-        if mode not in ("APPEND_FORWARD", "FORWARD_ONLY"):
-            return (f"proxies[{i}]: an inner proxy must use APPEND_FORWARD or FORWARD_ONLY "
-                    f"({mode} would replace or drop the client's element)")
-    return None
 
 
 # -- reading one element -----------------------------------------------------------------------

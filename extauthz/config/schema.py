@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -23,8 +24,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from extauthz.authn.xfcc_trust import model_problem
 
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -108,7 +107,24 @@ class JwksSpec(Model):
         return self
 
 
+#: The ``forward_client_cert_details`` modes a trusted hop may have (extauthz/authn/xfcc_trust.py).
 XfccMode = Literal["SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"]
+
+
+def model_problem(proxies: Sequence[str]) -> str | None:
+    """Why ``proxies`` is not a usable trust model (None when it is)."""
+    if not proxies:
+        return "at least one proxy (the one that terminated the client's TLS)"
+    if len(proxies) > 8:
+        return "at most 8 proxies"
+    if proxies[0] != "SANITIZE_SET":
+        return ("the first (outermost) proxy must use SANITIZE_SET: with any other mode the "
+                "client's own x-forwarded-client-cert reaches extauthz")
+    for i, mode in enumerate(proxies[1:], start=1):
+        if mode not in ("APPEND_FORWARD", "FORWARD_ONLY"):
+            return (f"proxies[{i}]: an inner proxy must use APPEND_FORWARD or FORWARD_ONLY "
+                    f"({mode} would replace or drop the client's element)")
+    return None
 
 
 def _edge_only() -> list[XfccMode]:
