@@ -61,7 +61,7 @@ class CertBinding:
 
     def __init__(self, spec: CertBindingSpec, fail: Fail) -> None:
         model = spec.xfcc_model()
-        self._xfcc = XfccModel(tuple(model.proxies)) if model is not None else None
+        self._xfcc = XfccModel(*model.model()) if model is not None else None
         self._require = spec.require
         self._fail = fail
 
@@ -108,8 +108,10 @@ class CertBinding:
         header = view.headers.value(XFCC_HEADER)
         if header is None:
             return None
+        peer = (x509.load_der_x509_certificate(_peer_leaf_der(view.peer_certificate, self._fail))
+                if view.peer_certificate else None)
         try:
-            client = self._xfcc.read(header)[0]
+            client = self._xfcc.client(header, peer)
         except XfccMismatch as exc:
             raise self._fail(Reason.XFCC_MISMATCH,
                              "x-forwarded-client-cert does not fit the trust model",

@@ -14,7 +14,7 @@ Key (the webpki / CA/Browser Forum client profile, as rustls-webpki and Chromium
 Names (RFC 5280 §4.1.2.6 / §4.2.1.6): a leaf with an empty subject must carry a
 subjectAltName, and that extension MUST then be critical.
 
-X509-SVID (SPIFFE X509-SVID spec §4.1, §4.3, §5.2), for a leaf with a SPIFFE ID:
+X509-SVID (SPIFFE X509-SVID spec §3.1, §4.3, §5.2), for a leaf with a SPIFFE ID:
   * the SPIFFE ID has a path (a leaf never names a bare trust domain);
   * keyUsage is present with digitalSignature, and without keyCertSign or cRLSign
     (the leaf is not a CA: basicConstraints cA=false is checked by the caller for every leaf).

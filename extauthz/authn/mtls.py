@@ -164,7 +164,7 @@ class MtlsAuthenticator:
         self.name = name
         self._sources = sources
         model = spec.xfcc_model()
-        self._xfcc = XfccModel(tuple(model.proxies)) if model is not None else None
+        self._xfcc = XfccModel(*model.model()) if model is not None else None
         self._require_eku = spec.require_client_auth_eku
         self._clock = ctx.clock
         self._prefix = ctx.settings.identity_header_prefix
@@ -385,21 +385,13 @@ class MtlsAuthenticator:
     def _from_xfcc(self, header: str, peer: str = "") -> _Presented:
         """The client's element under the trust model (xfcc_trust module docstring)."""
         assert self._xfcc is not None
+        peer_leaf = self._from_peer(peer).leaf if peer else None
         try:
-            elements = self._xfcc.read(header)
+            client = self._xfcc.client(header, peer_leaf)
         except XfccMismatch as exc:
             raise self._fail(Reason.XFCC_MISMATCH,
                              "x-forwarded-client-cert does not fit the trust model",
                              str(exc)) from None
-        # The nearest Envoy appended the certificate of its own peer, which is the one it also
-        # gave us as source.certificate: the two must agree.
-        if (peer and self._xfcc.last_hop_appends
-                and hashlib.sha256(_der(self._from_peer(peer).leaf)).hexdigest()
-                != elements[-1].hash):
-                raise self._fail(Reason.XFCC_MISMATCH,
-                                 "x-forwarded-client-cert does not fit the trust model",
-                                 "the last element is not the peer certificate")
-        client = elements[0]
         assert client.cert is not None
         if has_delimiters(client.uris + client.dns):
             # Read correctly (the names are anchored to the certificate), but a name that holds

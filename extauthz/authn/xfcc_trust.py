@@ -98,9 +98,12 @@ class XfccModel:
     """Which elements a header has and which one is the client (module docstring)."""
 
     proxies: tuple[XfccMode, ...] = ("SANITIZE_SET",)
+    #: URI or DNS SANs that name the trusted proxies (required with more than one proxy): every
+    #: proxy element, and the peer certificate behind two hops, must carry one of them
+    proxy_identities: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        problem = model_problem(self.proxies)
+        problem = model_problem(self.proxies, bool(self.proxy_identities))
         if problem is not None:
             raise ValueError(problem)
 
@@ -142,9 +145,36 @@ class XfccModel:
             )
         return out
 
-    def client(self, header: str) -> TrustedElement:
-        """The client's element (the first), after checking the whole header fits the model."""
-        return self.read(header)[0]
+    def client(self, header: str, peer: x509.Certificate | None = None) -> TrustedElement:
+        """The client's element (the first), after checking that the whole header fits the
+        model and, with more than one proxy, that the proxies are the ones configured.
+
+        ``peer`` is the TLS peer certificate of the nearest Envoy (when extauthz gets it).
+        Behind more than one proxy it is a proxy: it must carry a proxy identity, and when the
+        nearest proxy appends (``APPEND_FORWARD``) it must be the last element's certificate.
+        A nearest ``FORWARD_ONLY`` proxy appends nothing, so the peer certificate is the only
+        evidence of who connected to it: without one the header is refused.
+        """
+        elements = self.read(header)
+        if self.peer_is_client:
+            return elements[0]
+        for element in elements[1:]:
+            names = san_values(element.cert) if element.cert is not None else (
+                element.uris, element.dns)
+            if not self.proxy_identities.intersection(names[0] + names[1]):
+                raise XfccMismatch("a proxy element does not name a configured proxy identity")
+        if peer is None:
+            if not self.last_hop_appends:
+                raise XfccMismatch("the nearest proxy forwards without appending and no peer "
+                                   "certificate shows who connected to it")
+            return elements[0]
+        uris, dns = san_values(peer)
+        if not self.proxy_identities.intersection(uris + dns):
+            raise XfccMismatch("the peer certificate does not name a configured proxy identity")
+        digest = hashlib.sha256(peer.public_bytes(serialization.Encoding.DER)).hexdigest()
+        if self.last_hop_appends and digest != elements[-1].hash:
+            raise XfccMismatch("the last element is not the peer certificate")
+        return elements[0]
 
 
 # -- reading one element -----------------------------------------------------------------------

@@ -111,7 +111,7 @@ class JwksSpec(Model):
 XfccMode = Literal["SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"]
 
 
-def model_problem(proxies: Sequence[str]) -> str | None:
+def model_problem(proxies: Sequence[str], has_proxy_identities: bool = True) -> str | None:
     """Why ``proxies`` is not a usable trust model (None when it is)."""
     if not proxies:
         return "at least one proxy (the one that terminated the client's TLS)"
@@ -124,7 +124,14 @@ def model_problem(proxies: Sequence[str]) -> str | None:
         if mode not in ("APPEND_FORWARD", "FORWARD_ONLY"):
             return (f"proxies[{i}]: an inner proxy must use APPEND_FORWARD or FORWARD_ONLY "
                     f"({mode} would replace or drop the client's element)")
+    if len(proxies) > 1 and not has_proxy_identities:
+        return ("proxy_identities: required with more than one proxy (who may connect to an "
+                "inner proxy decides who the client is)")
     return None
+
+
+#: (proxies, proxy_identities) as XfccModel takes them
+XfccModelArgs = tuple[tuple[XfccMode, ...], frozenset[str]]
 
 
 def _edge_only() -> list[XfccMode]:
@@ -141,14 +148,21 @@ class XfccSpec(Model):
     """
 
     proxies: list[XfccMode] = Field(default_factory=_edge_only, min_length=1, max_length=8)
+    #: URI or DNS SANs naming the trusted proxies' own certificates (required with more than one
+    #: proxy): each proxy element, and the peer certificate behind two hops, must carry one
+    proxy_identities: list[Annotated[str, Field(min_length=1, max_length=2048)]] = Field(
+        default_factory=list)
 
-    @field_validator("proxies")
-    @classmethod
-    def _check_proxies(cls, v: list[str]) -> list[str]:
-        problem = model_problem(v)
+    @model_validator(mode="after")
+    def _check_proxies(self) -> XfccSpec:
+        problem = model_problem(self.proxies, bool(self.proxy_identities))
         if problem is not None:
             raise ValueError(problem)
-        return v
+        return self
+
+    def model(self) -> XfccModelArgs:
+        """The arguments of :class:`extauthz.authn.xfcc_trust.XfccModel`."""
+        return tuple(self.proxies), frozenset(self.proxy_identities)
 
 
 class SpiffeBundleSpec(Model):

@@ -34,7 +34,8 @@ from tests.support.processes import write_config
 
 A_ID = "spiffe://example.org/ns/orders/sa/a"
 B_ID = "spiffe://example.org/ns/orders/sa/b"
-TWO_HOPS = {"proxies": ["SANITIZE_SET", "APPEND_FORWARD"]}
+TWO_HOPS = {"proxies": ["SANITIZE_SET", "APPEND_FORWARD"],
+            "proxy_identities": ["spiffe://example.org/p"]}
 EDGE = ["edge_grpc", "edge_http"]
 
 

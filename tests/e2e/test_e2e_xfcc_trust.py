@@ -117,7 +117,7 @@ def pki(e2e_dir: Path) -> Pki:
 @pytest.fixture(scope="module")
 def extauthz_config(e2e_dir: Path, pki: Pki) -> Path:
     bundle = str(pki.dir / "ca.crt")
-    two_hops = {"proxies": ["SANITIZE_SET", "APPEND_FORWARD"]}
+    two_hops = {"proxies": ["SANITIZE_SET", "APPEND_FORWARD"], "proxy_identities": [PROXY_ID]}
     data: dict[str, Any] = {
         "version": 1,
         "settings": {"realm": "extauthz"},
@@ -188,7 +188,8 @@ def test_envoy_writes_san_values_unquoted_so_a_generic_parser_is_fooled(
 def test_two_hops_the_model_reads_the_client_then_the_edge_proxy(
         topo: Topology, pki: Pki, name: str) -> None:
     header = _xfcc_envoy_wrote(topo.tls("edge_hop", "/e/x", pki[name]))
-    client, proxy = XfccModel(("SANITIZE_SET", "APPEND_FORWARD")).read(header)
+    client, proxy = XfccModel(("SANITIZE_SET", "APPEND_FORWARD"),
+                              frozenset({PROXY_ID})).read(header)
     assert client.cert == pki.issued[name].cert
     assert proxy.cert == pki.issued["edgeproxy"].cert
 
@@ -280,4 +281,17 @@ def test_a_model_that_does_not_fit_the_topology_is_refused(
     # The one-hop model behind two hops: two elements where one is expected (and the peer
     # certificate is the edge proxy's, which does not match the first element).
     r = topo.tls("edge_hop", f"/{transport}/one/x", pki["orders"])
+    assert_denied(r, 401, "xfcc_mismatch")
+
+
+@pytest.mark.parametrize("listener", ["inner_grpc", "inner_http"])
+def test_a_client_that_reaches_the_inner_proxy_directly_cannot_write_the_client_element(
+        topo: Topology, pki: Pki, listener: str) -> None:
+    # The inner Envoy accepts any certificate of the CA and appends it after the header the
+    # client sent: a forged victim element (exactly as Envoy writes one) comes first. The proxy
+    # identity check catches it: the appended element (and the peer) is not the edge proxy.
+    victim = pki.issued["victim"]
+    forged = f'Hash={victim.sha256_hex};Cert="{url_encode(victim.pem)}";URI={VICTIM_ID}'
+    two = "g" if listener == "inner_grpc" else "h"
+    r = topo.tls(listener, f"/{two}/two/x", pki["orders"], {XFCC: forged})
     assert_denied(r, 401, "xfcc_mismatch")

@@ -22,7 +22,8 @@ A = ROOT.issue("a", uris=["spiffe://example.org/a"], now=NOW)
 B = ROOT.issue("b", uris=["spiffe://example.org/b"], now=NOW)
 PROXY = ROOT.issue("proxy", uris=["spiffe://example.org/proxy"], now=NOW)
 A_X5T = cert_thumbprint_s256(A.pem)
-TWO_HOPS = {"proxies": ["SANITIZE_SET", "APPEND_FORWARD"]}
+TWO_HOPS = {"proxies": ["SANITIZE_SET", "APPEND_FORWARD"],
+            "proxy_identities": ["spiffe://example.org/proxy"]}
 
 
 def token(**extra: Any) -> str:

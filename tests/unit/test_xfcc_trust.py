@@ -13,7 +13,8 @@ from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extauthz.authn.xfcc_trust import XfccMismatch, XfccModel, has_delimiters, model_problem
+from extauthz.authn.xfcc_trust import XfccMismatch, XfccModel, has_delimiters
+from extauthz.config.schema import model_problem
 from tests.support.certs import TestCA, url_encode, xfcc_for
 from tests.support.hypo import budget
 
@@ -25,7 +26,8 @@ CLIENT = ROOT.issue("client", uris=["spiffe://example.org/ns/a/sa/b"], dns=["b.e
                     now=NOW)
 PROXY = ROOT.issue("proxy", uris=["spiffe://example.org/ns/edge/sa/proxy"], now=NOW)
 ONE = XfccModel()
-TWO = XfccModel(("SANITIZE_SET", "APPEND_FORWARD"))
+PROXY_ID = "spiffe://example.org/ns/edge/sa/proxy"
+TWO = XfccModel(("SANITIZE_SET", "APPEND_FORWARD"), frozenset({PROXY_ID}))
 VICTIM_ELEMENT = f'Hash={VICTIM.sha256_hex};Cert="{url_encode(VICTIM.pem)}";URI={VICTIM_ID}'
 
 
@@ -46,8 +48,30 @@ def test_two_hops_client_first_then_the_proxy() -> None:
     client, proxy = TWO.read(header)
     assert (client.cert, proxy.cert) == (CLIENT.cert, PROXY.cert)
     # a proxy element may lack Cert (its names are the operator's proxy's)
-    bare = xfcc_for(CLIENT) + f",Hash={PROXY.sha256_hex};URI=spiffe://example.org/p"
-    assert TWO.read(bare)[1].uris == ("spiffe://example.org/p",)
+    bare = xfcc_for(CLIENT) + f",Hash={PROXY.sha256_hex};URI={PROXY_ID}"
+    assert TWO.read(bare)[1].uris == (PROXY_ID,)
+    assert TWO.client(bare).cert == CLIENT.cert
+
+
+def test_behind_two_hops_the_proxies_must_be_the_configured_ones() -> None:
+    header = xfcc_for(CLIENT) + "," + xfcc_for(PROXY)
+    assert TWO.client(header).cert == CLIENT.cert
+    assert TWO.client(header, PROXY.cert).cert == CLIENT.cert
+    # a client that reached the inner proxy directly: its own certificate is appended last
+    forged = xfcc_for(VICTIM) + "," + xfcc_for(CLIENT)
+    with pytest.raises(XfccMismatch, match="proxy identity"):
+        TWO.client(forged)
+    with pytest.raises(XfccMismatch, match="peer certificate does not name"):
+        TWO.client(header, CLIENT.cert)
+    with pytest.raises(XfccMismatch, match="last element is not the peer"):
+        TWO.client(header, ROOT.issue("p2", uris=[PROXY_ID], now=NOW).cert)
+    # FORWARD_ONLY nearest: only the peer certificate shows who connected
+    forward = XfccModel(("SANITIZE_SET", "FORWARD_ONLY"), frozenset({PROXY_ID}))
+    with pytest.raises(XfccMismatch, match="no peer certificate"):
+        forward.client(xfcc_for(CLIENT))
+    assert forward.client(xfcc_for(CLIENT), PROXY.cert).cert == CLIENT.cert
+    with pytest.raises(XfccMismatch):
+        forward.client(xfcc_for(CLIENT), CLIENT.cert)
 
 
 @pytest.mark.parametrize(("model", "header"), [
@@ -81,7 +105,10 @@ def test_anything_envoy_would_not_write_is_refused(header: str, message: str) ->
 
 def test_model_rules() -> None:
     assert model_problem(["SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"]) is None
-    assert TWO.elements == 2 and XfccModel(("SANITIZE_SET", "FORWARD_ONLY")).elements == 1
+    assert "proxy_identities" in (model_problem(["SANITIZE_SET", "FORWARD_ONLY"], False) or "")
+    assert model_problem(["SANITIZE_SET"], False) is None
+    assert TWO.elements == 2
+    assert XfccModel(("SANITIZE_SET", "FORWARD_ONLY"), frozenset({"x"})).elements == 1
     assert "SANITIZE_SET" in (model_problem(["APPEND_FORWARD"]) or "")
     assert "replace or drop" in (model_problem(["SANITIZE_SET", "SANITIZE_SET"]) or "")
     assert model_problem([]) is not None
