@@ -1,30 +1,27 @@
 """Client-certificate (mTLS) authentication, re-verified against our own trust bundles.
 
-Where the certificate comes from
---------------------------------
+Where the certificate comes from (docs/client-certificates.md)
+--------------------------------------------------------------
 * ``view.peer_certificate``: Envoy's ``attributes.source.certificate`` (URL-encoded PEM; requires
-  ``include_peer_certificate: true``). If it holds several PEM blocks, the first is the leaf and
-  the rest are offered as intermediates — but Envoy 1.40 sends only the leaf, so with ``xfcc``
-  enabled the intermediates come from the XFCC element of the same certificate.
-* ``x-forwarded-client-cert`` (XFCC), only when the spec says ``xfcc: true``. The **last** element
-  is used: each Envoy hop appends the certificate *its* downstream presented, so the last element
-  is the one written by the proxy nearest to us — the only one we can trust, and only if that
-  proxy overwrites whatever the client sent (``forward_client_cert_details: SANITIZE_SET``);
-  otherwise a client can write its own XFCC. Its ``Cert`` is the leaf, ``Chain`` (full chain,
-  leaf included) supplies intermediates, and a ``Hash`` must match the ``Cert``. An element
-  without ``Cert`` (only ``Hash``/``URI``/...) cannot be re-verified and is refused
-  (``cert_invalid``): enable ``cert: true`` (and ``chain: true``) in Envoy's
-  ``set_current_client_cert_details``.
-* The peer certificate wins when both are present (it comes from the TLS connection Envoy itself
-  terminated). In a two-proxy topology where the inner Envoy's peer is the outer proxy, do not
-  set ``include_peer_certificate`` on the inner one, or the proxy would be authenticated.
+  ``include_peer_certificate: true``), or on the HTTP transport the header Envoy sets to
+  ``%DOWNSTREAM_PEER_CERT%`` (``--http-authz-peer-cert-header``). Several PEM blocks: the first is
+  the leaf, the rest intermediates — but Envoy 1.40 sends only the leaf.
+* ``x-forwarded-client-cert`` (XFCC), only under the trust model of ``spec.xfcc``
+  (:mod:`extauthz.authn.xfcc_trust`): the header is read the way Envoy writes it, the element
+  count must be exactly the model's, and the client is the first element. With one proxy, a peer
+  certificate and XFCC must name the same certificate (the element supplies the intermediates);
+  behind several proxies the peer certificate is a proxy's and never the identity. A client
+  certificate whose names hold XFCC delimiters is refused when read from XFCC.
 
-Verification (``cryptography.x509.verification``, the webpki client profile): a chain to one of
-the configured trust bundles, validity at ``ctx.clock`` time for every certificate, the
-clientAuth extended key usage (required to be present unless ``require_client_auth_eku: false``)
-and a leaf that is not a CA. The leaf's validity, CA flag and EKU are checked first so the deny
-reason is precise (``cert_expired``, ``cert_not_yet_valid``, ``cert_invalid``); a chain that does
-not verify is ``untrusted_cert``. Successful verifications are cached by the SHA-256 of the leaf's
+Verification (``cryptography.x509.verification``, the webpki profiles): a chain of at most
+``max_intermediates`` intermediates to the configured trust bundles — for an SVID of a trust
+domain listed in ``spiffe_bundles``, to that domain's bundle only —, validity at ``ctx.clock``
+time for every certificate, the clientAuth extended key usage (required to be present unless
+``require_client_auth_eku: false``), a leaf that is not a CA, and the leaf rules of
+:mod:`extauthz.authn.certpolicy` (key strength, empty subject, X509-SVID). The leaf's
+validity, CA flag and EKU are checked first so the deny reason is precise (``cert_expired``,
+``cert_not_yet_valid``, ``cert_invalid``); a chain that does not verify is ``untrusted_cert``.
+Successful verifications are cached by the SHA-256 of the leaf's
 DER (bounded LRU), never past the earliest ``notAfter`` of the verified chain.
 
 Identity: ``subject`` is the SPIFFE ID when the leaf has a ``spiffe://`` URI SAN — which must then
