@@ -13,7 +13,9 @@ element count must fit the configured model (401 ``xfcc_mismatch``).
 
 extauthz routes (selected by path, the same on both transports):
 
-* ``/one/``  mtls, ``xfcc: true`` (one SANITIZE_SET Envoy);
+* ``/one/``  mtls, ``xfcc: true`` (one SANITIZE_SET Envoy): gRPC without the peer certificate
+  (``edge_grpc``), HTTP with XFCC only (``edge_http_xfcc``), HTTP with XFCC and the peer
+  certificate header (``edge_http``: both must name the same certificate);
 * ``/peer/`` mtls without XFCC: only the peer certificate (gRPC ``include_peer_certificate``,
   HTTP ``--http-authz-peer-cert-header``);
 * ``/g/two/`` ``/h/two/`` mtls, ``xfcc.proxies: [SANITIZE_SET, APPEND_FORWARD]`` (edge + inner);
@@ -197,7 +199,7 @@ def test_two_hops_the_model_reads_the_client_then_the_edge_proxy(
 # -- one SANITIZE_SET Envoy, XFCC only: gRPC (no peer certificate) and HTTP ---------------------
 
 
-@pytest.mark.parametrize("listener", ["edge_grpc", "edge_http"])
+@pytest.mark.parametrize("listener", ["edge_grpc", "edge_http_xfcc", "edge_http"])
 @pytest.mark.parametrize("name", NASTY)
 def test_delimiters_in_names_never_take_another_identity(
         topo: Topology, pki: Pki, listener: str, name: str) -> None:
@@ -206,7 +208,7 @@ def test_delimiters_in_names_never_take_another_identity(
     assert "x-forwarded-client-cert delimiters" in r.text
 
 
-@pytest.mark.parametrize("listener", ["edge_grpc", "edge_http"])
+@pytest.mark.parametrize("listener", ["edge_grpc", "edge_http_xfcc", "edge_http"])
 @pytest.mark.parametrize(("name", "subject"), [("orders", ORDERS_ID), ("victim", VICTIM_ID),
                                                ("cn_inject", CN_ID)])
 def test_clients_are_named_by_their_own_certificate(
@@ -216,7 +218,7 @@ def test_clients_are_named_by_their_own_certificate(
     assert seen["x-auth-cert-sha256"] == pki.issued[name].sha256_hex
 
 
-@pytest.mark.parametrize("listener", ["edge_grpc", "edge_http"])
+@pytest.mark.parametrize("listener", ["edge_grpc", "edge_http_xfcc", "edge_http"])
 def test_a_client_sent_xfcc_is_replaced_by_sanitize_set(
         topo: Topology, pki: Pki, listener: str) -> None:
     forged = (f"Hash={pki.issued['victim'].sha256_hex};"

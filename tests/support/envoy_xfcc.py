@@ -5,6 +5,7 @@
   client ──TLS──▶ edge Envoy ─────────────────────────────────────────▶ extauthz / echo
                   │ edge_grpc  SANITIZE_SET, ext_authz gRPC *without* the peer certificate
                   │ edge_http  SANITIZE_SET, ext_authz HTTP with %DOWNSTREAM_PEER_CERT%
+                  │ edge_http_xfcc  SANITIZE_SET, ext_authz HTTP without it (XFCC only)
                   │ edge_echo  SANITIZE_SET, no ext_authz (shows the XFCC Envoy wrote)
                   │ plain_http plain HTTP, ext_authz HTTP with %DOWNSTREAM_PEER_CERT% (empty)
                   │ edge_hop   SANITIZE_SET, no ext_authz, upstream over mTLS (the edge proxy's
@@ -44,7 +45,8 @@ DOWNSTREAM_TLS = ("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3
                   "DownstreamTlsContext")
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
-EDGE_LISTENERS = ("edge_grpc", "edge_http", "edge_echo", "plain_http", "edge_hop")
+EDGE_LISTENERS = ("edge_grpc", "edge_http", "edge_http_xfcc", "edge_echo", "plain_http",
+                  "edge_hop")
 INNER_LISTENERS = ("inner_grpc", "inner_http", "inner_echo")
 
 
@@ -80,7 +82,7 @@ def _downstream_tls(cert_dir: Path, *, require: bool) -> dict[str, Any]:
         }}}
 
 
-def _ext_authz(kind: str, *, peer_certificate: bool = False) -> dict[str, Any]:
+def _ext_authz(kind: str, *, peer_certificate: bool = True) -> dict[str, Any]:
     config: dict[str, Any] = {"@type": EXT_AUTHZ_TYPE, "transport_api_version": "V3",
                               "failure_mode_allow": False}
     if kind == "grpc":
@@ -93,7 +95,8 @@ def _ext_authz(kind: str, *, peer_certificate: bool = False) -> dict[str, Any]:
                            "timeout": "2s"},
             "path_prefix": "/check",
             "authorization_request": {"headers_to_add": [
-                {"key": PEER_CERT_HEADER, "value": "%DOWNSTREAM_PEER_CERT%"}]},
+                {"key": PEER_CERT_HEADER, "value": "%DOWNSTREAM_PEER_CERT%"}]
+                if peer_certificate else []},
             "authorization_response": {
                 "allowed_upstream_headers": {"patterns": [{"prefix": "x-auth-"}]},
                 "allowed_client_headers": {"patterns": [{"exact": "www-authenticate"},
@@ -169,6 +172,9 @@ def edge_config(cert_dir: Path, ports: dict[str, int], admin: int, *, grpc_port:
         _listener("edge_http", ports["edge_http"], mode="SANITIZE_SET",
                   tls=_downstream_tls(cert_dir, require=False),
                   authz=_ext_authz("http"), routes=[_to("echo")]),
+        _listener("edge_http_xfcc", ports["edge_http_xfcc"], mode="SANITIZE_SET",
+                  tls=_downstream_tls(cert_dir, require=False),
+                  authz=_ext_authz("http", peer_certificate=False), routes=[_to("echo")]),
         _listener("edge_echo", ports["edge_echo"], mode="SANITIZE_SET",
                   tls=_downstream_tls(cert_dir, require=False), authz=None, routes=[_to("echo")]),
         _listener("plain_http", ports["plain_http"], mode="SANITIZE", tls=None,
