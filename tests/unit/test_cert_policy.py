@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -20,8 +21,11 @@ from hypothesis import strategies as st
 from extauthz.authn.mtls import MtlsAuthenticator, load_trust_bundle
 from extauthz.cli import main
 from extauthz.clock import FixedClock
+from extauthz.config.compile import compile_config
+from extauthz.config.loader import load_config
 from extauthz.config.schema import MtlsSpec
-from extauthz.errors import AuthenticationError, Reason
+from extauthz.errors import AuthenticationError, ConfigError, Reason
+from extauthz.metrics import Metrics
 from extauthz.types import RequestView
 from tests.support.builders import make_ctx, make_view
 from tests.support.certs import CLIENT_AUTH, DAY, Issued, TestCA, _ca_key_usage, _utc, url_encode
@@ -283,15 +287,25 @@ def bundles(draw: st.DrawFn) -> bytes:
 
 
 @budget(60)
-@given(bundle=bundles())
+@given(bundle=bundles(), federated=st.booleans())
 def test_random_der_or_pem_in_a_trust_bundle_never_gives_a_traceback(
-        tmp_path_factory: pytest.TempPathFactory, bundle: bytes) -> None:
-    path = tmp_path_factory.mktemp("bundle") / "b.pem"
-    path.write_bytes(bundle)
+        tmp_path_factory: pytest.TempPathFactory, bundle: bytes, federated: bool) -> None:
+    # the whole validate/serve path: load, compile (every authenticator built), ConfigError only
+    directory = tmp_path_factory.mktemp("bundle")
+    (directory / "b.pem").write_bytes(bundle)
+    mtls: dict[str, Any] = (
+        {"spiffe_bundles": [{"trust_domain": "example.org", "bundle": "b.pem"}]} if federated
+        else {"trust_bundles": ["b.pem"]})
+    config = directory / "c.yaml"
+    config.write_text(yaml.safe_dump({"authenticators": {"certs": {"mtls": mtls}},
+                                      "routes": [{"name": "r", "authn": ["certs"]}]}))
     try:
-        load_trust_bundle(path, "trust_bundles[0]")
-    except ValueError as exc:
-        assert str(exc).startswith("trust_bundles[0]: ")
+        compile_config(load_config(config), Metrics())
+    except ConfigError as exc:
+        where = "spiffe_bundles[0].bundle" if federated else "trust_bundles[0]"
+        assert f"authenticators.certs.mtls: {where}: " in str(exc)
+    with contextlib.suppress(ValueError):
+        load_trust_bundle(directory / "b.pem", "x")
 
 
 # -- extauthz check with the client certificate as Envoy sends it -------------------------------
