@@ -24,6 +24,7 @@ from extauthz.clock import FixedClock
 from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import MtlsSpec
+from extauthz.decision import GrpcCode, from_error
 from extauthz.errors import AuthenticationError, ConfigError, Reason
 from extauthz.metrics import Metrics
 from extauthz.types import RequestView
@@ -78,8 +79,12 @@ def make(tmp_path: Path, **spec: Any) -> MtlsAuthenticator:
 
 
 async def refused(auth: MtlsAuthenticator, view: RequestView) -> AuthenticationError:
+    """Expect a refusal; every one is 401 / UNAUTHENTICATED with the ClientCert challenge."""
     with pytest.raises(AuthenticationError) as info:
         await auth.authenticate(view)
+    decision = from_error(info.value, "r")
+    assert (decision.http_status, decision.grpc_code) == (401, GrpcCode.UNAUTHENTICATED)
+    assert auth.challenge(info.value).startswith("ClientCert ")
     return info.value
 
 

@@ -20,7 +20,7 @@ from extauthz.clock import FixedClock
 from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import MtlsSpec
-from extauthz.decision import GrpcCode, Outcome
+from extauthz.decision import GrpcCode, Outcome, from_error
 from extauthz.errors import AuthenticationError, AuthorizationError, Reason
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
@@ -60,6 +60,8 @@ async def refused(auth: MtlsAuthenticator, v: RequestView) -> AuthenticationErro
     with pytest.raises(AuthenticationError) as info:
         await auth.authenticate(v)
     assert info.value.authenticator == "mtls"
+    decision = from_error(info.value, "r")
+    assert (decision.http_status, decision.grpc_code) == (401, GrpcCode.UNAUTHENTICATED)
     return info.value
 
 
