@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from extauthz.authn.xfcc import parse_xfcc
 from extauthz.authn.xfcc_trust import XfccModel
@@ -43,6 +44,7 @@ from tests.support.envoy_tls import ClientCert
 from tests.support.envoy_xfcc import Topology, start_topology
 from tests.support.processes import write_config
 
+HTTP_AUTHZ_DEPLOY = Path(__file__).resolve().parents[2] / "deploy/envoy/envoy-http-authz.yaml"
 VICTIM_ID = "spiffe://example.org/ns/billing/sa/victim"
 ORDERS_ID = "spiffe://example.org/ns/orders/sa/api"
 SERVER_ID = "spiffe://example.org/ns/edge/sa/envoy"  # both Envoys' server certificate (By=)
@@ -250,6 +252,28 @@ def test_a_client_sent_peer_certificate_header_never_reaches_extauthz(
     else:
         r = topo.tls("edge_http", "/peer/x", None, forged)
     assert_denied(r, 401, "missing_credential")
+
+
+def test_without_disallowed_headers_envoy_passes_a_client_sent_peer_certificate(
+        topo: Topology, pki: Pki) -> None:
+    # The wire fact behind disallowed_headers (negative control, deliberately wrong listener):
+    # on a connection without a client certificate %DOWNSTREAM_PEER_CERT% is empty, Envoy 1.40
+    # then adds nothing, and the client's own header reaches extauthz as the "peer certificate".
+    forged = {PEER_CERT_HEADER: url_encode(pki.issued["victim"].pem)}
+    seen = upstream_headers(topo.plain("plain_unguarded", "/peer/x", forged))
+    assert seen["x-auth-subject"] == VICTIM_ID
+
+
+def test_the_deploy_file_ships_both_envoy_settings() -> None:
+    config = yaml.safe_load(HTTP_AUTHZ_DEPLOY.read_text())
+    (listener,) = config["static_resources"]["listeners"]
+    (hcm,) = listener["filter_chains"][0]["filters"]
+    (authz,) = [f for f in hcm["typed_config"]["http_filters"]
+                if f["name"] == "envoy.filters.http.ext_authz"]
+    typed = authz["typed_config"]
+    added = typed["http_service"]["authorization_request"]["headers_to_add"]
+    assert {"key": PEER_CERT_HEADER, "value": "%DOWNSTREAM_PEER_CERT%"} in added
+    assert {"exact": PEER_CERT_HEADER} in typed["disallowed_headers"]["patterns"]
 
 
 def test_a_client_sent_peer_certificate_header_is_replaced_on_tls(topo: Topology, pki: Pki) -> None:

@@ -8,6 +8,8 @@
                   │ edge_http_xfcc  SANITIZE_SET, ext_authz HTTP without it (XFCC only)
                   │ edge_echo  SANITIZE_SET, no ext_authz (shows the XFCC Envoy wrote)
                   │ plain_http plain HTTP, ext_authz HTTP with %DOWNSTREAM_PEER_CERT% (empty)
+                  │ plain_unguarded  the same **without** disallowed_headers: a deliberately
+                  │            wrong configuration, the negative control for it
                   │ edge_hop   SANITIZE_SET, no ext_authz, upstream over mTLS (the edge proxy's
                   │            own client certificate) to the inner Envoy, by path prefix:
                   ▼              /g/ → inner_grpc, /h/ → inner_http, /e/ → inner_echo
@@ -46,7 +48,7 @@ DOWNSTREAM_TLS = ("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 EDGE_LISTENERS = ("edge_grpc", "edge_http", "edge_http_xfcc", "edge_echo", "plain_http",
-                  "edge_hop")
+                  "plain_unguarded", "edge_hop")
 INNER_LISTENERS = ("inner_grpc", "inner_http", "inner_echo")
 
 
@@ -82,7 +84,8 @@ def _downstream_tls(cert_dir: Path, *, require: bool) -> dict[str, Any]:
         }}}
 
 
-def _ext_authz(kind: str, *, peer_certificate: bool = True) -> dict[str, Any]:
+def _ext_authz(kind: str, *, peer_certificate: bool = True,
+               guarded: bool = True) -> dict[str, Any]:
     config: dict[str, Any] = {"@type": EXT_AUTHZ_TYPE, "transport_api_version": "V3",
                               "failure_mode_allow": False}
     if kind == "grpc":
@@ -104,7 +107,8 @@ def _ext_authz(kind: str, *, peer_certificate: bool = True) -> dict[str, Any]:
             },
         }
         config["allowed_headers"] = {"patterns": [{"safe_regex": {"regex": ".*"}}]}
-        config["disallowed_headers"] = {"patterns": [{"exact": PEER_CERT_HEADER}]}
+        if guarded:
+            config["disallowed_headers"] = {"patterns": [{"exact": PEER_CERT_HEADER}]}
         config["status_on_error"] = {"code": "ServiceUnavailable"}
     return {"name": "envoy.filters.http.ext_authz", "typed_config": config}
 
@@ -179,6 +183,8 @@ def edge_config(cert_dir: Path, ports: dict[str, int], admin: int, *, grpc_port:
                   tls=_downstream_tls(cert_dir, require=False), authz=None, routes=[_to("echo")]),
         _listener("plain_http", ports["plain_http"], mode="SANITIZE", tls=None,
                   authz=_ext_authz("http"), routes=[_to("echo")]),
+        _listener("plain_unguarded", ports["plain_unguarded"], mode="SANITIZE", tls=None,
+                  authz=_ext_authz("http", guarded=False), routes=[_to("echo")]),
         _listener("edge_hop", ports["edge_hop"], mode="SANITIZE_SET",
                   tls=_downstream_tls(cert_dir, require=True), authz=None,
                   routes=[_to("inner_grpc", "/g/"), _to("inner_http", "/h/"),
