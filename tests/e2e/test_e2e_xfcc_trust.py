@@ -25,6 +25,8 @@ extauthz routes (selected by path, the same on both transports):
 from __future__ import annotations
 
 import json
+import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,9 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from extauthz.authn.xfcc import parse_xfcc
 from extauthz.authn.xfcc_trust import XfccModel
@@ -39,8 +44,8 @@ from extauthz.demo.background import BackgroundApp
 from extauthz.demo.httpclient import Response
 from extauthz.http_authz import PEER_CERT_HEADER
 from tests.e2e.helpers import assert_denied, upstream_headers
-from tests.support.certs import SERVER_AUTH, Issued, TestCA, url_encode
-from tests.support.envoy_tls import ClientCert
+from tests.support.certs import CLIENT_AUTH, DAY, SERVER_AUTH, Issued, TestCA, _utc, url_encode
+from tests.support.envoy_tls import ClientCert, tls_request
 from tests.support.envoy_xfcc import Topology, start_topology
 from tests.support.processes import write_config
 
@@ -50,6 +55,8 @@ ORDERS_ID = "spiffe://example.org/ns/orders/sa/api"
 SERVER_ID = "spiffe://example.org/ns/edge/sa/envoy"  # both Envoys' server certificate (By=)
 PROXY_ID = "spiffe://example.org/ns/edge/sa/proxy"  # the edge Envoy's client certificate
 CN_ID = "spiffe://example.org/ns/cn/sa/inject"
+FED_A_ID = "spiffe://example.org/ns/fed/sa/a"
+FED_B_ID = "spiffe://b.example/ns/fed/sa/b"
 XFCC = "x-forwarded-client-cert"
 EVERY_KEY = ";By=a;Hash=b;Cert=c;Chain=d;Subject=e;URI=f;DNS=g"
 
@@ -87,10 +94,36 @@ class Pki:
         return self.clients[name]
 
 
+def _rsa_leaf(ca: TestCA, bits: int, uri: str) -> Issued:
+    """A client certificate with an RSA key of ``bits`` (TestCA.issue makes P-256 keys)."""
+    key = rsa.generate_private_key(65537, bits)
+    now = time.time()
+    cert = (
+        x509.CertificateBuilder().subject_name(
+            x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"rsa{bits}")]))
+        .issuer_name(ca.cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_utc(now - DAY)).not_valid_after(_utc(now + DAY))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False),
+                       critical=True)
+        .add_extension(x509.ExtendedKeyUsage([CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            ca.issued.key.public_key()), critical=False)
+        .sign(ca.issued.key, hashes.SHA256()))
+    return Issued(cert, key)  # type: ignore[arg-type]
+
+
 def _make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca = TestCA.create("xfcc e2e root")
-    ca.write_bundle(directory / "ca.crt")
+    other_domain = TestCA.create("b.example root")
+    ca.write_bundle(directory / "root.crt")
+    other_domain.write_bundle(directory / "b.crt")
+    # Envoy (and the one-hop routes) trust both roots, as a federated deployment's Envoy does
+    (directory / "ca.crt").write_text(ca.pem + other_domain.pem)
     server = ca.issue("envoy", dns=["localhost"], uris=[SERVER_ID], eku=(SERVER_AUTH,))
     server.write(directory / "server.crt", directory / "server.key")
     victim = ca.issue("victim", uris=[VICTIM_ID])
@@ -100,6 +133,11 @@ def _make_pki(directory: Path) -> Pki:
         "edgeproxy": ca.issue("edge proxy", uris=[PROXY_ID]),
         # the subject carries the syntax, the SAN is clean: names the client by its SPIFFE ID
         "cn_inject": ca.issue('x",Cert=a;URI=b,DNS=c\\d=', uris=[CN_ID]),
+        # SPIFFE federation: an example.org SVID issued by b.example's CA, and a b.example one
+        "a_by_b": other_domain.issue("a by b", uris=[FED_A_ID]),
+        "b_by_b": other_domain.issue("b by b", uris=[FED_B_ID]),
+        "rsa1024": _rsa_leaf(ca, 1024, "spiffe://example.org/ns/weak/sa/rsa1024"),
+        "rsa2048": _rsa_leaf(ca, 2048, "spiffe://example.org/ns/ok/sa/rsa2048"),
     }
     for name, kwargs in _nasty_sans(victim).items():
         issued[name] = ca.issue(name, **kwargs)
@@ -129,10 +167,14 @@ def extauthz_config(e2e_dir: Path, pki: Pki) -> Path:
             "one-hop": {"mtls": {"trust_bundles": [bundle], "xfcc": True}},
             "two-hops": {"mtls": {"trust_bundles": [bundle], "xfcc": two_hops}},
             "peer-only": {"mtls": {"trust_bundles": [bundle]}},
+            "federated": {"mtls": {"xfcc": True, "spiffe_bundles": [
+                {"trust_domain": "example.org", "bundle": str(pki.dir / "root.crt")},
+                {"trust_domain": "b.example", "bundle": str(pki.dir / "b.crt")}]}},
         },
         "routes": [
             {"name": "one", "match": {"prefix": "/one/"}, "authn": ["one-hop"]},
             {"name": "peer", "match": {"prefix": "/peer/"}, "authn": ["peer-only"]},
+            {"name": "fed", "match": {"prefix": "/fed/"}, "authn": ["federated"]},
             {"name": "g-two", "match": {"prefix": "/g/two/"}, "authn": ["two-hops"]},
             {"name": "h-two", "match": {"prefix": "/h/two/"}, "authn": ["two-hops"]},
             {"name": "g-one", "match": {"prefix": "/g/one/"}, "authn": ["one-hop"]},
@@ -321,3 +363,34 @@ def test_a_client_that_reaches_the_inner_proxy_directly_cannot_write_the_client_
     two = "g" if listener == "inner_grpc" else "h"
     r = topo.tls(listener, f"/{two}/two/x", pki["orders"], {XFCC: forged})
     assert_denied(r, 401, "xfcc_mismatch")
+
+
+# -- which certificates: SPIFFE federation and the leaf key policy, through Envoy ----------------
+
+
+@pytest.mark.parametrize("listener", ["edge_grpc", "edge_http"])
+def test_federation_an_svid_must_chain_to_its_own_domains_bundle(
+        topo: Topology, pki: Pki, listener: str) -> None:
+    # Envoy trusts both roots and lets both through; with one trust_bundles list (/one/) the
+    # example.org SVID issued by b.example's CA would pass, with spiffe_bundles (/fed/) it does not.
+    assert upstream_headers(topo.tls(listener, "/one/x", pki["a_by_b"]))["x-auth-subject"] == (
+        FED_A_ID)
+    assert_denied(topo.tls(listener, "/fed/x", pki["a_by_b"]), 401, "untrusted_cert")
+    seen = upstream_headers(topo.tls(listener, "/fed/x", pki["b_by_b"]))
+    assert seen["x-auth-subject"] == FED_B_ID
+    seen = upstream_headers(topo.tls(listener, "/fed/x", pki["orders"]))
+    assert seen["x-auth-subject"] == ORDERS_ID
+
+
+@pytest.mark.parametrize("listener", ["edge_grpc", "edge_http"])
+def test_a_weak_leaf_key_that_envoy_accepts_is_refused(
+        topo: Topology, pki: Pki, listener: str) -> None:
+    # (Python's OpenSSL refuses to *send* a 1024-bit key at its default security level)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(topo.ca_file))
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.load_cert_chain(str(pki["rsa1024"].cert), str(pki["rsa1024"].key))
+    r = tls_request(topo.ports[listener], "GET", "/one/x", context=context, timeout=10.0)
+    assert_denied(r, 401, "cert_invalid")
+    assert "RSA key shorter than 2048" in r.text
+    assert upstream_headers(topo.tls(listener, "/one/x", pki["rsa2048"]))["x-auth-subject"] == (
+        "spiffe://example.org/ns/ok/sa/rsa2048")
