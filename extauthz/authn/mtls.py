@@ -165,7 +165,6 @@ class MtlsAuthenticator:
         self._require_eku = spec.require_client_auth_eku
         self._clock = ctx.clock
         self._prefix = ctx.settings.identity_header_prefix
-        self._max_intermediates = spec.max_intermediates
         #: the store for certificates without a SPIFFE ID (and SPIFFE IDs of unlisted domains
         #: when no spiffe_bundles are configured); None when only spiffe_bundles are given
         self._policy = _policy(anchors, spec.max_intermediates) if anchors else None
@@ -264,10 +263,7 @@ class MtlsAuthenticator:
             return cached
         self._precheck(leaf, now)
         identity = self._identity(leaf, der, fingerprint)
-        policy = self._policy_for(identity)
-        if len(intermediates) > self._max_intermediates:
-            raise self._fail(Reason.UNTRUSTED_CERT, "client certificate chain too long",
-                             f"more than {self._max_intermediates} intermediates")
+        policy = self._policy_for(identity)  # its chain depth is max_intermediates
         try:
             verified = (
                 policy.time(dt.datetime.fromtimestamp(now, dt.UTC))
@@ -585,10 +581,9 @@ def load_trust_bundle(path: Path, where: str) -> list[x509.Certificate]:
             constraints = _extension(cert.extensions, x509.BasicConstraints)
             for ext in cert.extensions:
                 _ = ext.value
-            cert.subject.rfc4514_string()
+            name = cert.subject.rfc4514_string()
             cert.issuer.rfc4514_string()
             cert.public_key()
-            name = cert.subject.rfc4514_string()
         except (*_X509_ERRORS, TypeError):
             raise ValueError(f"{where}: {path}: certificate {n} is malformed") from None
         if constraints is None or not constraints.ca:
