@@ -49,7 +49,7 @@ from extauthz.types import RequestView
 XFCC_HEADER = "x-forwarded-client-cert"
 THUMBPRINT = "x5t#S256"
 #: base64url without padding of a 32-byte digest
-_S256 = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_S256 = re.compile(r"[A-Za-z0-9_-]{43}")  # fullmatch: "$" would accept a trailing "\n"
 _PEM_MARK = "-----BEGIN CERTIFICATE-----"
 _MAX_PEER = 64 * 1024
 
@@ -93,7 +93,7 @@ class CertBinding:
             raise self._fail(Reason.INVALID_TOKEN, "unsupported token confirmation method",
                              f"cnf members {sorted(str(k) for k in cnf)[:5]} without x5t#S256")
         value = cnf[THUMBPRINT]
-        if not isinstance(value, str) or not _S256.match(value):
+        if not isinstance(value, str) or not _S256.fullmatch(value):
             raise self._fail(Reason.INVALID_TOKEN, "malformed cnf claim",
                              "x5t#S256 is not a base64url SHA-256")
         return value

@@ -97,8 +97,8 @@ DEFAULT_MAX_INTERMEDIATES = 8
 #: SPIFFE IDs are at most 2048 bytes (SPIFFE-ID spec §2.3).
 MAX_SPIFFE_ID_LENGTH = 2048
 
-_SPIFFE_ID = re.compile(r"^spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)*)$")
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+_SPIFFE_ID = re.compile(r"spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)*)")  # fullmatch: no "\n"
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")  # fullmatch
 _PEM_MARK = "-----BEGIN CERTIFICATE-----"
 
 
@@ -129,7 +129,7 @@ def parse_spiffe_id(value: str) -> tuple[str, str] | None:
     """``(trust_domain, path)`` of a valid SPIFFE ID, else None (SPIFFE-ID spec §2)."""
     if len(value) > MAX_SPIFFE_ID_LENGTH:
         return None
-    match = _SPIFFE_ID.match(value)
+    match = _SPIFFE_ID.fullmatch(value)
     if match is None:
         return None
     trust_domain, path = match.group(1), match.group(2)
@@ -196,7 +196,7 @@ class MtlsAuthenticator:
             if parse_spiffe_id(value) is None:
                 raise ValueError(f"allowed_spiffe_ids[{i}]: not a valid SPIFFE ID")
         for i, value in enumerate(spec.trust_domains):
-            if not _TRUST_DOMAIN.match(value):
+            if not _TRUST_DOMAIN.fullmatch(value):
                 raise ValueError(
                     f"trust_domains[{i}]: not a trust domain (lowercase letters, digits, '.-_')"
                 )
@@ -211,7 +211,7 @@ class MtlsAuthenticator:
             sources.append(path)
         domain_anchors: dict[str, list[x509.Certificate]] = {}
         for i, entry in enumerate(spec.spiffe_bundles):
-            if not _TRUST_DOMAIN.match(entry.trust_domain):
+            if not _TRUST_DOMAIN.fullmatch(entry.trust_domain):
                 raise ValueError(
                     f"spiffe_bundles[{i}].trust_domain: not a trust domain "
                     "(lowercase letters, digits, '.-_')"

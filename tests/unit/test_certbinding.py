@@ -68,7 +68,8 @@ async def test_two_hops_bind_to_the_client_element_not_the_peer() -> None:
 
 
 @pytest.mark.parametrize("cnf", ["x", [], {}, {"x5t#S256": None}, {"x5t#S256": "a" * 42},
-                                 {"x5t#S256": A_X5T + "="}, {"jkt": "abc"}, {"jwk": {}}])
+                                 {"x5t#S256": A_X5T + "="}, {"x5t#S256": A_X5T + "\n"},
+                                 {"jkt": "abc"}, {"jwk": {}}])
 async def test_malformed_or_uncheckable_cnf_is_refused(cnf: Any) -> None:
     err = await denied(build().authenticate(request(token(cnf=cnf), peer=A)), Reason.INVALID_TOKEN)
     assert "cnf" in err.description or "confirmation" in err.description

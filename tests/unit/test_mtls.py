@@ -485,6 +485,8 @@ async def test_identity_carries_the_thumbprint(tmp_path: Path) -> None:
         ("spiffe://example.org/./a", None),
         ("spiffe://example.org/" + "a" * 2048, None),
         ("http://example.org/a", None),
+        ("spiffe://example.org/ns/a\n", None),  # "$" would have matched before the newline
+        ("spiffe://example.org\n", None),
     ],
 )
 def test_parse_spiffe_id(value: str, parsed: tuple[str, str] | None) -> None:
