@@ -15,6 +15,7 @@ from extauthz.types import RequestView
 from tests.support.builders import NOW, make_view
 from tests.support.certs import TestCA, url_encode, xfcc_for
 from tests.support.tokens import bearer, claims, mint, rsa_key
+from tests.unit.test_introspection import OTHER, TOKEN, active, make, server  # noqa: F401
 from tests.unit.test_jwt import build, denied
 
 ROOT = TestCA.create("binding root", now=NOW)
@@ -80,3 +81,23 @@ async def test_required_binding_refuses_unbound_tokens() -> None:
     await denied(required.authenticate(request(token(), peer=A)), Reason.UNBOUND_TOKEN)
     assert await required.authenticate(request(token(cnf={"x5t#S256": A_X5T}), peer=A))
     assert await build().authenticate(request(token(), peer=A)) is not None  # optional by default
+
+
+# -- introspection (RFC 8705 §3.2: the response's cnf) ------------------------------------------
+
+
+async def test_introspection_response_cnf_binds_the_token(make: Any) -> None:  # noqa: F811
+    auth, fake, _ = await make(certificate_binding={"require": True})
+    fake.tokens[TOKEN] = active(cnf={"x5t#S256": A_X5T})
+    fake.tokens[OTHER] = active()
+
+    def view(tok: str, cert: Any) -> RequestView:
+        return dataclasses.replace(make_view(headers={"authorization": f"Bearer {tok}"}),
+                                   peer_certificate=url_encode(cert.pem) if cert else "")
+
+    for _ in range(2):  # the second answer comes from the cache: still checked
+        assert await auth.authenticate(view(TOKEN, A)) is not None
+        await denied(auth.authenticate(view(TOKEN, B)), Reason.CERT_BINDING_MISMATCH)
+        await denied(auth.authenticate(view(TOKEN, None)), Reason.CERT_BINDING_MISMATCH)
+    await denied(auth.authenticate(view(OTHER, A)), Reason.UNBOUND_TOKEN)
+    assert fake.calls == 2  # one introspection per token
