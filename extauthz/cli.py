@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_authz_address=args.http_authz_address,
         http_authz_path_prefix=args.http_authz_path_prefix,
         http_authz_source_header=args.http_authz_source_header,
+        http_authz_peer_cert_header=args.http_authz_peer_cert_header,
     )
     from extauthz import tracing
 
@@ -306,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read the client address from this header, which Envoy must set "
                             "itself (authorization_request.headers_to_add with "
                             "%%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%%); off by default")
+    serve.add_argument("--http-authz-peer-cert-header", metavar="NAME", default=None,
+                       help="read the client certificate (URL-encoded PEM) from this header, "
+                            "which Envoy must set itself (authorization_request.headers_to_add "
+                            "with %%DOWNSTREAM_PEER_CERT%% and the same name in "
+                            "disallowed_headers); off by default")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
     serve.add_argument("--watch-interval", type=float, default=1.0,

@@ -56,6 +56,13 @@ class Reason(enum.StrEnum):
     CERT_EXPIRED = "cert_expired"
     CERT_NOT_YET_VALID = "cert_not_yet_valid"
     UNTRUSTED_CERT = "untrusted_cert"
+    #: x-forwarded-client-cert does not fit the configured trust model (element count, or an
+    #: element not written the way Envoy writes it)
+    XFCC_MISMATCH = "xfcc_mismatch"
+    #: RFC 8705: the token is bound (cnf x5t#S256) to another certificate, or none was presented
+    CERT_BINDING_MISMATCH = "cert_binding_mismatch"
+    #: the authenticator requires certificate-bound tokens and this one carries no cnf
+    UNBOUND_TOKEN = "unbound_token"  # noqa: S105
     # Basic
     MALFORMED_CREDENTIALS = "malformed_credentials"
     INVALID_CREDENTIALS = "invalid_credentials"

@@ -27,9 +27,13 @@ request Envoy sends us a request with the **same method**, the path prefixed wit
 Limits of the mapping (the gRPC transport has none of them):
 
 * no ``context_extensions``: routes are chosen by extauthz's own host/path/method matchers;
-* no peer certificate (``include_peer_certificate`` is gRPC-only): mTLS needs Envoy to send
-  ``x-forwarded-client-cert`` (``forward_client_cert_details: SANITIZE_SET``) and the
-  authenticator's XFCC option;
+* no peer certificate of its own (``include_peer_certificate`` is gRPC-only): Envoy sends it in a
+  header it sets itself (``authorization_request.headers_to_add`` with
+  ``%DOWNSTREAM_PEER_CERT%``, plus ``disallowed_headers`` for the same name, because Envoy leaves
+  a client-sent value in place when the connection has no certificate), and
+  ``--http-authz-peer-cert-header NAME`` tells extauthz to read it (off by default: without
+  those Envoy settings the header is whatever the client sent). XFCC is for hops where TLS ended
+  at another proxy (docs/client-certificates.md);
 * no client address of its own: Envoy can send it in a header it sets itself
   (``authorization_request.headers_to_add`` with ``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``,
   which overwrites a client-sent header of the same name), and ``--http-authz-source-header NAME``
@@ -161,12 +165,26 @@ def source_address(headers: dict[str, str], header: str | None) -> str:
     return "" if ip is None else str(ip)
 
 
+#: the header deploy/envoy/envoy-http-authz.yaml sets to the client certificate
+#: (``%DOWNSTREAM_PEER_CERT%``), for ``--http-authz-peer-cert-header``
+PEER_CERT_HEADER = "x-extauthz-peer-certificate"
+
+
 def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
-            path_prefix: str, head_bytes: int, source_header: str | None = None) -> RequestView:
+            path_prefix: str, head_bytes: int, source_header: str | None = None,
+            peer_cert_header: str | None = None) -> RequestView:
     """The RequestView of one authorization request (raises BadRequestError).
 
+    ``peer_cert_header`` (off by default): the header Envoy sets to ``%DOWNSTREAM_PEER_CERT%``,
+    read as the TLS peer certificate — what ``include_peer_certificate`` gives the gRPC
+    transport. Only safe when Envoy also keeps a client-sent header of that name away from us
+    (``disallowed_headers``): Envoy 1.40 does *not* overwrite it when the connection has no
+    client certificate (verified: plaintext and TLS without a certificate pass the client's
+    value through; see deploy/envoy/envoy-http-authz.yaml).
+
     ``headers`` (lowercase names) becomes the view's headers without a copy; Envoy's own
-    ``content-length`` is removed from it when no body was forwarded."""
+    ``content-length`` is removed from it when no body was forwarded.
+    """
     if path_prefix:
         if not target.startswith(path_prefix):
             raise BadRequestError(Reason.BAD_REQUEST, "path without the configured prefix")
@@ -193,6 +211,7 @@ def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
         body=body,
         request_id=headers.get("x-request-id", ""),
         source_address=source_address(headers, source_header),
+        peer_certificate=headers.get(peer_cert_header, "") if peer_cert_header else "",
         protocol="",
         header_bytes=head_bytes,
     )
@@ -372,10 +391,13 @@ class HttpAuthzServer:
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         source_header: str | None = None,
+        peer_cert_header: str | None = None,
     ) -> None:
         self.engine = engine
         #: the header Envoy sets to the client address (lower case); None: no client address
         self.source_header = source_header.lower() if source_header else None
+        #: the header Envoy sets to the client certificate (lower case); None: no certificate
+        self.peer_cert_header = peer_cert_header.lower() if peer_cert_header else None
         self.path_prefix = path_prefix.rstrip("/")
         self.max_head_bytes = max_head_bytes
         self.max_body_bytes = max_body_bytes
@@ -391,7 +413,8 @@ class HttpAuthzServer:
         try:
             target = message.url.decode("utf-8", "surrogateescape")
             view = to_view(message.method, target, message.headers, b"".join(message.body),
-                           self.path_prefix, message.head_bytes, self.source_header)
+                           self.path_prefix, message.head_bytes, self.source_header,
+                           self.peer_cert_header)
         except CheckError as exc:
             return None, from_error(exc, NO_ROUTE_LABEL)
         except Exception:

@@ -76,6 +76,8 @@ class ServerOptions:
     http_authz_path_prefix: str = "/check"
     #: header Envoy sets to the client address for the HTTP transport (None: no address)
     http_authz_source_header: str | None = None
+    #: header Envoy sets to the client certificate for the HTTP transport (None: none)
+    http_authz_peer_cert_header: str | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -238,7 +240,9 @@ class Server:
         if self.options.http_authz_address:
             self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
                                               path_prefix=self.options.http_authz_path_prefix,
-                                              source_header=self.options.http_authz_source_header)
+                                              source_header=self.options.http_authz_source_header,
+                                              peer_cert_header=(
+                                                  self.options.http_authz_peer_cert_header))
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
         host, port = split_address(self.options.http_address)

@@ -58,6 +58,7 @@ import aiohttp
 
 from extauthz import tracing
 from extauthz.authn.base import Challenge
+from extauthz.authn.certbinding import CertBinding
 from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.secrets import load_secret
@@ -186,6 +187,12 @@ class IntrospectionAuthenticator(SourceCredentials):
         self._endpoint = spec.endpoint
         self._clock = clock
         self._source = Source.from_spec(spec.source)
+        #: RFC 8705 §3.2: the response's cnf x5t#S256 binds the token to a client certificate
+        self._binding = CertBinding(
+            spec.certificate_binding,
+            lambda reason, description, detail: AuthenticationError(
+                reason, description, detail, authenticator=self.name),
+        )
         self._form: dict[str, str] = {}
         self._auth_headers: dict[str, str] = {"Accept": "application/json"}
         if spec.token_type_hint:
@@ -290,7 +297,9 @@ class IntrospectionAuthenticator(SourceCredentials):
                 task.add_done_callback(functools.partial(self._finished, key))
             # shield: a cancelled check (Envoy gave up) must not cancel the shared request.
             result = await asyncio.shield(task)
-        return self._apply(result)
+        identity = self._apply(result)
+        self._binding.check(identity.claims, view)
+        return identity
 
     def _finished(self, key: bytes, task: asyncio.Task[_Result]) -> None:
         if self._inflight.get(key) is task:

@@ -66,6 +66,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.base import Challenge
+from extauthz.authn.certbinding import CertBinding
 from extauthz.authn.jwks import (
     ALGORITHMS,
     JwkKey,
@@ -269,6 +270,11 @@ class JwtAuthenticator(SourceCredentials):
         )
         #: revoked ``jti`` values, checked after verification and on every cache hit
         self._revocations = revocations
+        #: RFC 8705: a token with cnf x5t#S256 must come with that client certificate
+        self._binding = CertBinding(
+            spec.certificate_binding,
+            lambda reason, description, detail: self._fail(reason, detail, description),
+        )
         self._hit = metrics.cache_requests.labels(cache="jwt", result="hit")
         self._miss = metrics.cache_requests.labels(cache="jwt", result="miss")
 
@@ -301,17 +307,22 @@ class JwtAuthenticator(SourceCredentials):
         keyset = self.jwks.keys_at(now)  # DependencyUnavailable when none or stale
         cache = self._cache
         if cache is None:
-            return self._not_revoked((await self._verify(token, now, keyset))[0])
+            return self._accepted((await self._verify(token, now, keyset))[0], view)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         entry = cache.get(digest, now)
         if entry is not None:
             if entry.lo <= now and entry.key in keyset.live:
                 self._hit.inc()
-                return self._not_revoked(entry.identity)
+                return self._accepted(entry.identity, view)
             cache.discard(digest)
         self._miss.inc()
         identity, entry, hi = await self._verify(token, now, keyset)
         cache.put(digest, entry, hi)
+        return self._accepted(identity, view)
+
+    def _accepted(self, identity: Identity, view: RequestView) -> Identity:
+        """Per-request checks of a verified (or cached) token: revocation, certificate binding."""
+        self._binding.check(identity.claims, view)
         return self._not_revoked(identity)
 
     def _not_revoked(self, identity: Identity) -> Identity:
