@@ -864,6 +864,18 @@ class RedisSpec(Model):
         return self
 
 
+class PathSettings(Model):
+    """Paths that are refused by default (400 ``bad_request``) because an upstream may resolve
+    them to another resource, and may be allowed for upstreams that need them
+    (:mod:`extauthz.paths` has the whole rule; docs/paths.md the reasoning)."""
+
+    #: accept ``;`` / ``%3B`` (path parameters): only for upstreams that treat ``;`` as an
+    #: ordinary character, or whose routes hold for the path with its parameters removed
+    allow_semicolon: bool = False
+    #: accept ``%25`` (a literal ``%`` in a name); a double-encoded separator stays refused
+    allow_encoded_percent: bool = False
+
+
 class Settings(Model):
     """Process-wide behaviour."""
 
@@ -883,6 +895,8 @@ class Settings(Model):
     revocation_file: str | None = Field(default=None, min_length=1)
     #: request size limits (see :class:`Limits`)
     limits: Limits = Field(default_factory=Limits)
+    #: ambiguous paths an upstream needs (see :class:`PathSettings`)
+    paths: PathSettings = Field(default_factory=PathSettings)
 
     @field_validator("identity_header_prefix")
     @classmethod
