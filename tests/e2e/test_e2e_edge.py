@@ -1,0 +1,265 @@
+"""The edge holds (issue 12): what the client controls does not decide who it is, which scheme it
+used, or which path is judged -- through the shipped Envoy files, over both transports.
+
+``stack`` is parametrized: ``grpc`` runs deploy/envoy/envoy.yaml, ``http`` runs
+deploy/envoy/envoy-http-authz.yaml (extauthz reads the client address from the header Envoy sets
+from ``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``). ``weak`` runs the same files without
+``use_remote_address`` and ``scheme_header_transformation``: there the same attacks succeed,
+which shows that the settings, not luck, stop them.
+
+The extauthz configuration is the demo's plus three routes reached through Envoy's catch-all
+route: ``/net/ten/`` (API key, client in 10.0.0.0/8), ``/net/loopback/`` (client in
+127.0.0.0/8) and ``/tls-only/`` (API key, CEL ``request.scheme == "https"``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from extauthz.demo import DEMO_API_KEY
+from extauthz.demo.background import BackgroundApp
+from extauthz.demo.envoy import ENVOY_CONFIG
+from extauthz.demo.httpclient import Response
+from extauthz.demo.idp import DemoIdP
+from tests.e2e.helpers import assert_denied, h2_request, upstream_headers
+from tests.support.processes import (
+    HTTP_AUTHZ_ENVOY_CONFIG,
+    Stack,
+    render_policies,
+    start_http_authz_stack,
+    start_stack,
+)
+
+KEY = {"x-api-key": DEMO_API_KEY}
+HCM = "envoy.filters.network.http_connection_manager"
+CONFIGS: dict[str, tuple[Path, Callable[..., Stack]]] = {
+    "grpc": (ENVOY_CONFIG, start_stack),
+    "http": (HTTP_AUTHZ_ENVOY_CONFIG, start_http_authz_stack),
+}
+
+
+@pytest.fixture(scope="module")
+def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
+    main = render_policies(e2e_dir / "policies", issuer=idp.issuer)
+    (main.parent / "routes.d" / "edge.yaml").write_text("""\
+routes:
+- name: from-ten
+  match: {prefix: /net/ten/}
+  authn: [demo-keys]
+  authz: {rules: [{source: {allow: [10.0.0.0/8]}}]}
+- name: from-loopback
+  match: {prefix: /net/loopback/}
+  authn: [demo-keys]
+  authz: {rules: [{source: {allow: [127.0.0.0/8]}}]}
+- name: tls-only
+  match: {prefix: /tls-only/}
+  authn: [demo-keys]
+  authz: {rules: [{cel: 'request.scheme == "https"'}]}
+""")
+    return main
+
+
+def _start(transport: str, config: Path, echo: BackgroundApp, log_dir: Path,
+           source: Path | None = None) -> Stack:
+    default, start = CONFIGS[transport]
+    return start(config, echo_port=echo.port, log_dir=log_dir, envoy_source=source or default)
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def stack(request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp,
+          e2e_dir: Path) -> Iterator[Stack]:
+    running = _start(request.param, extauthz_config, echo, e2e_dir / request.param)
+    running._extra["transport"] = request.param
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _without_edge_identity(source: Path, dest: Path) -> Path:
+    """``source`` without use_remote_address and the :scheme pin (what the issue found)."""
+    data: dict[str, Any] = yaml.safe_load(source.read_text())
+    for listener in data["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if network_filter["name"] == HCM:
+                    network_filter["typed_config"].pop("use_remote_address")
+                    network_filter["typed_config"].pop("scheme_header_transformation")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def weak(request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp,
+         e2e_dir: Path) -> Iterator[Stack]:
+    log_dir = e2e_dir / f"weak-{request.param}"
+    source = _without_edge_identity(CONFIGS[request.param][0], log_dir / "source.yaml")
+    running = _start(request.param, extauthz_config, echo, log_dir, source)
+    running._extra["transport"] = request.param
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def transport(stack: Stack) -> str:
+    name: str = stack._extra["transport"]
+    return name
+
+
+# -- who the client is -----------------------------------------------------------------------
+
+
+def test_client_sent_x_forwarded_for_does_not_change_the_source(stack: Stack) -> None:
+    spoofed = {**KEY, "x-forwarded-for": "10.1.2.3"}
+    assert_denied(stack.get("/net/ten/a", spoofed), 403, "forbidden")
+    assert_denied(stack.get("/net/ten/a", {**spoofed, "x-real-ip": "10.1.2.3"}), 403, "forbidden")
+    seen = upstream_headers(stack.get("/net/loopback/a", spoofed))
+    # Envoy appends the peer; a loopback peer is written as Envoy's own host address
+    assert seen["x-forwarded-for"].startswith("10.1.2.3,")
+    assert seen["x-envoy-external-address"] == "127.0.0.1"
+
+
+def test_without_use_remote_address_x_forwarded_for_picks_the_http_source(weak: Stack) -> None:
+    # The issue's finding, reproduced: only the HTTP transport's source (from
+    # %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%) follows X-Forwarded-For; gRPC's
+    # attributes.source.address is the TCP peer whatever the headers say.
+    r = weak.get("/net/ten/a", {**KEY, "x-forwarded-for": "10.1.2.3"})
+    if transport(weak) == "http":
+        upstream_headers(r)
+    else:
+        assert_denied(r, 403, "forbidden")
+
+
+# -- which scheme the client used -------------------------------------------------------------
+
+
+def test_client_sent_x_forwarded_proto_https_is_not_the_scheme(stack: Stack) -> None:
+    assert_denied(stack.get("/tls-only/a", {**KEY, "x-forwarded-proto": "https"}), 403,
+                  "forbidden")
+    seen = upstream_headers(stack.get("/public/a", {"x-forwarded-proto": "https"}))
+    assert seen["x-forwarded-proto"] == "http"  # Envoy overwrote it
+
+
+def test_http2_scheme_https_on_a_plaintext_connection_is_not_the_scheme(stack: Stack) -> None:
+    r = h2_request(stack.url("/tls-only/a"), {**KEY, ":scheme": "https"})
+    assert (r.status, r.reason) == (403, "forbidden"), r.body[-600:]
+    assert (h2_request(stack.url("/tls-only/a"), KEY).status) == 403
+
+
+def test_without_the_edge_settings_the_client_chooses_the_scheme(weak: Stack) -> None:
+    # X-Forwarded-Proto becomes :scheme (gRPC) and is forwarded as is (HTTP): both say https
+    assert weak.get("/tls-only/a", {**KEY, "x-forwarded-proto": "https"}).status == 200
+    if transport(weak) == "grpc":
+        # HTTP/2 :scheme is trusted by Envoy; only scheme_header_transformation pins it
+        assert h2_request(weak.url("/tls-only/a"), {**KEY, ":scheme": "https"}).status == 200
+
+
+# -- header names with underscores ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x_auth_subject", "X_Auth_Consumer", "x_api_key"])
+@pytest.mark.parametrize("path", ["/public/a", "/static/a", "/reports/q1"])
+def test_a_header_name_with_an_underscore_is_refused_by_envoy(
+        stack: Stack, name: str, path: str) -> None:
+    r = stack.get(path, {**KEY, name: "mallory"})
+    assert r.status == 400, r.text[:300]
+    assert "upstream" not in r.text  # Envoy answered; neither extauthz nor the upstream saw it
+    h2 = h2_request(stack.url(path), {**KEY, name.lower(): "mallory"})
+    assert h2.reset and h2.status is None, h2.body[-600:]
+
+
+# -- paths ------------------------------------------------------------------------------------
+
+#: Paths Envoy's normalization passes through unchanged but a backend may resolve elsewhere;
+#: the guard route sends them to the check (also under /static/, where ext_authz is disabled)
+#: and extauthz refuses them.
+AMBIGUOUS = [
+    "/public/%2e%2e;/admin/secret",     # Envoy decodes the dots to "..;" and keeps it
+    "/static/%2e%2e;/admin/secret",
+    "/static/%2E%2e;x=1/admin/secret",
+    "/static/..%3b/admin/secret",
+    "/admin;x=1/secret",
+    "/public/a;jsessionid=0123",
+    "/static/a%3Bb",
+    "/static/%252e%252e/admin/secret",  # double encoding
+    "/static/%252f",
+    "/static/%%32%65%%32%65/admin",     # Envoy makes this %252e%252e
+    "/static/files/100%25.txt",
+    "/static/%c0%ae%c0%ae/admin",       # overlong UTF-8 dots
+    "/static/%e0%80%ae%e0%80%ae/admin",
+    "/static/a%zz",
+    "/static/a%",
+    "/static/a%0d%0ax",
+]
+
+
+@pytest.mark.parametrize("path", AMBIGUOUS)
+def test_ambiguous_paths_are_refused_with_400(stack: Stack, path: str) -> None:
+    assert_denied(stack.get(path, KEY), 400, "bad_request")
+
+
+@pytest.mark.parametrize(("path", "normalized"), [
+    ("/static/../admin/secret", "/admin/secret"),
+    ("/static/%2e%2e/admin/secret", "/admin/secret"),
+    ("/static/..;/admin/secret", "/admin/secret"),       # Envoy resolves a literal "..;"
+    ("/static/..;x=1/admin/secret", "/admin/secret"),
+    ("/static/..\\admin\\secret", "/admin/secret"),      # "\" is a "/" to Envoy
+])  # fmt: skip
+def test_a_disabled_route_cannot_be_escaped_with_dot_segments(
+        stack: Stack, path: str, normalized: str) -> None:
+    # Normalized in the connection manager, before routing: the admin route is checked (no
+    # credential: 401), the /static/ route (ext_authz disabled) is never chosen.
+    r = stack.get(path)
+    assert_denied(r, 401, "missing_credential")
+    assert _checked_path(stack, r) == normalized
+
+
+@pytest.mark.parametrize("path", ["/public/../admin/x", "/reports%2f..%2fadmin/x",
+                                  "/static/%2F..%2Fadmin/x", "/static/a%5cb"])
+def test_encoded_slashes_are_refused_by_envoy(stack: Stack, path: str) -> None:
+    r = stack.get(path, KEY)
+    if "%" in path:
+        assert r.status == 400 and "upstream" not in r.text, r.text[:200]
+    else:
+        assert_denied(r, 403, "insufficient_scope")  # /admin/x for a key without scope admin
+
+
+@pytest.mark.parametrize(("path", "raw"), [
+    ("/static/a%20b", "/static/a%20b"),
+    ("/static/caf%C3%A9.css", "/static/caf%C3%A9.css"),
+    ("/static/./app.js", "/static/app.js"),
+    ("/static/%41pp.js", "/static/App.js"),              # unreserved escapes are decoded
+    # dot segments first, then slashes merged: ".." removes the empty segment; the upstream
+    # gets this path, not the original, so it cannot resolve it otherwise
+    ("/static//..//admin/secret", "/static/admin/secret"),
+])  # fmt: skip
+def test_unambiguous_static_paths_are_still_served_as_normalized(
+        stack: Stack, path: str, raw: str) -> None:
+    r = stack.get(path)
+    upstream_headers(r)
+    assert r.json()["raw_path"] == raw
+
+
+def _checked_path(stack: Stack, response: Response, timeout: float = 5.0) -> str:
+    """The path extauthz judged for this response (its decision log line, found by request id;
+    the decision log is written in batches, hence the wait)."""
+    request_id = response.problem().get("request_id", "")
+    assert request_id
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in stack.extauthz.log_text().splitlines():
+            if line.startswith("{") and f'"request_id":"{request_id}"' in line:
+                path: str = json.loads(line)["path"]
+                return path
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no decision log line for {request_id}")
+        time.sleep(0.05)
