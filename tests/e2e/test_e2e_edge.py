@@ -110,6 +110,35 @@ def weak(request: pytest.FixtureRequest, extauthz_config: Path, echo: Background
         running.stop()
 
 
+def _behind_one_proxy(source: Path, dest: Path) -> Path:
+    """``source`` as deploy/envoy/README.md says to run it behind one L7 proxy (a load balancer
+    that appends to X-Forwarded-For and sets X-Forwarded-Proto): ``xff_num_trusted_hops: 1``,
+    no :scheme pin."""
+    data: dict[str, Any] = yaml.safe_load(source.read_text())
+    for listener in data["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if network_filter["name"] == HCM:
+                    network_filter["typed_config"]["xff_num_trusted_hops"] = 1
+                    network_filter["typed_config"].pop("scheme_header_transformation")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def behind_proxy(request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp,
+                 e2e_dir: Path) -> Iterator[Stack]:
+    log_dir = e2e_dir / f"proxy-{request.param}"
+    source = _behind_one_proxy(CONFIGS[request.param][0], log_dir / "source.yaml")
+    running = _start(request.param, extauthz_config, echo, log_dir, source)
+    running._extra["transport"] = request.param
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
 def transport(stack: Stack) -> str:
     name: str = stack._extra["transport"]
     return name
@@ -137,6 +166,27 @@ def test_without_use_remote_address_x_forwarded_for_picks_the_http_source(weak: 
         upstream_headers(r)
     else:
         assert_denied(r, 403, "forbidden")
+
+
+def test_behind_one_trusted_proxy_the_last_forwarded_address_is_the_client(
+        behind_proxy: Stack) -> None:
+    # The proxy appended the address it saw (10.1.2.3): the HTTP transport's source. An address
+    # the client prepended itself is never used. gRPC's attributes.source.address stays the TCP
+    # peer (the proxy), whatever xff_num_trusted_hops says: `source` rules see the proxy there.
+    seen_by_proxy = behind_proxy.get("/net/ten/a", {**KEY, "x-forwarded-for": "10.1.2.3"})
+    forged = behind_proxy.get("/net/ten/a", {**KEY, "x-forwarded-for": "10.1.2.3, 192.168.1.1"})
+    assert_denied(forged, 403, "forbidden")
+    if transport(behind_proxy) == "http":
+        upstream_headers(seen_by_proxy)
+    else:
+        assert_denied(seen_by_proxy, 403, "forbidden")
+
+
+def test_behind_one_trusted_proxy_its_x_forwarded_proto_is_the_scheme(
+        behind_proxy: Stack) -> None:
+    upstream_headers(behind_proxy.get("/tls-only/a", {**KEY, "x-forwarded-proto": "https"}))
+    assert_denied(behind_proxy.get("/tls-only/a", {**KEY, "x-forwarded-proto": "http"}), 403,
+                  "forbidden")
 
 
 # -- which scheme the client used -------------------------------------------------------------
