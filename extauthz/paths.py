@@ -39,9 +39,11 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-#: characters whose presence sends a path down the slow, exact check
-_SUSPECT = re.compile(r"[%;\\\x00-\x1f\x7f]|//|/\.")
+#: control characters (never in a path Envoy accepts)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: every escape worth a closer look, in one pass: a ``%`` that starts no escape, or the escape
+#: of ``.``, ``/``, ``\``, ``%``, ``;`` or a control character
+_ESCAPE_SUSPECT = re.compile(r"%(?![0-9a-fA-F]{2})|%(?:2[eEfF5]|5[cC]|3[bB]|[01][0-9a-fA-F]|7[fF])")
 #: a ``%`` not followed by two hex digits
 _BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
 #: escapes of ``.``, ``/``, ``\`` (always refused) -- lowercased input
@@ -53,6 +55,7 @@ _DOUBLE_ENCODED = re.compile(r"%25(?:2e|2f|5c|3b|25|[01][0-9a-f]|7f|[89a-f][0-9a
 _ENCODED_CONTROL = re.compile(r"%(?:[01][0-9a-f]|7f)")
 #: a percent-escape of a byte >= 0x80 (then the decoded path must be valid UTF-8)
 _HIGH_ESCAPE = re.compile(r"%[89a-fA-F][0-9a-fA-F]")
+_DOT_OR_EMPTY = ("//", "/./", "/../")
 
 
 def path_problem(
@@ -60,43 +63,48 @@ def path_problem(
 ) -> str | None:
     """Why ``path`` (without its query string) is refused, or None when it is unambiguous.
 
-    The answer is a short public phrase (``"dot segment"``, ``"path parameter"``, ...) for the
-    problem body and ``--explain``; it never repeats the path.
+    The answer is a short public phrase (``"dot segment"``, ``"path parameter (;)"``, ...) for
+    the problem body and ``--explain``; it never repeats the path.
     """
-    if _SUSPECT.search(path) is None:
-        return None  # the usual path: no escape, no ';', no dot or empty segment
-    if _CONTROL.search(path) is not None:
-        return "control character"
     if "\\" in path:
         return "backslash"
-    lowered = path.lower()
+    if _CONTROL.search(path) is not None:
+        return "control character"
     if "%" in path:
-        problem = _escape_problem(path, lowered, allow_encoded_percent)
+        problem = _escape_problem(path, allow_encoded_percent)
         if problem is not None:
             return problem
+    elif ";" not in path:
+        # the usual path: no escape, no parameter; dot and empty segments by substring
+        if any(s in path for s in _DOT_OR_EMPTY) or path.endswith(("/.", "/..")):
+            return _segment_problem(path)
+        return None
+    lowered = path.lower()
     has_parameters = ";" in path or "%3b" in lowered
     if has_parameters and not allow_semicolon:
         return "path parameter (;)"
-    return _segment_problem(lowered.replace("%3b", ";") if has_parameters else lowered)
+    return _segment_problem(lowered.replace("%3b", ";") if has_parameters else path)
 
 
-def _escape_problem(path: str, lowered: str, allow_encoded_percent: bool) -> str | None:
-    if _BAD_ESCAPE.search(path) is not None:
-        return "malformed percent-encoding"
-    if _ENCODED_SEPARATOR.search(lowered) is not None:
-        return "encoded '.', '/' or '\\'"
-    if "%25" in lowered:
-        if not allow_encoded_percent:
-            return "encoded '%'"
-        if _DOUBLE_ENCODED.search(lowered) is not None:
-            return "double percent-encoding"
+def _escape_problem(path: str, allow_encoded_percent: bool) -> str | None:
+    if _ESCAPE_SUSPECT.search(path) is not None:
+        lowered = path.lower()
+        if _BAD_ESCAPE.search(path) is not None:
+            return "malformed percent-encoding"
+        if _ENCODED_SEPARATOR.search(lowered) is not None:
+            return "encoded '.', '/' or '\\'"
+        if "%25" in lowered:
+            if not allow_encoded_percent:
+                return "encoded '%'"
+            if _DOUBLE_ENCODED.search(lowered) is not None:
+                return "double percent-encoding"
+        if _ENCODED_CONTROL.search(lowered) is not None:
+            return "encoded control character"
     if _HIGH_ESCAPE.search(path) is not None:
         try:
             unquote_to_bytes(path).decode("utf-8")
         except UnicodeDecodeError:
             return "percent-encoding that is not UTF-8"
-    if _ENCODED_CONTROL.search(lowered) is not None:
-        return "encoded control character"
     return None
 
 
