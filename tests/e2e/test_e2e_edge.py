@@ -83,15 +83,20 @@ def stack(request: pytest.FixtureRequest, extauthz_config: Path, echo: Backgroun
         running.stop()
 
 
-def _without_edge_identity(source: Path, dest: Path) -> Path:
-    """``source`` without use_remote_address and the :scheme pin (what the issue found)."""
+def _derived(source: Path, dest: Path, **changes: Any) -> Path:
+    """``source`` with every HTTP connection manager changed: a key set to a value, or removed
+    when the value is None."""
     data: dict[str, Any] = yaml.safe_load(source.read_text())
     for listener in data["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
                 if network_filter["name"] == HCM:
-                    network_filter["typed_config"].pop("use_remote_address")
-                    network_filter["typed_config"].pop("scheme_header_transformation")
+                    typed = network_filter["typed_config"]
+                    for key, value in changes.items():
+                        if value is None:
+                            typed.pop(key)
+                        else:
+                            typed[key] = value
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
@@ -101,7 +106,9 @@ def _without_edge_identity(source: Path, dest: Path) -> Path:
 def weak(request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp,
          e2e_dir: Path) -> Iterator[Stack]:
     log_dir = e2e_dir / f"weak-{request.param}"
-    source = _without_edge_identity(CONFIGS[request.param][0], log_dir / "source.yaml")
+    # what the issue found: no use_remote_address, no :scheme pin
+    source = _derived(CONFIGS[request.param][0], log_dir / "source.yaml",
+                      use_remote_address=None, scheme_header_transformation=None)
     running = _start(request.param, extauthz_config, echo, log_dir, source)
     running._extra["transport"] = request.param
     try:
@@ -110,27 +117,14 @@ def weak(request: pytest.FixtureRequest, extauthz_config: Path, echo: Background
         running.stop()
 
 
-def _behind_one_proxy(source: Path, dest: Path) -> Path:
-    """``source`` as deploy/envoy/README.md says to run it behind one L7 proxy (a load balancer
-    that appends to X-Forwarded-For and sets X-Forwarded-Proto): ``xff_num_trusted_hops: 1``,
-    no :scheme pin."""
-    data: dict[str, Any] = yaml.safe_load(source.read_text())
-    for listener in data["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network_filter in chain["filters"]:
-                if network_filter["name"] == HCM:
-                    network_filter["typed_config"]["xff_num_trusted_hops"] = 1
-                    network_filter["typed_config"].pop("scheme_header_transformation")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(yaml.safe_dump(data, sort_keys=False))
-    return dest
-
-
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def behind_proxy(request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp,
                  e2e_dir: Path) -> Iterator[Stack]:
     log_dir = e2e_dir / f"proxy-{request.param}"
-    source = _behind_one_proxy(CONFIGS[request.param][0], log_dir / "source.yaml")
+    # as deploy/envoy/README.md says to run behind one L7 proxy that appends to X-Forwarded-For
+    # and sets X-Forwarded-Proto: one trusted hop, no :scheme pin
+    source = _derived(CONFIGS[request.param][0], log_dir / "source.yaml",
+                      xff_num_trusted_hops=1, scheme_header_transformation=None)
     running = _start(request.param, extauthz_config, echo, log_dir, source)
     running._extra["transport"] = request.param
     try:
