@@ -7,13 +7,16 @@ from ``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``). ``weak`` runs the same files
 ``use_remote_address`` and ``scheme_header_transformation``: there the same attacks succeed,
 which shows that the settings, not luck, stop them.
 
-The extauthz configuration is the demo's plus three routes reached through Envoy's catch-all
+The extauthz configuration is the demo's plus four routes reached through Envoy's catch-all
 route: ``/net/ten/`` (API key, client in 10.0.0.0/8), ``/net/loopback/`` (client in
-127.0.0.0/8) and ``/tls-only/`` (API key, CEL ``request.scheme == "https"``).
+127.0.0.0/8), ``/tls-only/`` (API key, CEL ``request.scheme == "https"``) and
+``/basic-limited/`` (Basic, 3 failures per user and per client address).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +41,7 @@ from tests.support.processes import (
 )
 
 KEY = {"x-api-key": DEMO_API_KEY}
+MAX_FAILURES = 3  # Basic's per-user and per-address limit on /basic-limited/
 HCM = "envoy.filters.network.http_connection_manager"
 CONFIGS: dict[str, tuple[Path, Callable[..., Stack]]] = {
     "grpc": (ENVOY_CONFIG, start_stack),
@@ -48,20 +52,29 @@ CONFIGS: dict[str, tuple[Path, Callable[..., Stack]]] = {
 @pytest.fixture(scope="module")
 def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
     main = render_policies(e2e_dir / "policies", issuer=idp.issuer)
-    (main.parent / "routes.d" / "edge.yaml").write_text("""\
+    htpasswd = e2e_dir / "edge.htpasswd"  # one {SHA} user: the limiter needs a user file
+    digest = base64.b64encode(hashlib.sha1(b"right password").digest()).decode()
+    htpasswd.write_text(f"alice:{{SHA}}{digest}\n")
+    (main.parent / "routes.d" / "edge.yaml").write_text(f"""\
 routes:
 - name: from-ten
-  match: {prefix: /net/ten/}
+  match: {{prefix: /net/ten/}}
   authn: [demo-keys]
-  authz: {rules: [{source: {allow: [10.0.0.0/8]}}]}
+  authz: {{rules: [{{source: {{allow: [10.0.0.0/8]}}}}]}}
 - name: from-loopback
-  match: {prefix: /net/loopback/}
+  match: {{prefix: /net/loopback/}}
   authn: [demo-keys]
-  authz: {rules: [{source: {allow: [127.0.0.0/8]}}]}
+  authz: {{rules: [{{source: {{allow: [127.0.0.0/8]}}}}]}}
 - name: tls-only
-  match: {prefix: /tls-only/}
+  match: {{prefix: /tls-only/}}
   authn: [demo-keys]
-  authz: {rules: [{cel: 'request.scheme == "https"'}]}
+  authz: {{rules: [{{cel: 'request.scheme == "https"'}}]}}
+- name: basic-limited
+  match: {{prefix: /basic-limited/}}
+  authn: [limited]
+authenticators:
+  limited:
+    basic: {{htpasswd_file: {htpasswd}, max_failures: {MAX_FAILURES}, window_seconds: 300}}
 """)
     return main
 
@@ -181,6 +194,37 @@ def test_behind_one_trusted_proxy_its_x_forwarded_proto_is_the_scheme(
     upstream_headers(behind_proxy.get("/tls-only/a", {**KEY, "x-forwarded-proto": "https"}))
     assert_denied(behind_proxy.get("/tls-only/a", {**KEY, "x-forwarded-proto": "http"}), 403,
                   "forbidden")
+
+
+def _spray_usernames(stack: Stack, rotate_forwarded_for: bool) -> list[int]:
+    """Failed Basic logins, a new username each time (the per-user count never trips), from
+    one client; with ``rotate_forwarded_for`` each claims another X-Forwarded-For."""
+    statuses = []
+    for attempt in range(MAX_FAILURES + 2):
+        token = base64.b64encode(f"user{attempt}:wrong".encode()).decode()
+        headers = {"authorization": f"Basic {token}"}
+        if rotate_forwarded_for:
+            headers["x-forwarded-for"] = f"10.9.0.{attempt}"
+        statuses.append(stack.get("/basic-limited/x", headers).status)
+    return statuses
+
+
+def test_rotating_x_forwarded_for_does_not_escape_basic_per_address_limit(stack: Stack) -> None:
+    statuses = _spray_usernames(stack, rotate_forwarded_for=True)
+    assert statuses == [401] * MAX_FAILURES + [429, 429]
+    r = stack.get("/basic-limited/x", {"authorization": "Basic dXNlcjk6d3Jvbmc=",
+                                       "x-forwarded-for": "10.9.9.9"})
+    assert_denied(r, 429, "too_many_attempts")
+    assert r.header("retry-after")
+
+
+def test_without_use_remote_address_rotating_x_forwarded_for_escaped_it(weak: Stack) -> None:
+    # The issue's finding on the HTTP transport: every attempt looked like a new address.
+    statuses = _spray_usernames(weak, rotate_forwarded_for=True)
+    if transport(weak) == "http":
+        assert statuses == [401] * (MAX_FAILURES + 2)
+    else:
+        assert statuses == [401] * MAX_FAILURES + [429, 429]
 
 
 # -- which scheme the client used -------------------------------------------------------------
