@@ -16,6 +16,7 @@ from extauthz.authn.apikey import ApiKeyAuthenticator
 from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode
+from extauthz.errors import ConfigError
 from extauthz.metrics import Metrics
 from extauthz.paths import path_problem
 from extauthz.pipeline import Engine
@@ -197,5 +198,5 @@ async def test_settings_paths_options_reach_the_engine(tmp_path: Path) -> None:
 def test_settings_paths_rejects_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG + "settings:\n  paths: {allow_semicolons: true}\n")
-    with pytest.raises(Exception, match=re.escape("settings.paths")):
+    with pytest.raises(ConfigError, match=re.escape("settings.paths.allow_semicolons: unknown")):
         load_config(path)
