@@ -19,34 +19,23 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from extauthz.demo import DEMO_API_KEY
 from extauthz.demo.background import BackgroundApp
-from extauthz.demo.envoy import ENVOY_CONFIG
 from extauthz.demo.httpclient import Response
 from extauthz.demo.idp import DemoIdP
 from tests.e2e.helpers import assert_denied, h2_request, upstream_headers
-from tests.support.processes import (
-    HTTP_AUTHZ_ENVOY_CONFIG,
-    Stack,
-    render_policies,
-    start_http_authz_stack,
-    start_stack,
-)
+from tests.support.processes import Stack, render_policies
+from tests.support.transports import TRANSPORTS, start_transport_stack
 
 KEY = {"x-api-key": DEMO_API_KEY}
 MAX_FAILURES = 3  # Basic's per-user and per-address limit on /basic-limited/
 HCM = "envoy.filters.network.http_connection_manager"
-CONFIGS: dict[str, tuple[Path, Callable[..., Stack]]] = {
-    "grpc": (ENVOY_CONFIG, start_stack),
-    "http": (HTTP_AUTHZ_ENVOY_CONFIG, start_http_authz_stack),
-}
 
 
 @pytest.fixture(scope="module")
@@ -80,26 +69,29 @@ authenticators:
 
 
 def _start(transport: str, config: Path, echo: BackgroundApp, log_dir: Path,
-           source: Path | None = None) -> Stack:
-    default, start = CONFIGS[transport]
-    return start(config, echo_port=echo.port, log_dir=log_dir, envoy_source=source or default)
+           **changes: Any) -> Stack:
+    """The shipped Envoy file of ``transport``, its connection managers changed by
+    ``changes`` (see :func:`_change_managers`), in front of extauthz and the echo upstream."""
+    running = start_transport_stack(
+        transport, config, upstream_port=echo.port, log_dir=log_dir,
+        envoy_edit=(lambda data: _change_managers(data, **changes)) if changes else None)
+    running._extra["transport"] = transport
+    return running
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+@pytest.fixture(scope="module", params=TRANSPORTS)
 def stack(request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp,
           e2e_dir: Path) -> Iterator[Stack]:
     running = _start(request.param, extauthz_config, echo, e2e_dir / request.param)
-    running._extra["transport"] = request.param
     try:
         yield running
     finally:
         running.stop()
 
 
-def _derived(source: Path, dest: Path, **changes: Any) -> Path:
-    """``source`` with every HTTP connection manager changed: a key set to a value, or removed
-    when the value is None."""
-    data: dict[str, Any] = yaml.safe_load(source.read_text())
+def _change_managers(data: dict[str, Any], **changes: Any) -> None:
+    """Change every HTTP connection manager of a rendered Envoy config: a key set to a value,
+    or removed when the value is None."""
     for listener in data["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
@@ -110,36 +102,27 @@ def _derived(source: Path, dest: Path, **changes: Any) -> Path:
                             typed.pop(key)
                         else:
                             typed[key] = value
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(yaml.safe_dump(data, sort_keys=False))
-    return dest
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+@pytest.fixture(scope="module", params=TRANSPORTS)
 def weak(request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp,
          e2e_dir: Path) -> Iterator[Stack]:
-    log_dir = e2e_dir / f"weak-{request.param}"
     # what the issue found: no use_remote_address, no :scheme pin
-    source = _derived(CONFIGS[request.param][0], log_dir / "source.yaml",
-                      use_remote_address=None, scheme_header_transformation=None)
-    running = _start(request.param, extauthz_config, echo, log_dir, source)
-    running._extra["transport"] = request.param
+    running = _start(request.param, extauthz_config, echo, e2e_dir / f"weak-{request.param}",
+                     use_remote_address=None, scheme_header_transformation=None)
     try:
         yield running
     finally:
         running.stop()
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+@pytest.fixture(scope="module", params=TRANSPORTS)
 def behind_proxy(request: pytest.FixtureRequest, extauthz_config: Path, echo: BackgroundApp,
                  e2e_dir: Path) -> Iterator[Stack]:
-    log_dir = e2e_dir / f"proxy-{request.param}"
     # as deploy/envoy/README.md says to run behind one L7 proxy that appends to X-Forwarded-For
     # and sets X-Forwarded-Proto: one trusted hop, no :scheme pin
-    source = _derived(CONFIGS[request.param][0], log_dir / "source.yaml",
-                      xff_num_trusted_hops=1, scheme_header_transformation=None)
-    running = _start(request.param, extauthz_config, echo, log_dir, source)
-    running._extra["transport"] = request.param
+    running = _start(request.param, extauthz_config, echo, e2e_dir / f"proxy-{request.param}",
+                     xff_num_trusted_hops=1, scheme_header_transformation=None)
     try:
         yield running
     finally:

@@ -20,8 +20,9 @@ from extauthz.demo.envoy import validate_config
 from extauthz.demo.idp import DemoIdP
 from extauthz.http_authz import SOURCE_HEADER  # set by the example config's headers_to_add
 from tests.e2e.helpers import assert_denied, upstream_headers, wait_for_status
-from tests.support.processes import HTTP_AUTHZ_ENVOY_CONFIG as ENVOY_HTTP
-from tests.support.processes import Stack, render_policies, start_http_authz_stack
+from tests.support.processes import Stack, render_policies
+from tests.support.transports import ENVOY_HTTP_CONFIG as ENVOY_HTTP
+from tests.support.transports import start_transport_stack
 
 REPORTS = "/reports/q1"
 PROFILE = "/profile/me"
@@ -54,8 +55,8 @@ routes:
 
 @pytest.fixture(scope="module")
 def stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Iterator[Stack]:
-    running = start_http_authz_stack(extauthz_config, echo_port=echo.port,
-                                     log_dir=e2e_dir / "logs", envoy_source=ENVOY_HTTP)
+    running = start_transport_stack("http", extauthz_config, upstream_port=echo.port,
+                                    log_dir=e2e_dir / "logs")
     try:
         yield running
     finally:

@@ -31,7 +31,6 @@ from extauthz.demo.procs import (
     ManagedProcess,
     PortInUse,
     ProcessError,
-    extauthz_argv,
     free_port,
     free_ports,
     http_ok,
@@ -40,7 +39,6 @@ from extauthz.demo.procs import (
     start_extauthz,
     tcp_open,
 )
-from extauthz.http_authz import SOURCE_HEADER
 from tests.support.envoy import EnvoyPorts, start_envoy, write_envoy_config
 
 __all__ = [
@@ -57,7 +55,6 @@ __all__ = [
     "port_in_use",
     "render_policies",
     "start_extauthz",
-    "start_http_authz_stack",
     "start_pair",
     "start_stack",
     "tcp_open",
@@ -66,8 +63,6 @@ __all__ = [
 
 #: The demo/test configuration directory (policies/extauthz.yaml + routes.d/).
 POLICIES = REPO_ROOT / "policies"
-#: The Envoy configuration of the HTTP ext_authz transport (``http_service``)
-HTTP_AUTHZ_ENVOY_CONFIG = REPO_ROOT / "deploy" / "envoy" / "envoy-http-authz.yaml"
 #: How long a child may take to become ready before the fixture fails (with its log).
 STARTUP_TIMEOUT = 20.0
 
@@ -245,35 +240,3 @@ def start_stack(
         envoy_config=envoy_config,
         timeout=timeout,
     )
-
-
-def start_http_authz_stack(
-    config: Path,
-    *,
-    echo_port: int,
-    log_dir: Path,
-    envoy_source: Path = HTTP_AUTHZ_ENVOY_CONFIG,
-    timeout: float = STARTUP_TIMEOUT,
-) -> Stack:
-    """Like :func:`start_stack`, over Envoy's HTTP ext_authz protocol: extauthz serves
-    ``--http-authz-address`` on ``ports.extauthz`` (its gRPC server on another free port) and
-    reads the client address from :data:`~extauthz.http_authz.SOURCE_HEADER`, which
-    deploy/envoy/envoy-http-authz.yaml sets from ``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``.
-    (:meth:`Stack.start_extauthz` restarts a gRPC-only extauthz: do not use it on this stack.)"""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    listener, admin, authz_port, grpc_port, http_port = free_ports(5)
-    ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz_port, echo=echo_port)
-    envoy_config = write_envoy_config(log_dir / "envoy.yaml", ports, source=envoy_source)
-    argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
-            "--http-authz-address", f"{LOOPBACK}:{authz_port}",
-            "--http-authz-source-header", SOURCE_HEADER]
-    extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
-    try:
-        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), timeout)
-        envoy = start_envoy(envoy_config, admin_port=admin, log_path=log_dir / "envoy.log",
-                            timeout=timeout)
-    except BaseException:
-        extauthz.stop()
-        raise
-    return Stack(config=config, ports=ports, http_port=http_port, log_dir=log_dir,
-                 extauthz=extauthz, envoy=envoy, envoy_config=envoy_config, timeout=timeout)
