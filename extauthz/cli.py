@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         grace_seconds=args.grace_seconds,
         decision_log=not args.no_decision_log,
         decision_log_sample_allowed=args.log_sample_allowed,
+        decision_log_query_params=tuple(args.log_query_param),
         watch_interval_seconds=args.watch_interval,
         http_authz_address=args.http_authz_address,
         http_authz_path_prefix=args.http_authz_path_prefix,
@@ -320,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not write one JSON line per decision to stdout")
     serve.add_argument("--log-sample-allowed", type=float, default=1.0,
                        help="fraction of allowed decisions to log (denies are always logged)")
+    serve.add_argument("--log-query-param", action="append", default=[], metavar="NAME",
+                       help="keep this query parameter (exact name, with its value) in the "
+                            "decision log; repeatable. Default: the log has no part of the "
+                            "query string (a parameter name can be a credential too)")
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a configuration and exit 0/1")

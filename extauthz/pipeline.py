@@ -38,7 +38,8 @@ from extauthz.errors import (
 )
 from extauthz.explain import AuthnStep, Trace
 from extauthz.metrics import NO_ROUTE_LABEL, Metrics
-from extauthz.request import path_is_normalized, signature_components
+from extauthz.paths import path_problem
+from extauthz.request import signature_components
 from extauthz.routing import Route
 from extauthz.types import AuthMethod, Identity, RequestView
 
@@ -101,11 +102,14 @@ class Engine:
     ) -> Decision:
         limits = snapshot.settings.limits
         _check_size(view, limits, trace)
-        if not path_is_normalized(view.path):
+        paths = snapshot.settings.paths
+        problem = path_problem(view.path, allow_semicolon=paths.allow_semicolon,
+                               allow_encoded_percent=paths.allow_encoded_percent)
+        if problem is not None:
             if trace is not None:
-                trace.notes.append("the path is not normalized (dot-segments, '//', or an "
-                                   "encoded '/', '\\' or '.'): refused before routing")
-            raise BadRequestError(Reason.BAD_REQUEST, "path is not normalized")
+                trace.notes.append(f"the path is not normalized or is ambiguous ({problem}): "
+                                   "refused before routing (settings.paths, docs/paths.md)")
+            raise BadRequestError(Reason.BAD_REQUEST, f"path is not normalized: {problem}")
         match = snapshot.routes.match(view)
         if trace is not None:
             trace.select_route(snapshot.routes, snapshot.settings.route_key, view, match)

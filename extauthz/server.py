@@ -69,6 +69,8 @@ class ServerOptions:
     decision_log: bool = True
     #: fraction of *allowed* decisions logged (denies are always logged)
     decision_log_sample_allowed: float = 1.0
+    #: query parameters whose values the decision log keeps (default: no part of the query)
+    decision_log_query_params: tuple[str, ...] = ()
     #: poll the configuration files this often for changes (0 disables; SIGHUP still works)
     watch_interval_seconds: float = 1.0
     #: also serve Envoy's HTTP ext_authz protocol here (:mod:`extauthz.http_authz`); None: off
@@ -234,6 +236,7 @@ class Server:
             self.decision_log = DecisionLog(
                 sample_allowed=self.options.decision_log_sample_allowed,
                 dropped=self.metrics.decision_log_dropped,
+                query_params=self.options.decision_log_query_params,
             )
         if self.options.grpc_address != GRPC_OFF:
             await self._start_grpc()

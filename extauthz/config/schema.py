@@ -1035,6 +1035,18 @@ class OutboundSpec(Model):
     ca_file: str | None = Field(default=None, min_length=1)
 
 
+class PathSettings(Model):
+    """Paths that are refused by default (400 ``bad_request``) because an upstream may resolve
+    them to another resource, and may be allowed for upstreams that need them
+    (:mod:`extauthz.paths` has the whole rule; docs/paths.md the reasoning)."""
+
+    #: accept ``;`` / ``%3B`` (path parameters): only for upstreams that treat ``;`` as an
+    #: ordinary character, or whose routes hold for the path with its parameters removed
+    allow_semicolon: bool = False
+    #: accept ``%25`` (a literal ``%`` in a name); a double-encoded separator stays refused
+    allow_encoded_percent: bool = False
+
+
 class Settings(Model):
     """Process-wide behaviour."""
 
@@ -1059,6 +1071,8 @@ class Settings(Model):
     #: AuthZEN policy decision points and metadata lookups, by name (docs/authzen.md)
     pdps: dict[Name, PdpSpec] = Field(default_factory=dict)
     lookups: dict[Name, LookupSpec] = Field(default_factory=dict)
+    #: ambiguous paths an upstream needs (see :class:`PathSettings`)
+    paths: PathSettings = Field(default_factory=PathSettings)
     #: signed identity token for the upstream (docs/identity-token.md); none = off
     identity_token: IdentityTokenSpec | None = None
 

@@ -38,6 +38,9 @@ async def _echo(request: web.Request) -> web.Response:
         "upstream": "echo",
         "method": request.method,
         "path": request.path,
+        # the path exactly as it arrived (still percent-encoded): what a servlet-style upstream
+        # parses, e.g. its ;parameters
+        "raw_path": request.raw_path.partition("?")[0],
         "query": request.query_string,
         "headers": headers,
         "header_list": [[k.lower(), v] for k, v in request.headers.items()],
