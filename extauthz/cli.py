@@ -37,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_authz_address=args.http_authz_address,
         http_authz_path_prefix=args.http_authz_path_prefix,
         http_authz_source_header=args.http_authz_source_header,
+        http_authz_route_header=args.http_authz_route_header,
     )
     try:
         asyncio.run(Server(options).run_until_signal())
@@ -245,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read the client address from this header, which Envoy must set "
                             "itself (authorization_request.headers_to_add with "
                             "%%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%%); off by default")
+    serve.add_argument("--http-authz-route-header", metavar="NAME", default=None,
+                       help="read the route name from this header, which Envoy must set itself "
+                            "(authorization_request.headers_to_add with %%ROUTE_NAME%%), as gRPC "
+                            "reads context_extensions; off by default (a client-sent value would "
+                            "choose the route)")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
     serve.add_argument("--watch-interval", type=float, default=1.0,

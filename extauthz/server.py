@@ -72,6 +72,9 @@ class ServerOptions:
     http_authz_path_prefix: str = "/check"
     #: header Envoy sets to the client address for the HTTP transport (None: no address)
     http_authz_source_header: str | None = None
+    #: the header Envoy sets to ``%ROUTE_NAME%`` (the route name, as gRPC's context_extensions);
+    #: None: off (extauthz's own matchers choose the route)
+    http_authz_route_header: str | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -220,7 +223,8 @@ class Server:
         if self.options.http_authz_address:
             self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
                                               path_prefix=self.options.http_authz_path_prefix,
-                                              source_header=self.options.http_authz_source_header)
+                                              source_header=self.options.http_authz_source_header,
+                                              route_header=self.options.http_authz_route_header)
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
         host, port = split_address(self.options.http_address)
