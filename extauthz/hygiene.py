@@ -29,6 +29,7 @@ from urllib.parse import unquote_plus
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _HEADER_SEPARATORS = str.maketrans("_.", "--")
 _PARAM_SEPARATORS = str.maketrans(". [", "___")
+_COOKIE_SEPARATOR = re.compile(r"[;,]")
 
 
 def canonical_header(name: str) -> str:
@@ -107,7 +108,8 @@ def without_cookies(raw: str, names: Iterable[str]) -> str | None:
     None: nothing to remove. ``""``: every cookie was a credential (remove the header).
     """
     targets = {canonical_param(n) for n in names}
-    parts = [p.strip() for p in raw.split(";")]
+    # "," too: Envoy joins repeated Cookie headers of an HTTP/1.1 request with ","
+    parts = [p.strip() for p in _COOKIE_SEPARATOR.split(raw)]
     parts = [p for p in parts if p]
     kept = [p for p in parts if canonical_param(p.partition("=")[0].strip()) not in targets]
     if len(kept) == len(parts):
