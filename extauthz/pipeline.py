@@ -289,6 +289,11 @@ class Engine:
                     if rewritten == "":
                         remove.append("cookie")
                     elif rewritten is not None:
+                        if not identity_value_safe(rewritten):
+                            # bytes that are not UTF-8 cannot be sent back (gRPC strings,
+                            # the HTTP transport's UTF-8): refuse rather than forward the key
+                            raise BadRequestError(Reason.BAD_REQUEST, "the Cookie header cannot "
+                                                  "be rewritten without the credential")
                         upstream.append(("cookie", rewritten))
         reason = Reason.OK if identity is not None else Reason.PUBLIC
         metadata = _metadata(route, identity)

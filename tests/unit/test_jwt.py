@@ -584,6 +584,8 @@ async def test_claims_to_headers() -> None:
         "x-auth-tenant": "t-1",
         "x-auth-admin": "true",
         "x-auth-level": "3",
+        # kept as is: the pipeline denies it (identity_not_representable), never drops it
+        "x-auth-evil": "a\r\nx-injected: 1",
     }
 
 
