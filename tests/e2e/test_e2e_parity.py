@@ -32,6 +32,8 @@ scenario accepts either, and when the request gets through, no spelling of a res
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,14 @@ def _with_alias_route(source: Path, dest: Path, *, grpc: bool) -> Path:
     else:
         alias["name"] = "public"
     routes.insert(len(routes) - 1, alias)
+    # log the dynamic metadata extauthz returned: gRPC as a structure, HTTP from the
+    # x-extauthz-md-* headers (dynamic_metadata_from_headers), both under the filter's name
+    keys = (("route", "identity:subject") if grpc
+            else ("x-extauthz-md-route", "x-extauthz-md-identity"))
+    fields = " ".join(f"md{i}=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:{k})%"
+                      for i, k in enumerate(keys))
+    log_format = hcm["typed_config"]["access_log"][0]["typed_config"]["log_format"]
+    log_format["text_format_source"]["inline_string"] = f"%PATH(NQ)% {fields}\n"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
@@ -460,3 +470,31 @@ def test_head_checks_cause_no_protocol_errors(stacks: dict[str, Stack]) -> None:
     assert stats.status == 200
     counters = dict(line.split(": ") for line in stats.text.strip().splitlines() if ": " in line)
     assert counters.get("cluster.extauthz.upstream_cx_protocol_error") == "0", stats.text
+
+
+def _access_log_line(stack: Stack, path: str, timeout: float = 15.0) -> str:
+    """The Envoy access log line of ``path`` (the stdout logger flushes on its own schedule)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = (stack.log_dir / "envoy.log").read_text(errors="replace")
+        for line in log.splitlines():
+            if line.startswith(path + " "):
+                return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access log line for {path}: {log[-1000:]}")
+        time.sleep(0.2)
+
+
+def test_dynamic_metadata_reaches_envoy_on_both_transports(stacks: dict[str, Stack]) -> None:
+    """gRPC: the CheckResponse's dynamic_metadata; HTTP: the x-extauthz-md-* response headers
+    through dynamic_metadata_from_headers. Both name the route and the subject."""
+    for transport, stack in stacks.items():
+        path = f"/reports/md-{transport}-{uuid.uuid4().hex}"
+        assert curl_request(stack.base_url + path, headers=(KEY_HEADER,)).status == 200
+        line = _access_log_line(stack, path)
+        fields = dict(part.split("=", 1) for part in line.split()[1:])
+        assert fields["md0"] == "reports", line
+        if transport == "grpc":
+            assert fields["md1"] == "demo-client", line
+        else:  # a JSON string (Envoy's access log quotes nothing; the JSON is compact)
+            assert json.loads(fields["md1"])["subject"] == "demo-client", line
