@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_authz_path_prefix=args.http_authz_path_prefix,
         http_authz_source_header=args.http_authz_source_header,
         http_authz_route_header=args.http_authz_route_header,
+        http_authz_cookie_forwarded=args.http_authz_cookie_forwarded,
     )
     try:
         asyncio.run(Server(options).run_until_signal())
@@ -251,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(authorization_request.headers_to_add with %%ROUTE_NAME%%), as gRPC "
                             "reads context_extensions; off by default (a client-sent value would "
                             "choose the route)")
+    serve.add_argument("--http-authz-cookie-forwarded", action="store_true",
+                       help="Envoy's authorization_response.allowed_upstream_headers matches "
+                            "'cookie', so a Cookie header rewritten without a credential cookie "
+                            "is applied; without this flag such a request is refused")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
     serve.add_argument("--watch-interval", type=float, default=1.0,

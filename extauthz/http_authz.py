@@ -50,7 +50,9 @@ What this protocol still cannot carry, refused rather than silently dropped:
   string need the gRPC transport;
 * a rewritten ``cookie`` (a credential cookie removed, the others kept) reaches the upstream only
   if ``authorization_response.allowed_upstream_headers`` matches ``cookie`` (the example config
-  does; tested end to end), exactly like the identity headers need ``x-auth-``;
+  does; tested end to end); otherwise Envoy keeps the client's cookie, credential included.
+  extauthz cannot see Envoy's setting, so ``--http-authz-cookie-forwarded`` says it is there;
+  without it a decision that rewrites the cookie is refused (503 ``internal_error``);
 * no peer certificate (``include_peer_certificate`` is gRPC-only): mTLS needs Envoy to send
   ``x-forwarded-client-cert`` (``forward_client_cert_details: SANITIZE_SET``) and the
   authenticator's XFCC option;
@@ -240,18 +242,29 @@ def _metadata_lines(metadata: Any) -> list[str]:
     return lines
 
 
-def render(decision: Decision, keep_alive: bool, head: bool = False) -> bytes:
+def render(decision: Decision, keep_alive: bool, head: bool = False,
+           cookie_forwarded: bool = False) -> bytes:
     """The HTTP/1.1 response that makes Envoy carry out ``decision``.
 
     ``head``: the check request was a HEAD, so the response has no body (its
     ``content-length`` still says how long the body would be, as HTTP specifies for HEAD).
     Header values are UTF-8 (what Envoy sends upstream for gRPC's protobuf strings); the
     pipeline has already refused identity values with control characters.
+    ``cookie_forwarded``: Envoy's ``allowed_upstream_headers`` matches ``cookie``, so a
+    rewritten Cookie header (a credential cookie removed) is applied; without it such a
+    decision is refused, since Envoy would silently keep the client's cookie, credential
+    included.
     """
     if decision.allowed and decision.remove_query:
         # HTTP mode cannot drop query parameters: refuse rather than leak the credential
         log.error("route %s strips a query-string credential, which the HTTP transport cannot "
                   "do (use gRPC for this route); refused", decision.route)
+        decision = from_error(RuntimeError(), decision.route)
+    elif (decision.allowed and not cookie_forwarded
+          and any(k == "cookie" for k, _ in decision.upstream_headers)):
+        log.error("route %s strips a credential cookie, which needs Envoy to forward the "
+                  "rewritten cookie header (allowed_upstream_headers: cookie) and "
+                  "--http-authz-cookie-forwarded; refused", decision.route)
         decision = from_error(RuntimeError(), decision.route)
     lines: list[str]
     if decision.allowed:
@@ -389,12 +402,13 @@ class _Connection(asyncio.Protocol):
 
     def _answer(self, view: RequestView | None, decision: Decision, keep_alive: bool,
                 started: float, head: bool = False) -> None:
+        forwarded = self.server.cookie_forwarded
         try:
-            payload = render(decision, keep_alive, head)
+            payload = render(decision, keep_alive, head, forwarded)
         except Exception:
             log.exception("could not render a response (denied)")
             decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
-            payload = render(decision, keep_alive, head)
+            payload = render(decision, keep_alive, head, forwarded)
         self.server.record(view, decision, time.perf_counter() - started)
         if self.transport is not None and not self.closing:
             self.transport.write(payload)
@@ -425,8 +439,11 @@ class HttpAuthzServer:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         source_header: str | None = None,
         route_header: str | None = None,
+        cookie_forwarded: bool = False,
     ) -> None:
         self.engine = engine
+        #: Envoy's allowed_upstream_headers matches ``cookie`` (see :func:`render`)
+        self.cookie_forwarded = cookie_forwarded
         #: the header Envoy sets to the client address (lower case); None: no client address
         self.source_header = source_header.lower() if source_header else None
         #: the header Envoy sets to ``%ROUTE_NAME%`` (lower case); None: extauthz's own matchers

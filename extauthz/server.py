@@ -75,6 +75,9 @@ class ServerOptions:
     #: the header Envoy sets to ``%ROUTE_NAME%`` (the route name, as gRPC's context_extensions);
     #: None: off (extauthz's own matchers choose the route)
     http_authz_route_header: str | None = None
+    #: Envoy's allowed_upstream_headers forwards a rewritten ``cookie``; False: such a decision
+    #: is refused on the HTTP transport
+    http_authz_cookie_forwarded: bool = False
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -224,7 +227,9 @@ class Server:
             self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
                                               path_prefix=self.options.http_authz_path_prefix,
                                               source_header=self.options.http_authz_source_header,
-                                              route_header=self.options.http_authz_route_header)
+                                              route_header=self.options.http_authz_route_header,
+                                              cookie_forwarded=(
+                                                  self.options.http_authz_cookie_forwarded))
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
         host, port = split_address(self.options.http_address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -405,3 +406,15 @@ def test_dynamic_metadata_is_carried_in_headers() -> None:
     assert json.loads(identity.partition(": ")[2]) == {"subject": "zoë"}
     assert identity.isascii()
     assert "x-extauthz-md-shadow-deny: " in head
+
+
+def test_cookie_rewrite_refused_unless_envoy_forwards_it() -> None:
+    rewritten = _allow((("x-auth-subject", "alice"), ("cookie", "theme=dark")))
+    refused = render(rewritten, True).decode()
+    assert refused.startswith("HTTP/1.1 503 ") and "theme=dark" not in refused
+    assert '"reason":"internal_error"' in refused
+    applied = render(rewritten, True, cookie_forwarded=True).decode()
+    assert applied.startswith("HTTP/1.1 200 OK") and "cookie: theme=dark\r\n" in applied
+    # removing the whole cookie needs no rewrite: always carried
+    removed = dataclasses.replace(_allow(), remove_headers=("cookie",))
+    assert render(removed, True).decode().startswith("HTTP/1.1 200 OK")
