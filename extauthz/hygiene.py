@@ -14,9 +14,10 @@ Canonical forms:
 * query parameter and cookie names: percent-decoded (``+`` is a space), lower case, ``.``, space
   and ``[`` read as ``_`` (:func:`canonical_param`), which is what PHP does.
 
-Identity values (:func:`identity_value_safe`): a value with a control character or that is not
-valid Unicode cannot be sent as a header the same way on both transports (and CR/LF/NUL could
-split or truncate it), so a check whose identity has one is denied (``identity_not_representable``).
+Identity values (:func:`identity_value_safe`): a value with a control character, surrounding
+spaces, or that is not valid Unicode cannot be sent as a header the same way on both transports
+(CR/LF/NUL could split or truncate it; HTTP/1 strips surrounding spaces), so a check whose
+identity has one is denied (``identity_not_representable``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ def query_spellings(raw_query: str, params: Iterable[str],
     return list(out)
 
 
+def query_hides(raw_query: str, params: Iterable[str]) -> bool:
+    """True when a credential parameter hides after a ``;`` inside another parameter
+    (``?page=2;api_key=K``): Envoy splits the query on ``&`` only and cannot remove it, while
+    upstreams that also split on ``;`` (older Python, some Java and Ruby stacks) read it."""
+    if ";" not in raw_query:
+        return False
+    targets = {canonical_param(p) for p in params}
+    for pair in raw_query.split("&"):
+        for part in pair.split(";")[1:]:
+            if canonical_param(part.partition("=")[0].strip()) in targets:
+                return True
+    return False
+
+
 def without_cookies(raw: str, names: Iterable[str]) -> str | None:
     """``raw`` (a Cookie header) without any cookie whose name reads as one of ``names``.
 
@@ -119,8 +134,10 @@ def without_cookies(raw: str, names: Iterable[str]) -> str | None:
 
 def identity_value_safe(value: str) -> bool:
     """True when ``value`` can be an identity header value on both transports: no control
-    character (CR, LF, NUL, TAB, DEL, C1) and encodable as UTF-8 (no lone surrogates)."""
-    if _CONTROL.search(value) is not None:
+    character (CR, LF, NUL, TAB, DEL, C1), no leading or trailing space (HTTP/1 parsers strip
+    it, so the upstream would see another value than an HTTP/2 one), and encodable as UTF-8
+    (no lone surrogates)."""
+    if _CONTROL.search(value) is not None or value[:1] == " " or value[-1:] == " ":
         return False
     if value.isascii():
         return True

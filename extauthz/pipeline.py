@@ -38,6 +38,7 @@ from extauthz.hygiene import (
     ReservedHeaders,
     header_spellings,
     identity_value_safe,
+    query_hides,
     query_spellings,
     without_cookies,
 )
@@ -280,8 +281,11 @@ class Engine:
             for authenticator in route.authenticators:
                 remove.extend(n for n in header_spellings(
                     client_names, authenticator.credential_headers()) if n not in upstream_names)
-                remove_query.extend(query_spellings(
-                    view.raw_query, authenticator.credential_query_params(), view.query))
+                params = authenticator.credential_query_params()
+                if params and query_hides(view.raw_query, params):
+                    raise BadRequestError(Reason.BAD_REQUEST, "a credential parameter after "
+                                          "';' in the query cannot be removed")
+                remove_query.extend(query_spellings(view.raw_query, params, view.query))
                 cookies = authenticator.credential_cookies()
                 raw_cookie = view.headers.value("cookie")
                 if cookies and raw_cookie:

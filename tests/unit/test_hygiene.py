@@ -10,6 +10,7 @@ from extauthz.hygiene import (
     canonical_param,
     header_spellings,
     identity_value_safe,
+    query_hides,
     query_spellings,
     without_cookies,
 )
@@ -58,12 +59,21 @@ def test_without_cookies() -> None:
         "theme=dark"
 
 
-@pytest.mark.parametrize("value", ["alice", "zoë", "zoë@exämple.org", "日本", "a b", "é" * 10])
+@pytest.mark.parametrize("value", ["alice", "zoë", "zoë@exämple.org", "日本", "a b", "é" * 10,
+                                   ""])
 def test_representable_identity_values(value: str) -> None:
     assert identity_value_safe(value)
 
 
 @pytest.mark.parametrize("value", ["a\rb", "a\nb", "a\x00b", "a\tb", "a\x7fb", "a\x85b",
-                                   "a\x9fb", "a\x1bb", "a\ud800b", "a\udcffb"])
+                                   "a\x9fb", "a\x1bb", "a\ud800b", "a\udcffb", " a", "a ", " "])
 def test_unrepresentable_identity_values(value: str) -> None:
     assert not identity_value_safe(value)
+
+
+def test_a_credential_hidden_after_a_semicolon_is_found() -> None:
+    assert query_hides("page=2;api_key=k", ["api_key"])
+    assert query_hides("a=1&page=2; API%5FKEY=k", ["api_key"])
+    assert not query_hides("api_key=k;x=1&page=2", ["api_key"])  # Envoy removes this pair
+    assert not query_hides("page=2;x=1", ["api_key"])
+    assert not query_hides("page=2", ["api_key"])
