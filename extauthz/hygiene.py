@@ -28,14 +28,20 @@ from urllib.parse import unquote_plus
 
 #: C0 controls, DEL and the C1 controls (U+0080-U+009F): CR, LF, NUL, TAB, ESC, NEL, ...
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_HEADER_SEPARATORS = str.maketrans("_.", "--")
 _PARAM_SEPARATORS = str.maketrans(". [", "___")
 _COOKIE_SEPARATOR = re.compile(r"[;,]")
 
 
 def canonical_header(name: str) -> str:
     """The header name as a CGI-style upstream reads it (``X_Auth.Subject``: ``x-auth-subject``)."""
-    return name.lower().translate(_HEADER_SEPARATORS)
+    # two replace() calls: several times faster than str.translate on short names (hot path)
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def canonical_names(names: Iterable[str]) -> list[tuple[str, str]]:
+    """Each header name (already lower case, as in :class:`~extauthz.types.Headers`) with its
+    canonical form; computed once per request."""
+    return [(n, n.replace("_", "-").replace(".", "-")) for n in names]
 
 
 def canonical_param(name: str) -> str:
@@ -63,19 +69,23 @@ class ReservedHeaders:
         canonical = canonical_header(name)
         return canonical.startswith(self._prefix) or canonical in self._names
 
-    def spoofed(self, client_names: Iterable[str], keep: frozenset[str] | set[str]) -> list[str]:
+    def spoofed(self, client: Iterable[tuple[str, str]],
+                keep: frozenset[str] | set[str]) -> list[str]:
         """The client's header names (exactly as sent) that are reserved, except ``keep`` (the
-        exact names extauthz sets itself: Envoy overwrites those)."""
-        return [n for n in client_names if n not in keep and self.reserved(n)]
+        exact names extauthz sets itself: Envoy overwrites those). ``client``: the output of
+        :func:`canonical_names`."""
+        prefix, names = self._prefix, self._names
+        return [n for n, c in client if (c.startswith(prefix) or c in names) and n not in keep]
 
 
-def header_spellings(client_names: Iterable[str], wanted: Iterable[str]) -> list[str]:
+def header_spellings(client: Iterable[tuple[str, str]], wanted: Iterable[str]) -> list[str]:
     """The client's header names whose canonical form is one of ``wanted``'s (e.g. every
-    spelling of a credential header: ``x_api_key`` for ``x-api-key``)."""
+    spelling of a credential header: ``x_api_key`` for ``x-api-key``). ``client``: the output
+    of :func:`canonical_names`."""
     targets = {canonical_header(n) for n in wanted}
     if not targets:
         return []
-    return [n for n in client_names if canonical_header(n) in targets]
+    return [n for n, c in client if c in targets]
 
 
 def query_spellings(raw_query: str, params: Iterable[str],
@@ -88,6 +98,8 @@ def query_spellings(raw_query: str, params: Iterable[str],
     its own decoding on some versions and raw on others; listing both removes the parameter
     either way (the end-to-end tests check what the upstream receives).
     """
+    if not raw_query and not decoded_names:
+        return []
     targets = {canonical_param(p) for p in params}
     if not targets:
         return []

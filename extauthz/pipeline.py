@@ -36,6 +36,7 @@ from extauthz.errors import (
 from extauthz.explain import AuthnStep, Trace
 from extauthz.hygiene import (
     ReservedHeaders,
+    canonical_names,
     header_spellings,
     identity_value_safe,
     query_hides,
@@ -222,13 +223,17 @@ class Engine:
         return identity
 
     def _reserved(self, snapshot: Snapshot) -> ReservedHeaders:
-        """The identity namespace and the identity header names of *every* authenticator in
-        ``snapshot`` (reserved on every route, not only on the routes that use them)."""
+        """The identity namespace, the identity header names of *every* authenticator in
+        ``snapshot`` (reserved on every route, not only on the routes that use them) and
+        ``x-envoy-auth-partial-body``."""
         cached_for, reserved = self._reserved_cache
         if cached_for is snapshot and reserved is not None:
             return reserved
         names = [h for a in snapshot.authenticators.values()
                  for h in getattr(a, "injected_headers", ())]
+        # Envoy overwrites this header in the CheckRequest but forwards the client's own copy
+        # upstream, where it could mislead an application that reads it.
+        names.append(_PARTIAL_BODY)
         reserved = ReservedHeaders(snapshot.settings.identity_header_prefix, names)
         self._reserved_cache = (snapshot, reserved)
         return reserved
@@ -269,14 +274,11 @@ class Engine:
                             "the identity cannot be passed to the upstream",
                             request_id=view.request_id, identity=identity)
         upstream_names = {k for k, _ in upstream}
-        client_names = tuple(view.headers)
+        client_names = canonical_names(view.headers)
         # Clients must never be able to send identity headers themselves, in any spelling an
         # upstream may read as the same name, on any route (public ones included).
         remove = self._reserved(snapshot).spoofed(client_names, upstream_names)
         remove_query: list[str] = []
-        # Envoy overwrites this header in the CheckRequest but forwards the client's own copy
-        # upstream, where it could mislead an application that reads it.
-        remove.extend(header_spellings(client_names, (_PARTIAL_BODY,)))
         if route is not None and route.strip_credentials:
             for authenticator in route.authenticators:
                 remove.extend(n for n in header_spellings(

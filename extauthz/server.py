@@ -78,6 +78,8 @@ class ServerOptions:
     #: Envoy's allowed_upstream_headers forwards a rewritten ``cookie``; False: such a decision
     #: is refused on the HTTP transport
     http_authz_cookie_forwarded: bool = False
+    #: send the decision's dynamic metadata as x-extauthz-md-* headers (HTTP transport)
+    http_authz_metadata: bool = False
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -229,7 +231,8 @@ class Server:
                                               source_header=self.options.http_authz_source_header,
                                               route_header=self.options.http_authz_route_header,
                                               cookie_forwarded=(
-                                                  self.options.http_authz_cookie_forwarded))
+                                                  self.options.http_authz_cookie_forwarded),
+                                              metadata=self.options.http_authz_metadata)
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
         host, port = split_address(self.options.http_address)

@@ -159,7 +159,8 @@ def http_stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Ite
     argv = [*extauthz_argv(extauthz_config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
             "--http-authz-address", f"{LOOPBACK}:{authz_port}",
             "--http-authz-source-header", SOURCE_HEADER,
-            "--http-authz-route-header", ROUTE_HEADER, "--http-authz-cookie-forwarded"]
+            "--http-authz-route-header", ROUTE_HEADER, "--http-authz-cookie-forwarded",
+            "--http-authz-metadata"]
     extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
     try:
         extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)

@@ -7,6 +7,7 @@ import pytest
 from extauthz.hygiene import (
     ReservedHeaders,
     canonical_header,
+    canonical_names,
     canonical_param,
     header_spellings,
     identity_value_safe,
@@ -27,14 +28,16 @@ def test_reserved_headers_cover_the_namespace_and_configured_names() -> None:
     reserved = ReservedHeaders("x-auth-", ["x-tenant-id", "X-User-Email"])
     client = ["x-auth-subject", "x_auth_subject", "x-auth.admin", "x_tenant_id", "x-tenant.id",
               "x-user_email", "x-authority", "x-tenant-ids", "accept", "xauth-subject"]
-    assert reserved.spoofed(client, {"x-auth-subject"}) == [
+    assert reserved.spoofed(canonical_names(client), {"x-auth-subject"}) == [
         "x_auth_subject", "x-auth.admin", "x_tenant_id", "x-tenant.id", "x-user_email"]
 
 
 def test_credential_header_spellings() -> None:
-    names = ["x-api-key", "x_api_key", "X.Api.Key", "x-api-keys", "authorization"]
-    assert header_spellings(names, ["x-api-key"]) == ["x-api-key", "x_api_key", "X.Api.Key"]
-    assert header_spellings(names, []) == []
+    # names as Envoy sends them (lower case; Headers lowercases any other source)
+    names = ["x-api-key", "x_api_key", "x.api.key", "x-api-keys", "authorization"]
+    client = canonical_names(names)
+    assert header_spellings(client, ["X-Api-Key"]) == ["x-api-key", "x_api_key", "x.api.key"]
+    assert header_spellings(client, []) == []
 
 
 @pytest.mark.parametrize("name", ["api_key", "api%5Fkey", "api%5fkey", "API_KEY", "api.key",
