@@ -12,8 +12,8 @@ be byte-identical: status, the client-visible headers of a denial (content-type,
 www-authenticate, retry-after, content-length) and its problem body, and for an allowed request
 everything the echo upstream received (method, raw request target, every header name and value in
 order, body length). Normalization replaces only what differs by construction: the listener port
-in ``host`` and the random ``x-request-id`` (asserted present, and equal to the problem body's
-``request_id``). Each scenario also states what must be true (status, identity, credentials and
+in ``host``, the random ``x-request-id`` and the problem body's ``request_id`` (asserted present),
+and the seconds of a ``retry-after`` (asserted a number of seconds in the window). Each scenario also states what must be true (status, identity, credentials and
 spoofed headers absent).
 
 Where the transports genuinely cannot match, the scenario says so and the test proves the HTTP
@@ -31,6 +31,8 @@ scenario accepts either, and when the request gets through, no spelling of a res
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 import uuid
@@ -71,6 +73,8 @@ UNDERSCORE_REJECTED = 400  # headers_with_underscores_action: REJECT_REQUEST
 TRANSPORTS = ("grpc", "http")
 #: the authenticator whose claims_to_headers name (outside x-auth-) no route uses
 TENANT_HEADER = "x-tenant-id"
+BASIC_MAX_FAILURES = 3
+WRONG_BASIC = ("authorization", "Basic " + base64.b64encode(b"lock:wrong").decode())
 #: an introspection endpoint on a port nobody listens on
 DEAD_ENDPOINT = f"http://{LOOPBACK}:1/introspect"
 
@@ -83,11 +87,16 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
     data = yaml.safe_load(main.read_text())
     data["settings"]["limits"] = {"max_headers": MAX_HEADERS}
     write_config(main, data)
+    # Basic: one user; 3 failures (per user and per address) and the next attempt is 429
+    digest = base64.b64encode(hashlib.sha1(b"right-password").digest()).decode()  # noqa: S324
+    (main.parent / "users.htpasswd").write_text(f"lock:{{SHA}}{digest}\n")
     secret = e2e_dir / "introspection-secret"
     secret.write_text("parity-secret\n")
     write_config(main.parent / "routes.d" / "parity.yaml", {
         "authenticators": {
             "cookie-keys": {"api_key": {"sources": [{"cookie": "api_key"}]}},
+            "basic-users": {"basic": {"htpasswd_file": "users.htpasswd",
+                                      "max_failures": BASIC_MAX_FAILURES}},
             "query-keys": {"api_key": {"sources": [{"query": "api_key"}]}},
             # on no route: its identity header is reserved on every route all the same
             "tenant-idp": {"jwt": {"issuer": idp.issuer, "audiences": ["extauthz-demo"],
@@ -104,6 +113,7 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
             {"name": "cookie-route", "match": {"prefix": "/cookie/"}, "authn": ["cookie-keys"]},
             {"name": "query-route", "match": {"prefix": "/query/"}, "authn": ["query-keys"]},
             {"name": "dead-route", "match": {"prefix": "/dead/"}, "authn": ["dead-introspection"]},
+            {"name": "basic-route", "match": {"prefix": "/basic/"}, "authn": ["basic-users"]},
         ],
     })
     return main
@@ -229,6 +239,12 @@ def outcome(response: Response, request_id_must_match: bool = True) -> Outcome:
         assert body.get("request_id"), body
         body = {**body, "request_id": "<request-id>"}
     client = tuple((k, v) for k, v in response.headers if k in CLIENT_HEADERS)
+    # Retry-After counts down from each process's own first failure: a valid number of seconds
+    # on both, not necessarily the same second
+    for name, value in client:
+        if name == "retry-after":
+            assert value.isdigit() and 0 < int(value) <= 300, value
+    client = tuple((k, "<seconds>" if k == "retry-after" else v) for k, v in client)
     return Outcome(response.status, client, body, response)
 
 
@@ -251,6 +267,8 @@ class Scenario:
     body_differs: str = ""
     #: the client-visible headers may differ in content-type/content-length only; why
     framing_differs: str = ""
+    #: requests sent first (their outcome ignored), e.g. failures that trip a limiter
+    prelude: tuple[tuple[tuple[str, str], ...], ...] = ()
     #: a bearer token minted by the module's IdP at send time: (subject, extra claims)
     bearer: tuple[str, Mapping[str, Any]] | None = None
 
@@ -356,6 +374,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("deny-no-route", "/nowhere", (KEY_HEADER,), status=403, reason="no_route"),
     Scenario("deny-too-many-headers", "/public/hello", MANY_HEADERS, status=400,
              reason="too_many_headers"),
+    Scenario("deny-too-many-attempts", "/basic/x", (WRONG_BASIC,), status=429,
+             reason="too_many_attempts", prelude=((WRONG_BASIC,),) * BASIC_MAX_FAILURES),
     Scenario("deny-dependency-down", "/dead/x", (("authorization", "Bearer opaque-token"),),
              status=503,
              body_differs="a 5xx from an HTTP authorization service is an error to Envoy: "
@@ -433,6 +453,8 @@ SCENARIOS: list[Scenario] = [
 
 
 def _send(stack: Stack, scenario: Scenario, version: str, idp: DemoIdP) -> Outcome:
+    for headers in scenario.prelude:
+        curl_request(stack.base_url + scenario.path, headers=headers, version=version)
     response = curl_request(stack.base_url + scenario.path, method=scenario.method,
                             headers=scenario.request_headers(idp), version=version)
     return outcome(response)
