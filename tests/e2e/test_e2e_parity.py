@@ -88,7 +88,7 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
     data["settings"]["limits"] = {"max_headers": MAX_HEADERS}
     write_config(main, data)
     # Basic: one user; 3 failures (per user and per address) and the next attempt is 429
-    digest = base64.b64encode(hashlib.sha1(b"right-password").digest()).decode()  # noqa: S324
+    digest = base64.b64encode(hashlib.sha1(b"right-password").digest()).decode()
     (main.parent / "users.htpasswd").write_text(f"lock:{{SHA}}{digest}\n")
     secret = e2e_dir / "introspection-secret"
     secret.write_text("parity-secret\n")
