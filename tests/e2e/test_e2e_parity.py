@@ -13,8 +13,8 @@ www-authenticate, retry-after, content-length) and its problem body, and for an 
 everything the echo upstream received (method, raw request target, every header name and value in
 order, body length). Normalization replaces only what differs by construction: the listener port
 in ``host``, the random ``x-request-id`` and the problem body's ``request_id`` (asserted present),
-and the seconds of a ``retry-after`` (asserted a number of seconds in the window). Each scenario also states what must be true (status, identity, credentials and
-spoofed headers absent).
+and the seconds of a ``retry-after`` (asserted a number of seconds in the window). Each scenario
+also states what must be true (status, identity, credentials and spoofed headers absent).
 
 Where the transports genuinely cannot match, the scenario says so and the test proves the HTTP
 transport *refuses* the request instead of silently doing something else:
@@ -215,7 +215,7 @@ class Outcome:
         return [v for k, v in self.upstream_header_list() if k == name]
 
 
-def outcome(response: Response, request_id_must_match: bool = True) -> Outcome:
+def outcome(response: Response) -> Outcome:
     """Normalize: the listener port in ``host``, the random ``x-request-id``."""
     body: Any = response.body
     request_ids: list[str] = []
