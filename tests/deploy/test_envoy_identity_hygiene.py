@@ -74,3 +74,16 @@ def test_http_transport_config_carries_route_cookie_and_metadata() -> None:
     removed = [m.get("remove") for m in
                _filter(hcm, MUTATION)["mutations"]["request_mutations"]]
     assert ROUTE_HEADER in removed
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_ext_authz_sees_every_client_header(path: Path) -> None:
+    """extauthz can only remove the spellings it is shown: every client header must reach it
+    (gRPC: Envoy's default; HTTP: allowed_headers must match everything)."""
+    authz = _filter(_hcm(path), EXT_AUTHZ)
+    assert "disallowed_headers" not in authz
+    allowed = authz.get("allowed_headers")
+    if "http_service" in authz:
+        assert allowed == {"patterns": [{"safe_regex": {"regex": ".*"}}]}
+    else:
+        assert allowed is None
