@@ -360,10 +360,14 @@ SCENARIOS: list[Scenario] = [
     Scenario("allow-public", "/public/hello", check=public_request),
     # route named by Envoy (extauthz's matchers know no /alias/: 403 no_route without it)
     Scenario("route-named-by-envoy", "/alias/x", check=public_request),
+    # a client-sent route name never counts: on unnamed Envoy routes it is removed before
+    # ext_authz (header_mutation), on named ones Envoy's %ROUTE_NAME% replaces it
     Scenario("client-sent-route-name-ignored", "/nowhere",
              (KEY_HEADER, (ROUTE_HEADER, "public")), status=403, reason="no_route"),
-    Scenario("client-sent-route-name-on-named-route", "/reports/q1",
+    Scenario("client-sent-route-name-on-unnamed-route", "/reports/q1",
              ((ROUTE_HEADER, "public"),), status=401, reason="missing_credential"),
+    Scenario("client-sent-route-name-on-named-route", "/alias/x", ((ROUTE_HEADER, "admin"),),
+             check=public_request),
     # each deny kind
     Scenario("deny-missing-credential", "/reports/q1", status=401,
              reason="missing_credential"),
