@@ -67,13 +67,10 @@ def test_http_transport_config_carries_route_cookie_and_metadata() -> None:
     assert {"exact": "cookie"} in upstream  # the rewritten Cookie without the credential
     assert {"prefix": "x-auth-"} in upstream
     assert {"prefix": METADATA_PREFIX} in response["dynamic_metadata_from_headers"]["patterns"]
-    # a client-sent route name is removed before ext_authz: %ROUTE_NAME% of an unnamed route
-    # is empty and headers_to_add then leaves the client's value in place
-    order = [f["name"] for f in hcm["http_filters"]]
-    assert order.index(MUTATION) < order.index(EXT_AUTHZ)
-    removed = [m.get("remove") for m in
-               _filter(hcm, MUTATION)["mutations"]["request_mutations"]]
-    assert ROUTE_HEADER in removed
+    # a client-sent route name never reaches extauthz: %ROUTE_NAME% of an unnamed route is
+    # empty and headers_to_add then leaves the client's value in place
+    assert _filter(hcm, EXT_AUTHZ)["disallowed_headers"] == {
+        "patterns": [{"exact": ROUTE_HEADER}]}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -81,9 +78,10 @@ def test_ext_authz_sees_every_client_header(path: Path) -> None:
     """extauthz can only remove the spellings it is shown: every client header must reach it
     (gRPC: Envoy's default; HTTP: allowed_headers must match everything)."""
     authz = _filter(_hcm(path), EXT_AUTHZ)
-    assert "disallowed_headers" not in authz
     allowed = authz.get("allowed_headers")
     if "http_service" in authz:
         assert allowed == {"patterns": [{"safe_regex": {"regex": ".*"}}]}
+        # the one exception: Envoy's own route name header (see the test above)
+        assert authz["disallowed_headers"] == {"patterns": [{"exact": ROUTE_HEADER}]}
     else:
-        assert allowed is None
+        assert allowed is None and "disallowed_headers" not in authz
