@@ -94,9 +94,10 @@ def query_spellings(raw_query: str, params: Iterable[str],
     ``params`` (``api%5Fkey``, ``API_KEY``, ``api.key`` for ``api_key``); ``decoded_names``
     (the parsed query's names) are matched too.
 
-    Both forms are returned because Envoy's ``query_parameters_to_remove`` compares names after
-    its own decoding on some versions and raw on others; listing both removes the parameter
-    either way (the end-to-end tests check what the upstream receives).
+    Envoy 1.40's ``query_parameters_to_remove`` compares the name exactly as written in the
+    request (verified: ``api_key`` does not remove ``api%5Fkey``, ``api%5Fkey`` does); the
+    decoded form is listed too so the removal does not depend on that (the end-to-end tests
+    check what the upstream receives).
     """
     if not raw_query and not decoded_names:
         return []
