@@ -19,6 +19,10 @@ from extauthz.demo.httpclient import Response
 
 CURL = shutil.which("curl") or "curl"
 HTTP_VERSIONS = ("1.1", "2")
+#: the status reported for an HTTP/2 stream the server reset (curl exit code 92): how Envoy
+#: refuses an HTTP/2 request it rejects outright (e.g. a header name with "_")
+STREAM_RESET = 0
+_CURL_HTTP2_STREAM_ERROR = 92
 
 
 def curl_request(
@@ -32,6 +36,7 @@ def curl_request(
     """Send one request on a fresh connection; the response as the client saw it.
 
     ``version``: ``"1.1"`` or ``"2"`` (h2c with prior knowledge). For ``HEAD`` curl reads no body.
+    A reset HTTP/2 stream is a response with status :data:`STREAM_RESET` and no headers.
     """
     if version not in HTTP_VERSIONS:
         raise ValueError(f"HTTP version {version!r}: use one of {HTTP_VERSIONS}")
@@ -46,6 +51,8 @@ def curl_request(
             argv += ["-H", f"{name}: {value}"]
         argv.append(url)
         done = subprocess.run(argv, capture_output=True, timeout=timeout + 5, check=False)
+        if done.returncode == _CURL_HTTP2_STREAM_ERROR and version == "2":
+            return Response(status=STREAM_RESET, headers=(), body=b"")
         if done.returncode != 0:
             raise RuntimeError(f"curl failed ({done.returncode}): {done.stderr.decode()[-500:]}")
         # with --head curl writes the headers to -o as well: a HEAD response has no body
