@@ -70,6 +70,11 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.config}: ok ({len(snapshot.routes.routes)} routes, "
           f"{len(snapshot.authenticators)} authenticators)")
+    if args.strip_regex:
+        from extauthz.pipeline import reserved_headers
+
+        # for Envoy routes with ext_authz disabled (header_mutation remove_on_match safe_regex)
+        print(reserved_headers(snapshot).envoy_regex())
     return 0
 
 
@@ -273,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a configuration and exit 0/1")
     validate.add_argument("--config", required=True)
+    validate.add_argument("--strip-regex", action="store_true",
+                          help="also print the Envoy safe_regex that matches every identity "
+                               "header name of this configuration in every spelling (for routes "
+                               "with ext_authz disabled)")
     validate.set_defaults(func=_validate)
 
     check = sub.add_parser("check", help="decide one request described in a YAML/JSON file")

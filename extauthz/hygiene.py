@@ -64,6 +64,16 @@ class ReservedHeaders:
         self._prefix = canonical_header(prefix)
         self._names = frozenset(canonical_header(n) for n in names)
 
+    def envoy_regex(self) -> str:
+        """An RE2 regex (Envoy ``safe_regex``) matching every reserved name in every spelling,
+        for routes with ext_authz disabled, which extauthz never sees (Envoy stores header
+        names in lower case, so case needs nothing)."""
+        def spelled(canonical: str) -> str:
+            return "[-_.]".join(re.escape(part) for part in canonical.split("-"))
+        prefix = spelled(self._prefix.rstrip("-")) + "[-_.].*"
+        names = sorted(n for n in self._names if not n.startswith(self._prefix))
+        return "|".join([prefix, *(spelled(n) for n in names)])
+
     def reserved(self, name: str) -> bool:
         """Whether a header called ``name`` (any spelling) is extauthz's to set."""
         canonical = canonical_header(name)

@@ -223,18 +223,11 @@ class Engine:
         return identity
 
     def _reserved(self, snapshot: Snapshot) -> ReservedHeaders:
-        """The identity namespace, the identity header names of *every* authenticator in
-        ``snapshot`` (reserved on every route, not only on the routes that use them) and
-        ``x-envoy-auth-partial-body``."""
+        """:func:`reserved_headers` of ``snapshot``, built once per snapshot."""
         cached_for, reserved = self._reserved_cache
         if cached_for is snapshot and reserved is not None:
             return reserved
-        names = [h for a in snapshot.authenticators.values()
-                 for h in getattr(a, "injected_headers", ())]
-        # Envoy overwrites this header in the CheckRequest but forwards the client's own copy
-        # upstream, where it could mislead an application that reads it.
-        names.append(_PARTIAL_BODY)
-        reserved = ReservedHeaders(snapshot.settings.identity_header_prefix, names)
+        reserved = reserved_headers(snapshot)
         self._reserved_cache = (snapshot, reserved)
         return reserved
 
@@ -320,6 +313,18 @@ class Engine:
             dynamic_metadata=metadata,
             rule=rule,
         )
+
+
+def reserved_headers(snapshot: Snapshot) -> ReservedHeaders:
+    """The identity namespace, the identity header names of *every* authenticator in
+    ``snapshot`` (reserved on every route, not only on the routes that use them) and
+    ``x-envoy-auth-partial-body``."""
+    names = [h for a in snapshot.authenticators.values()
+             for h in getattr(a, "injected_headers", ())]
+    # Envoy overwrites this header in the CheckRequest but forwards the client's own copy
+    # upstream, where it could mislead an application that reads it.
+    names.append(_PARTIAL_BODY)
+    return ReservedHeaders(snapshot.settings.identity_header_prefix, names)
 
 
 def _check_size(view: RequestView, limits: Limits, trace: Trace | None) -> None:

@@ -32,8 +32,11 @@ scenario accepts either, and when the request gets through, no spelling of a res
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -120,12 +123,30 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
     return main
 
 
-def _with_alias_route(source: Path, dest: Path, *, grpc: bool) -> Path:
-    """``source`` plus an Envoy route ``/alias/`` that Envoy names ``public``: extauthz's own
-    matchers know no ``/alias/``, so a 200 there proves the route name came from Envoy."""
+def _strip_regex(config: Path) -> str:
+    """What ``extauthz validate --strip-regex`` prints: the documented way to strip every
+    identity header of a configuration on routes with ext_authz disabled."""
+    done = subprocess.run([sys.executable, "-m", "extauthz", "validate", "--config", str(config),
+                           "--strip-regex"], capture_output=True, text=True, timeout=60,
+                          check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _with_alias_route(source: Path, dest: Path, *, grpc: bool, strip_regex: str) -> Path:
+    """``source`` plus two Envoy routes: ``/alias/``, which Envoy names ``public`` (extauthz's
+    own matchers know no ``/alias/``, so a 200 there proves the route name came from Envoy), and
+    ``/static-claims/``, the shipped ``/static/`` route (ext_authz disabled) with its regex
+    replaced by ``strip_regex`` (which also covers the claims_to_headers names)."""
     data = yaml.safe_load(source.read_text())
     hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    (static,) = [r for r in routes if r["match"].get("prefix") == "/static/"]
+    claims = copy.deepcopy(static)
+    claims["match"] = {"prefix": "/static-claims/"}
+    mutation = claims["typed_per_filter_config"]["envoy.filters.http.header_mutation"]
+    mutation["mutations"]["request_mutations"] = [
+        {"remove_on_match": {"key_matcher": {"safe_regex": {"regex": strip_regex}}}}]
+    routes.insert(routes.index(static), claims)
     alias: dict[str, Any] = {"match": {"prefix": "/alias/"}, "route": {"cluster": "echo"}}
     if grpc:
         alias["typed_per_filter_config"] = {"envoy.filters.http.ext_authz": {
@@ -150,7 +171,8 @@ def _with_alias_route(source: Path, dest: Path, *, grpc: bool) -> Path:
 
 @pytest.fixture(scope="module")
 def grpc_stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Iterator[Stack]:
-    source = _with_alias_route(ENVOY_GRPC, e2e_dir / "grpc-source.yaml", grpc=True)
+    source = _with_alias_route(ENVOY_GRPC, e2e_dir / "grpc-source.yaml", grpc=True,
+                               strip_regex=_strip_regex(extauthz_config))
     running = start_stack(extauthz_config, echo_port=echo.port, log_dir=e2e_dir / "grpc",
                           envoy_source=source)
     try:
@@ -163,7 +185,8 @@ def grpc_stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Ite
 def http_stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Iterator[Stack]:
     log_dir = e2e_dir / "http"
     log_dir.mkdir(parents=True, exist_ok=True)
-    source = _with_alias_route(ENVOY_HTTP, e2e_dir / "http-source.yaml", grpc=False)
+    source = _with_alias_route(ENVOY_HTTP, e2e_dir / "http-source.yaml", grpc=False,
+                               strip_regex=_strip_regex(extauthz_config))
     listener, admin, authz_port, grpc_port, http_port = free_ports(5)
     ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz_port, echo=echo.port)
     envoy_config = write_envoy_config(log_dir / "envoy.yaml", ports, source=source)
@@ -420,6 +443,11 @@ SCENARIOS: list[Scenario] = [
     Scenario("spoof-disabled-route", "/static/app.js",
              (("x-auth-subject", RESERVED_SPOOF), ("x-auth.subject", RESERVED_SPOOF),
               ("X-Auth-Admin", RESERVED_SPOOF)), check=public_request),
+    # claims_to_headers names outside x-auth- on a disabled route: the route strips what
+    # `extauthz validate --strip-regex` prints
+    Scenario("spoof-claim-headers-disabled-route", "/static-claims/app.js",
+             ((TENANT_HEADER, RESERVED_SPOOF), ("x-tenant.id", RESERVED_SPOOF),
+              ("x-auth.subject", RESERVED_SPOOF)), check=public_request),
     Scenario("spoof-underscore-disabled-route", "/static/app.js", SPOOF_UNDERSCORE[:2],
              status=(200, *UNDERSCORE_REJECTED), check=public_request),
     # credentials: headers in every spelling, cookies, query

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from extauthz.hygiene import (
@@ -80,3 +82,13 @@ def test_a_credential_hidden_after_a_semicolon_is_found() -> None:
     assert not query_hides("api_key=k;x=1&page=2", ["api_key"])  # Envoy removes this pair
     assert not query_hides("page=2;x=1", ["api_key"])
     assert not query_hides("page=2", ["api_key"])
+
+
+def test_envoy_regex_covers_every_spelling_of_every_reserved_name() -> None:
+    reserved = ReservedHeaders("x-auth-", ["x-tenant-id", "x-auth-email", "X_Org.Id"])
+    regex = reserved.envoy_regex()
+    assert regex == r"x[-_.]auth[-_.].*|x[-_.]org[-_.]id|x[-_.]tenant[-_.]id"
+    for name in ("x-auth-a", "x_auth.b", "x-tenant-id", "x_tenant.id", "x.org_id"):
+        assert re.fullmatch(regex, name), name
+    for name in ("x-authority", "x-tenant-ids", "xtenant-id", "accept"):
+        assert not re.fullmatch(regex, name), name
