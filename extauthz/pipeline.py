@@ -240,7 +240,11 @@ class Engine:
         *,
         shadow: AuthorizationError | None = None,
     ) -> Decision:
-        """Allow (or, with ``shadow``, allow and record the policy denial that was waived)."""
+        """Allow (or, with ``shadow``, allow and record the policy denial that was waived).
+
+        Raises AuthorizationError (``identity_not_representable``) when an identity value cannot
+        be a header, and BadRequestError when a credential cookie cannot be cut out.
+        """
         settings = snapshot.settings
         prefix = settings.identity_header_prefix
         upstream: list[tuple[str, str]] = []
@@ -258,14 +262,14 @@ class Engine:
             unsafe = [k for k, v in upstream if not identity_value_safe(v)]
             if unsafe:
                 # Never allow without the identity (the upstream would see an authenticated
-                # request with no subject), never send a value that splits or differs by transport.
+                # request with no subject), never send a value that splits or differs by
+                # transport. Raised, not returned: the caller's `except CheckError` makes the
+                # 403, and nothing that post-processes allowed decisions ever sees it.
                 log.warning("route %s: identity header %s has a value that cannot be sent "
-                            "(control character or invalid Unicode): denied",
+                            "(control character, surrounding space or invalid Unicode): denied",
                             route.name if route is not None else NO_ROUTE_LABEL, unsafe[0])
-                return deny(403, GrpcCode.PERMISSION_DENIED, Reason.IDENTITY_NOT_REPRESENTABLE,
-                            route.name if route is not None else NO_ROUTE_LABEL,
-                            "the identity cannot be passed to the upstream",
-                            request_id=view.request_id, identity=identity)
+                raise AuthorizationError(Reason.IDENTITY_NOT_REPRESENTABLE,
+                                         "the identity cannot be passed to the upstream")
         upstream_names = {k for k, _ in upstream}
         client_names = canonical_names(view.headers)
         # Clients must never be able to send identity headers themselves, in any spelling an
