@@ -430,6 +430,11 @@ SCENARIOS: list[Scenario] = [
              status=403, reason="identity_not_representable"),
     Scenario("identity-empty-claim", "/profile/me", bearer=_jwt("alice", email=""),
              check=upstream_header_is("x-auth-email", "")),
+    # client header values that are not ASCII reach the check and the upstream alike
+    Scenario("client-header-utf8", "/reports/q1", (KEY_HEADER, ("x-note", "zoë 日本")),
+             check=upstream_header_is("x-note", "zoë 日本")),
+    Scenario("client-header-latin1-byte", "/reports/q1", (KEY_HEADER, ("x-note", "caf\udce9")),
+             check=upstream_header_is("x-note", "caf\udce9")),
     # spoofed identity headers, every spelling, every kind of route
     Scenario("spoof-protected", "/reports/q1", (KEY_HEADER, *SPOOF_DASH_DOT),
              check=identity("demo-client", "api_key")),
