@@ -21,6 +21,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from extauthz import tracing
 from extauthz.authn import dispatch
 from extauthz.authn.base import Authenticator
 from extauthz.config.compile import Snapshot
@@ -78,6 +79,12 @@ class Engine:
 
     async def check(self, view: RequestView, trace: Trace | None = None) -> Decision:
         """Decide one request. Never raises. ``trace``: record why (see the module doc)."""
+        tracer = tracing.state.tracer
+        if tracer is not None:  # OpenTelemetry: a span per check (extauthz.tracing)
+            return await tracer.check(view, self._decide(view, trace))
+        return await self._decide(view, trace)
+
+    async def _decide(self, view: RequestView, trace: Trace | None) -> Decision:
         snapshot = self.snapshot
         if snapshot is None:
             return deny(503, GrpcCode.UNAVAILABLE, Reason.DEPENDENCY_UNAVAILABLE, NO_ROUTE_LABEL,
@@ -270,12 +277,20 @@ class Engine:
                             route.name if route is not None else NO_ROUTE_LABEL, unsafe[0])
                 raise AuthorizationError(Reason.IDENTITY_NOT_REPRESENTABLE,
                                          "the identity cannot be passed to the upstream")
+        tokens = snapshot.identity_tokens
+        if tokens is not None and identity is not None and route is not None:
+            # the signed identity token (docs/identity-token.md): base64url, header-safe
+            minted = tokens.header_for(route.name, identity)
+            if minted is not None:
+                upstream.append(minted)
         upstream_names = {k for k, _ in upstream}
         client_names = canonical_names(view.headers)
         # Clients must never be able to send identity headers themselves, in any spelling an
         # upstream may read as the same name, on any route (public ones included).
         remove = self._reserved(snapshot).spoofed(client_names, upstream_names)
         remove_query: list[str] = []
+        # (a client-sent identity token is in the reserved set too: removed on every route,
+        # minted or not, in every spelling)
         if route is not None and route.strip_credentials:
             for authenticator in route.authenticators:
                 remove.extend(n for n in header_spellings(
@@ -325,6 +340,8 @@ def reserved_headers(snapshot: Snapshot) -> ReservedHeaders:
     ``x-envoy-auth-partial-body``."""
     names = [h for a in snapshot.authenticators.values()
              for h in getattr(a, "injected_headers", ())]
+    if snapshot.identity_tokens is not None:  # the signed identity token's header
+        names.append(snapshot.identity_tokens.header)
     # Envoy overwrites this header in the CheckRequest but forwards the client's own copy
     # upstream, where it could mislead an application that reads it.
     names.append(_PARTIAL_BODY)
