@@ -40,6 +40,9 @@ def _serve(args: argparse.Namespace) -> int:
         http_authz_path_prefix=args.http_authz_path_prefix,
         http_authz_source_header=args.http_authz_source_header,
         http_authz_peer_cert_header=args.http_authz_peer_cert_header,
+        http_authz_route_header=args.http_authz_route_header,
+        http_authz_cookie_forwarded=args.http_authz_cookie_forwarded,
+        http_authz_metadata=args.http_authz_metadata,
     )
     from extauthz import tracing
 
@@ -87,6 +90,11 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.config}: ok ({len(snapshot.routes.routes)} routes, "
           f"{len(snapshot.authenticators)} authenticators)")
+    if args.strip_regex:
+        from extauthz.pipeline import reserved_headers
+
+        # for Envoy routes with ext_authz disabled (header_mutation remove_on_match safe_regex)
+        print(reserved_headers(snapshot).envoy_regex())
     return 0
 
 
@@ -313,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "which Envoy must set itself (authorization_request.headers_to_add "
                             "with %%DOWNSTREAM_PEER_CERT%% and the same name in "
                             "disallowed_headers); off by default")
+    serve.add_argument("--http-authz-route-header", metavar="NAME", default=None,
+                       help="read the route name from this header, which Envoy must set itself "
+                            "(authorization_request.headers_to_add with %%ROUTE_NAME%%), as gRPC "
+                            "reads context_extensions; off by default (a client-sent value would "
+                            "choose the route)")
+    serve.add_argument("--http-authz-cookie-forwarded", action="store_true",
+                       help="Envoy's authorization_response.allowed_upstream_headers matches "
+                            "'cookie', so a Cookie header rewritten without a credential cookie "
+                            "is applied; without this flag such a request is refused")
+    serve.add_argument("--http-authz-metadata", action="store_true",
+                       help="send the decision's dynamic metadata as x-extauthz-md-* response "
+                            "headers, for Envoy's dynamic_metadata_from_headers (~3 us per "
+                            "allowed check)")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
     serve.add_argument("--watch-interval", type=float, default=1.0,
@@ -329,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a configuration and exit 0/1")
     validate.add_argument("--config", required=True)
+    validate.add_argument("--strip-regex", action="store_true",
+                          help="also print the Envoy safe_regex that matches every identity "
+                               "header name of this configuration in every spelling (for routes "
+                               "with ext_authz disabled)")
     validate.set_defaults(func=_validate)
 
     check = sub.add_parser("check", help="decide one request described in a YAML/JSON file")

@@ -80,6 +80,14 @@ class ServerOptions:
     http_authz_source_header: str | None = None
     #: header Envoy sets to the client certificate for the HTTP transport (None: none)
     http_authz_peer_cert_header: str | None = None
+    #: the header Envoy sets to ``%ROUTE_NAME%`` (the route name, as gRPC's context_extensions);
+    #: None: off (extauthz's own matchers choose the route)
+    http_authz_route_header: str | None = None
+    #: Envoy's allowed_upstream_headers forwards a rewritten ``cookie``; False: such a decision
+    #: is refused on the HTTP transport
+    http_authz_cookie_forwarded: bool = False
+    #: send the decision's dynamic metadata as x-extauthz-md-* headers (HTTP transport)
+    http_authz_metadata: bool = False
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -245,7 +253,11 @@ class Server:
                                               path_prefix=self.options.http_authz_path_prefix,
                                               source_header=self.options.http_authz_source_header,
                                               peer_cert_header=(
-                                                  self.options.http_authz_peer_cert_header))
+                                                  self.options.http_authz_peer_cert_header),
+                                              route_header=self.options.http_authz_route_header,
+                                              cookie_forwarded=(
+                                                  self.options.http_authz_cookie_forwarded),
+                                              metadata=self.options.http_authz_metadata)
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
         host, port = split_address(self.options.http_address)

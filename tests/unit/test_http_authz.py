@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from extauthz.http_authz import REMOVE_HEADER, render, to_view
+from extauthz.decision import Decision, GrpcCode, Outcome, deny
+from extauthz.errors import Reason
+from extauthz.http_authz import REMOVE_HEADER, ROUTE_HEADER, render, route_context, to_view
 from extauthz.keys import hash_api_key
 from extauthz.server import Server, ServerOptions
 
@@ -202,9 +205,6 @@ def test_view_reads_method_host_path_query_and_repeated_headers() -> None:
 
 
 def test_render_close_adds_connection_close() -> None:
-    from extauthz.decision import GrpcCode, deny
-    from extauthz.errors import Reason
-
     payload = render(deny(403, GrpcCode.PERMISSION_DENIED, Reason.FORBIDDEN, "r", "no"), False)
     head = payload.split(b"\r\n\r\n", 1)[0].decode()
     assert head.startswith("HTTP/1.1 403 Forbidden")
@@ -229,7 +229,7 @@ async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
 
 
 async def test_a_check_that_suspends_is_finished_as_a_task() -> None:
-    from extauthz.decision import Decision, GrpcCode, deny
+    from extauthz.decision import GrpcCode, deny
     from extauthz.errors import Reason
     from extauthz.http_authz import _drive, _resume
 
@@ -336,3 +336,100 @@ def test_envoys_own_content_length_is_not_the_clients() -> None:
                                              "x-envoy-auth-partial-body": "false"},
                         b"body", "/check", 0)
     assert forwarded.headers.get("content-length") == "4"
+# -- parity with gRPC (issue 12.4) ---------------------------------------------------------------
+
+def _allow(headers: tuple[tuple[str, str], ...] = (),
+           metadata: dict[str, object] | None = None) -> Decision:
+    return Decision(outcome=Outcome.ALLOW, http_status=200, grpc_code=GrpcCode.OK,
+                    reason=Reason.OK, route="r", upstream_headers=headers,
+                    dynamic_metadata=metadata or {})
+
+
+def test_identity_values_are_sent_as_utf8() -> None:
+    payload = render(_allow((("x-auth-subject", "zoë"), ("x-auth-email", "日本@example.org"))),
+                     True)
+    assert b"x-auth-subject: zo\xc3\xab\r\n" in payload
+    assert "x-auth-email: 日本@example.org\r\n".encode() in payload
+
+
+def test_a_head_answer_has_no_body_but_says_how_long_it_would_be() -> None:
+    denied = deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL, "r", "creds",
+                  challenges=['ApiKey realm="x"'])
+    full = render(denied, True)
+    head = render(denied, True, head=True)
+    assert full.startswith(head) and full != head and head.endswith(b"\r\n\r\n")
+    assert f"content-length: {len(denied.body.encode())}".encode() in head
+
+
+async def test_head_check_gets_headers_only_and_the_connection_stays_usable(
+        server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.http_authz_port)
+    try:
+        writer.write(request("/api/orders", method="HEAD")
+                     + request("/api/orders", {"x-api-key": KEY}))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 401 ")
+        # the next bytes are the next response, not the problem body of the first
+        after = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert after.startswith(b"HTTP/1.1 200 OK")
+    finally:
+        writer.close()
+
+
+def test_route_name_only_from_the_configured_header() -> None:
+    headers = {ROUTE_HEADER: "public", "x-other": "admin"}
+    assert dict(route_context(headers, ROUTE_HEADER, "route")) == {"route": "public"}
+    assert dict(route_context(headers, None, "route")) == {}  # off by default
+    assert dict(route_context({ROUTE_HEADER: ""}, ROUTE_HEADER, "route")) == {}
+    assert dict(route_context({}, ROUTE_HEADER, "route")) == {}
+
+
+async def test_route_header_names_the_route_like_context_extensions(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    srv = Server(ServerOptions(str(config), "127.0.0.1:0", "127.0.0.1:0", grace_seconds=2,
+                               decision_log=False, watch_interval_seconds=0,
+                               http_authz_address="127.0.0.1:0",
+                               http_authz_route_header=ROUTE_HEADER))
+    await srv.start()
+    try:
+        # /elsewhere matches no route by path; Envoy named it `api`
+        [named, unknown, unnamed] = await exchange(
+            srv, request("/elsewhere", {"x-api-key": KEY, ROUTE_HEADER: "api"}),
+            request("/api/x", {"x-api-key": KEY, ROUTE_HEADER: "nope"}),
+            request("/elsewhere", {"x-api-key": KEY}))
+        assert named.status == 200 and named.header("x-extauthz-md-route") is None
+        assert unknown.status == 403 and json.loads(unknown.body)["reason"] == "no_route"
+        assert unnamed.status == 403
+    finally:
+        await srv.stop()
+
+
+def test_dynamic_metadata_headers_only_when_asked() -> None:
+    assert b"x-extauthz-md-" not in render(_allow(metadata={"route": "r"}), True)
+
+
+def test_dynamic_metadata_is_carried_in_headers() -> None:
+    payload = render(_allow(metadata={"route": "r", "identity": {"subject": "zoë"},
+                                      "shadow_deny": {"reason": "forbidden"}}), True,
+                     metadata=True)
+    head = payload.decode()
+    assert "x-extauthz-md-route: r\r\n" in head
+    identity = next(line for line in head.split("\r\n")
+                    if line.startswith("x-extauthz-md-identity: "))
+    assert json.loads(identity.partition(": ")[2]) == {"subject": "zoë"}
+    assert identity.isascii()
+    assert "x-extauthz-md-shadow-deny: " in head
+
+
+def test_cookie_rewrite_refused_unless_envoy_forwards_it() -> None:
+    rewritten = _allow((("x-auth-subject", "alice"), ("cookie", "theme=dark")))
+    refused = render(rewritten, True).decode()
+    assert refused.startswith("HTTP/1.1 503 ") and "theme=dark" not in refused
+    assert '"reason":"internal_error"' in refused
+    applied = render(rewritten, True, cookie_forwarded=True).decode()
+    assert applied.startswith("HTTP/1.1 200 OK") and "cookie: theme=dark\r\n" in applied
+    # removing the whole cookie needs no rewrite: always carried
+    removed = dataclasses.replace(_allow(), remove_headers=("cookie",))
+    assert render(removed, True).decode().startswith("HTTP/1.1 200 OK")
