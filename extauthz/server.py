@@ -23,20 +23,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
 from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
-from extauthz.http_authz import HttpAuthzServer
+from extauthz.health import HealthService
+from extauthz.http_authz import HttpAuthzServer, HttpLimits
 from extauthz.metrics import Metrics
+from extauthz.netlimits import (
+    AdminLimits,
+    Bounded,
+    ConnectionGuard,
+    DeadlineSweeper,
+    GrpcLimits,
+    bounded_factory,
+    check_fd_budget,
+    raise_nofile_limit,
+)
 from extauthz.pipeline import Engine
 from extauthz.reload import ConfigWatcher
 from extauthz.servicer import AuthorizationServicer
@@ -72,6 +83,10 @@ class ServerOptions:
     http_authz_path_prefix: str = "/check"
     #: header Envoy sets to the client address for the HTTP transport (None: no address)
     http_authz_source_header: str | None = None
+    #: resource bounds of each listener (README "Resource model")
+    http_authz_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
+    admin_limits: AdminLimits = field(default_factory=AdminLimits)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -91,7 +106,7 @@ class Server:
         self.engine = Engine(self.metrics)
         #: the process's Redis clients: a reload that keeps settings.redis keeps the pool
         self.state_hub = StateHub(self.metrics)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService()
         self._draining = False
         #: latched once the first snapshot's remote JWKS were fetched (see the module docstring)
         self._warm = False
@@ -108,6 +123,9 @@ class Server:
         self.http_port = 0
         self.http_authz: HttpAuthzServer | None = None
         self.http_authz_port = 0
+        self._admin_site: asyncio.Server | None = None
+        self._admin_live: set[Bounded] = set()
+        self._admin_sweeper: DeadlineSweeper | None = None
 
     @property
     def ready(self) -> bool:
@@ -207,8 +225,24 @@ class Server:
         snapshot = self.engine.snapshot
         return snapshot.files if snapshot is not None else (Path(self.options.config_path),)
 
+    def _check_descriptors(self) -> None:
+        """Raise the open-file limit to its hard limit and check the listeners' connection caps
+        fit in it with room to spare (OSError otherwise: the process could not honour them)."""
+        soft, _ = raise_nofile_limit()
+        options = self.options
+        caps = {"admin": options.admin_limits.max_connections}
+        if options.grpc_address != GRPC_OFF:
+            caps["grpc"] = options.grpc_limits.max_connections
+        if options.http_authz_address:
+            caps["http_authz"] = options.http_authz_limits.max_connections
+        try:
+            check_fd_budget(caps, soft)
+        except ValueError as exc:
+            raise OSError(str(exc)) from None
+
     async def start(self) -> None:
         """Load the configuration and start listening. Raises on a bad config or a busy port."""
+        self._check_descriptors()
         await self.load()
         if self.options.decision_log:
             self.decision_log = DecisionLog(
@@ -220,17 +254,11 @@ class Server:
         if self.options.http_authz_address:
             self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
                                               path_prefix=self.options.http_authz_path_prefix,
+                                              limits=self.options.http_authz_limits,
                                               source_header=self.options.http_authz_source_header)
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
-        host, port = split_address(self.options.http_address)
-        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_port=False)
-        await site.start()
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        await self._start_admin()
         if self._can_serve():
             await self._become_ready()
         else:
@@ -244,9 +272,45 @@ class Server:
             self._watcher.start()
         log.info("serving grpc=%s http=%s", self.options.grpc_address, self.options.http_address)
 
+    async def _start_admin(self) -> None:
+        """The admin listener (aiohttp), behind a connection cap and a connection lifetime."""
+        limits = self.options.admin_limits
+        host, port = split_address(self.options.http_address)
+        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready), access_log=None,
+                               keepalive_timeout=limits.idle_timeout, shutdown_timeout=1.0)
+        await runner.setup()
+        assert runner.server is not None
+        guard = ConnectionGuard("admin", limits.max_connections, self.metrics.connections,
+                                self.metrics.connections_refused)
+        factory = bounded_factory(guard, runner.server, limits.max_connection_age,
+                                  self._admin_live)
+        self._runner = runner
+        self._admin_site = await asyncio.get_running_loop().create_server(
+            factory, host, port, reuse_port=False)
+        sockets = self._admin_site.sockets or ()
+        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        self._admin_sweeper = DeadlineSweeper(
+            lambda: self._admin_live, tick=min(1.0, limits.max_connection_age / 4),
+            closed=self.metrics.connections_closed, port_label="admin")
+        self._admin_sweeper.start()
+
+    async def _stop_admin(self) -> None:
+        if self._admin_sweeper is not None:
+            await self._admin_sweeper.stop()
+        if self._admin_site is not None:
+            self._admin_site.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for conn in list(self._admin_live):
+            conn.expire(float("inf"))
+
     async def _start_grpc(self) -> None:
+        limits = self.options.grpc_limits
         # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), *limits.channel_options()],
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+        )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             AuthorizationServicer(self.engine, self.decision_log), server
         )
@@ -278,13 +342,15 @@ class Server:
         if self._watcher is not None:
             await self._watcher.stop()
         await self._set_serving(False)
+        # Watch streams send NOT_SERVING and end: the gRPC server's grace period waits for
+        # every open call, and a Watch never ends by itself
+        await self.health.end()
         # both transports drain at once, each within the grace period
         await asyncio.gather(
             *([self.http_authz.stop(self.options.grace_seconds)] if self.http_authz else []),
             *([self._grpc.stop(self.options.grace_seconds)] if self._grpc is not None else []),
         )
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stop_admin()
         snapshot = self.engine.snapshot
         if snapshot is not None:
             await snapshot.close()

@@ -212,11 +212,11 @@ def test_render_close_adds_connection_close() -> None:
 
 
 async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
-    from extauthz.http_authz import HttpAuthzServer
+    from extauthz.http_authz import HttpAuthzServer, HttpLimits
     from extauthz.metrics import Metrics
     from extauthz.pipeline import Engine
 
-    srv = HttpAuthzServer(Engine(Metrics()), max_body_bytes=10)
+    srv = HttpAuthzServer(Engine(Metrics()), limits=HttpLimits(max_body_bytes=10))
     port = await srv.start("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -228,34 +228,29 @@ async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
         await srv.stop(1)
 
 
-async def test_a_check_that_suspends_is_finished_as_a_task() -> None:
+async def test_a_check_runs_in_a_task_so_asyncio_timeout_works() -> None:
+    """Issue 13.5: a check driven outside a task could not use asyncio.timeout (every Redis
+    call does): "Timeout should be used inside a task" -> 503 on every Redis-backed check."""
     from extauthz.decision import Decision, GrpcCode, deny
     from extauthz.errors import Reason
-    from extauthz.http_authz import _drive, _resume
+    from extauthz.http_authz import _start_check
 
-    loop = asyncio.get_running_loop()
+    async def bounded(delay: float) -> Decision:
+        async with asyncio.timeout(1):
+            await asyncio.sleep(delay)
+        return deny(403, GrpcCode.PERMISSION_DENIED, Reason.FORBIDDEN, "route-x", "")
 
-    async def slow(fut: asyncio.Future[str]) -> Decision:
-        await asyncio.sleep(0)
-        value = await fut
-        return deny(403, GrpcCode.PERMISSION_DENIED, Reason.FORBIDDEN, value, "")
-
-    fut: asyncio.Future[str] = loop.create_future()
-    coro = slow(fut)
-    done, awaited = _drive(coro)
-    assert not done
-    task = asyncio.ensure_future(_resume(coro, awaited))
-    loop.call_later(0.01, fut.set_result, "route-x")
+    task = _start_check(bounded(0.01))
     decision = await asyncio.wait_for(task, 5)
     assert decision.route == "route-x"
 
-    failing: asyncio.Future[str] = loop.create_future()
-    coro2 = slow(failing)
-    done, awaited = _drive(coro2)
-    task2 = asyncio.ensure_future(_resume(coro2, awaited))
-    loop.call_later(0.01, failing.set_exception, ValueError("boom"))
-    with pytest.raises(ValueError, match="boom"):
-        await asyncio.wait_for(task2, 5)
+    async def too_slow() -> Decision:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(5)
+        raise AssertionError("not reached")
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(_start_check(too_slow()), 5)
 
 
 async def test_http_only_server_without_grpc(tmp_path: Path) -> None:
