@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
-import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from extauthz import __version__
 from extauthz.errors import ConfigError
@@ -26,8 +27,16 @@ def _serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"extauthz: {exc}", file=sys.stderr)
             return 2
+    try:
+        limits = {prefix: _limits(args, prefix, cls) for prefix, cls in _LIMIT_FLAGS.items()}
+    except ValueError as exc:
+        print(f"extauthz: {exc}", file=sys.stderr)
+        return 2
     options = ServerOptions(
         config_path=args.config,
+        http_authz_limits=limits["http_authz"],
+        grpc_limits=limits["grpc"],
+        admin_limits=limits["admin"],
         grpc_address=args.grpc_address,
         http_address=args.http_address,
         grace_seconds=args.grace_seconds,
@@ -47,6 +56,39 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"extauthz: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _limit_classes() -> dict[str, Any]:
+    from extauthz.http_authz import HttpLimits
+    from extauthz.netlimits import AdminLimits, GrpcLimits
+
+    return {"http_authz": HttpLimits, "grpc": GrpcLimits, "admin": AdminLimits}
+
+
+#: flag prefix -> the dataclass of that listener's bounds; one flag per field
+#: (``--grpc-max-concurrent-streams``), so a new bound gets its flag without more code here
+_LIMIT_FLAGS: dict[str, Any] = {}
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    _LIMIT_FLAGS.update(_limit_classes())
+    group = serve.add_argument_group(
+        "resource bounds", "per listener; README 'Resource model' says what each one does")
+    for prefix, cls in _LIMIT_FLAGS.items():
+        for item in dataclasses.fields(cls):
+            flag = f"--{prefix}-{item.name}".replace("_", "-")
+            group.add_argument(flag, type=type(item.default), default=None,
+                               metavar="N" if isinstance(item.default, int) else "SECONDS",
+                               help=f"default {item.default}")
+
+
+def _limits(args: argparse.Namespace, prefix: str, cls: Any) -> Any:
+    """The bounds of one listener from its flags (defaults for those not given)."""
+    given = {item.name: getattr(args, f"{prefix}_{item.name}") for item in dataclasses.fields(cls)}
+    for name, value in given.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"--{prefix}-{name}".replace("_", "-") + " must be positive")
+    return cls(**{k: v for k, v in given.items() if v is not None})
 
 
 def _print_config_error(path: str, exc: ConfigError) -> None:
@@ -253,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not write one JSON line per decision to stdout")
     serve.add_argument("--log-sample-allowed", type=float, default=1.0,
                        help="fraction of allowed decisions to log (denies are always logged)")
+    _add_limit_flags(serve)
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a configuration and exit 0/1")
@@ -302,11 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``extauthz`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    from extauthz import logsetup
+
+    logsetup.configure(args.log_level)  # never blocks: a stuck stderr must not stall checks
     return int(args.func(args))
 
 

@@ -30,6 +30,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extauthz import logsetup
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
 from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
@@ -106,6 +107,7 @@ class Server:
         self.engine = Engine(self.metrics)
         #: the process's Redis clients: a reload that keeps settings.redis keeps the pool
         self.state_hub = StateHub(self.metrics)
+        logsetup.attach_dropped_counter(self.metrics.log_dropped)
         self.health = HealthService()
         self._draining = False
         #: latched once the first snapshot's remote JWKS were fetched (see the module docstring)
