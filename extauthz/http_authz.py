@@ -262,8 +262,10 @@ class _Connection(asyncio.Protocol):
         self.read_paused = False
         #: bytes of this connection's messages charged to the server's budget
         self.held = 0
-        #: monotonic time at which the sweeper closes this connection (see expire)
-        self.deadline = _INF
+        #: monotonic times of the state changes the deadline is computed from (see deadline)
+        self.since = 0.0
+        self.paused_at = 0.0
+        self.begun_at = 0.0
         #: the status and reason a callback refused the message with (431/413/503)
         self.refused: tuple[int, str] = (0, "")
 
@@ -275,14 +277,14 @@ class _Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.limits.max_unread_output,
                                           low=self.limits.max_unread_output // 4)
         self.server.connections.add(self)
-        self.deadline = time.monotonic() + self.limits.idle_timeout
+        self.since = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self.server.connections:
             self.server.connections.discard(self)
             self.server.guard.release()
         self.closing = True
-        self.deadline = _INF
+        self.transport = None
         self.pending.clear()
         self.unparsed = bytearray()
         self.server.release(self.held)
@@ -292,12 +294,12 @@ class _Connection(asyncio.Protocol):
         # The client does not read: stop reading it (TCP flow control then stops its sends)
         # and stop answering; the sweeper closes it if it stays so for idle_timeout.
         self.write_paused = True
+        self.paused_at = time.monotonic()
         self._pause_reading()
-        self._set_idle_deadline()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._set_idle_deadline()
+        self.since = time.monotonic()
         self._continue()
 
     def data_received(self, data: bytes) -> None:
@@ -361,7 +363,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.current = _Message()
         self.receiving = True
-        self.deadline = time.monotonic() + self.limits.head_timeout
+        self.begun_at = time.monotonic()
 
     def _charge(self, message: _Message, size: int) -> None:
         message.size += size
@@ -406,7 +408,6 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.receiving = False
-        self.deadline = _INF  # ours to answer now
         self.pending.append((self.current, self.parser.should_keep_alive()))
         if not self.busy:
             self._next()
@@ -425,20 +426,26 @@ class _Connection(asyncio.Protocol):
                 self._answer(message, view, self._outcome(task), keep_alive, started)
                 continue
             self.busy = True
-            self.deadline = _INF
             self.server.tasks.add(task)
             task.add_done_callback(partial(self._finished, message=message, view=view,
                                            keep_alive=keep_alive, started=started))
             return
-        if not self.busy:
-            self._set_idle_deadline()
 
-    def _set_idle_deadline(self) -> None:
-        if self.closing or self.busy or self.receiving:
-            return
-        if self.write_paused or not self.pending:
-            # waiting for a new request, or for the client to read its answers
-            self.deadline = time.monotonic() + self.limits.idle_timeout
+    @property
+    def deadline(self) -> float:
+        """When the sweeper closes this connection, from its state (``inf``: not now)."""
+        limits = self.limits
+        if self.transport is None:
+            return _INF
+        if self.closing:  # closed after its last answer: the client has idle_timeout to read it
+            return self.since + limits.idle_timeout
+        if self.write_paused:  # answers left unread
+            return self.paused_at + limits.idle_timeout
+        if self.busy or self.pending:  # ours to answer (the check has its own timeouts)
+            return _INF
+        if self.receiving:  # the request must arrive within head_timeout of its first byte
+            return self.begun_at + limits.head_timeout
+        return self.since + limits.idle_timeout  # keep-alive, waiting for a request
 
     @staticmethod
     def _outcome(task: asyncio.Task[Decision]) -> Decision:
@@ -469,6 +476,7 @@ class _Connection(asyncio.Protocol):
         released = min(message.size, self.held)
         self.held -= released
         self.server.release(released)
+        self.since = time.monotonic()
         if self.transport is not None and not self.closing:
             self.transport.write(payload)  # may call pause_writing() at once
             if not keep_alive:
@@ -478,7 +486,7 @@ class _Connection(asyncio.Protocol):
         """Close after what was written is sent; a client that does not read it is aborted
         by the sweeper after idle_timeout (close() alone would keep it open for ever)."""
         self.closing = True
-        self.deadline = time.monotonic() + self.limits.idle_timeout
+        self.since = time.monotonic()
         if self.transport is not None:
             self.transport.close()
 
@@ -495,14 +503,13 @@ class _Connection(asyncio.Protocol):
         """Abort: a deadline passed (head not sent in time, idle, or answers left unread)."""
         if self.transport is None or self.deadline >= now:
             return None
-        if self.receiving:
-            reason = "head_timeout"
-        elif self.write_paused or self.closing:
+        if self.write_paused or self.closing:
             reason = "unread_output"
+        elif self.receiving:
+            reason = "head_timeout"
         else:
             reason = "idle_timeout"
         self.closing = True
-        self.deadline = _INF
         self.transport.abort()
         return reason
 

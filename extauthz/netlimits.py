@@ -39,8 +39,9 @@ FD_RESERVE = 128
 class Closable(Protocol):
     """What the sweeper needs of a connection."""
 
-    #: monotonic time after which the connection is closed (``inf``: no deadline now)
-    deadline: float
+    @property
+    def deadline(self) -> float:
+        """Monotonic time after which the connection is closed (``inf``: no deadline now)."""
 
     def expire(self, now: float) -> str | None:
         """Close the connection because its deadline passed; the reason label (None: kept)."""
