@@ -46,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_authz_address=args.http_authz_address,
         http_authz_path_prefix=args.http_authz_path_prefix,
         http_authz_source_header=args.http_authz_source_header,
+        heap_trim_seconds=args.heap_trim_interval,
     )
     try:
         asyncio.run(Server(options).run_until_signal())
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not write one JSON line per decision to stdout")
     serve.add_argument("--log-sample-allowed", type=float, default=1.0,
                        help="fraction of allowed decisions to log (denies are always logged)")
+    serve.add_argument("--heap-trim-interval", type=float, default=30.0, metavar="SECONDS",
+                       help="return freed heap memory to the system this often, after a burst "
+                            "of connections or checks (0: never)")
     _add_limit_flags(serve)
     serve.set_defaults(func=_serve)
 

@@ -223,11 +223,13 @@ class GrpcLimits:
     connection is at ``max_concurrent_streams`` Envoy opens another one."""
 
     #: connections; beyond it grpc's core closes new connections at once
-    max_connections: int = 64
-    #: MAX_CONCURRENT_STREAMS advertised in SETTINGS: streams one connection may have open
-    max_concurrent_streams: int = 100
-    #: checks in progress in the whole server; beyond it a new call gets RESOURCE_EXHAUSTED
-    max_concurrent_rpcs: int = 1000
+    max_connections: int = 32
+    #: MAX_CONCURRENT_STREAMS advertised in SETTINGS: streams one connection may have open.
+    #: A stream whose answer is not read pins ~31 KiB (measured), so the worst case is
+    #: max_connections x max_concurrent_streams x 31 KiB = 62 MiB with the defaults. (No
+    #: server-wide cap on calls: grpc's maximum_concurrent_rpcs let one client that never reads
+    #: fill it and turn every other client's checks into RESOURCE_EXHAUSTED.)
+    max_concurrent_streams: int = 64
     #: one CheckRequest (headers + forwarded body) as received
     max_receive_message_bytes: int = 1024 * 1024
     #: request metadata (HTTP/2 header block) of one call

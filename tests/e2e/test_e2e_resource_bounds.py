@@ -9,6 +9,7 @@ requests fails, and memory stays within the bound the README's resource model do
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -49,14 +50,15 @@ def server_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
         server.stop()
 
 
-def assert_normal_client_unharmed(samples: Samples, *, http_transport: bool = True) -> None:
+def assert_normal_client_unharmed(samples: Samples, *, http_transport: bool = True,
+                                  bound: float = P99_BOUND) -> None:
     kinds = ("grpc", "healthz", "http_authz") if http_transport else ("grpc", "healthz")
     print("\nnormal client during the attack:", samples.summary())
     assert not samples.failures, samples.summary()
     for kind in kinds:
         values = samples.latencies.get(kind, [])
         assert len(values) >= 10, samples.summary()
-        assert p99(values) < P99_BOUND, samples.summary()
+        assert p99(values) < bound, samples.summary()
 
 
 def http_metric(server: Server, name: str, **labels: str) -> float:
@@ -132,10 +134,9 @@ def test_idle_connection_flood_under_nofile_1024_leaves_grpc_and_healthz_working
         time.sleep(0.5)  # its HTTP-transport connection is open before the flood
         try:
             for _ in range(1124):  # what stopped gRPC and /healthz under nofile=1024
-                try:
+                # (refused beyond the cap so fast that connect() may see the reset)
+                with contextlib.suppress(ConnectionResetError):
                     flood.append(socket.create_connection((LOOPBACK, server.authz_port), 5))
-                except ConnectionResetError:
-                    pass  # refused beyond the cap so fast that connect() saw the reset
             opened = time.monotonic()
             time.sleep(0.5)
             text = server.metrics()
