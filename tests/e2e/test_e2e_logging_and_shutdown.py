@@ -107,8 +107,9 @@ def test_a_pipe_nobody_reads_does_not_stall_checks_or_healthz(
     conn.close()
     dropped = metric(text, "extauthz_log_dropped_total")
     decisions_dropped = metric(text, "extauthz_decision_log_dropped_total")
-    print(f"\n12 000 logged checks into unread pipes: gRPC + /healthz p99 {p99(latencies) * 1000:.1f}"
-          f" ms; log records dropped {dropped:.0f}, decision-log lines dropped "
+    print(f"\n12 000 logged checks into unread pipes: gRPC + /healthz p99 "
+          f"{p99(latencies) * 1000:.1f} ms; log records dropped {dropped:.0f}, decision-log "
+          "lines dropped "
           f"{decisions_dropped:.0f}")
     assert p99(latencies) < 0.5
     assert dropped > 0  # the pipe was full: lines were dropped, not waited for

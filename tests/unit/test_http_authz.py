@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -319,3 +321,154 @@ async def test_source_rule_sees_the_address_from_the_configured_header(tmp_path:
         assert statuses == [200, 403, 403]
     finally:
         await srv.stop()
+
+
+# -- resource bounds (issue 13.1 / 13.3; the process-level attacks are in
+# tests/e2e/test_e2e_resource_bounds.py) --------------------------------------------------------
+
+
+@pytest.fixture
+async def bounded(tmp_path: Path) -> AsyncIterator[Server]:
+    from extauthz.http_authz import HttpLimits
+
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    limits = HttpLimits(max_connections=3, max_body_bytes=40_000, max_buffered_bytes=50_000,
+                        head_timeout=0.4, idle_timeout=0.6)
+    srv = Server(ServerOptions(str(config), "127.0.0.1:0", "127.0.0.1:0", grace_seconds=2,
+                               decision_log=False, watch_interval_seconds=0,
+                               http_authz_address="127.0.0.1:0", http_authz_limits=limits))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def _closed(server: Server, reason: str) -> float:
+    value: float = server.metrics.connections_closed.labels("http_authz", reason)._value.get()
+    return value
+
+
+async def test_many_tiny_chunks_reach_the_engine_whole_and_in_order(server: Server) -> None:
+    from extauthz.http_authz import _Connection
+
+    seen: list[bytes] = []
+    begin = server.http_authz.begin  # type: ignore[union-attr]
+
+    def spy(message: Any) -> Any:
+        seen.append(bytes(message.body))
+        return begin(message)
+
+    server.http_authz.begin = spy  # type: ignore[union-attr, method-assign]
+    body = bytes(range(256)) * 40  # 10 240 one-byte chunks
+    head = (f"POST /check/api/x HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\n"
+            "transfer-encoding: chunked\r\n\r\n").encode()
+    chunks = b"".join(b"1\r\n" + body[i:i + 1] + b"\r\n" for i in range(len(body)))
+    [resp] = await exchange(server, head + chunks + b"0\r\n\r\n")
+    assert resp.status == 200
+    assert seen == [body]
+    assert _Connection  # the connection class charged 10 240 chunks without re-summing
+
+
+async def test_pipelined_requests_across_parse_slices_are_all_answered_in_order(
+    server: Server,
+) -> None:
+    # 300 requests (~30 KB) in one write: parsed 8 KiB at a time, paused at max_pipelined
+    raw = [request(f"/api/{i}", {"x-api-key": KEY} if i % 3 else None) for i in range(300)]
+    responses = await exchange(server, *raw)
+    assert [r.status for r in responses] == [401 if i % 3 == 0 else 200 for i in range(300)]
+
+
+async def test_connections_beyond_the_cap_are_refused_and_counted(bounded: Server) -> None:
+    port = bounded.http_authz_port
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            writer.write(request("/api/a", {"x-api-key": KEY}))
+            await writer.drain()
+            await read_response(reader)
+        refused = bounded.metrics.connections_refused.labels("http_authz")._value.get()
+        assert refused == 1
+        assert bounded.metrics.connections.labels("http_authz")._value.get() == 3
+    finally:
+        writer.close()
+        for _, w in held:
+            w.close()
+    await asyncio.sleep(0.1)
+    [resp] = await exchange(bounded, request("/api/a", {"x-api-key": KEY}))  # room again
+    assert resp.status == 200
+
+
+async def test_requests_held_over_the_server_budget_are_503_and_closed(bounded: Server) -> None:
+    port = bounded.http_authz_port
+    head = (f"POST /check/api/x HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\n"
+            "content-length: 40000\r\n\r\n").encode()
+    first_r, first = await asyncio.open_connection("127.0.0.1", port)
+    second_r, second = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        first.write(head + b"a" * 30_000)  # held: 30 KB of the 50 KB budget
+        await first.drain()
+        await asyncio.sleep(0.05)
+        second.write(head + b"b" * 30_000)  # would hold 60 KB
+        resp = await read_response(second_r)
+        assert resp.status == 503
+        assert await asyncio.wait_for(second_r.read(), 5) == b""
+        assert _closed(bounded, "buffer_budget") == 1
+        first.write(b"a" * 10_000)  # the first one completes normally
+        assert (await read_response(first_r)).status == 200
+        assert bounded.http_authz.buffered == 0  # type: ignore[union-attr]
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_slow_head_and_idle_connections_are_closed_at_their_deadlines(
+    bounded: Server,
+) -> None:
+    port = bounded.http_authz_port
+    slow_r, slow = await asyncio.open_connection("127.0.0.1", port)
+    idle_r, idle = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        slow.write(b"GET /check/api/x HTTP/1.1\r\nhost: a\r\n")  # never finished
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(slow_r.read(), 5) == b""
+        slow_after = asyncio.get_running_loop().time() - started
+        assert await asyncio.wait_for(idle_r.read(), 5) == b""
+        idle_after = asyncio.get_running_loop().time() - started
+    finally:
+        slow.close()
+        idle.close()
+    # head_timeout 0.4 s, idle_timeout 0.6 s, sweeps every 0.1 s
+    assert 0.3 < slow_after < 1.5 and 0.5 < idle_after < 2.0
+    assert _closed(bounded, "head_timeout") == 1
+    assert _closed(bounded, "idle_timeout") == 1
+
+
+async def test_answers_left_unread_pause_reading_and_the_connection_is_aborted(
+    bounded: Server,
+) -> None:
+    port = bounded.http_authz_port
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    payload = request("/api/a", {"x-api-key": KEY}) * 200_000
+    sent = 0
+    loop = asyncio.get_running_loop()
+    stalled_at = loop.time()
+    while loop.time() - stalled_at < 0.5 and sent < len(payload):
+        try:
+            sent += sock.send(payload[sent:sent + 65536])
+            stalled_at = loop.time()
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+    try:
+        assert sent < len(payload)  # pushed back: the server stopped reading
+        assert bounded.metrics.reading_paused.labels("http_authz")._value.get() >= 1
+        for _ in range(60):  # idle_timeout 0.6 s after the answers stopped being read
+            if _closed(bounded, "unread_output") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert _closed(bounded, "unread_output") == 1
+    finally:
+        sock.close()
