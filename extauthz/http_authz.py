@@ -131,12 +131,13 @@ class HttpLimits:
     max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
     #: one request's body (Envoy's ``with_request_body.max_request_bytes`` should be lower)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    #: all connections' requests held in memory together (received, not yet answered)
-    max_buffered_bytes: int = 32 * 1024 * 1024
+    #: all connections' request bytes held in memory together (received, not yet answered,
+    #: parsed or not)
+    max_buffered_bytes: int = 16 * 1024 * 1024
     #: answers written but not read by the client; above it the connection is not read
     max_unread_output: int = 64 * 1024
     #: requests parsed ahead of their answers on one connection; above it reading pauses
-    max_pipelined: int = 32
+    max_pipelined: int = 16
 
     def check(self) -> None:
         """Raise ValueError naming the first bound that is not positive."""
@@ -148,7 +149,7 @@ class HttpLimits:
 #: bytes handed to the parser at a time: between slices the connection may stop parsing (its
 #: client pipelines ahead of reading its answers), so one 256 KiB socket read of tiny pipelined
 #: requests never becomes thousands of parsed requests at once
-_PARSE_SLICE = 8 * 1024
+_PARSE_SLICE = 4 * 1024
 _INF = float("inf")
 #: listener label of the metrics
 PORT_LABEL = "http_authz"
@@ -286,8 +287,8 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         self.transport = None
         self.pending.clear()
+        self.server.release(self.held + len(self.unparsed))
         self.unparsed = bytearray()
-        self.server.release(self.held)
         self.held = 0
 
     def pause_writing(self) -> None:
@@ -306,10 +307,17 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         if self.unparsed or self._blocked():
-            self.unparsed += data
-            self._pause_reading()
+            self._hold_unparsed(data)
             return
         self._feed(data)
+
+    def _hold_unparsed(self, data: bytes | memoryview) -> None:
+        """Keep bytes the parser may not see yet (charged to the server's budget) and stop
+        reading until they are parsed."""
+        self.unparsed += data
+        self._pause_reading()
+        if not self.server.charge(len(data)):
+            self._fail(503, "buffer_budget")
 
     def _blocked(self) -> bool:
         """Parse no further: answers are not being read, or too many wait for their turn."""
@@ -330,8 +338,7 @@ class _Connection(asyncio.Protocol):
                 if self.closing:
                     return
                 if pos and self._blocked():
-                    self.unparsed = bytearray(view[pos:])
-                    self._pause_reading()
+                    self._hold_unparsed(view[pos:])
                     return
                 self.parser.feed_data(view[pos:pos + _PARSE_SLICE])
         except _TooLarge as exc:
@@ -352,6 +359,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.unparsed:
             data, self.unparsed = self.unparsed, bytearray()
+            self.server.release(len(data))
             self._feed(data)
             if self.closing or self.unparsed:
                 return
