@@ -51,8 +51,9 @@ def server_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def assert_normal_client_unharmed(samples: Samples, *, http_transport: bool = True,
-                                  bound: float = P99_BOUND) -> None:
-    kinds = ("grpc", "healthz", "http_authz") if http_transport else ("grpc", "healthz")
+                                  healthz: bool = True, bound: float = P99_BOUND) -> None:
+    kinds = ["grpc"] + (["healthz"] if healthz else []) + (["http_authz"] if http_transport
+                                                           else [])
     print("\nnormal client during the attack:", samples.summary())
     assert not samples.failures, samples.summary()
     for kind in kinds:
@@ -265,3 +266,37 @@ def test_pipelining_client_that_never_reads_is_no_longer_read_and_memory_is_boun
     assert http_metric(server, "extauthz_connections") == 0  # none left (normal client gone)
     assert after - before < 16
     assert_normal_client_unharmed(normal.samples)
+
+
+# -- admin listener ---------------------------------------------------------------------------
+
+
+def test_admin_connection_flood_is_capped_and_cut_at_the_connection_lifetime(
+    server_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    lifetime = 2.0
+    server = server_factory("--admin-max-connections", "20",
+                            "--admin-max-connection-age", str(lifetime))
+    flood: list[socket.socket] = []
+    with NormalClient(server, healthz=False) as normal:  # the checks, on the other ports
+        time.sleep(0.5)
+        try:
+            for _ in range(100):
+                with contextlib.suppress(ConnectionResetError):
+                    flood.append(socket.create_connection((LOOPBACK, server.http_port), 5))
+            opened = time.monotonic()
+            while sum(closed_by_peer(s) for s in flood) < len(flood):
+                assert time.monotonic() - opened < lifetime + 3, "admin connections not cut"
+                time.sleep(0.2)
+            cut_after = time.monotonic() - opened
+        finally:
+            for sock in flood:
+                sock.close()
+    text = server.metrics()  # and /metrics answers again
+    refused = metric(text, "extauthz_connections_refused_total", {"port": "admin"})
+    cut = metric(text, "extauthz_connections_closed_total", {"port": "admin", "reason": "lifetime"})
+    print(f"\n100 idle admin connections: {refused:.0f} refused (cap 20), {cut:.0f} cut after "
+          f"{cut_after:.1f} s (lifetime {lifetime} s)")
+    assert refused >= 80
+    assert cut >= 19
+    assert_normal_client_unharmed(normal.samples, healthz=False)

@@ -130,11 +130,12 @@ class NormalClient:
     """A well-behaved client of all three ports, measuring itself (see module docstring)."""
 
     def __init__(self, server: Server, interval: float = 0.02, timeout: float = 5.0,
-                 http_transport: bool = True) -> None:
+                 http_transport: bool = True, healthz: bool = True) -> None:
         self.server = server
         self.interval = interval
         self.timeout = timeout
         self.http_transport = http_transport
+        self.healthz = healthz
         self.samples = Samples()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="normal-client", daemon=True)
@@ -200,7 +201,8 @@ class NormalClient:
         try:
             while not self._stop.is_set():
                 self._timed("grpc", grpc_check)
-                self._timed("healthz", healthz)
+                if self.healthz:
+                    self._timed("healthz", healthz)
                 if self.http_transport:
                     self._timed("http_authz", http_check)
                 self._stop.wait(self.interval)
