@@ -7,13 +7,16 @@ not returned), a stream flood or rapid reset made other clients' checks fail (CA
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from pathlib import Path
 
 import pytest
 from hyperframe.frame import SettingsFrame
 
-from tests.e2e.test_e2e_resource_bounds import assert_normal_client_unharmed
+from extauthz.demo.procs import LOOPBACK
+from tests.e2e.test_e2e_resource_bounds import assert_normal_client_unharmed, closed_by_peer
 from tests.support.abuse import NormalClient, Server, check_request, rss_mib, start_server
 from tests.support.h2raw import RawH2
 
@@ -98,4 +101,34 @@ def test_rapid_reset_does_not_fail_other_clients(server: Server) -> None:
           f" RSS {before:.1f} -> {after:.1f} MiB")
     assert after - before < 24
     assert server.proc.running
+    assert_normal_client_unharmed(normal.samples, http_transport=False)
+
+
+def test_silent_connections_are_closed_at_the_handshake_timeout(tmp_path: Path) -> None:
+    handshake = 2.0
+    server = start_server(tmp_path / "hs", ["--grpc-handshake-timeout", str(handshake)])
+    silent: list[socket.socket] = []
+    try:
+        with NormalClient(server, http_transport=False) as normal:
+            time.sleep(0.5)  # its channel is connected before the flood
+            for _ in range(40):  # more than the cap, and never a byte of HTTP/2
+                with contextlib.suppress(OSError):
+                    silent.append(socket.create_connection((LOOPBACK, server.grpc_port), 5))
+            opened = time.monotonic()
+            closed_at: dict[int, float] = {}
+            while len(closed_at) < len(silent) and time.monotonic() - opened < handshake + 5:
+                for index, sock in enumerate(silent):
+                    if index not in closed_at and closed_by_peer(sock):
+                        closed_at[index] = time.monotonic() - opened
+                time.sleep(0.1)
+            time.sleep(0.5)
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop()
+    slowest = max(closed_at.values()) if closed_at else float("inf")
+    print(f"\n40 silent connections to the gRPC port: {len(closed_at)} closed, the last after "
+          f"{slowest:.1f} s (handshake timeout {handshake} s)")
+    assert len(closed_at) == len(silent)
+    assert slowest < handshake + 3
     assert_normal_client_unharmed(normal.samples, http_transport=False)
