@@ -22,7 +22,6 @@ path.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import threading
@@ -34,6 +33,7 @@ from urllib.parse import parse_qsl
 from prometheus_client import Counter
 
 from extauthz.decision import Decision, Outcome
+from extauthz.logsetup import write_all
 from extauthz.types import RequestView
 
 #: records formatted per hold of the GIL by the writer (~7 us each: well under a millisecond)
@@ -173,12 +173,7 @@ class DecisionLog:
             stream.write(text)
             stream.flush()
             return
-        view = memoryview(text.encode("utf-8", "replace"))
-        while view:
-            try:
-                view = view[os.write(self._fd, view):]
-            except InterruptedError:
-                continue
+        write_all(self._fd, text.encode("utf-8", "replace"))
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is pending and stop the writer thread."""

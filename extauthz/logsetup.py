@@ -30,6 +30,16 @@ DEFAULT_MAX_QUEUE = 10_000
 EXIT_FLUSH_SECONDS = 1.0
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to descriptor ``fd`` (blocking; raises OSError)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except InterruptedError:
+            continue
+
+
 class NonBlockingHandler(logging.Handler):
     """Formats in the caller, queues without waiting, writes from one daemon thread."""
 
@@ -75,15 +85,10 @@ class NonBlockingHandler(logging.Handler):
                 self._queue.task_done()
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self._fd, view)
-            except InterruptedError:
-                continue
-            except OSError:  # closed or broken pipe: nobody to tell
-                return
-            view = view[written:]
+        try:
+            write_all(self._fd, data)
+        except OSError:  # closed or broken pipe: nobody to tell
+            pass
 
     def flush_pending(self, timeout: float = EXIT_FLUSH_SECONDS) -> bool:
         """Wait up to ``timeout`` for queued lines to be written; False when they were not."""

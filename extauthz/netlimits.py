@@ -29,6 +29,8 @@ from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 
+from extauthz.config.schema import GRPC_MAX_RECEIVE_BYTES
+
 log = logging.getLogger("extauthz.netlimits")
 
 #: descriptors kept free for everything that is not a client connection: Redis pool, JWKS and
@@ -230,8 +232,10 @@ class GrpcLimits:
     #: server-wide cap on calls: grpc's maximum_concurrent_rpcs let one client that never reads
     #: fill it and turn every other client's checks into RESOURCE_EXHAUSTED.)
     max_concurrent_streams: int = 64
-    #: one CheckRequest (headers + forwarded body) as received
-    max_receive_message_bytes: int = 1024 * 1024
+    #: one CheckRequest (headers + forwarded body) as received; settings.limits are validated
+    #: against grpc's default (4 MiB), so lowering this below max_header_bytes + max_body_bytes
+    #: + 256 KiB makes grpc refuse such requests (Envoy: 403 without a reason; a warning at load)
+    max_receive_message_bytes: int = GRPC_MAX_RECEIVE_BYTES
     #: request metadata (HTTP/2 header block) of one call
     max_metadata_bytes: int = 64 * 1024
     #: a connection with no call for this long is closed (GOAWAY)

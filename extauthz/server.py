@@ -34,6 +34,7 @@ from extauthz import logsetup
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
 from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
+from extauthz.config.schema import GRPC_MAX_RECEIVE_BYTES, MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
 from extauthz.health import HealthService
@@ -197,6 +198,7 @@ class Server:
                 # every nonce seen before the reload could be replayed). No await between this
                 # and the swap, so the old snapshot records nothing the new one misses.
                 snapshot.inherit_from(current)
+            self._warn_if_grpc_refuses(snapshot)
             previous = self.engine.swap(snapshot)
             self.metrics.config_loads.labels("success").inc()
             self.metrics.config_last_success.set_to_current_time()
@@ -207,6 +209,20 @@ class Server:
             # the snapshot's objects out of the cyclic GC's generations (see settle_heap)
             settle_heap()
             return snapshot
+
+    def _warn_if_grpc_refuses(self, snapshot: Snapshot) -> None:
+        """settings.limits may allow a CheckRequest larger than the gRPC listener receives."""
+        if self.options.grpc_address == GRPC_OFF:
+            return
+        limits = snapshot.settings.limits
+        room = self.options.grpc_limits.max_receive_message_bytes - (
+            GRPC_MAX_RECEIVE_BYTES - MAX_CHECK_PAYLOAD_BYTES)
+        if limits.max_header_bytes + limits.max_body_bytes > room:
+            log.warning("settings.limits.max_header_bytes + max_body_bytes (%d) exceed what "
+                        "--grpc-max-receive-message-bytes %d leaves for them (%d): gRPC refuses "
+                        "such CheckRequests before extauthz sees them (Envoy answers 403)",
+                        limits.max_header_bytes + limits.max_body_bytes,
+                        self.options.grpc_limits.max_receive_message_bytes, room)
 
     async def reload(self) -> bool:
         """Reload the configuration; on failure keep serving the previous one. Never raises."""

@@ -66,7 +66,8 @@ def test_grpc_options_advertise_the_stream_and_connection_bounds() -> None:
     options = dict(GrpcLimits(max_concurrent_streams=7, max_connections=3).channel_options())
     assert options["grpc.max_concurrent_streams"] == 7
     assert options["grpc.max_allowed_incoming_connections"] == 3
-    assert options["grpc.max_receive_message_length"] == 1024 * 1024
+    assert options["grpc.max_receive_message_length"] == 4 * 1024 * 1024  # what settings.limits
+    # are validated against
 
 
 class _Conn:
