@@ -16,6 +16,7 @@ the process still exits (the writer is a daemon thread, abandoned at exit when i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import queue
@@ -85,10 +86,8 @@ class NonBlockingHandler(logging.Handler):
                 self._queue.task_done()
 
     def _write(self, data: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):  # closed or broken pipe: nobody to tell
             write_all(self._fd, data)
-        except OSError:  # closed or broken pipe: nobody to tell
-            pass
 
     def flush_pending(self, timeout: float = EXIT_FLUSH_SECONDS) -> bool:
         """Wait up to ``timeout`` for queued lines to be written; False when they were not."""
