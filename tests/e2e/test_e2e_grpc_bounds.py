@@ -132,3 +132,53 @@ def test_silent_connections_are_closed_at_the_handshake_timeout(tmp_path: Path) 
     assert len(closed_at) == len(silent)
     assert slowest < handshake + 3
     assert_normal_client_unharmed(normal.samples, http_transport=False)
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bool:
+    """Read and discard until the server closes the connection; False at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            if not sock.recv(1 << 20):
+                return True
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def test_idle_and_aged_connections_get_goaway_and_stuck_streams_are_released(
+    tmp_path: Path,
+) -> None:
+    server = start_server(tmp_path / "age", ["--grpc-idle-timeout", "2",
+                                             "--grpc-max-connection-age", "3",
+                                             "--grpc-connection-age-grace", "1"])
+    try:
+        with NormalClient(server, http_transport=False) as normal:
+            time.sleep(0.5)
+            idle = RawH2(server.grpc_port)
+            idle.server_settings()
+            stuck = RawH2(server.grpc_port, initial_window=0)
+            stuck.server_settings()
+            assert stuck.send(stuck.calls(64, check_request().SerializeToString()))
+            started = time.monotonic()
+            idle_goaway = idle.goaway(timeout=6)
+            idle_after = time.monotonic() - started
+            stuck_goaway = stuck.goaway(timeout=8)
+            stuck_after = time.monotonic() - started
+            stuck_closed = read_until_closed(stuck.sock, timeout=4)
+            closed_after = time.monotonic() - started
+            idle.close()
+            stuck.close()
+    finally:
+        server.stop()
+    print(f"\nidle connection: GOAWAY {idle_goaway} after {idle_after:.1f} s (idle 2 s); "
+          f"connection with 64 stuck streams: GOAWAY {stuck_goaway} after {stuck_after:.1f} s "
+          f"(age 3 s + grace 1 s), closed {stuck_closed} after {closed_after:.1f} s")
+    assert idle_goaway is not None and idle_after < 2 + 3
+    assert stuck_goaway is not None and stuck_after < 3 + 1 + 4
+    assert stuck_closed
+    # the normal client's own channel is aged too: it reconnects by itself without a failure
+    assert_normal_client_unharmed(normal.samples, http_transport=False)
