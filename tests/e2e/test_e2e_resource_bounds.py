@@ -300,3 +300,56 @@ def test_admin_connection_flood_is_capped_and_cut_at_the_connection_lifetime(
     assert refused >= 80
     assert cut >= 19
     assert_normal_client_unharmed(normal.samples, healthz=False)
+
+
+def test_oversized_heads_bodies_and_the_server_budget_refuse_and_close(
+    server_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    budget = 1_000_000
+    server = server_factory("--http-authz-max-buffered-bytes", str(budget),
+                            "--http-authz-max-body-bytes", "200000")
+    statuses: dict[bytes, int] = {}
+    held: list[socket.socket] = []
+    with NormalClient(server) as normal:
+        time.sleep(0.5)
+        try:
+            for _ in range(30):  # request heads over 96 KiB: 431 and closed
+                with socket.create_connection((LOOPBACK, server.authz_port), 5) as sock:
+                    sock.sendall(b"GET /check/api/x HTTP/1.1\r\nx-big: " + b"a" * 100_000
+                                 + b"\r\n\r\n")
+                    status = read_status(sock)
+                    statuses[status] = statuses.get(status, 0) + 1
+            for _ in range(30):  # bodies over 200 000 bytes: 413 and closed
+                with socket.create_connection((LOOPBACK, server.authz_port), 5) as sock:
+                    sock.sendall(b"POST /check/api/x HTTP/1.1\r\ncontent-length: 300000\r\n\r\n"
+                                 + b"b" * 250_000)
+                    status = read_status(sock)
+                    statuses[status] = statuses.get(status, 0) + 1
+            for _ in range(12):  # 12 x 150 KB held and never finished: 1 MB budget crossed
+                sock = socket.create_connection((LOOPBACK, server.authz_port), 5)
+                sock.sendall(b"POST /check/api/x HTTP/1.1\r\ncontent-length: 190000\r\n\r\n"
+                             + b"c" * 150_000)
+                held.append(sock)
+            time.sleep(0.5)
+            refused = [status for status in map(_answer_if_any, held) if status]
+        finally:
+            for sock in held:
+                sock.close()
+    print(f"\noversized: {statuses}; budget: {len(refused)} of 12 held requests refused "
+          f"({refused[:1]})")
+    assert statuses == {b"HTTP/1.1 431 Request Header Fields Too Large": 30,
+                        b"HTTP/1.1 413 Content Too Large": 30}
+    assert len(refused) >= 5  # 1 MB / 150 KB: at most 6 fit
+    assert set(refused) == {b"HTTP/1.1 503 Service Unavailable"}
+    assert http_metric(server, "extauthz_connections_closed_total", reason="too_large") == 60
+    assert http_metric(server, "extauthz_connections_closed_total",
+                       reason="buffer_budget") == len(refused)
+    assert_normal_client_unharmed(normal.samples)
+
+
+def _answer_if_any(sock: socket.socket) -> bytes:
+    """The status line the server sent on a connection we have not finished ("" if none)."""
+    try:
+        return read_status(sock, timeout=0.3)
+    except TimeoutError:
+        return b""
