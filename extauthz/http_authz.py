@@ -316,7 +316,7 @@ class _Connection(asyncio.Protocol):
         reading until they are parsed."""
         self.unparsed += data
         self._pause_reading()
-        if not self.server.charge(len(data)):
+        if not self.server.charge(len(data), self.held + len(self.unparsed)):
             self._fail(503, "buffer_budget")
 
     def _blocked(self) -> bool:
@@ -376,7 +376,7 @@ class _Connection(asyncio.Protocol):
     def _charge(self, message: _Message, size: int) -> None:
         message.size += size
         self.held += size
-        if not self.server.charge(size):
+        if not self.server.charge(size, self.held + len(self.unparsed)):
             self.refused = (503, "buffer_budget")
             raise _TooLarge(503, "buffer_budget")
 
@@ -557,10 +557,18 @@ class HttpAuthzServer:
         self.buffered = 0
         self.port = 0
 
-    def charge(self, size: int) -> bool:
-        """Hold ``size`` more bytes of requests; False when over the server-wide budget."""
+    def charge(self, size: int, holder: int) -> bool:
+        """Hold ``size`` more bytes of requests for a connection now holding ``holder`` bytes.
+
+        False (refuse that connection) when the server is over its budget *and* this
+        connection holds more than its fair share (the budget divided among the open
+        connections): clients that fill the budget with slow bodies are the ones refused, while
+        a small request on another connection still gets through. The budget is thereby soft,
+        at most twice ``max_buffered_bytes``: every connection kept is within its share.
+        """
         self.buffered += size
-        return self.buffered <= self.limits.max_buffered_bytes
+        budget = self.limits.max_buffered_bytes
+        return self.buffered <= budget or holder * max(1, len(self.connections)) <= budget
 
     def release(self, size: int) -> None:
         """Bytes of requests no longer held."""

@@ -491,3 +491,25 @@ async def test_answers_left_unread_pause_reading_and_the_connection_is_aborted(
         assert bounded.http_authz.buffered == 0  # type: ignore[union-attr]  # all given back
     finally:
         sock.close()
+
+
+async def test_over_the_budget_a_request_within_its_fair_share_still_passes(
+    bounded: Server,
+) -> None:
+    port = bounded.http_authz_port
+    head = (f"POST /check/api/x HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\n"
+            "content-length: 40000\r\n\r\n").encode()
+    slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    try:
+        for _, writer in slow:  # 2 x 24 KB held of the 50 KB budget, never finished
+            writer.write(head + b"s" * 24_000)
+            await writer.drain()
+        await asyncio.sleep(0.05)
+        # 3 KB more crosses the budget, but this connection holds far less than a third of it
+        [resp] = await exchange(bounded, request("/api/a", {"x-api-key": KEY},
+                                                 method="POST", body=b"x" * 3_000))
+        assert resp.status == 200
+        assert _closed(bounded, "buffer_budget") == 0
+    finally:
+        for _, writer in slow:
+            writer.close()
