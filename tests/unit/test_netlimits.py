@@ -116,3 +116,18 @@ def test_log_handler_drops_and_counts_instead_of_blocking() -> None:
         assert not handler.flush_pending(timeout=0.1)  # the writer is stuck; we are not
     finally:
         os.close(read_end)  # the stuck writer gets EPIPE and gives up
+
+
+def test_serve_refuses_to_start_when_the_caps_do_not_fit_the_descriptor_limit(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        ["prlimit", "--nofile=200:200", "--", sys.executable, "-m", "extauthz", "serve",
+         "--config", str(tmp_path / "unused.yaml"), "--grpc-address", "127.0.0.1:0",
+         "--http-address", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "exceed the open-file limit (RLIMIT_NOFILE 200)" in result.stderr
