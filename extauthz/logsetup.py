@@ -102,28 +102,28 @@ class NonBlockingHandler(logging.Handler):
 _handler: NonBlockingHandler | None = None
 
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-def configure(level: str, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+def install(level: str, formatter: logging.Formatter,
+            max_queue: int = DEFAULT_MAX_QUEUE) -> bool:
     """Send the root logger (and warnings) to stderr through a :class:`NonBlockingHandler`
-    (a plain stream handler when stderr has no descriptor, e.g. captured in a test)."""
+    with ``formatter``. False (nothing installed) when the root logger already has a handler,
+    like ``logging.basicConfig``, or when stderr has no descriptor (captured in a test): the
+    caller then installs a plain stream handler."""
     global _handler
+    root = logging.getLogger()
+    if root.handlers:
+        return False
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
-        logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)
-        return
+        return False
     handler = NonBlockingHandler(fd, max_queue)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    handler.setFormatter(formatter)
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)  # warnings.warn would write to sys.stderr in place
     atexit.register(handler.flush_pending)
     _handler = handler
+    return True
 
 
 def attach_dropped_counter(counter: Any) -> None:

@@ -40,6 +40,7 @@ from extauthz.errors import ConfigError
 from extauthz.health import HealthService
 from extauthz.heaptrim import HeapTrimmer
 from extauthz.http_authz import HttpAuthzServer, HttpLimits
+from extauthz.idtoken import IdentityTokens
 from extauthz.metrics import Metrics
 from extauthz.netlimits import (
     AdminLimits,
@@ -299,7 +300,8 @@ class Server:
         """The admin listener (aiohttp), behind a connection cap and a connection lifetime."""
         limits = self.options.admin_limits
         host, port = split_address(self.options.http_address)
-        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready), access_log=None,
+        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready,
+                                              self._identity_tokens), access_log=None,
                                keepalive_timeout=limits.idle_timeout, shutdown_timeout=1.0)
         await runner.setup()
         assert runner.server is not None
@@ -326,6 +328,11 @@ class Server:
             await self._runner.cleanup()
         for conn in list(self._admin_live):
             conn.expire(float("inf"))
+
+    def _identity_tokens(self) -> IdentityTokens | None:
+        """The serving snapshot's identity tokens (the admin endpoint publishes their keys)."""
+        snapshot = self.engine.snapshot
+        return snapshot.identity_tokens if snapshot is not None else None
 
     async def _start_grpc(self) -> None:
         limits = self.options.grpc_limits

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from extauthz.config.idtoken_schema import IdentityTokenSpec, RouteIdentityTokenSpec
+
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -715,6 +717,8 @@ class RouteSpec(Model):
     authn_mode: Literal["any_of", "all_of"] = "any_of"
     authz: AuthzSpec = Field(default_factory=AuthzSpec)
     strip_credentials: bool | None = None
+    #: mint a signed identity token for the upstream (docs/identity-token.md)
+    identity_token: RouteIdentityTokenSpec | None = None
 
     @model_validator(mode="after")
     def _authn_or_public(self) -> RouteSpec:
@@ -883,6 +887,8 @@ class Settings(Model):
     revocation_file: str | None = Field(default=None, min_length=1)
     #: request size limits (see :class:`Limits`)
     limits: Limits = Field(default_factory=Limits)
+    #: signed identity token for the upstream (docs/identity-token.md); none = off
+    identity_token: IdentityTokenSpec | None = None
 
     @field_validator("identity_header_prefix")
     @classmethod
