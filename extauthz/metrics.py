@@ -154,6 +154,12 @@ class Metrics:
             "Log records dropped because stderr could not keep up (logging never blocks).",
             registry=r,
         )
+        self.redis_data_loss = Counter(
+            "extauthz_redis_data_loss",
+            "Times Redis was seen to have lost extauthz's data (its epoch key changed or "
+            "vanished).",
+            registry=r,
+        )
         self.revocation_age = Gauge(
             "extauthz_revocation_sync_age_seconds",
             "Seconds since the revocation lists were last synced from Redis.",
