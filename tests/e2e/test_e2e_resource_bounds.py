@@ -139,10 +139,14 @@ def test_idle_connection_flood_under_nofile_1024_leaves_grpc_and_healthz_working
                 with contextlib.suppress(ConnectionResetError):
                     flood.append(socket.create_connection((LOOPBACK, server.authz_port), 5))
             opened = time.monotonic()
-            time.sleep(0.5)
-            text = server.metrics()
-            held = metric(text, "extauthz_connections", {"port": "http_authz"})
-            refused = metric(text, "extauthz_connections_refused_total", {"port": "http_authz"})
+            while True:  # until the server has accepted (held or refused) every attempt
+                text = server.metrics()
+                held = metric(text, "extauthz_connections", {"port": "http_authz"})
+                refused = metric(text, "extauthz_connections_refused_total",
+                                 {"port": "http_authz"})
+                if held + refused >= 1124 + 1 or time.monotonic() - opened > 5:
+                    break
+                time.sleep(0.1)
             # a brand-new gRPC channel still connects and checks (descriptors left for it)
             with grpc.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
                 stub = external_auth_pb2_grpc.AuthorizationStub(channel)
