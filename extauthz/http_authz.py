@@ -75,10 +75,14 @@ What this protocol still cannot carry, refused rather than silently dropped:
 * Envoy prepends ``path_prefix`` to the path: the prefix given here is stripped, and a request
   without it is refused (400).
 
-Parsing is httptools (the llhttp parser Node.js uses); a message larger than ``max_head_bytes``
-(request line and headers) or ``max_body_bytes`` is refused with 431/413 and the connection is
-closed. Envoy sends one request at a time per connection; pipelined requests are still answered
-in order.
+Parsing is httptools (the llhttp parser Node.js uses). Every resource a client can hold is
+bounded (:class:`HttpLimits`, README "Resource model"): open connections (beyond the cap a new
+one is closed at once), the time to send a request (head and body) and to stay idle, the head and
+body bytes of a request (431/413 and closed) and of all requests held together (503 and
+closed), the answers a client leaves unread and the requests it pipelines ahead of them (its
+socket is no longer read: TCP flow control pushes back on it). Each check runs in an asyncio
+task of its own. Envoy sends one request at a time per connection; pipelined requests are still
+answered in order.
 """
 
 from __future__ import annotations
@@ -89,9 +93,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 import httptools
 
@@ -100,6 +105,7 @@ from extauthz.decision import Decision, from_error
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import BadRequestError, CheckError, Reason
 from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder
+from extauthz.netlimits import ConnectionGuard, DeadlineSweeper, Refused
 from extauthz.pipeline import Engine
 from extauthz.request import _parse_query, split_host
 from extauthz.types import Headers, RequestView
@@ -131,56 +137,63 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 class _Message:
     """One request as the parser delivers it."""
 
-    __slots__ = ("body", "head_bytes", "headers", "method", "url")
+    __slots__ = ("body", "head_bytes", "headers", "method", "size", "url")
 
     def __init__(self) -> None:
-        self.url = b""
+        self.url = bytearray()
         self.headers: dict[str, str] = {}
-        self.body: list[bytes] = []
+        #: one growing buffer: a list of chunks would cost an object (~40 bytes) per chunk
+        #: and a re-sum per chunk (issue 13.1: 40 000 one-byte chunks took 17.6 s of CPU)
+        self.body = bytearray()
         self.method = ""
         self.head_bytes = 0
+        #: bytes of this message held in memory (head + body), charged to the server's budget
+        self.size = 0
 
 
 class _TooLarge(Exception):
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, reason: str) -> None:
         super().__init__(status)
         self.status = status
+        self.reason = reason
 
 
-def _drive(coro: Coroutine[Any, Any, Decision]) -> tuple[bool, Any]:
-    """Run ``coro`` until it finishes or first suspends: (True, result) | (False, awaited).
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """The resource bounds of the HTTP ext_authz listener (README "Resource model")."""
 
-    Cached credentials decide without awaiting anything; driving the coroutine in place saves a
-    task and a loop iteration per request. A coroutine that suspends (JWKS fetch, introspection,
-    Redis) has yielded the future it waits on; :func:`_resume` continues it as a task.
-    """
-    try:
-        awaited = coro.send(None)
-    except StopIteration as stop:
-        return True, stop.value
-    return False, awaited
+    #: open connections; beyond it a new connection is closed at once (refused, counted)
+    max_connections: int = 256
+    #: seconds a request may take to arrive, head and body, from its first byte (slowloris)
+    head_timeout: float = 10.0
+    #: seconds a keep-alive connection may sit with no request, and answers may stay unread
+    idle_timeout: float = 60.0
+    #: request line + headers; Envoy's own default header limit is 60 KiB
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    #: one request's body (Envoy's ``with_request_body.max_request_bytes`` should be lower)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: all connections' request bytes held in memory together (received, not yet answered,
+    #: parsed or not)
+    max_buffered_bytes: int = 16 * 1024 * 1024
+    #: answers written but not read by the client; above it the connection is not read
+    max_unread_output: int = 64 * 1024
+    #: requests parsed ahead of their answers on one connection; above it reading pauses
+    max_pipelined: int = 16
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bound that is not positive."""
+        for name in self.__slots__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"http_authz {name} must be positive")
 
 
-async def _resume(coro: Coroutine[Any, Any, Decision], awaited: Any) -> Decision:
-    """Finish a coroutine :func:`_drive` started: wait for what it waits on, then step it.
-
-    This is what an asyncio Task does with a coroutine: the future it yielded is awaited here
-    (without raising: the coroutine reads the outcome itself when resumed), then it is sent
-    ``None`` until it returns.
-    """
-    try:
-        while True:
-            if isinstance(awaited, asyncio.Future):
-                await asyncio.wait((awaited,))
-            else:  # a bare yield (asyncio.sleep(0)): give the loop one turn
-                await asyncio.sleep(0)
-            try:
-                awaited = coro.send(None)
-            except StopIteration as stop:
-                return cast(Decision, stop.value)
-    except BaseException:
-        coro.close()
-        raise
+#: bytes handed to the parser at a time: between slices the connection may stop parsing (its
+#: client pipelines ahead of reading its answers), so one 256 KiB socket read of tiny pipelined
+#: requests never becomes thousands of parsed requests at once
+_PARSE_SLICE = 4 * 1024
+_INF = float("inf")
+#: listener label of the metrics
+PORT_LABEL = "http_authz"
 
 
 #: the header the example Envoy configurations (deploy/envoy/envoy-http-authz.yaml, the
@@ -322,63 +335,180 @@ def render(decision: Decision, keep_alive: bool, head: bool = False,
     return head_block if head else head_block + payload
 
 
+def _start_check(coro: Coroutine[Any, Any, Decision]) -> asyncio.Task[Decision]:
+    """Run one check as a task of its own.
+
+    A check must run inside a task: ``asyncio.timeout`` (every Redis call, the outbound
+    fetches) needs ``current_task()`` (issue 13.5: driving the coroutine by hand with
+    ``send()`` made every Redis-backed check 503 "Timeout should be used inside a task").
+    From Python 3.12 the task starts eagerly: a check that decides without awaiting (cached
+    credentials) is done when this returns, without a loop iteration.
+    """
+    loop = asyncio.get_running_loop()
+    if _EAGER is not None:
+        task: asyncio.Task[Decision] = _EAGER(loop, coro)
+        return task
+    return loop.create_task(coro)
+
+
+_EAGER: Any = getattr(asyncio, "eager_task_factory", None)
+
+
 class _Connection(asyncio.Protocol):
-    """One connection from Envoy: parse, decide, answer, in order."""
+    """One connection from Envoy: parse, decide, answer, in order, within the limits."""
 
     def __init__(self, server: HttpAuthzServer) -> None:
         self.server = server
+        self.limits = server.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.current = _Message()
-        self.header_name = b""
         self.pending: deque[tuple[_Message, bool]] = deque()
         self.busy = False
         self.closing = False
-        #: the status a callback refused the message with (431/413)
-        self.refused = 0
+        #: a message has begun and is not complete (the head timeout runs)
+        self.receiving = False
+        #: the client does not read its answers: asyncio's pause_writing was called
+        self.write_paused = False
+        #: bytes received but not given to the parser (reading is paused while there are any)
+        self.unparsed = bytearray()
+        self.read_paused = False
+        #: bytes of this connection's messages charged to the server's budget
+        self.held = 0
+        #: monotonic times of the state changes the deadline is computed from (see deadline)
+        self.since = 0.0
+        self.paused_at = 0.0
+        self.begun_at = 0.0
+        #: the status and reason a callback refused the message with (431/413/503)
+        self.refused: tuple[int, str] = (0, "")
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # asyncio calls pause_writing() above ``high``: the answers the client has not read
+        transport.set_write_buffer_limits(high=self.limits.max_unread_output,
+                                          low=self.limits.max_unread_output // 4)
         self.server.connections.add(self)
+        self.since = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self.server.guard.release()
         self.closing = True
+        self.transport = None
         self.pending.clear()
+        self.server.release(self.held + len(self.unparsed))
+        self.unparsed = bytearray()
+        self.held = 0
+
+    def pause_writing(self) -> None:
+        # The client does not read: stop reading it (TCP flow control then stops its sends)
+        # and stop answering; the sweeper closes it if it stays so for idle_timeout.
+        self.write_paused = True
+        self.paused_at = time.monotonic()
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.since = time.monotonic()
+        self._continue()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.unparsed or self._blocked():
+            self._hold_unparsed(data)
+            return
+        self._feed(data)
+
+    def _hold_unparsed(self, data: bytes | memoryview) -> None:
+        """Keep bytes the parser may not see yet (charged to the server's budget) and stop
+        reading until they are parsed."""
+        self.unparsed += data
+        self._pause_reading()
+        if not self.server.charge(len(data), self.held + len(self.unparsed)):
+            self._fail(503, "buffer_budget")
+
+    def _blocked(self) -> bool:
+        """Parse no further: answers are not being read, or too many wait for their turn."""
+        return self.write_paused or len(self.pending) >= self.limits.max_pipelined
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closing:
+            self.read_paused = True
+            self.server.reading_paused.inc()
+            self.transport.pause_reading()
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        """Parse ``data`` a slice at a time, keeping what follows a slice after which the
+        connection became blocked (reading stays paused until it is parsed)."""
+        view = memoryview(data)
         try:
-            self.parser.feed_data(data)
+            for pos in range(0, len(view), _PARSE_SLICE):
+                if self.closing:
+                    return
+                if pos and self._blocked():
+                    self._hold_unparsed(view[pos:])
+                    return
+                self.parser.feed_data(view[pos:pos + _PARSE_SLICE])
         except _TooLarge as exc:
-            self._fail(exc.status)
+            self._fail(exc.status, exc.reason)
         except httptools.HttpParserUpgrade:
-            self._fail(400)
+            self._fail(400, "bad_request")
         except httptools.HttpParserError:
             # httptools wraps what a callback raised (HttpParserCallbackError)
-            self._fail(self.refused or 400)
+            status, reason = self.refused
+            self._fail(status or 400, reason or "bad_request")
+        finally:
+            view.release()
+
+    def _continue(self) -> None:
+        """Answer what waits, then parse what was held back, then read again."""
+        self._next()
+        if self.closing or self._blocked():
+            return
+        if self.unparsed:
+            data, self.unparsed = self.unparsed, bytearray()
+            self.server.release(len(data))
+            self._feed(data)
+            if self.closing or self.unparsed:
+                return
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     # -- httptools callbacks
     def on_message_begin(self) -> None:
         self.current = _Message()
+        self.receiving = True
+        self.begun_at = time.monotonic()
+
+    def _charge(self, message: _Message, size: int) -> None:
+        message.size += size
+        self.held += size
+        if not self.server.charge(size, self.held + len(self.unparsed)):
+            self.refused = (503, "buffer_budget")
+            raise _TooLarge(503, "buffer_budget")
 
     def on_url(self, url: bytes) -> None:
         message = self.current
         message.url += url
         message.head_bytes += len(url)
-        if message.head_bytes > self.server.max_head_bytes:
-            self.refused = 431
-            raise _TooLarge(431)
+        if message.head_bytes > self.limits.max_head_bytes:
+            self.refused = (431, "too_large")
+            raise _TooLarge(431, "too_large")
+        self._charge(message, len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         message = self.current
-        message.head_bytes += len(name) + len(value)
-        if message.head_bytes > self.server.max_head_bytes:
-            self.refused = 431
-            raise _TooLarge(431)
+        size = len(name) + len(value)
+        message.head_bytes += size
+        if message.head_bytes > self.limits.max_head_bytes:
+            self.refused = (431, "too_large")
+            raise _TooLarge(431, "too_large")
+        self._charge(message, size)
         key = name.decode("latin-1").lower()
         text = value.decode("utf-8", "surrogateescape")
         headers = message.headers
@@ -390,53 +520,74 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         message = self.current
-        message.body.append(body)
-        if sum(map(len, message.body)) > self.server.max_body_bytes:
-            self.refused = 413
-            raise _TooLarge(413)
+        message.body += body
+        if len(message.body) > self.limits.max_body_bytes:
+            self.refused = (413, "too_large")
+            raise _TooLarge(413, "too_large")
+        self._charge(message, len(body))
 
     def on_message_complete(self) -> None:
+        self.receiving = False
         self.pending.append((self.current, self.parser.should_keep_alive()))
         if not self.busy:
             self._next()
 
     # -- answering
     def _next(self) -> None:
-        while self.pending and not self.closing:
+        while self.pending and not self.closing and not self.write_paused:
             message, keep_alive = self.pending.popleft()
             started = time.perf_counter()
             view, coro_or_decision = self.server.begin(message)
             head = message.method == "HEAD"  # the answer must have no body
             if isinstance(coro_or_decision, Decision):
-                self._answer(view, coro_or_decision, keep_alive, started, head)
+                self._answer(message, view, coro_or_decision, keep_alive, started, head)
                 continue
-            done, value = _drive(coro_or_decision)
-            if done:
-                self._answer(view, value, keep_alive, started, head)
+            task = _start_check(coro_or_decision)
+            if task.done():
+                self._answer(message, view, self._outcome(task), keep_alive, started, head)
                 continue
             self.busy = True
-            task = asyncio.ensure_future(_resume(coro_or_decision, value))
             self.server.tasks.add(task)
-            task.add_done_callback(partial(self._finished, view=view, keep_alive=keep_alive,
-                                           started=started, head=head))
+            task.add_done_callback(partial(self._finished, message=message, view=view,
+                                           keep_alive=keep_alive, started=started, head=head))
             return
 
-    def _finished(self, task: asyncio.Task[Decision], *, view: RequestView | None,
-                  keep_alive: bool, started: float, head: bool = False) -> None:
+    @property
+    def deadline(self) -> float:
+        """When the sweeper closes this connection, from its state (``inf``: not now)."""
+        limits = self.limits
+        if self.transport is None:
+            return _INF
+        if self.closing:  # closed after its last answer: the client has idle_timeout to read it
+            return self.since + limits.idle_timeout
+        if self.write_paused:  # answers left unread
+            return self.paused_at + limits.idle_timeout
+        if self.busy or self.pending:  # ours to answer (the check has its own timeouts)
+            return _INF
+        if self.receiving:  # the request must arrive within head_timeout of its first byte
+            return self.begun_at + limits.head_timeout
+        return self.since + limits.idle_timeout  # keep-alive, waiting for a request
+
+    @staticmethod
+    def _outcome(task: asyncio.Task[Decision]) -> Decision:
+        if task.cancelled():
+            return from_error(RuntimeError(), NO_ROUTE_LABEL)
+        exc = task.exception()
+        if exc is not None:
+            log.error("check failed (denied): %s", type(exc).__name__)
+            return from_error(exc, NO_ROUTE_LABEL)
+        return task.result()
+
+    def _finished(self, task: asyncio.Task[Decision], *, message: _Message,
+                  view: RequestView | None, keep_alive: bool, started: float,
+                  head: bool = False) -> None:
         self.server.tasks.discard(task)
         self.busy = False
-        if task.cancelled():
-            decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
-        elif (exc := task.exception()) is not None:
-            log.error("check failed (denied): %s", type(exc).__name__)
-            decision = from_error(exc, NO_ROUTE_LABEL)
-        else:
-            decision = task.result()
-        self._answer(view, decision, keep_alive, started, head)
-        self._next()
+        self._answer(message, view, self._outcome(task), keep_alive, started, head)
+        self._continue()
 
-    def _answer(self, view: RequestView | None, decision: Decision, keep_alive: bool,
-                started: float, head: bool = False) -> None:
+    def _answer(self, message: _Message, view: RequestView | None, decision: Decision,
+                keep_alive: bool, started: float, head: bool = False) -> None:
         server = self.server
         try:
             payload = render(decision, keep_alive, head, server.cookie_forwarded, server.metadata)
@@ -445,20 +596,45 @@ class _Connection(asyncio.Protocol):
             decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
             payload = render(decision, keep_alive, head)
         self.server.record(view, decision, time.perf_counter() - started)
+        released = min(message.size, self.held)
+        self.held -= released
+        self.server.release(released)
+        self.since = time.monotonic()
         if self.transport is not None and not self.closing:
-            self.transport.write(payload)
+            self.transport.write(payload)  # may call pause_writing() at once
             if not keep_alive:
-                self.closing = True
-                self.transport.close()
+                self._close()
 
-    def _fail(self, status: int) -> None:
-        """A request we cannot read: answer ``status`` and close (no decision to log)."""
+    def _close(self) -> None:
+        """Close after what was written is sent; a client that does not read it is aborted
+        by the sweeper after idle_timeout (close() alone would keep it open for ever)."""
         self.closing = True
+        self.since = time.monotonic()
         if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, status: int, reason: str) -> None:
+        """A request we cannot read: answer ``status`` and close (no decision to log)."""
+        self.server.closed.labels(PORT_LABEL, reason).inc()
+        if self.transport is not None and not self.closing:
             line = f"HTTP/1.1 {status} {_REASONS.get(status, 'Bad Request')}\r\n"
             self.transport.write(
                 (line + "content-length: 0\r\nconnection: close\r\n\r\n").encode())
-            self.transport.close()
+        self._close()
+
+    def expire(self, now: float) -> str | None:
+        """Abort: a deadline passed (head not sent in time, idle, or answers left unread)."""
+        if self.transport is None or self.deadline >= now:
+            return None
+        if self.write_paused or self.closing:
+            reason = "unread_output"
+        elif self.receiving:
+            reason = "head_timeout"
+        else:
+            reason = "idle_timeout"
+        self.closing = True
+        self.transport.abort()
+        return reason
 
 
 class HttpAuthzServer:
@@ -470,8 +646,7 @@ class HttpAuthzServer:
         decision_log: DecisionLog | None = None,
         *,
         path_prefix: str = DEFAULT_PATH_PREFIX,
-        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        limits: HttpLimits | None = None,
         source_header: str | None = None,
         peer_cert_header: str | None = None,
         route_header: str | None = None,
@@ -490,13 +665,46 @@ class HttpAuthzServer:
         #: the header Envoy sets to ``%ROUTE_NAME%`` (lower case); None: extauthz's own matchers
         self.route_header = route_header.lower() if route_header else None
         self.path_prefix = path_prefix.rstrip("/")
-        self.max_head_bytes = max_head_bytes
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits or HttpLimits()
+        self.limits.check()
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[Decision]] = set()
         self._server: asyncio.Server | None = None
         self._recorder = CheckRecorder(engine.metrics, decision_log)
+        metrics = engine.metrics
+        self.guard = ConnectionGuard(PORT_LABEL, self.limits.max_connections,
+                                     metrics.connections, metrics.connections_refused)
+        self.closed = metrics.connections_closed
+        self.reading_paused = metrics.reading_paused.labels(PORT_LABEL)
+        self._sweeper = DeadlineSweeper(
+            lambda: self.connections,
+            tick=min(1.0, self.limits.head_timeout / 4, self.limits.idle_timeout / 4),
+            closed=metrics.connections_closed, port_label=PORT_LABEL)
+        #: bytes of requests held by all connections (see HttpLimits.max_buffered_bytes)
+        self.buffered = 0
         self.port = 0
+
+    def charge(self, size: int, holder: int) -> bool:
+        """Hold ``size`` more bytes of requests for a connection now holding ``holder`` bytes.
+
+        False (refuse that connection) when the server is over its budget *and* this
+        connection holds more than its fair share (the budget divided among the open
+        connections): clients that fill the budget with slow bodies are the ones refused, while
+        a small request on another connection still gets through. The budget is thereby soft,
+        at most twice ``max_buffered_bytes``: every connection kept is within its share.
+        """
+        self.buffered += size
+        budget = self.limits.max_buffered_bytes
+        return self.buffered <= budget or holder * max(1, len(self.connections)) <= budget
+
+    def release(self, size: int) -> None:
+        """Bytes of requests no longer held."""
+        self.buffered -= size
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        if not self.guard.admit():
+            return Refused()
+        return _Connection(self)
 
     def begin(self, message: _Message) -> tuple[RequestView | None,
                                                 Decision | Coroutine[Any, Any, Decision]]:
@@ -506,7 +714,7 @@ class HttpAuthzServer:
             snapshot = self.engine.snapshot
             context = route_context(message.headers, self.route_header,
                                     snapshot.settings.route_key if snapshot else "route")
-            view = to_view(message.method, target, message.headers, b"".join(message.body),
+            view = to_view(message.method, target, message.headers, bytes(message.body),
                            self.path_prefix, message.head_bytes, self.source_header,
                            self.peer_cert_header, context)
         except CheckError as exc:
@@ -524,9 +732,10 @@ class HttpAuthzServer:
         """Listen on ``host:port`` (0: any free port); returns the port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_port=False, backlog=1024)
+            self._protocol, host, port, reuse_port=False, backlog=1024)
         sockets = self._server.sockets or ()
         self.port = sockets[0].getsockname()[1] if sockets else port
+        self._sweeper.start()
         return self.port
 
     async def stop(self, grace: float) -> None:
@@ -536,9 +745,11 @@ class HttpAuthzServer:
         self._server.close()
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=grace)
+        await self._sweeper.stop()
         for conn in list(self.connections):
             conn.closing = True
             if conn.transport is not None:
-                conn.transport.close()
+                # abort: an orderly close waits for a client that may never read
+                conn.transport.abort()
         await self._server.wait_closed()
         self._server = None
