@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -108,3 +110,29 @@ def h2_request(url: str, headers: Mapping[str, str] | None = None,
     status = re.search(r"recv \(stream_id=\d+\) :status: (\d+)", out.stdout)
     return H2Response(status=int(status.group(1)) if status else None,
                       reset="recv RST_STREAM frame" in out.stdout, body=out.stdout)
+
+
+def request_id(response: Response) -> str:
+    """The request id of a response: the problem body's on a deny, the one the echo upstream
+    received on an allow."""
+    found = response.problem().get("request_id")
+    if isinstance(found, str) and found:
+        return found
+    rid: str = response.json()["headers"]["x-request-id"]
+    return rid
+
+
+def decision_for(stack: Stack, response: Response, timeout: float = 5.0) -> dict[str, Any]:
+    """extauthz's decision log record of ``response`` (found by request id in its stdout; the
+    log is written in batches, hence the wait). The record keeps no query string, so a request
+    id, not the URL, tells a test's requests apart."""
+    wanted = f'"request_id":"{request_id(response)}"'
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in stack.extauthz.log_text().splitlines():
+            if line.startswith("{") and wanted in line:
+                record: dict[str, Any] = json.loads(line)
+                return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no decision log line with {wanted}")
+        time.sleep(0.05)

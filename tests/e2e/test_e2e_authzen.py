@@ -34,8 +34,7 @@ from extauthz.demo.procs import free_port
 from extauthz.external.authzen import Pdp
 from extauthz.external.metrics import ExternalMetrics
 from extauthz.outbound import OutboundPolicy
-from tests.e2e.helpers import assert_denied, upstream_headers
-from tests.e2e.test_e2e_shadow import decision_lines
+from tests.e2e.helpers import assert_denied, decision_for, upstream_headers
 from tests.support.cerbos import CerbosServer, cerbos_binary
 from tests.support.envoy_body import BodyStack, start_http_stack
 from tests.support.processes import Stack, render_policies, write_config
@@ -249,35 +248,19 @@ def bearer(idp: DemoIdP, sub: str, *scopes: str) -> dict[str, str]:
 # ------------------------------------------------------------------------- allow and deny
 
 
-def _records_so_far(wire: Stack, path: str) -> int:
-    """How many records for ``path`` the log holds, once earlier writes had time to land (the
-    decision log is flushed every 50 ms)."""
-    time.sleep(0.3)
-    return len(decision_lines(wire, path, count=0))
-
-
-def _newest_record(wire: Stack, path: str, before: int) -> dict[str, Any]:
-    """The decision record of the request just sent to ``path`` (the log keeps no query string,
-    so records are told apart by count: ``before`` records for ``path`` existed already)."""
-    found = decision_lines(wire, path, count=before + 1)
-    assert len(found) == before + 1, found
-    return found[-1]
-
-
 def test_pdp_allows_the_owner_and_the_decision_is_logged(wire: Stack, idp: DemoIdP) -> None:
-    before = _records_so_far(wire, "/az/docs/d1")
-    seen = upstream_headers(wire.get("/az/docs/d1?probe=1", bearer(idp, "alice")))
-    assert seen["x-auth-subject"] == "alice"
-    rec = _newest_record(wire, "/az/docs/d1", before)
+    r = wire.get("/az/docs/d1?probe=1", bearer(idp, "alice"))
+    assert upstream_headers(r)["x-auth-subject"] == "alice"
+    rec = decision_for(wire, r)
+    assert rec["path"] == "/az/docs/d1"  # the decision log keeps no query string
     assert rec["outcome"] == "allow"
     assert rec["pdp"] == [{"pdp": "cerbos", "rule": "rules[0]", "decision": True}]
 
 
 def test_pdp_denies_another_user_403_and_logs_why(wire: Stack, idp: DemoIdP) -> None:
-    before = _records_so_far(wire, "/az/docs/d1")
     r = wire.get("/az/docs/d1?deny_probe=1", bearer(idp, "bob"))
     assert_denied(r, 403, "forbidden")
-    rec = _newest_record(wire, "/az/docs/d1", before)
+    rec = decision_for(wire, r)
     assert rec["outcome"] == "deny" and rec["rule"] == "rules[0]"
     assert rec["pdp"] == [{"pdp": "cerbos", "rule": "rules[0]", "decision": False}]
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,8 @@ import pytest
 
 from extauthz.demo import DEMO_API_KEY
 from extauthz.demo.background import BackgroundApp
-from extauthz.demo.httpclient import Response
 from extauthz.demo.idp import DemoIdP
-from tests.e2e.helpers import assert_denied, h2_request, upstream_headers
+from tests.e2e.helpers import assert_denied, decision_for, h2_request, upstream_headers
 from tests.support.processes import Stack, render_policies
 from tests.support.transports import TRANSPORTS, start_transport_stack
 
@@ -291,7 +288,7 @@ def test_a_disabled_route_cannot_be_escaped_with_dot_segments(
     # credential: 401), the /static/ route (ext_authz disabled) is never chosen.
     r = stack.get(path)
     assert_denied(r, 401, "missing_credential")
-    assert _checked_path(stack, r) == normalized
+    assert decision_for(stack, r)["path"] == normalized
 
 
 @pytest.mark.parametrize("path", ["/public/../admin/x", "/reports%2f..%2fadmin/x",
@@ -320,12 +317,6 @@ def test_unambiguous_static_paths_are_still_served_as_normalized(
     assert r.json()["raw_path"] == raw
 
 
-def _checked_path(stack: Stack, response: Response) -> str:
-    """The path extauthz judged for this response (its decision log line, by request id)."""
-    path: str = _decision(stack, response.problem().get("request_id", ""))["path"]
-    return path
-
-
 # -- the decision log -------------------------------------------------------------------------
 
 
@@ -337,21 +328,8 @@ def test_the_decision_log_has_no_part_of_the_query_string(stack: Stack) -> None:
     for path in paths:
         r = stack.get(path, KEY)
         assert r.status in (200, 400, 403), r.text[:200]
-        request_id = r.problem().get("request_id") or r.json()["headers"]["x-request-id"]
-        logged.append(_decision(stack, request_id)["path"])
+        logged.append(decision_for(stack, r)["path"])
     assert logged == ["/reports/q1", "/reports/q1", "/reports/q1", "/public/a", "/nowhere",
                       "/public/a;"]
     assert secret not in stack.extauthz.log_text()
 
-
-def _decision(stack: Stack, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    """extauthz's decision log record for ``request_id`` (written in batches: wait for it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in stack.extauthz.log_text().splitlines():
-            if line.startswith("{") and f'"request_id":"{request_id}"' in line:
-                found: dict[str, Any] = json.loads(line)
-                return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no decision log line for {request_id}")
-        time.sleep(0.05)
