@@ -2,10 +2,12 @@
 be an identity header is denied with ``identity_not_representable``, never allowed without the
 header. (JWT claims with the same characters, over both transports: test_e2e_parity.py.)
 
-Envoy runs deploy/envoy/envoy-mtls.yaml (tests.support.envoy_tls); the client presents a
-certificate from the test CA whose only name is its subject DN, so the DN becomes
-``x-auth-subject``. Two ways to reach extauthz: the peer certificate (``mtls`` listener) and the
-``x-forwarded-client-cert`` header Envoy wrote (``xfcc`` listener).
+The client presents a certificate from the test CA whose only name is its subject DN, so the DN
+becomes ``x-auth-subject``. Three ways to reach extauthz: over gRPC, Envoy running
+deploy/envoy/envoy-mtls.yaml (tests.support.envoy_tls), with the peer certificate (``mtls``
+listener) and with the ``x-forwarded-client-cert`` header Envoy wrote (``xfcc`` listener); over
+the HTTP transport with the peer certificate in the header Envoy sets from
+``%DOWNSTREAM_PEER_CERT%`` (tests.support.envoy_xfcc, listener ``edge_http``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from extauthz.demo.background import BackgroundApp
 from tests.e2e.helpers import assert_denied, upstream_headers
 from tests.support.certs import SERVER_AUTH, TestCA
 from tests.support.envoy_tls import ClientCert, TlsStack, ext_authz_route, start_tls_stack
+from tests.support.envoy_xfcc import Topology, start_topology
 from tests.support.processes import write_config
 
 #: subject CNs (no SANs, so the subject DN is the identity)
@@ -40,6 +43,8 @@ def clients(e2e_dir: Path) -> dict[str, ClientCert]:
     ca.issue("envoy", dns=["localhost"], eku=(SERVER_AUTH,)).write(
         directory / "server.crt", directory / "server.key")
     ca.write_bundle(directory / "client-ca.crt")
+    ca.write_bundle(directory / "ca.crt")  # the name tests.support.envoy_xfcc uses
+    ca.issue("edge proxy").write(directory / "edgeproxy.crt", directory / "edgeproxy.key")
     out = {}
     for key, cn in NAMES.items():
         client = ClientCert(key, directory / f"{key}.crt", directory / f"{key}.key")
@@ -59,7 +64,9 @@ def extauthz_config(e2e_dir: Path, clients: dict[str, ClientCert]) -> Path:
         },
         # the deploy file's catch-all Envoy route names `workloads`
         "routes": [{"name": "workloads", "authn": ["certs"]},
-                   {"name": "xfcc", "authn": ["xfcc-certs"]}],
+                   {"name": "xfcc", "authn": ["xfcc-certs"]},
+                   # the HTTP transport without route names (tests.support.envoy_xfcc)
+                   {"name": "any-path", "match": {"prefix": "/"}, "authn": ["certs"]}],
     })
 
 
@@ -69,6 +76,19 @@ def stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path,
     running = start_tls_stack(extauthz_config, echo_port=echo.port, log_dir=e2e_dir / "logs",
                               cert_dir=e2e_dir / "pki",
                               routes=[ext_authz_route("/xfcc/", "xfcc")])
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def http_topology(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path,
+                  clients: dict[str, ClientCert]) -> Iterator[Topology]:
+    """The HTTP transport with the peer certificate in the header Envoy sets
+    (``%DOWNSTREAM_PEER_CERT%``, listener ``edge_http``)."""
+    running = start_topology(extauthz_config, echo_port=echo.port, logs=e2e_dir / "http-logs",
+                             cert_dir=e2e_dir / "pki")
     try:
         yield running
     finally:
@@ -87,6 +107,21 @@ def test_representable_certificate_names_are_the_subject(
         client: str) -> None:
     seen = upstream_headers(stack.tls(path, clients[client], listener=listener))
     # the RFC 4514 subject DN, as UTF-8 on the wire (the echo decodes UTF-8)
+    assert SHOWN[client] in seen["x-auth-subject"], seen
+    assert seen["x-auth-method"] == "mtls"
+
+
+@pytest.mark.parametrize("client", ["crlf", "tab", "c1"])
+def test_unrepresentable_certificate_names_deny_on_the_http_transport(
+        http_topology: Topology, clients: dict[str, ClientCert], client: str) -> None:
+    response = http_topology.tls("edge_http", "/api/x", clients[client])
+    assert_denied(response, 403, "identity_not_representable")
+
+
+@pytest.mark.parametrize("client", sorted(SHOWN))
+def test_representable_certificate_names_on_the_http_transport(
+        http_topology: Topology, clients: dict[str, ClientCert], client: str) -> None:
+    seen = upstream_headers(http_topology.tls("edge_http", "/api/x", clients[client]))
     assert SHOWN[client] in seen["x-auth-subject"], seen
     assert seen["x-auth-method"] == "mtls"
 
