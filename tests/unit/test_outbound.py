@@ -546,3 +546,34 @@ async def test_trust_env_tunnels_https_fetches_through_https_proxy(
     finally:
         await authn.close()
     assert tunnels == [f"localhost:{tls_idp.port}"]
+
+
+async def test_fetch_deadline_holds_when_started_outside_a_task(plain_idp: FakeIdP) -> None:
+    """The HTTP transport starts a check from a protocol callback, outside any asyncio task
+    (http_authz._drive); asyncio.timeout() raises RuntimeError there (issue 13.5's class of
+    bug). The outbound deadline must hold anyway."""
+    from extauthz.http_authz import _drive, _resume
+
+    plain_idp.delay = 2.0
+    pol = OutboundPolicy()
+    session = pol.session(5.0)
+    loop = asyncio.get_running_loop()
+    coro = pol.fetch(session, "GET", plain_idp.jwks_url, timeout=0.3, max_bytes=1 << 20)
+    started: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+
+    def first_step() -> None:  # a loop callback: no current task here
+        try:
+            started.set_result(_drive(coro))
+        except BaseException as exc:  # e.g. asyncio.timeout()'s RuntimeError
+            started.set_exception(exc)
+
+    loop.call_soon(first_step)
+    try:
+        finished, awaited = await asyncio.wait_for(started, 5)
+        assert not finished
+        t0 = loop.time()
+        with pytest.raises(OutboundError, match="timed out"):
+            await _resume(coro, awaited)  # type: ignore[arg-type]
+        assert loop.time() - t0 < 1.5
+    finally:
+        await session.close()
