@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 from prometheus_client import Counter
 
 from extauthz.decision import Decision, Outcome
+from extauthz.logsetup import write_all
 from extauthz.types import RequestView
 
 #: records formatted per hold of the GIL by the writer (~7 us each: well under a millisecond)
@@ -97,6 +98,14 @@ def record(view: RequestView | None, decision: Decision, latency_s: float,
     return rec
 
 
+def _fileno(stream: IO[str]) -> int | None:
+    try:
+        stream.flush()
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a test's capture object: use the stream
+        return None
+
+
 class DecisionLog:
     """Writes decision records as JSON lines to a stream, in batches, from a background thread."""
 
@@ -110,7 +119,9 @@ class DecisionLog:
         flush_interval: float = 0.05,
         query_params: Iterable[str] = (),
     ) -> None:
-        self._stream = stream if stream is not None else sys.stdout
+        self._stream = stream
+        #: no stream given: stdout's descriptor, written with os.write (see _write)
+        self._fd = _fileno(sys.stdout) if stream is None else None
         self._sample_allowed = sample_allowed
         self._max_queue = max_queue
         self._flush_interval = flush_interval
@@ -166,13 +177,23 @@ class DecisionLog:
                                     separators=(",", ":")) + "\n"
                          for item in batch[start:start + _CHUNK])
         try:
-            self._stream.write("".join(lines))
-            self._stream.flush()
+            self._write("".join(lines))
         except (OSError, ValueError):
             if self._dropped is not None:
                 self._dropped.inc(len(batch))
 
-    def close(self, timeout: float = 5.0) -> None:
+    def _write(self, text: str) -> None:
+        """One batch to the sink. stdout goes through ``os.write``: a writer blocked by a pipe
+        nobody reads then holds no lock of ``sys.stdout``, whose final flush at exit would
+        otherwise wait for it for ever (the process could not stop)."""
+        if self._fd is None:
+            stream = self._stream if self._stream is not None else sys.stdout
+            stream.write(text)
+            stream.flush()
+            return
+        write_all(self._fd, text.encode("utf-8", "replace"))
+
+    def close(self, timeout: float = 2.0) -> None:
         """Write what is pending and stop the writer thread."""
         self._stopping.set()
         self._thread.join(timeout)

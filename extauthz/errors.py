@@ -70,6 +70,9 @@ class Reason(enum.StrEnum):
     INSUFFICIENT_SCOPE = "insufficient_scope"
     CONSUMER_NOT_ALLOWED = "consumer_not_allowed"
     FORBIDDEN = "forbidden"
+    #: the verified identity has a value that cannot be an upstream header (a control character
+    #: such as CR/LF/NUL, or not valid Unicode): denied (403) rather than sent without it
+    IDENTITY_NOT_REPRESENTABLE = "identity_not_representable"
     #: a policy condition (CEL) failed to evaluate: denied, fail closed
     POLICY_ERROR = "policy_error"
     # HMAC request signatures

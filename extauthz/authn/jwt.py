@@ -49,7 +49,8 @@ never accepts a token the full path would refuse. Failures are not cached.
 Claims to headers: a dotted path (``realm_access.roles``) — a top-level claim whose name contains
 dots (``https://example.com/roles``) is matched first. Strings as is, numbers/booleans as JSON,
 arrays joined with ``,``, objects as compact JSON; an absent/null claim or empty array gives no
-header, nor does a value with control characters (it could never be a valid header value).
+header. A value with control characters is rendered as is: the pipeline denies the request
+(``identity_not_representable``) rather than allow it without the header.
 """
 
 from __future__ import annotations
@@ -94,8 +95,6 @@ log = logging.getLogger("extauthz.jwt")
 MAX_TOKEN_LENGTH = 16 * 1024
 
 _TOKEN = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
-#: a header value must not contain control characters other than horizontal tab
-_UNSAFE_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.MALFORMED_TOKEN: "malformed token",
@@ -199,8 +198,8 @@ def render_claim(value: Any) -> str | None:
         rendered = ",".join(_scalar(v) for v in value)
     else:
         rendered = _scalar(value)
-    if _UNSAFE_HEADER_VALUE.search(rendered):
-        return None
+    # control characters are not filtered here: dropping the header would allow the request
+    # without it; the pipeline denies unrepresentable identity values instead
     return rendered
 
 
