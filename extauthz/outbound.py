@@ -156,11 +156,19 @@ class OutboundPolicy:
         ``timeout`` bounds the whole exchange, redirects included. A body (form fields, or raw
         bytes such as a JSON document) is only sent with POST, and a POST is never redirected.
         """
+        # The exchange runs as its own task, waited for with asyncio.wait: unlike
+        # asyncio.timeout() (and wait_for on Python >= 3.12) this needs no current task, so the
+        # deadline holds even for a caller the HTTP transport drives outside one.
+        task = asyncio.ensure_future(self._exchange(session, method, url, max_bytes, headers, data))
         try:
-            async with asyncio.timeout(timeout):
-                return await self._exchange(session, method, url, max_bytes, headers, data)
-        except TimeoutError:
-            raise OutboundError("timeout", f"{method} {safe_url(url)}: timed out") from None
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except BaseException:  # the caller was cancelled: so is its call
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            raise OutboundError("timeout", f"{method} {safe_url(url)}: timed out")
+        return task.result()
 
     async def _exchange(
         self,

@@ -546,3 +546,37 @@ async def test_trust_env_tunnels_https_fetches_through_https_proxy(
     finally:
         await authn.close()
     assert tunnels == [f"localhost:{tls_idp.port}"]
+
+
+async def test_fetch_deadline_holds_when_started_outside_a_task(plain_idp: FakeIdP) -> None:
+    """A coroutine stepped by hand from a loop callback runs outside any asyncio task, where
+    asyncio.timeout() raises RuntimeError (issue 13.5's class of bug: the HTTP transport once
+    drove checks that way). The outbound deadline must not depend on the caller's context."""
+    plain_idp.delay = 2.0
+    pol = OutboundPolicy()
+    session = pol.session(5.0)
+    loop = asyncio.get_running_loop()
+    coro = pol.fetch(session, "GET", plain_idp.jwks_url, timeout=0.3, max_bytes=1 << 20)
+    first: asyncio.Future[Any] = loop.create_future()
+
+    def first_step() -> None:  # a loop callback: no current task here
+        try:
+            first.set_result(coro.send(None))
+        except BaseException as exc:  # e.g. asyncio.timeout()'s RuntimeError
+            first.set_exception(exc)
+
+    loop.call_soon(first_step)
+    try:
+        awaited = await asyncio.wait_for(first, 5)
+        t0 = loop.time()
+        with pytest.raises(OutboundError, match="timed out"):
+            while True:  # go on stepping it the way an asyncio Task would
+                if isinstance(awaited, asyncio.Future):
+                    await asyncio.wait((awaited,))
+                else:
+                    await asyncio.sleep(0)
+                awaited = coro.send(None)
+        assert loop.time() - t0 < 1.5
+    finally:
+        coro.close()
+        await session.close()
