@@ -73,6 +73,8 @@ def record(view: RequestView | None, decision: Decision, latency_s: float,
     }
     if decision.rule:
         rec["rule"] = decision.rule
+    if decision.rate_limit:
+        rec["rate_limit"] = dict(decision.rate_limit)
     identity = decision.identity
     if identity is not None:
         rec["identity"] = {

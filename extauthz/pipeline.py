@@ -111,7 +111,8 @@ class Engine:
         route = match.route
         try:
             if route.public:
-                return self._allow(snapshot, route, None, view)
+                return await _limited(snapshot, self._allow(snapshot, route, None, view), view,
+                                      match.params, trace)
             _check_credential_size(route, view, limits, trace)
             if route.require_all:
                 identity, missing = await self._authenticate_all(route, view, trace)
@@ -130,12 +131,15 @@ class Engine:
             except AuthorizationError as exc:
                 rule = getattr(exc, "rule", "")
                 if route.policy.shadow:
-                    return self._allow(snapshot, route, identity, view, shadow=exc)
+                    return await _limited(
+                        snapshot, self._allow(snapshot, route, identity, view, shadow=exc),
+                        view, match.params, trace)
                 denied = from_error(exc, route.name, request_id=view.request_id,
                                     identity=identity,
                                     challenges=_forbidden_challenges(snapshot, identity, exc))
                 return dataclasses.replace(denied, rule=rule) if rule else denied
-            return self._allow(snapshot, route, identity, view)
+            return await _limited(snapshot, self._allow(snapshot, route, identity, view), view,
+                                  match.params, trace)
         except AuthenticationError as exc:
             return from_error(exc, route.name, request_id=view.request_id,
                               challenges=_invalid_challenges(route, exc))
@@ -291,6 +295,14 @@ class Engine:
             dynamic_metadata=metadata,
             rule=rule,
         )
+
+
+async def _limited(snapshot: Snapshot, decision: Decision, view: RequestView,
+                   params: Mapping[str, str], trace: Trace | None) -> Decision:
+    """The rate limits of ``snapshot`` (if any) on an allowed decision: it, or a 429/503."""
+    if snapshot.rate_limits is None:
+        return decision
+    return await snapshot.rate_limits.apply(decision, view, params, trace)
 
 
 def _check_size(view: RequestView, limits: Limits, trace: Trace | None) -> None:

@@ -1,0 +1,106 @@
+"""Rate-limit keys: who one limit counts, computed from the verified request.
+
+A key is made of parts (``consumer``, ``subject``, ``api_key``, ``client_address``, ``route``,
+``method``, ``plan``, or a CEL expression returning a string). Each part's value is prefixed with
+its name and the parts are joined with a separator that no value can forge (values are
+length-prefixed), so ``consumer=a|b`` and two parts ``a`` and ``b`` never collide.
+
+A part with no value (``consumer`` for a JWT without a consumer, ``subject`` on a public route, an
+empty client address, a CEL expression that fails or returns ``""``) makes the whole limit *not
+apply* to the request; ``check --explain`` and the ``skipped`` metric say so. Counting every such
+request under one shared key instead would let one client exhaust everyone's quota.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from extauthz.authz import cel
+from extauthz.types import AuthMethod, Identity, RequestView
+
+
+@dataclass(frozen=True, slots=True)
+class KeyContext:
+    """What a key part may read."""
+
+    view: RequestView
+    identity: Identity | None
+    route: str
+    plan: str
+    params: Mapping[str, str]
+
+
+Part = Callable[[KeyContext], str]
+
+
+def _consumer(ctx: KeyContext) -> str:
+    return (ctx.identity.consumer or "") if ctx.identity is not None else ""
+
+
+def _subject(ctx: KeyContext) -> str:
+    return ctx.identity.subject if ctx.identity is not None else ""
+
+
+def _api_key(ctx: KeyContext) -> str:
+    return (ctx.identity.key_id or "") if ctx.identity is not None else ""
+
+
+PARTS: Mapping[str, Part] = {
+    "consumer": _consumer,
+    "subject": _subject,
+    "api_key": _api_key,
+    "client_address": lambda ctx: ctx.view.source_address,
+    "route": lambda ctx: ctx.route,
+    "method": lambda ctx: ctx.view.method,
+    "plan": lambda ctx: ctx.plan,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CelPart:
+    """A key part computed by a CEL expression (it must return a string)."""
+
+    source: str
+    expression: Any
+    names: frozenset[str]
+
+    def __call__(self, ctx: KeyContext) -> str:
+        identity = ctx.identity or _ANONYMOUS
+        data = cel.activation_data(ctx.view, identity, ctx.route, ctx.params, self.names)
+        try:
+            value = self.expression.eval(activation=cel.environment().Activation(data=data))
+            result = value.value()
+        except Exception:  # evaluation failed: the limit does not apply (module docstring)
+            return ""
+        return result if type(result) is str else ""
+
+
+#: what CEL sees as ``identity`` on a public route (every member empty)
+_ANONYMOUS = Identity(method=AuthMethod.API_KEY, subject="", authenticator="")
+
+
+def compile_cel_part(source: str) -> CelPart:
+    """Compile a key expression; ``ValueError`` when it does not compile or is not a string."""
+    env = cel.environment()
+    try:
+        expression = env.compile(source)
+    except Exception as exc:
+        raise ValueError(cel._compile_message(str(exc))) from None
+    types = cel.runtime().Type
+    result_type = expression.return_type()
+    if result_type != types.STRING and result_type != types.DYN:
+        raise ValueError(f"must evaluate to a string, not {result_type.name().lower()}")
+    return CelPart(source, expression, cel.names_used(source))
+
+
+def render(parts: tuple[tuple[str, Part], ...], ctx: KeyContext) -> str | None:
+    """The key of the request, or None when a part has no value (the limit does not apply)."""
+    out = []
+    for name, part in parts:
+        value = part(ctx)
+        if not value:
+            return None
+        out.append(f"{name}:{len(value)}:{value}")
+    return "|".join(out)
