@@ -34,7 +34,7 @@ WHERE = "rate_limiting"
 
 def _windows(name: str, specs: Sequence[RateLimitWindow], where: str,
              issues: list[ConfigIssue]) -> tuple[Window, ...]:
-    out = []
+    out: list[Window] = []
     for i, w in enumerate(specs):
         policy = w.name or (name if len(specs) == 1 else f"{name}-{w.seconds}s")
         if any(x.policy == policy for x in out):
@@ -124,8 +124,8 @@ def build_rate_limiter(
                                                            "(not in rate_limiting.plans)"))
             else:
                 consumer_plans[consumer.name] = consumer.plan
-                names = {x.name for x in own}
-                own = own + tuple(x for x in plans[consumer.plan] if x.name not in names)
+                mine = {x.name for x in own}
+                own = own + tuple(x for x in plans[consumer.plan] if x.name not in mine)
         if own:
             consumer_limits[consumer.name] = own
     redis, files = _redis(spec, limits, fallback_redis, base_dir, issues)

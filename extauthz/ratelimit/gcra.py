@@ -104,11 +104,8 @@ def verdict(allowed: bool, delays: Sequence[int], windows: Sequence[Window]) -> 
         t, capacity = w.interval_us, w.burst * w.interval_us
         d = max(0, d)
         remaining = max(0, (capacity - d) // t)
-        if remaining >= w.burst:
-            reset = 0
-        else:
-            # one more unit once d has dropped below capacity - (remaining + 1) * T
-            reset = _ceil_seconds(d - (w.burst - remaining - 1) * t)
+        # one more unit once d has dropped below capacity - (remaining + 1) * T
+        reset = 0 if remaining >= w.burst else _ceil_seconds(d - (w.burst - remaining - 1) * t)
         retry = 0
         if not allowed and d > w.tolerance_us:
             retry = max(1, _ceil_seconds(d - w.tolerance_us))

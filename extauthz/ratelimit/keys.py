@@ -71,6 +71,8 @@ class CelPart:
         data = cel.activation_data(ctx.view, identity, ctx.route, ctx.params, self.names)
         try:
             value = self.expression.eval(activation=cel.environment().Activation(data=data))
+            if value.type() != cel.runtime().Type.STRING:  # an error value, or not a string
+                return ""
             result = value.value()
         except Exception:  # evaluation failed: the limit does not apply (module docstring)
             return ""

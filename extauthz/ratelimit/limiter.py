@@ -167,10 +167,9 @@ class RateLimiter:
             key = render(limit.parts, ctx)
             if key is None:
                 results.append(LimitResult(limit, "skipped"))
-            elif limit.redis:
+            elif limit.redis or limit.memory is None:
                 shared.append((limit, key))
             else:
-                assert limit.memory is not None  # noqa: S101 - compile guarantees it
                 allowed, delays = limit.memory.hit(key)
                 results.append(LimitResult(limit, "allowed" if allowed else "limited",
                                            verdict(allowed, delays, limit.windows)))
@@ -180,7 +179,7 @@ class RateLimiter:
         return results
 
     async def _shared(self, limit: Limit, key: str) -> LimitResult:
-        if self.redis is None:  # compile guarantees a store; fail closed all the same
+        if self.redis is None or not limit.redis:  # compile prevents it; fail closed anyway
             return LimitResult(limit, "unavailable")
         try:
             allowed, delays = await self.redis.hit(limit.name, key, limit.windows)
