@@ -74,7 +74,7 @@ class FakeRateLimitService:
     over_limit: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC name)
+    def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # the gRPC method name
         from envoy.service.ratelimit.v3 import rls_pb2
 
         with self.lock:
