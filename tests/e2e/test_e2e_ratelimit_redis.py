@@ -241,3 +241,34 @@ async def test_redis_down_fails_closed_or_open_per_limit_and_recovers(tmp_path: 
             await snapshot.close()
     finally:
         server.stop()
+
+
+def test_check_explain_shows_the_limits_and_their_shared_state(
+        standalone: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``extauthz check --explain`` decides like a replica (it counts one request in Redis) and
+    shows each limit's key, store, result and windows' state."""
+    import json
+
+    import yaml
+
+    from extauthz.cli import main
+
+    config = _config(tmp_path / "c.yaml", "redis", standalone.url, prefix="cli:")
+    request = tmp_path / "req.yaml"
+    request.write_text(yaml.safe_dump({"path": "/v1/orders", "headers": {"x-api-key": KEY}}))
+    argv = ["check", "--config", str(config), "--request", str(request), "--explain"]
+    for _ in range(LIMIT):
+        assert main(argv) == 0
+        capsys.readouterr()
+    assert main(argv) == 3  # the 11th check of the hour, across processes: denied
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["http_status"] == 429 and result["reason"] == "rate_limited"
+    [limit] = result["explain"]["rate_limits"]
+    assert limit["limit"] == "hourly" and limit["store"] == "redis"
+    assert limit["key"] == ["consumer"] and limit["result"] == "limited"
+    window = limit["windows"][0]
+    assert (window["requests"], window["seconds"], window["remaining"]) == (LIMIT, 3600, 0)
+    assert 350 <= window["retry_after"] <= 360
+    assert "rate limit hourly (redis, key consumer): limited; hourly 0/10 left per 3600s" in err
+    assert ["retry-after", str(window["retry_after"])] in result["response_headers"]

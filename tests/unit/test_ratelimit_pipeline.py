@@ -273,3 +273,28 @@ def test_schema_errors_are_located(tmp_path: Path, fragment: str, where: str) ->
 def test_no_limits_no_limiter(tmp_path: Path) -> None:
     assert snapshot(tmp_path, "routes:\n- {name: r, match: {prefix: /}, public: true}\n") \
         .rate_limits is None
+
+
+def test_policy_test_file_can_assert_a_429(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``extauthz test``: ``repeat`` sends a request N times; ``expect`` checks the last."""
+    from extauthz.cli import main
+
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    (tmp_path / "limits_test.yaml").write_text(f"""\
+config: c.yaml
+tests:
+- name: the free plan allows two an hour
+  request: {{path: /v1/x, headers: {{x-api-key: {FREE}}}}}
+  repeat: 2
+  expect: {{status: 200, response_headers: {{ratelimit: '"per-route";r=998;t=1, "free-quota";r=0;t=1800'}}}}
+- name: the third is refused with 429
+  request: {{path: /v1/x, headers: {{x-api-key: {FREE}}}}}
+  expect:
+    status: 429
+    reason: rate_limited
+    grpc_code: RESOURCE_EXHAUSTED
+    response_headers: {{retry-after: "1800"}}
+""")
+    assert main(["test", str(tmp_path)]) == 0, capsys.readouterr().out
+    assert "2 passed, 0 failed" in capsys.readouterr().out
