@@ -23,7 +23,7 @@ about 285 years) round identically.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MICROS = 1_000_000
 
@@ -37,16 +37,15 @@ class Window:
     burst: int
     #: the policy name in the RateLimit-Policy / RateLimit headers
     policy: str
+    #: T in microseconds, rounded *up*: the rate never exceeds ``requests / seconds`` (derived)
+    interval_us: int = field(init=False, compare=False)
+    #: tau in microseconds (derived)
+    tolerance_us: int = field(init=False, compare=False)
 
-    @property
-    def interval_us(self) -> int:
-        """T in microseconds, rounded *up*: the rate never exceeds ``requests / seconds``."""
-        return -(-self.seconds * MICROS // self.requests)
-
-    @property
-    def tolerance_us(self) -> int:
-        """tau in microseconds."""
-        return (self.burst - 1) * self.interval_us
+    def __post_init__(self) -> None:
+        interval = -(-self.seconds * MICROS // self.requests)
+        object.__setattr__(self, "interval_us", interval)
+        object.__setattr__(self, "tolerance_us", (self.burst - 1) * interval)
 
     def bound(self, span_seconds: float) -> int:
         """Most requests one key can get in any interval of ``span_seconds`` (see above)."""
