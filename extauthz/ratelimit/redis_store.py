@@ -140,8 +140,13 @@ class RedisStore:
         keys = key_names(self.prefix, limit, key, len(windows))
         args = script_args(windows)
         try:
-            async with asyncio.timeout(self.timeout):
-                reply = await self._eval(client, keys, args)
+            if asyncio.current_task() is not None:
+                async with asyncio.timeout(self.timeout):
+                    reply = await self._eval(client, keys, args)
+            else:
+                # The HTTP transport steps a check's coroutine outside any task until it first
+                # suspends; asyncio.timeout needs a task, wait_for makes one for the call.
+                reply = await asyncio.wait_for(self._eval(client, keys, args), self.timeout)
             allowed = reply[0] in (b"1", "1")
             return allowed, [int(d) for d in reply[1:]]
         except Exception as exc:
