@@ -287,7 +287,9 @@ tests:
 - name: the free plan allows two an hour
   request: {{path: /v1/x, headers: {{x-api-key: {FREE}}}}}
   repeat: 2
-  expect: {{status: 200, response_headers: {{ratelimit: '"per-route";r=998;t=1, "free-quota";r=0;t=1800'}}}}
+  expect:
+    status: 200
+    response_headers: {{ratelimit: '"per-route";r=998;t=1, "free-quota";r=0;t=1800'}}
 - name: the third is refused with 429
   request: {{path: /v1/x, headers: {{x-api-key: {FREE}}}}}
   expect:
