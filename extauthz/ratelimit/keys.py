@@ -5,6 +5,9 @@ A key is made of parts (``consumer``, ``subject``, ``api_key``, ``client_address
 its name and the parts are joined with a separator that no value can forge (values are
 length-prefixed), so ``consumer=a|b`` and two parts ``a`` and ``b`` never collide.
 
+Keys longer than :data:`MAX_PLAIN_KEY` characters are replaced by a 128-bit BLAKE2b digest, so
+memory per tracked key is bounded whatever a subject or a CEL result holds.
+
 A part with no value (``consumer`` for a JWT without a consumer, ``subject`` on a public route, an
 empty client address, a CEL expression that fails or returns ``""``) makes the whole limit *not
 apply* to the request; ``check --explain`` and the ``skipped`` metric say so. Counting every such
@@ -13,6 +16,7 @@ request under one shared key instead would let one client exhaust everyone's quo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +101,11 @@ def compile_cel_part(source: str) -> CelPart:
     return CelPart(source, expression, cel.names_used(source))
 
 
+#: keys longer than this are replaced by their digest (a subject or a CEL result can be kilobytes;
+#: the in-memory table must stay ``max_keys`` x a small size)
+MAX_PLAIN_KEY = 96
+
+
 def render(parts: tuple[tuple[str, Part], ...], ctx: KeyContext) -> str | None:
     """The key of the request, or None when a part has no value (the limit does not apply)."""
     out = []
@@ -105,4 +114,8 @@ def render(parts: tuple[tuple[str, Part], ...], ctx: KeyContext) -> str | None:
         if not value:
             return None
         out.append(f"{name}:{len(value)}:{value}")
-    return "|".join(out)
+    key = "|".join(out)
+    if len(key) > MAX_PLAIN_KEY:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
+        return "#" + digest.hexdigest()
+    return key
