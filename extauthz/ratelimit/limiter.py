@@ -18,7 +18,6 @@ and, with ``check --explain``, in the trace.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,7 @@ from extauthz.ratelimit.gcra import Verdict, Window, verdict
 from extauthz.ratelimit.keys import KeyContext, Part, render
 from extauthz.ratelimit.memory import MemoryStore
 from extauthz.ratelimit.metrics import RESULTS, checks_counter
-from extauthz.ratelimit.redis_store import RedisStore, StoreUnavailable
+from extauthz.ratelimit.redis_store import RedisStore
 from extauthz.types import Identity, RequestView
 
 #: the dynamic metadata key of the descriptors (namespace ``envoy.filters.http.ext_authz``)
@@ -174,23 +173,30 @@ class RateLimiter:
                 results.append(LimitResult(limit, "allowed" if allowed else "limited",
                                            verdict(allowed, delays, limit.windows)))
         if shared:
-            results.extend(await asyncio.gather(*(self._shared(limit, key)
-                                                  for limit, key in shared)))
+            results.extend(await self._shared(shared))
         return results
 
-    async def _shared(self, limit: Limit, key: str) -> LimitResult:
-        if self.redis is None or not limit.redis:  # compile prevents it; fail closed anyway
-            return LimitResult(limit, "unavailable")
-        try:
-            allowed, delays = await self.redis.hit(limit.name, key, limit.windows)
-        except StoreUnavailable:
-            if not limit.fail_open or limit.memory is None:
-                return LimitResult(limit, "unavailable")
-            allowed, delays = limit.memory.hit(key)
-            return LimitResult(limit, "fallback_allowed" if allowed else "fallback_limited",
-                               verdict(allowed, delays, limit.memory.windows))
-        return LimitResult(limit, "allowed" if allowed else "limited",
-                           verdict(allowed, delays, limit.windows))
+    async def _shared(self, shared: Sequence[tuple[Limit, str]]) -> list[LimitResult]:
+        """The Redis limits of one request, in one call (see RedisStore.hit_many)."""
+        if self.redis is None:  # compile prevents it; fail closed all the same
+            answers: list[tuple[bool, list[int]] | None] = [None] * len(shared)
+        else:
+            answers = await self.redis.hit_many(
+                [(limit.name, key, limit.windows) for limit, key in shared])
+        results = []
+        for (limit, key), answer in zip(shared, answers, strict=True):
+            if answer is not None:
+                allowed, delays = answer
+                results.append(LimitResult(limit, "allowed" if allowed else "limited",
+                                           verdict(allowed, delays, limit.windows)))
+            elif limit.fail_open and limit.memory is not None:
+                allowed, delays = limit.memory.hit(key)
+                results.append(LimitResult(
+                    limit, "fallback_allowed" if allowed else "fallback_limited",
+                    verdict(allowed, delays, limit.memory.windows)))
+            else:
+                results.append(LimitResult(limit, "unavailable"))
+        return results
 
     def _allowed(self, decision: Decision, ctx: KeyContext,
                  results: Sequence[LimitResult]) -> Decision:

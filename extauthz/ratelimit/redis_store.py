@@ -134,28 +134,58 @@ class RedisStore:
 
     async def hit(self, limit: str, key: str, windows: Sequence[Window]) -> tuple[bool, list[int]]:
         """Count one request: (allowed, delays per window). Raises :class:`StoreUnavailable`."""
+        [result] = await self.hit_many([(limit, key, windows)])
+        if result is None:
+            raise StoreUnavailable("redis unavailable")
+        return result
+
+    async def hit_many(
+        self, items: Sequence[tuple[str, str, Sequence[Window]]]
+    ) -> list[tuple[bool, list[int]] | None]:
+        """Count one request against several limits: per item (allowed, delays), or None when
+        Redis could not answer (the caller applies the limit's ``on_redis_error``).
+
+        Standalone: one pipeline, **one round trip** for all of them. Cluster: the limits' keys
+        hash to different slots (nodes), so one script per limit, sent concurrently.
+        """
         client = self._client
         if client is None or time.monotonic() < self._down_until:
-            raise StoreUnavailable("redis is marked down")
-        keys = key_names(self.prefix, limit, key, len(windows))
-        args = script_args(windows)
+            return [None] * len(items)
+        calls = [(key_names(self.prefix, limit, key, len(windows)), script_args(windows))
+                 for limit, key, windows in items]
         try:
             if asyncio.current_task() is not None:
                 async with asyncio.timeout(self.timeout):
-                    reply = await self._eval(client, keys, args)
+                    replies = await self._run(client, calls)
             else:
                 # The HTTP transport steps a check's coroutine outside any task until it first
                 # suspends; asyncio.timeout needs a task, wait_for makes one for the call.
-                reply = await asyncio.wait_for(self._eval(client, keys, args), self.timeout)
-            allowed = reply[0] in (b"1", "1")
-            return allowed, [int(d) for d in reply[1:]]
+                replies = await asyncio.wait_for(self._run(client, calls), self.timeout)
+            return [(reply[0] in (b"1", "1"), [int(d) for d in reply[1:]]) for reply in replies]
         except Exception as exc:
             raise_if_cancelled()
             if self.up:
                 log.warning("rate-limit Redis %s failed (%s); calls fail at once for %.1fs",
                             self.target.display, type(exc).__name__, self.retry_interval)
             self._down_until = time.monotonic() + self.retry_interval
-            raise StoreUnavailable(type(exc).__name__) from None
+            return [None] * len(items)
+
+    async def _run(self, client: Any, calls: list[tuple[list[str], list[int]]]) -> list[Any]:
+        if len(calls) == 1 or self.cluster:
+            return list(await asyncio.gather(*(self._eval(client, k, a) for k, a in calls)))
+        from redis.exceptions import NoScriptError
+
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+        replies = list(await pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):  # Redis forgot the script: send the source
+                keys, args = calls[i]
+                replies[i] = await client.eval(SCRIPT, len(keys), *keys, *args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def _eval(self, client: Any, keys: list[str], args: list[int]) -> Any:
         from redis.exceptions import NoScriptError

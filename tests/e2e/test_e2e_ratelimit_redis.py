@@ -272,3 +272,38 @@ def test_check_explain_shows_the_limits_and_their_shared_state(
     assert 350 <= window["retry_after"] <= 360
     assert "rate limit hourly (redis, key consumer): limited; hourly 0/10 left per 3600s" in err
     assert ["retry-after", str(window["retry_after"])] in result["response_headers"]
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_several_limits_in_one_call_even_after_redis_forgot_the_script(
+        kind: str, standalone: RedisServer, cluster: RedisCluster) -> None:
+    """Three limits of one request: one pipelined round trip (standalone) or one script per
+    limit (cluster); a SCRIPT FLUSH (as after a restart) is answered by sending the source."""
+    import redis as sync_redis
+    from redis.cluster import RedisCluster as SyncCluster
+
+    url = standalone.url if kind == "standalone" else cluster.url
+    flusher = SyncCluster.from_url(url) if kind == "cluster" else sync_redis.Redis.from_url(url)
+    one = (Window(2, 3600, 2, "a"),)
+    two = (Window(1, 3600, 1, "b"), Window(100, 1, 100, "c"))
+
+    async def run() -> list[list[tuple[bool, list[int]] | None]]:
+        store = RedisStore(RedisTarget(url=url, timeout_seconds=1.0), cluster=kind == "cluster",
+                           prefix=f"many-{kind}:", retry_interval=1.0)
+        await store.start()
+        try:
+            out = []
+            for _ in range(3):
+                flusher.script_flush()
+                out.append(await store.hit_many([("x", "k", one), ("y", "k", two),
+                                                 ("z", "k", one)]))
+            return out
+        finally:
+            await store.close()
+
+    try:
+        rounds = asyncio.run(run())
+    finally:
+        flusher.close()
+    verdicts = [[answer[0] if answer is not None else None for answer in r] for r in rounds]
+    assert verdicts == [[True, True, True], [True, False, True], [False, False, False]]
