@@ -14,28 +14,36 @@ program with no package on PyPI/Debian/npm, so it is not run here).
 
 from __future__ import annotations
 
-import threading
+import json
+import sys
 from collections.abc import Iterator
-from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from extauthz.demo.background import BackgroundApp
 from extauthz.demo.envoy import ENVOY_CONFIG, EnvoyPorts, render_config, start_envoy
 from extauthz.demo.httpclient import Response, request
-from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
+from extauthz.demo.procs import (
+    LOOPBACK,
+    ManagedProcess,
+    extauthz_argv,
+    free_ports,
+    http_ok,
+    tcp_open,
+)
 from extauthz.keys import hash_api_key
 from tests.e2e.helpers import PROBLEM_JSON, upstream_headers
 from tests.support.processes import STARTUP_TIMEOUT
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "envoy"
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "envoy"
 GRPC_KEY = "eak_ratelimit-grpc-key-0123456789"
 HTTP_KEY = "eak_ratelimit-http-key-0123456789"
 RLS_KEY = "eak_ratelimit-rls-key-01234567890"
+OUTAGE_KEY = "eak_ratelimit-outage-key-012345678"
 RLS_PORT = 18081  # the rate limit service's port in envoy-ratelimit.yaml
 
 CONFIG = f"""
@@ -43,7 +51,20 @@ authenticators:
   keys: {{api_key: {{sources: [{{header: x-api-key}}]}}}}
 rate_limiting:
   descriptors: [consumer, plan]
+  # nothing listens there: Redis is down for the whole module
+  redis: {{url: 'redis://127.0.0.1:DEAD_PORT', timeout_seconds: 0.05,
+          retry_interval_seconds: 0.2}}
   limits:
+    shared-strict:
+      key: consumer
+      store: redis
+      windows: [{{requests: 100, seconds: 60}}]
+    shared-lenient:
+      key: consumer
+      store: redis
+      on_redis_error: fail_open
+      windows: [{{requests: 100, seconds: 60}}]
+      fallback: [{{requests: 2, seconds: 3600, name: local}}]
     per-consumer:
       key: consumer
       windows: [{{requests: 3, seconds: 3600, name: hourly}}]
@@ -59,29 +80,34 @@ consumers:
 - name: rls-client
   plan: gold
   keys: [{{id: r1, hash: "{hash_api_key(RLS_KEY)}"}}]
+- name: outage-client
+  keys: [{{id: o1, hash: "{hash_api_key(OUTAGE_KEY)}"}}]
 routes:
 - name: reports
   match: {{prefix: /reports/}}
   authn: [keys]
+- {{name: strict, match: {{prefix: /strict/}}, authn: [keys], limits: [shared-strict]}}
+- {{name: lenient, match: {{prefix: /lenient/}}, authn: [keys], limits: [shared-lenient]}}
 """
 
 
-@dataclass
 class FakeRateLimitService:
-    """``envoy.service.ratelimit.v3.RateLimitService``: records requests, answers ``code``."""
+    """The test's view of tests/support/fake_rls.py (a separate process)."""
 
-    requests: list[Any] = field(default_factory=list)
-    over_limit: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, directory: Path) -> None:
+        self.record = directory / "rls-requests.jsonl"
+        self.flag = directory / "rls-over-limit"
 
-    def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # the gRPC method name
-        from envoy.service.ratelimit.v3 import rls_pb2
+    def requests(self) -> list[dict[str, Any]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines()]
 
-        with self.lock:
-            self.requests.append(request)
-        code = (rls_pb2.RateLimitResponse.OVER_LIMIT if self.over_limit
-                else rls_pb2.RateLimitResponse.OK)
-        return rls_pb2.RateLimitResponse(overall_code=code)
+    def set_over_limit(self, over: bool) -> None:
+        if over:
+            self.flag.touch()
+        else:
+            self.flag.unlink(missing_ok=True)
 
 
 @dataclass
@@ -107,17 +133,11 @@ def _envoy(source: Path, ports: EnvoyPorts, log_dir: Path, name: str,
 
 @pytest.fixture(scope="module")
 def envoys(e2e_dir: Path, echo: BackgroundApp) -> Iterator[Envoys]:
-    from envoy.service.ratelimit.v3 import rls_pb2_grpc
-
     config = e2e_dir / "extauthz.yaml"
-    config.write_text(CONFIG)
-    grpc_port, admin_port, authz_port, rls_port, *envoy_ports = free_ports(10)
+    grpc_port, admin_port, authz_port, rls_port, dead_port, *envoy_ports = free_ports(11)
+    config.write_text(CONFIG.replace("DEAD_PORT", str(dead_port)))
     started: list[ManagedProcess] = []
-    service = FakeRateLimitService()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    server.add_insecure_port(f"{LOOPBACK}:{rls_port}")
-    server.start()
+    service = FakeRateLimitService(e2e_dir)
     try:
         argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{admin_port}"),
                 "--http-authz-address", f"{LOOPBACK}:{authz_port}"]
@@ -134,12 +154,16 @@ def envoys(e2e_dir: Path, echo: BackgroundApp) -> Iterator[Envoys]:
             extra = {RLS_PORT: rls_port} if name == "envoy-rls" else None
             started.append(_envoy(source, ports, e2e_dir, name, extra))
             listeners.append(f"http://{LOOPBACK}:{ports.listener}")
+        rls = ManagedProcess("fake-rls", [sys.executable, "-m", "tests.support.fake_rls",
+                                          str(rls_port), str(service.record), str(service.flag)],
+                             e2e_dir / "fake-rls.log", cwd=REPO).start()
+        started.append(rls)
+        rls.wait_ready(lambda: tcp_open(LOOPBACK, rls_port), STARTUP_TIMEOUT)
         yield Envoys(*listeners, service=service,
                      extauthz_admin=f"http://{LOOPBACK}:{admin_port}")
     finally:
         for proc in reversed(started):
             proc.stop()
-        server.stop(grace=None)
 
 
 def _get(base: str, key: str) -> Response:
@@ -180,24 +204,19 @@ def test_envoy_global_rate_limit_receives_the_identity_descriptors(envoys: Envoy
     service = envoys.service
     response = _get(envoys.rls, RLS_KEY)
     assert upstream_headers(response)["x-auth-consumer"] == "rls-client"
-    with service.lock:
-        sent = list(service.requests)
-    assert len(sent) == 1
-    assert sent[0].domain == "extauthz"
-    descriptors = [[(e.key, e.value) for e in d.entries] for d in sent[0].descriptors]
-    assert descriptors == [[("consumer", "rls-client"), ("plan", "gold")]]
+    assert service.requests() == [
+        {"domain": "extauthz", "descriptors": [[["consumer", "rls-client"], ["plan", "gold"]]]}]
     # Envoy enforces the service's answer: over the limit -> Envoy's own 429
-    service.over_limit = True
+    service.set_over_limit(True)
     try:
         assert _get(envoys.rls, RLS_KEY).status == 429
     finally:
-        service.over_limit = False
+        service.set_over_limit(False)
     # no plan -> Envoy builds no (consumer, plan) descriptor, and does not call the service
     # (never a descriptor with an empty value)
-    before = len(service.requests)
-    assert _get(envoys.rls, GRPC_KEY).status in (200, 429)  # its own extauthz limit may apply
-    with service.lock:
-        assert service.requests[before:] == []
+    before = len(service.requests())
+    assert _get(envoys.rls, OUTAGE_KEY).status == 200
+    assert len(service.requests()) == before
 
 
 def test_invalid_credential_is_denied_before_any_limit(envoys: Envoys) -> None:
@@ -205,3 +224,24 @@ def test_invalid_credential_is_denied_before_any_limit(envoys: Envoys) -> None:
     for base in (envoys.grpc, envoys.http):
         response = _get(base, bad)
         assert response.status == 401 and response.header("ratelimit") is None
+
+
+def test_redis_down_fails_closed_or_open_on_both_transports(envoys: Envoys) -> None:
+    """Redis unreachable: the fail-closed limit answers 503 on both transports (gRPC: extauthz's
+    denied_response; HTTP: Envoy's status_on_error, since a 5xx from an HTTP authorization
+    service is an error to Envoy); the fail-open limit's local fallback (2 per hour on this
+    replica) decides."""
+    for base in (envoys.grpc, envoys.http):
+        response = request("GET", base + "/strict/x", {"x-api-key": OUTAGE_KEY})
+        assert response.status == 503, f"{base}: {response.status} {response.text[:200]}"
+    grpc_strict = request("GET", envoys.grpc + "/strict/x", {"x-api-key": OUTAGE_KEY})
+    assert grpc_strict.problem()["reason"] == "rate_limit_unavailable"
+    lenient = [request("GET", base + "/lenient/x", {"x-api-key": OUTAGE_KEY})
+               for base in (envoys.grpc, envoys.http, envoys.grpc, envoys.http)]
+    assert [r.status for r in lenient] == [200, 200, 429, 429]
+    assert lenient[0].header("ratelimit-policy") == '"local";q=2;w=3600'
+    assert lenient[1].header("ratelimit") == '"local";r=0;t=1800'
+    assert lenient[3].problem()["reason"] == "rate_limited"
+    metrics = request("GET", envoys.extauthz_admin + "/metrics").text
+    assert 'limit="shared-strict",result="unavailable"} 3.0' in metrics
+    assert 'limit="shared-lenient",result="fallback_limited"} 2.0' in metrics
