@@ -30,7 +30,7 @@ from extauthz.explain import Trace
 from extauthz.metrics import Metrics
 from extauthz.ratelimit import headers
 from extauthz.ratelimit.gcra import Verdict, Window, verdict
-from extauthz.ratelimit.keys import KeyContext, Part, render
+from extauthz.ratelimit.keys import PARTS, KeyContext, Part, render
 from extauthz.ratelimit.memory import MemoryStore
 from extauthz.ratelimit.metrics import RESULTS, checks_counter
 from extauthz.ratelimit.redis_store import RedisStore
@@ -262,8 +262,6 @@ def _unavailable(decision: Decision, view: RequestView,
 
 
 def _descriptors(names: Sequence[str], ctx: KeyContext) -> dict[str, str]:
-    from extauthz.ratelimit.keys import PARTS
-
     out = {}
     for name in names:
         value = PARTS[name](ctx)
