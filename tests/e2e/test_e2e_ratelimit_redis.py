@@ -60,7 +60,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
 
 
 def _config(path: Path, store: str, redis_url: str = "", cluster: bool = False,
-            prefix: str = "t:") -> Path:
+            prefix: str = "t:", window: str = f"{{requests: {LIMIT}, seconds: 3600}}") -> Path:
     redis = (f"  redis: {{url: '{redis_url}', cluster: {str(cluster).lower()}, "
              f"key_prefix: '{prefix}', timeout_seconds: 0.5}}\n") if redis_url else ""
     path.write_text(f"""\
@@ -71,7 +71,7 @@ rate_limiting:
     hourly:
       key: consumer
       store: {store}
-      windows: [{{requests: {LIMIT}, seconds: 3600}}]
+      windows: [{window}]
 consumers:
 - name: acme
   keys: [{{id: k1, hash: "{hash_api_key(KEY)}"}}]
@@ -128,6 +128,40 @@ def test_two_replicas_never_exceed_a_shared_limit(
     config = _config(tmp_path / "c.yaml", "redis", url, kind == "cluster", f"{kind}-bound:")
     statuses = _burst_on_two_replicas(config, tmp_path)
     assert statuses == Counter({200: LIMIT, 429: REQUESTS - LIMIT}), statuses
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_two_replicas_with_refill_stay_within_burst_plus_elapsed_over_t(
+        kind: str, standalone: RedisServer, cluster: RedisCluster, tmp_path: Path) -> None:
+    """20 per second, burst 5 (T = 50 ms), hammered for 2 s by 16 threads on two replicas:
+    allowed <= 5 + floor(elapsed / T), elapsed measured around the whole burst (Redis's clock
+    spans no more than that)."""
+    url = standalone.url if kind == "standalone" else cluster.url
+    config = _config(tmp_path / "c.yaml", "redis", url, kind == "cluster", f"{kind}-refill:",
+                     window="{requests: 20, seconds: 1, burst: 5}")
+    replicas = [_replica(config, tmp_path / f"replica-{i}.log") for i in range(2)]
+    try:
+        ports = [port for _, port in replicas]
+
+        def worker(i: int) -> list[int]:
+            out = []
+            while time.monotonic() < stop:
+                out.append(_check(ports[i % 2])[0])
+            return out
+
+        started = time.monotonic()
+        stop = started + 2.0
+        with ThreadPoolExecutor(THREADS) as pool:
+            statuses = Counter(s for batch in pool.map(worker, range(THREADS)) for s in batch)
+        elapsed = time.monotonic() - started
+    finally:
+        for proc, _ in replicas:
+            proc.stop()
+    assert set(statuses) <= {200, 429}, statuses
+    bound = 5 + int(elapsed / 0.05)
+    print(f"refill {kind}: {dict(statuses)} in {elapsed:.2f}s, bound {bound}")
+    assert 5 <= statuses[200] <= bound, (statuses, elapsed, bound)
+    assert statuses[429] > 0, statuses
 
 
 def test_two_replicas_in_memory_each_count_alone(tmp_path: Path) -> None:
