@@ -44,11 +44,29 @@ def _consumer(ctx: KeyContext) -> str:
 
 
 def _subject(ctx: KeyContext) -> str:
+    """``authenticator/subject``: two issuers may both have a ``sub`` 123 (different people)."""
+    identity = ctx.identity
+    if identity is None or not identity.subject:
+        return ""
+    return f"{identity.authenticator}/{identity.subject}"
+
+
+def subject(ctx: KeyContext) -> str:
+    """The bare subject (descriptors for Envoy: the service sees what the upstream sees)."""
     return ctx.identity.subject if ctx.identity is not None else ""
 
 
+#: methods whose ``key_id`` names the client's own credential (a JWT's is the issuer's signing key)
+_KEYED = frozenset({AuthMethod.API_KEY, AuthMethod.HMAC})
+
+
 def _api_key(ctx: KeyContext) -> str:
-    return (ctx.identity.key_id or "") if ctx.identity is not None else ""
+    """``authenticator/consumer/key id``: key ids are unique only within a consumer (API keys) or
+    an authenticator (HMAC); names cannot contain ``/`` so the join is unambiguous."""
+    identity = ctx.identity
+    if identity is None or not identity.key_id or identity.method not in _KEYED:
+        return ""
+    return f"{identity.authenticator}/{identity.consumer or ''}/{identity.key_id}"
 
 
 PARTS: Mapping[str, Part] = {

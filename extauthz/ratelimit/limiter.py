@@ -30,7 +30,7 @@ from extauthz.explain import Trace
 from extauthz.metrics import Metrics
 from extauthz.ratelimit import headers
 from extauthz.ratelimit.gcra import Verdict, Window, verdict
-from extauthz.ratelimit.keys import PARTS, KeyContext, Part, render
+from extauthz.ratelimit.keys import PARTS, KeyContext, Part, render, subject
 from extauthz.ratelimit.memory import MemoryStore
 from extauthz.ratelimit.metrics import RESULTS, checks_counter
 from extauthz.ratelimit.redis_store import RedisStore
@@ -264,7 +264,7 @@ def _unavailable(decision: Decision, view: RequestView,
 def _descriptors(names: Sequence[str], ctx: KeyContext) -> dict[str, str]:
     out = {}
     for name in names:
-        value = PARTS[name](ctx)
+        value = subject(ctx) if name == "subject" else PARTS[name](ctx)
         if value:
             out[name] = value
     return out

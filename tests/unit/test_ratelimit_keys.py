@@ -23,7 +23,8 @@ ALICE = Identity(method=AuthMethod.API_KEY, subject="alice", authenticator="keys
 
 
 @pytest.mark.parametrize(("part", "expected"), [
-    ("consumer", "acme"), ("subject", "alice"), ("api_key", "k1"), ("client_address", "192.0.2.7"),
+    ("consumer", "acme"), ("subject", "keys/alice"), ("api_key", "keys/acme/k1"),
+    ("client_address", "192.0.2.7"),
     ("route", "orders"), ("method", "POST"), ("plan", "gold"),
 ])
 def test_each_part(part: str, expected: str) -> None:
@@ -71,3 +72,23 @@ def test_cel_part_reads_identity_and_request() -> None:
 def test_cel_part_errors(source: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compile_cel_part(source)
+
+
+def test_api_key_part_is_the_clients_credential_only() -> None:
+    """Key ids repeat across consumers (and a JWT's key id is the issuer's signing key, shared by
+    every user): neither may put two clients in one bucket."""
+    part = (("api_key", PARTS["api_key"]),)
+    other = Identity(method=AuthMethod.API_KEY, subject="bob", authenticator="keys",
+                     consumer="bobco", key_id="k1")
+    assert render(part, ctx(ALICE)) != render(part, ctx(other))
+    jwt = Identity(method=AuthMethod.JWT, subject="carol", authenticator="idp", key_id="kid-1")
+    assert render(part, ctx(jwt)) is None
+    hmac = Identity(method=AuthMethod.HMAC, subject="svc", authenticator="sig", key_id="a/b")
+    assert PARTS["api_key"](ctx(hmac)) == "sig//a/b"
+
+
+def test_subjects_of_two_authenticators_are_counted_apart() -> None:
+    part = (("subject", PARTS["subject"]),)
+    a = Identity(method=AuthMethod.JWT, subject="123", authenticator="issuer-a")
+    b = Identity(method=AuthMethod.JWT, subject="123", authenticator="issuer-b")
+    assert render(part, ctx(a)) != render(part, ctx(b))
