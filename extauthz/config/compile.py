@@ -226,7 +226,8 @@ class _Compiler:
             for i, consumer in enumerate(part.consumers):  # type: ignore[attr-defined]
                 consumers.append((_where(source, f"consumers[{i}]"), consumer))
             for i, spec in enumerate(part.routes):  # type: ignore[attr-defined]
-                routes.append((_where(source, f"routes[{i}]"), spec.name, spec.limits))
+                routes.append((_where(source, f"routes[{i}]"), spec.name, spec.limits,
+                               spec.public))
         return build_rate_limiter(
             self.loaded.main.rate_limiting, consumers=consumers, routes=routes,
             fallback_redis=self.settings.redis, base_dir=self.loaded.path.parent,

@@ -30,6 +30,8 @@ from extauthz.ratelimit.redis_store import RedisStore
 from extauthz.state.snapshot import resolve_target
 
 WHERE = "rate_limiting"
+#: key parts that only an authenticated request has
+_IDENTITY_PARTS = frozenset({"consumer", "subject", "api_key", "plan"})
 
 
 def _windows(name: str, specs: Sequence[RateLimitWindow], where: str,
@@ -93,14 +95,15 @@ def build_rate_limiter(
     spec: RateLimiting,
     *,
     consumers: Sequence[tuple[str, Consumer]],
-    routes: Sequence[tuple[str, str, Sequence[str]]],
+    routes: Sequence[tuple[str, str, Sequence[str], bool]],
     fallback_redis: RedisSpec | None,
     base_dir: Path,
     metrics: Metrics,
     issues: list[ConfigIssue],
 ) -> tuple[RateLimiter | None, tuple[Path, ...]]:
     """The limiter (None when nothing is rate limited and no descriptors are asked for) and the
-    files to watch. ``consumers``: (location, consumer); ``routes``: (location, name, limits)."""
+    files to watch. ``consumers``: (location, consumer); ``routes``: (location, name, limits,
+    public)."""
     limits: dict[str, Limit] = {}
     for name, limit_spec in spec.limits.items():
         built = _limit(name, limit_spec, f"{WHERE}.limits.{name}", issues)
@@ -111,9 +114,17 @@ def build_rate_limiter(
         for plan, names in spec.plans.items()
     }
     route_limits = {}
-    for where, route, names in routes:
+    for where, route, names, public in routes:
         if names:
             route_limits[route] = _names(names, limits, f"{where}.limits", issues, spec.limits)
+        if public:
+            for i, limit in enumerate(route_limits.get(route, ())):
+                needs = [name for name, _ in limit.parts if name in _IDENTITY_PARTS]
+                if needs:
+                    # it would silently never apply: there is no identity on a public route
+                    issues.append(ConfigIssue(
+                        f"{where}.limits[{i}]", f"rate limit {limit.name!r} is keyed by "
+                        f"{needs[0]}, which a public route never has (it would never apply)"))
     consumer_limits: dict[str, tuple[Limit, ...]] = {}
     consumer_plans: dict[str, str] = {}
     for where, consumer in consumers:

@@ -236,6 +236,9 @@ async def test_reload_keeps_in_memory_counts(tmp_path: Path) -> None:
     ("routes:\n- {name: r, match: {prefix: /}, public: true, limits: [nope]}",
      "routes[0].limits[0]", "unknown rate limit 'nope'"),
     ("consumers:\n- {name: c, plan: platinum}", "consumers[0].plan", "unknown plan 'platinum'"),
+    ("rate_limiting:\n  limits:\n    l: {key: [route, consumer], windows: [{requests: 1, "
+     "seconds: 1}]}\nroutes:\n- {name: r, match: {prefix: /}, public: true, limits: [l]}",
+     "routes[0].limits[0]", "keyed by consumer, which a public route never has"),
     ("rate_limiting:\n  plans: {p: [nope]}", "rate_limiting.plans.p[0]", "unknown rate limit"),
     ("rate_limiting:\n  limits:\n    l: {key: {cel: 'request.path.size()'}, "
      "windows: [{requests: 1, seconds: 1}]}",
@@ -300,3 +303,20 @@ tests:
 """)
     assert main(["test", str(tmp_path)]) == 0, capsys.readouterr().out
     assert "2 passed, 0 failed" in capsys.readouterr().out
+
+
+async def test_shadow_mode_does_not_waive_rate_limits(tmp_path: Path) -> None:
+    """Shadow mode waives the *policy* only: a shadow-denied request is counted and limited."""
+    text = CONFIG.replace("""- name: api
+  match: {prefix: /v1/}
+  authn: [keys]
+  limits: [per-route]""", """- name: api
+  match: {prefix: /v1/}
+  authn: [keys]
+  authz: {consumers: [tiny], shadow: true}
+  limits: [per-key]""")
+    engine = Engine(Metrics(), snapshot(tmp_path, text))
+    view = make_view("/v1/x", headers={"x-api-key": GOLD})
+    decisions = [await engine.check(view) for _ in range(4)]
+    assert [d.outcome for d in decisions[:3]] == [Outcome.SHADOW_DENY] * 3
+    assert decisions[3].http_status == 429 and decisions[3].reason is Reason.RATE_LIMITED
