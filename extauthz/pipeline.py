@@ -1,4 +1,4 @@
-"""The check pipeline: RequestView -> route -> authenticate -> authorize -> Decision.
+"""The check pipeline: RequestView -> route -> authenticate -> authorize -> rate limits -> Decision.
 
 :class:`Engine` holds a reference to the current :class:`Snapshot`; a check reads it once, so a
 reload (which swaps the reference) never mixes two configurations within one request.
