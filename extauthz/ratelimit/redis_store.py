@@ -7,11 +7,11 @@ script at a time, so concurrent checks from any number of replicas are serialize
 one process had decided them in some order — the bound of the docs holds for the whole fleet,
 with nothing over it. Time is Redis's own (``TIME``), so the replicas' clocks do not matter.
 
-Keys: ``<prefix>{<limit>:<digest>}:<window>`` where ``digest`` is a BLAKE2b-128 of the key value
-(subjects and addresses never appear in Redis key names; the length is bounded). The braces are
-a hash tag: every window of one limit's key lives in one cluster slot, which a multi-key script
-needs on a Redis Cluster. Each key expires (``PX``) when its TAT passes, so Redis holds only keys
-that still matter.
+Keys: ``<prefix>{<limit>:<digest>}:<window policy name>`` where ``digest`` is a BLAKE2b-128 of
+the key value (subjects and addresses never appear in Redis key names; the length is bounded).
+The braces are a hash tag: every window of one limit's key lives in one cluster slot, which a
+multi-key script needs on a Redis Cluster. Each key expires (``PX``) when its TAT passes, so
+Redis holds only keys that still matter.
 
 Failures: any error or a call over ``timeout_seconds`` raises :class:`StoreUnavailable`; after one,
 calls fail at once for ``retry_interval_seconds`` (no check waits on a dead Redis), then the next
@@ -65,10 +65,12 @@ class StoreUnavailable(Exception):
     """Redis could not answer (down, timed out, refused); the limit's ``on_redis_error`` applies."""
 
 
-def key_names(prefix: str, limit: str, key: str, windows: int) -> list[str]:
-    """The Redis keys of ``key`` under ``limit``: one per window, one hash slot for all."""
+def key_names(prefix: str, limit: str, key: str, windows: Sequence[Window]) -> list[str]:
+    """The Redis keys of ``key`` under ``limit``: one per window (named by its policy, unique in
+    the limit, so a reload that adds or reorders windows never reads another window's state),
+    one hash slot for all."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
-    return [f"{prefix}{{{limit}:{digest}}}:{i}" for i in range(windows)]
+    return [f"{prefix}{{{limit}:{digest}}}:{w.policy}" for w in windows]
 
 
 def script_args(windows: Sequence[Window]) -> list[int]:
@@ -151,7 +153,7 @@ class RedisStore:
         client = self._client
         if client is None or time.monotonic() < self._down_until:
             return [None] * len(items)
-        calls = [(key_names(self.prefix, limit, key, len(windows)), script_args(windows))
+        calls = [(key_names(self.prefix, limit, key, windows), script_args(windows))
                  for limit, key, windows in items]
         try:
             if asyncio.current_task() is not None:

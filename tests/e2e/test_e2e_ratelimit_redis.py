@@ -204,7 +204,7 @@ def test_cluster_keys_of_one_limit_share_a_slot_and_expire(cluster: RedisCluster
 
     allowed, delays = asyncio.run(hit())
     assert allowed and len(delays) == 3
-    names = key_names("slot:", "lim", "consumer:4:acme", 3)
+    names = key_names("slot:", "lim", "consumer:4:acme", windows)
     client = SyncCluster.from_url(cluster.url)
     try:
         slots = {client.keyslot(name) for name in names}
