@@ -1,16 +1,17 @@
-"""The ``extauthz`` command line: serve, validate, check, test, keys, revoke."""
+"""The ``extauthz`` command line: serve, validate, check, test, keys, identity-token, revoke."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from extauthz import __version__
 from extauthz.errors import ConfigError
+from extauthz.logformat import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -38,7 +39,10 @@ def _serve(args: argparse.Namespace) -> int:
         http_authz_path_prefix=args.http_authz_path_prefix,
         http_authz_source_header=args.http_authz_source_header,
     )
+    from extauthz import tracing
+
     try:
+        tracing.configure_from_env(os.environ)  # OTEL_*: imports OpenTelemetry only if asked
         asyncio.run(Server(options).run_until_signal())
     except ConfigError as exc:
         _print_config_error(args.config, exc)
@@ -46,6 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"extauthz: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # export the spans still buffered
     return 0
 
 
@@ -223,11 +229,53 @@ def _revoke(args: argparse.Namespace) -> int:
     return 2
 
 
+def _idtoken_generate_key(args: argparse.Namespace) -> int:
+    import os
+
+    from extauthz.idtoken.keys import generate_pem, parse_private_key
+
+    pem = generate_pem(args.alg)
+    kid = parse_private_key(pem).kid
+    if args.out is None:
+        sys.stdout.write(pem.decode("ascii"))
+    else:
+        try:  # created 0600 and never overwritten: a signing key is a secret
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            print(f"extauthz: cannot create {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+    print(f"{args.alg} key, kid {kid} (RFC 7638 thumbprint)", file=sys.stderr)
+    return 0
+
+
+def _idtoken_jwks(args: argparse.Namespace) -> int:
+    from extauthz.config.compile import load_snapshot
+    from extauthz.metrics import Metrics
+
+    try:
+        snapshot = load_snapshot(args.config, Metrics())
+    except ConfigError as exc:
+        _print_config_error(args.config, exc)
+        return 1
+    if snapshot.identity_tokens is None:
+        print("extauthz: this configuration has no settings.identity_token", file=sys.stderr)
+        return 2
+    print(json.dumps(snapshot.identity_tokens.jwks(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=os.environ.get("EXTAUTHZ_LOG_LEVEL", "INFO"),
+                        type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="application log level (default: $EXTAUTHZ_LOG_LEVEL or INFO)")
+    parser.add_argument("--log-format", default=os.environ.get("EXTAUTHZ_LOG_FORMAT", "text"),
+                        type=str.lower, choices=["text", "json"],
+                        help="application logs on stderr: text, or json (one JSON object per "
+                             "line; default: $EXTAUTHZ_LOG_FORMAT or text)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the ext_authz gRPC server")
@@ -283,6 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--hmac", action="store_true", help="print a new HMAC secret")
     generate.set_defaults(func=_keys_generate)
 
+    idtoken = sub.add_parser("identity-token",
+                             help="signing keys of the identity token (docs/identity-token.md)")
+    idtoken_sub = idtoken.add_subparsers(dest="idtoken_command", required=True)
+    genkey = idtoken_sub.add_parser("generate-key", help="print (or --out) a new private key")
+    genkey.add_argument("--alg", choices=["ES256", "EdDSA"], default="ES256")
+    genkey.add_argument("--out", metavar="FILE", help="write the PEM here (mode 0600, new file)")
+    genkey.set_defaults(func=_idtoken_generate_key)
+    export = idtoken_sub.add_parser("jwks", help="print the public JWKS of a configuration")
+    export.add_argument("--config", required=True)
+    export.set_defaults(func=_idtoken_jwks)
+
     revoke = sub.add_parser(
         "revoke", help="revoke a JWT (by jti) or an API key (in Redis when settings.redis has "
                        "revocation: true, else in settings.revocation_file)")
@@ -302,11 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``extauthz`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     return int(args.func(args))
 
 

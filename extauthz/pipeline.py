@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from extauthz import tracing
 from extauthz.authn import dispatch
 from extauthz.authn.base import Authenticator
 from extauthz.config.compile import Snapshot
@@ -76,6 +77,12 @@ class Engine:
 
     async def check(self, view: RequestView, trace: Trace | None = None) -> Decision:
         """Decide one request. Never raises. ``trace``: record why (see the module doc)."""
+        tracer = tracing.state.tracer
+        if tracer is not None:  # OpenTelemetry: a span per check (extauthz.tracing)
+            return await tracer.check(view, self._decide(view, trace))
+        return await self._decide(view, trace)
+
+    async def _decide(self, view: RequestView, trace: Trace | None) -> Decision:
         snapshot = self.snapshot
         if snapshot is None:
             return deny(503, GrpcCode.UNAVAILABLE, Reason.DEPENDENCY_UNAVAILABLE, NO_ROUTE_LABEL,
@@ -249,9 +256,19 @@ class Engine:
                 upstream.append((prefix + "scopes", " ".join(sorted(identity.scopes))))
             upstream.extend(identity.headers)
             upstream = [(k, v) for k, v in upstream if _header_safe(v)]
+        tokens = snapshot.identity_tokens
+        if tokens is not None and identity is not None and route is not None:
+            # the signed identity token (docs/identity-token.md): base64url, header-safe
+            minted = tokens.header_for(route.name, identity)
+            if minted is not None:
+                upstream.append(minted)
         upstream_names = {k for k, _ in upstream}
         remove: list[str] = []
         remove_query: list[str] = []
+        # A client-sent identity token is removed on every route, minted or not.
+        if tokens is not None and tokens.header in view.headers \
+                and tokens.header not in upstream_names:
+            remove.append(tokens.header)
         # Clients must never be able to send identity headers themselves.
         for name in view.headers:
             if name.startswith(prefix) and name not in upstream_names:

@@ -36,6 +36,7 @@ from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
 from extauthz.http_authz import HttpAuthzServer
+from extauthz.idtoken import IdentityTokens
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.reload import ConfigWatcher
@@ -224,7 +225,8 @@ class Server:
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
         host, port = split_address(self.options.http_address)
-        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready), access_log=None)
+        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready,
+                                              self._identity_tokens), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_port=False)
         await site.start()
@@ -243,6 +245,11 @@ class Server:
             )
             self._watcher.start()
         log.info("serving grpc=%s http=%s", self.options.grpc_address, self.options.http_address)
+
+    def _identity_tokens(self) -> IdentityTokens | None:
+        """The serving snapshot's identity tokens (the admin endpoint publishes their keys)."""
+        snapshot = self.engine.snapshot
+        return snapshot.identity_tokens if snapshot is not None else None
 
     async def _start_grpc(self) -> None:
         # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.

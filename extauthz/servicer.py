@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from extauthz import tracing
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.decision import Decision, from_error
 from extauthz.decisionlog import DecisionLog
@@ -53,6 +54,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     async def Check(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
         view: RequestView | None = None
+        if tracing.state.tracer is not None:
+            # Envoy's ext_authz span is in the call metadata, not in the CheckRequest headers
+            metadata = dict(context.invocation_metadata() or ())
+            tracing.set_transport_parent(metadata.get("traceparent"))
         try:
             view, decision = await decide_request(self.engine, request)
             response = to_check_response(decision)

@@ -53,6 +53,7 @@ from urllib.parse import quote_plus
 
 import aiohttp
 
+from extauthz import tracing
 from extauthz.authn.base import Challenge
 from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
@@ -290,6 +291,8 @@ class IntrospectionAuthenticator(SourceCredentials):
             self._cache.put(key, result, cache_until)
         return result
 
+    @tracing.outbound_span("introspection",
+                           lambda self, _token: {"url.full": tracing.safe_url(self._endpoint)})
     async def _post(self, token: str) -> dict[str, Any]:
         if self._session is None or self._session.closed:
             await self.start()

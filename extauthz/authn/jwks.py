@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from extauthz import tracing
 from extauthz.clock import Clock
 from extauthz.config.schema import JwtSpec
 from extauthz.errors import DependencyUnavailable, Reason
@@ -637,6 +638,8 @@ class RemoteJwks:
             raise _FetchError("invalid", f"no usable key ({reasons})")
         return keyset
 
+    @tracing.outbound_span("jwks.fetch",
+                           lambda _self, _session, url: {"url.full": _safe_url(url)})
     async def _get_json(self, session: aiohttp.ClientSession, url: str) -> Any:
         where = _safe_url(url)
         try:

@@ -20,9 +20,11 @@ from extauthz.authn.dispatch import needs_dispatch
 from extauthz.authn.registry import BuildContext, Factory, default_registry
 from extauthz.authz.policy import Policy, PolicyError
 from extauthz.clock import Clock, system_clock
+from extauthz.config.idtoken_schema import RouteIdentityTokenSpec
 from extauthz.config.loader import LoadedConfig, load_config
 from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
 from extauthz.errors import ConfigError, ConfigIssue
+from extauthz.idtoken import IdentityTokens, build_identity_tokens
 from extauthz.metrics import Metrics
 from extauthz.ratelimit.compile import build_rate_limiter
 from extauthz.ratelimit.limiter import RateLimiter
@@ -48,6 +50,8 @@ class Snapshot:
     state: SnapshotState | None = None
     #: rate limits (rate_limiting); None when nothing is limited
     rate_limits: RateLimiter | None = None
+    #: the signed identity token (``settings.identity_token``); None when off
+    identity_tokens: IdentityTokens | None = None
 
     async def start(self) -> None:
         """Start background work of every authenticator (JWKS refresh, ...)."""
@@ -192,6 +196,7 @@ class _Compiler:
                     self.authenticators[name] = built
         routes: list[Route] = []
         names: set[str] = set()
+        token_routes: list[tuple[str, str, bool, RouteIdentityTokenSpec | None]] = []
         for source, part in self._parts():
             for i, spec in enumerate(part.routes):  # type: ignore[attr-defined]
                 where = _where(source, f"routes[{i}]")
@@ -200,10 +205,15 @@ class _Compiler:
                                                    f"duplicate route {spec.name!r}"))
                     continue
                 names.add(spec.name)
+                token_routes.append((spec.name, where, spec.public, spec.identity_token))
                 route = self._route(spec, where)
                 if route is not None:
                     routes.append(route)
         rate_limits, rate_limit_files = self._rate_limits()
+        tokens = build_identity_tokens(self.settings.identity_token, token_routes,
+                                       self.loaded.path.parent, self.issues, clock=self.ctx.clock,
+                                       identity_prefix=self.settings.identity_header_prefix,
+                                       metrics=self.ctx.metrics)
         if self.issues:
             raise ConfigError(self.issues)
         return Snapshot(
@@ -213,9 +223,10 @@ class _Compiler:
             digest=self.loaded.digest,
             source=str(self.loaded.path),
             files=(self.loaded.files + self._authenticator_files() + self.state.files()
-                   + rate_limit_files),
+                   + rate_limit_files + (tokens.files if tokens is not None else ())),
             state=self.state,
             rate_limits=rate_limits,
+            identity_tokens=tokens,
         )
 
     def _rate_limits(self) -> tuple[RateLimiter | None, tuple[Path, ...]]:

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from extauthz.config.idtoken_schema import IdentityTokenSpec, RouteIdentityTokenSpec
+
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -720,6 +722,8 @@ class RouteSpec(Model):
     strip_credentials: bool | None = None
     #: rate limits (names in ``rate_limiting.limits``) every request on this route counts against
     limits: list[Name] = Field(default_factory=list)
+    #: mint a signed identity token for the upstream (docs/identity-token.md)
+    identity_token: RouteIdentityTokenSpec | None = None
 
     @model_validator(mode="after")
     def _authn_or_public(self) -> RouteSpec:
@@ -988,6 +992,8 @@ class Settings(Model):
     revocation_file: str | None = Field(default=None, min_length=1)
     #: request size limits (see :class:`Limits`)
     limits: Limits = Field(default_factory=Limits)
+    #: signed identity token for the upstream (docs/identity-token.md); none = off
+    identity_token: IdentityTokenSpec | None = None
 
     @field_validator("identity_header_prefix")
     @classmethod

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
+from extauthz import tracing
 from extauthz.metrics import Metrics
 from extauthz.state.base import SharedStateUnavailable
 
@@ -189,6 +190,8 @@ class RedisClient:
             self._scripts[source] = script
         return script
 
+    @tracing.outbound_span("redis", lambda _self, op, _call: {"db.system.name": "redis",
+                                                              "db.operation.name": op})
     async def run(self, op: str, call: Callable[[Redis], Awaitable[T]]) -> T:
         """Run ``call(redis)`` bounded by the timeout; :class:`SharedStateUnavailable` on any
         failure (and at once while Redis is known to be down). ``op`` is a metric label."""

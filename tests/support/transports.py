@@ -1,0 +1,60 @@
+"""An extauthz + Envoy pair on either transport: ``grpc`` (deploy/envoy/envoy.yaml) or ``http``
+(deploy/envoy/envoy-http-authz.yaml with ``serve --http-authz-address``).
+
+For tests that must prove one behaviour over both ext_authz protocols. ``envoy_edit`` may change
+the rendered Envoy configuration (a dict) before it is written, e.g. to add tracing; ``env``
+replaces extauthz's environment (e.g. ``OTEL_*`` variables).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extauthz.demo.envoy import ENVOY_CONFIG, EnvoyPorts, render_config, start_envoy
+from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
+from tests.support.processes import STARTUP_TIMEOUT, Stack
+
+ENVOY_HTTP_CONFIG = ENVOY_CONFIG.parent / "envoy-http-authz.yaml"
+TRANSPORTS = ("grpc", "http")
+
+
+def start_transport_stack(
+    transport: str,
+    config: Path,
+    *,
+    upstream_port: int,
+    log_dir: Path,
+    envoy_edit: Callable[[dict[str, Any]], None] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Stack:
+    """Start extauthz (serving ``transport``) and Envoy in front of ``upstream_port``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    listener, admin, authz, grpc_port, http_port = free_ports(5)
+    ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz, echo=upstream_port)
+    source = ENVOY_CONFIG if transport == "grpc" else ENVOY_HTTP_CONFIG
+    rendered = yaml.safe_load(render_config(ports, source))
+    if envoy_edit is not None:
+        envoy_edit(rendered)
+    envoy_config = log_dir / "envoy.yaml"
+    envoy_config.write_text(yaml.safe_dump(rendered, sort_keys=False))
+    if transport == "grpc":
+        argv = extauthz_argv(config, f"{LOOPBACK}:{authz}", f"{LOOPBACK}:{http_port}")
+    else:
+        argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
+                "--http-authz-address", f"{LOOPBACK}:{authz}"]
+    extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log",
+                              env=dict(os.environ) | dict(env or {})).start()
+    try:
+        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
+        envoy = start_envoy(envoy_config, admin_port=admin, log_path=log_dir / "envoy.log",
+                            timeout=STARTUP_TIMEOUT)
+    except BaseException:
+        extauthz.stop()
+        raise
+    return Stack(config=config, ports=ports, http_port=http_port, log_dir=log_dir,
+                 extauthz=extauthz, envoy=envoy, envoy_config=envoy_config)
