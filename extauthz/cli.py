@@ -55,6 +55,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_refusal(display: str, detail: str, problem: str | None) -> str:
+    """Why ``extauthz revoke`` could not write to Redis: full, untrusted or unreachable."""
+    if problem is not None:
+        return f"Redis {display} is not used: {problem}"
+    if detail == "OutOfMemoryError":
+        return (f"Redis {display} is full (OOM: used memory reached maxmemory and the policy "
+                "is noeviction, so it refuses writes); free memory or raise maxmemory")
+    if detail and detail not in ("Redis is down", "TimeoutError", "ConnectionError"):
+        return f"Redis {display} refused the write ({detail})"
+    return f"Redis {display} is unreachable"
+
+
 def _print_config_error(path: str, exc: ConfigError) -> None:
     print(f"extauthz: configuration {path} refused ({len(exc.issues)} problem(s)):",
           file=sys.stderr)
@@ -193,20 +205,21 @@ def _revoke(args: argparse.Namespace) -> int:
             print(f"extauthz: settings.redis.{exc}", file=sys.stderr)
             return 1
 
-        async def run() -> bool:
+        async def run() -> str | None:
+            """None when revoked, else why not (in the operator's words)."""
             client = RedisClient(target, Metrics())
             await client.start()
             try:
                 await revoke_in_redis(client, redis.key_prefix, kind, value, until, now)
-            except SharedStateUnavailable:
-                return False
+            except SharedStateUnavailable as exc:
+                return _redis_refusal(target.display, exc.detail, client.problem)
             finally:
                 await client.close()
-            return True
+            return None
 
-        if not asyncio.run(run()):
-            print(f"extauthz: Redis {target.display} is unreachable: {value} NOT revoked",
-                  file=sys.stderr)
+        refused = asyncio.run(run())
+        if refused is not None:
+            print(f"extauthz: {refused}: {value} NOT revoked", file=sys.stderr)
             return 1
         print(f"revoked {kind} {value}{lasting} in Redis {target.display} "
               f"(key prefix {redis.key_prefix!r}); every replica applies it within "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class Reason(enum.StrEnum):
@@ -115,8 +116,11 @@ class ConfigIssue:
 class ConfigError(ExtAuthzError):
     """A configuration was refused; ``issues`` lists every problem found, not just the first."""
 
-    def __init__(self, issues: list[ConfigIssue]) -> None:
+    def __init__(self, issues: list[ConfigIssue], files: tuple[Path, ...] = ()) -> None:
         self.issues = issues
+        #: the files the refused attempt read or looked for: a server watches them until a
+        #: configuration loads, so fixing any of them in place is picked up without SIGHUP
+        self.files = files
         super().__init__("\n".join(str(i) for i in issues))
 
 

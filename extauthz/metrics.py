@@ -123,6 +123,12 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.redis_data_loss = Counter(
+            "extauthz_redis_data_loss",
+            "Times Redis was seen to have lost extauthz's data (its epoch key changed or "
+            "vanished).",
+            registry=r,
+        )
         self.revocation_age = Gauge(
             "extauthz_revocation_sync_age_seconds",
             "Seconds since the revocation lists were last synced from Redis.",

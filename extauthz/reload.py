@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -49,6 +50,14 @@ def fingerprint(paths: Iterable[Path]) -> Fingerprint:
             except OSError:
                 out.append((str(candidate), -1, -1, -1))
     return tuple(sorted(out))
+
+
+def _changed_since(prints: Fingerprint, since_ns: int) -> Fingerprint:
+    """``prints`` with every entry modified at or after ``since_ns`` marked as unseen."""
+    return tuple(
+        (path, -2, -2, -2) if mtime >= since_ns else (path, inode, size, mtime)
+        for path, inode, size, mtime in prints
+    )
 
 
 class ConfigWatcher:
@@ -98,6 +107,7 @@ class ConfigWatcher:
                 if settled == latest:
                     break
                 latest = settled
+            started = time.time_ns()
             try:
                 await self._reload()
             except Exception:  # the reload path logs and counts its own failures
@@ -107,8 +117,10 @@ class ConfigWatcher:
             # that lands while the reload runs (an in-place write caught half-way) is seen at
             # the next poll. A reload may change the set of files (a new include, a new key
             # file); only then is the baseline taken afresh over the new set.
+            # A refused reload adds the files it read (server: ConfigError.files); for those
+            # there is no "before", so one written while the reload ran counts as changed.
             new_paths = tuple(self._paths())
             if new_paths == paths:
                 current = settled
             else:
-                paths, current = new_paths, fingerprint(new_paths)
+                paths, current = new_paths, _changed_since(fingerprint(new_paths), started)

@@ -104,6 +104,8 @@ class Server:
         self._runner: web.AppRunner | None = None
         self.decision_log: DecisionLog | None = None
         self._reload_lock = asyncio.Lock()
+        #: files of the last refused reload (watched until a configuration loads)
+        self._refused_files: tuple[Path, ...] = ()
         self._watcher: ConfigWatcher | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -116,7 +118,8 @@ class Server:
         return self._serving and not self._draining
 
     def _can_serve(self) -> bool:
-        return self.engine.snapshot is not None and not self._draining and self._keys_warm()
+        return (self.engine.snapshot is not None and not self._draining and self._keys_warm()
+                and not self.state_hub.problems())
 
     def _keys_warm(self) -> bool:
         """True once every remote JWKS of the serving snapshot has loaded keys (latched)."""
@@ -190,6 +193,7 @@ class Server:
         try:
             snapshot = await self.load()
         except ConfigError as exc:
+            self._refused_files = exc.files
             self.metrics.config_reloads.labels("failure").inc()
             log.error("configuration reload refused (%d problem(s)); the previous configuration "
                       "keeps serving", len(exc.issues))
@@ -200,13 +204,17 @@ class Server:
             self.metrics.config_reloads.labels("failure").inc()
             log.exception("configuration reload failed; the previous configuration keeps serving")
             return False
+        self._refused_files = ()
         self.metrics.config_reloads.labels("success").inc()
         log.info("configuration reloaded (sha256 %s)", snapshot.digest[:12])
         return True
 
     def _watched_files(self) -> tuple[Path, ...]:
         snapshot = self.engine.snapshot
-        return snapshot.files if snapshot is not None else (Path(self.options.config_path),)
+        files = snapshot.files if snapshot is not None else (Path(self.options.config_path),)
+        # After a refused reload, also the files that attempt read (a new include, a new key
+        # file): fixing one of them in place must be noticed, not only the serving ones.
+        return tuple(dict.fromkeys(files + self._refused_files))
 
     async def start(self) -> None:
         """Load the configuration and start listening. Raises on a bad config or a busy port."""
@@ -236,7 +244,13 @@ class Server:
         if self._can_serve():
             await self._become_ready()
         else:
-            log.warning("not ready until the first JWKS fetch of every remote issuer succeeds")
+            problems = self.state_hub.problems()
+            if problems:
+                log.error("not ready: Redis cannot be trusted with extauthz's state: %s",
+                          "; ".join(problems))
+            else:
+                log.warning("not ready until the first JWKS fetch of every remote issuer "
+                            "succeeds")
             await self._set_serving(False)
             self._warming = asyncio.create_task(self._become_ready(), name="readiness")
         if self.options.watch_interval_seconds > 0:

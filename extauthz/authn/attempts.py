@@ -1,14 +1,16 @@
 """Brute-force limiting: refuse a key (username, source address, ...) after too many failures.
 
-The contract is :class:`AttemptLimiter` (async, so a shared store such as Redis can implement it
-later). A caller checks every key that identifies an attempt **before** it does expensive or
-oracle-like work (bcrypt), records a failure against each key when the credential is wrong, and
-resets the keys it trusts again after a success::
+The contract is :class:`AttemptLimiter` (async, so the Redis limiter of
+:mod:`extauthz.state.stores` implements it too). A caller **reserves** an attempt against every
+key that identifies it *before* it does expensive or oracle-like work (bcrypt): the reservation
+counts as a failure at once, so concurrent attempts cannot all pass a check that none of them has
+yet counted against; a blocked key refuses the reservation (429 + Retry-After). After a success
+the caller gives the reservation back (:meth:`AttemptLimiter.release`) or forgets the key
+(:meth:`AttemptLimiter.reset`)::
 
-    await enforce(limiter, keys)          # raises TooManyAttempts (429 + Retry-After)
-    if not verified:
-        for key in keys:
-            await limiter.record_failure(key)
+    held = await reserve_all(limiter, keys)   # raises TooManyAttempts, counts nothing then
+    if verified:
+        await limiter.reset(user_key); await limiter.release(address_key)
 
 :class:`InMemoryAttemptLimiter` keeps, per key, the times of the last ``max_failures`` failures (a
 sliding log: memory per key is bounded by ``max_failures``). A key is blocked while it has
@@ -16,12 +18,15 @@ sliding log: memory per key is bounded by ``max_failures``). A key is blocked wh
 the window. At most ``max_keys`` keys are tracked; beyond that the least recently failed key is
 forgotten (bounded memory under a flood of distinct usernames, at the price that a flood of
 distinct keys can age out an old entry — the per-address key of the flooder fills up first).
+Keys whose failures have all left the window are forgotten as soon as they reach the front of
+that order, so after a flood memory returns to what the live window needs.
 
 Single-threaded by design (one asyncio loop), like the rest of the per-process state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -47,6 +52,15 @@ class AttemptLimiter(Protocol):
         """Forget the failures of ``key`` (e.g. after a successful login)."""
         ...
 
+    async def reserve(self, key: str) -> int:
+        """Atomically: if ``key`` is blocked, the seconds until it may try again (nothing
+        counted); else count one attempt (as a failure) and return 0."""
+        ...
+
+    async def release(self, key: str) -> None:
+        """Give back one attempt counted by :meth:`reserve` (it succeeded)."""
+        ...
+
 
 class InMemoryAttemptLimiter:
     """A per-process :class:`AttemptLimiter` (see the module docstring for the semantics)."""
@@ -58,6 +72,7 @@ class InMemoryAttemptLimiter:
         *,
         max_keys: int = 100_000,
         clock: Clock = system_clock,
+        failures: OrderedDict[str, deque[float]] | None = None,
     ) -> None:
         if max_failures < 1:
             raise ValueError("max_failures must be >= 1")
@@ -69,25 +84,59 @@ class InMemoryAttemptLimiter:
         self.window_seconds = window_seconds
         self.max_keys = max_keys
         self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        #: key -> times of its last failures (oldest first). ``failures`` may be shared with the
+        #: limiters of earlier configurations (extauthz.state.local): counts survive reloads,
+        #: and each limiter applies its own limits to them.
+        self._failures: OrderedDict[str, deque[float]] = (
+            OrderedDict() if failures is None else failures
+        )
 
     async def check(self, key: str) -> int:
-        return self._retry_after(key, self._clock())
+        now = self._clock()
+        self._purge(now)
+        return self._retry_after(key, now)
+
+    def _purge(self, now: float) -> None:
+        """Forget keys whose every failure has left the window. Keys are in order of their last
+        failure (``move_to_end``), so the expired ones are at the front: amortised O(1)."""
+        failures = self._failures
+        while failures:
+            log = failures[next(iter(failures))]
+            if log and now - log[-1] < self.window_seconds:
+                return
+            failures.popitem(last=False)
 
     async def record_failure(self, key: str) -> None:
         now = self._clock()
+        self._purge(now)
         log = self._failures.get(key)
         if log is None:
-            log = deque(maxlen=self.max_failures)
+            log = deque()
             self._failures[key] = log
             while len(self._failures) > self.max_keys:
                 self._failures.popitem(last=False)
         else:
             self._failures.move_to_end(key)
         log.append(now)
+        while len(log) > self.max_failures:  # memory per key bounded by max_failures
+            log.popleft()
 
     async def reset(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    async def reserve(self, key: str) -> int:
+        # No await between the check and the count: atomic on the event loop.
+        wait = self._retry_after(key, self._clock())
+        if wait == 0:
+            await self.record_failure(key)
+        return wait
+
+    async def release(self, key: str) -> None:
+        log = self._failures.get(key)
+        if log:
+            log.pop()
+            if not log:
+                del self._failures[key]
 
     def _retry_after(self, key: str, now: float) -> int:
         log = self._failures.get(key)
@@ -101,7 +150,9 @@ class InMemoryAttemptLimiter:
             return 0
         if len(log) < self.max_failures:
             return 0
-        return max(1, math.ceil(log[0] + self.window_seconds - now))
+        # Blocked until the max_failures-th most recent failure leaves the window (the log may
+        # be longer when an earlier configuration allowed more failures).
+        return max(1, math.ceil(log[-self.max_failures] + self.window_seconds - now))
 
     def __len__(self) -> int:
         """Number of keys currently tracked (for tests and metrics)."""
@@ -119,3 +170,31 @@ async def enforce(
         wait = max(wait, await limiter.check(key))
     if wait > 0:
         raise TooManyAttempts(Reason.TOO_MANY_ATTEMPTS, description, retry_after=wait)
+
+
+async def reserve_all(
+    limiter: AttemptLimiter,
+    keys: Iterable[str],
+    description: str = "too many failed attempts; try again later",
+) -> list[str]:
+    """Reserve one attempt against every key, or none: raises :class:`TooManyAttempts` (after
+    giving back what it reserved) when one of them is blocked. Returns the keys reserved.
+
+    Reserving key by key (not in one atomic step over all keys) keeps every Redis call on one
+    key; a reservation given back a moment later can only make a concurrent attempt look
+    blocked, never let one through.
+    """
+    held: list[str] = []
+    try:
+        for key in keys:
+            wait = await limiter.reserve(key)
+            if wait > 0:
+                raise TooManyAttempts(Reason.TOO_MANY_ATTEMPTS, description, retry_after=wait)
+            held.append(key)
+    except BaseException:
+        for key in held:
+            # best effort: a reservation that stays counted is the safe side
+            with contextlib.suppress(Exception):
+                await limiter.release(key)
+        raise
+    return held

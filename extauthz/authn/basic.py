@@ -9,19 +9,24 @@ One check, in this order:
    may own it).
 2. The brute-force limiter (:mod:`extauthz.authn.attempts`) is consulted for the username and the
    source address **before** any password work: a blocked key is a 429 with ``Retry-After``.
-   Concurrent attempts count too: at most ``max_failures`` distinct verifications may be in flight
-   per key, so parallel guesses cannot slip past the limiter while earlier ones are still hashing.
 3. A recent success with the same user and password is answered from a cache keyed by
    HMAC-SHA256("user\\0password") under a random per-process key (the password itself is never
    stored); ``cache_ttl_seconds`` bounds how long a changed password keeps working (a reload
-   builds a fresh cache).
-4. Otherwise the password is verified off the event loop (bcrypt takes tens of milliseconds) on a
-   small thread pool. Concurrent identical attempts share one verification. An unknown user, or a
-   ``{SHA}`` user in a file that also has bcrypt users, costs one bcrypt against a dummy hash of
-   the file's usual cost, so timing does not reveal which usernames exist.
-5. A failure is recorded against both keys and answered 401 ``invalid_credentials`` (the same for
-   unknown user and wrong password). A success resets the username's count (not the address's:
-   a client spraying usernames must not clear its own record by logging in once).
+   builds a fresh cache). A success from the cache resets the username's count like any other.
+4. Otherwise one attempt is **reserved** against both keys (counted as a failure before the
+   password is looked at; refused with 429 if either key has no attempt left), so under any
+   concurrency at most ``max_failures`` verifications per window run per username and per
+   address. The password is then verified off the event loop (bcrypt takes tens of milliseconds)
+   on a small thread pool. Concurrent identical attempts share one verification. An unknown user,
+   or a ``{SHA}`` user in a file that also has bcrypt users, costs one bcrypt against a dummy hash
+   of the file's usual cost, so timing does not reveal which usernames exist.
+5. A failure keeps its reservation and is answered 401 ``invalid_credentials`` (the same for
+   unknown user and wrong password). A success resets the username's count and gives the
+   address's reservation back (the address's earlier failures stay: a client spraying usernames
+   must not clear its own record by logging in once).
+
+The counters of the in-memory limiter belong to the process (:mod:`extauthz.state.local`), so a
+reload — ``extauthz revoke`` appending to a watched file is one — hands out no fresh attempts.
 
 Passwords over 72 UTF-8 bytes never match a bcrypt entry (bcrypt would silently truncate them).
 """
@@ -35,17 +40,17 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from extauthz.authn.attempts import AttemptLimiter, InMemoryAttemptLimiter, enforce
+from extauthz.authn.attempts import AttemptLimiter, InMemoryAttemptLimiter, enforce, reserve_all
 from extauthz.authn.base import Challenge
 from extauthz.authn.htpasswd import HtpasswdEntry, check_bcrypt, dummy_bcrypt_hash, load_htpasswd
+from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.clock import Clock
 from extauthz.config.schema import BasicSpec
-from extauthz.errors import AuthenticationError, Reason, TooManyAttempts
+from extauthz.errors import AuthenticationError, Reason
 from extauthz.types import AuthMethod, Identity, RequestView
 
 #: Longest base64 credential accepted (a cheap guard before decoding).
@@ -88,29 +93,18 @@ def parse_basic_credentials(token: str) -> tuple[str, str]:
 
 
 class _TtlSet:
-    """A bounded LRU set of byte strings whose members expire (single-threaded)."""
+    """A bounded LRU set of byte strings whose members expire (expired ones are dropped, see
+    :class:`~extauthz.authn.lru.TtlLru`)."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._data: OrderedDict[bytes, float] = OrderedDict()
+        self._data: TtlLru[bytes, bool] = TtlLru(max(0, maxsize))
 
     def has(self, key: bytes, now: float) -> bool:
-        expires_at = self._data.get(key)
-        if expires_at is None:
-            return False
-        if now >= expires_at:
-            del self._data[key]
-            return False
-        self._data.move_to_end(key)
-        return True
+        return self._data.get(key, now) is not None
 
     def add(self, key: bytes, expires_at: float) -> None:
-        if self.maxsize <= 0:
-            return
-        self._data[key] = expires_at
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
+        self._data.put(key, True, expires_at)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -139,7 +133,6 @@ class BasicAuthenticator:
         self._users = users
         self._clock: Clock = ctx.clock
         self._limiter = limiter
-        self._max_inflight = max_failures
         self._cache_ttl = cache_ttl_seconds
         self._cache = _TtlSet(cache_size if cache_ttl_seconds > 0 else 0)
         self._cache_secret = secrets.token_bytes(32)
@@ -147,7 +140,6 @@ class BasicAuthenticator:
         self._workers = hash_workers
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[bytes, asyncio.Future[bool]] = {}
-        self._inflight: Counter[str] = Counter()
         self._challenge = Challenge(
             "Basic", (("realm", ctx.settings.realm), ("charset", "UTF-8"))
         )
@@ -168,7 +160,8 @@ class BasicAuthenticator:
         limiter: AttemptLimiter | None = None
         if ctx.state is not None:
             limiter = ctx.state.attempt_limiter(
-                name, max_failures=spec.max_failures, window_seconds=spec.window_seconds
+                name, max_failures=spec.max_failures, window_seconds=spec.window_seconds,
+                max_keys=spec.max_tracked_keys,
             )
         if limiter is None:
             limiter = InMemoryAttemptLimiter(
@@ -204,14 +197,16 @@ class BasicAuthenticator:
             self._cache_secret, user.encode() + b"\0" + password.encode(), hashlib.sha256
         ).digest()
         if self._cache.has(digest, self._clock()):
+            await self._limiter.reset(keys[0])
             return self._identity(user)
-        if not await self._verify_once(digest, keys, user, password):
-            for key in keys:
-                await self._limiter.record_failure(key)
+        task, held = await self._verification(digest, keys, user, password)
+        if not await asyncio.shield(task):
             raise self._fail(Reason.INVALID_CREDENTIALS, "invalid username or password")
         if self._cache_ttl > 0:
             self._cache.add(digest, self._clock() + self._cache_ttl)
         await self._limiter.reset(keys[0])
+        for key in held[1:]:
+            await self._limiter.release(key)
         return self._identity(user)
 
     def _attempt_keys(self, user: str, address: str) -> list[str]:
@@ -222,32 +217,33 @@ class BasicAuthenticator:
             keys.append(f"{self.name}:addr:{address}")
         return keys
 
-    async def _verify_once(
+    async def _verification(
         self, digest: bytes, keys: list[str], user: str, password: str
-    ) -> bool:
-        """Verify, sharing one verification between concurrent identical attempts.
+    ) -> tuple[asyncio.Future[bool], list[str]]:
+        """The verification of this exact credential, and the keys this attempt reserved.
 
-        The verification runs as its own task: a caller that goes away (Envoy timed out) neither
-        cancels it for the others nor leaves the in-flight count behind.
+        An identical attempt already being verified is joined without reserving anything (it
+        costs no password work of its own: 20 parallel requests of one client with a cold cache
+        are one attempt, not 20). Otherwise one attempt is reserved against every key *before*
+        the verification starts (module docstring, step 4). The verification runs as its own
+        task: a caller that goes away (Envoy timed out) does not cancel it for the others.
         """
         task = self._pending.get(digest)
-        if task is None:
-            if any(self._inflight[k] >= self._max_inflight for k in keys):
-                raise TooManyAttempts(
-                    Reason.TOO_MANY_ATTEMPTS, "too many concurrent attempts", retry_after=1
-                )
-            task = asyncio.ensure_future(self._verify(user, password))
-            self._pending[digest] = task
-            self._inflight.update(keys)
-            task.add_done_callback(functools.partial(self._verified, digest, tuple(keys)))
-        return await asyncio.shield(task)
+        if task is not None:
+            return task, []
+        held = await reserve_all(self._limiter, keys)
+        task = self._pending.get(digest)  # started while we were reserving (a Redis round trip)
+        if task is not None:
+            for key in held:
+                await self._limiter.release(key)
+            return task, []
+        task = asyncio.ensure_future(self._verify(user, password))
+        self._pending[digest] = task
+        task.add_done_callback(functools.partial(self._verified, digest))
+        return task, held
 
-    def _verified(self, digest: bytes, keys: tuple[str, ...], task: asyncio.Future[bool]) -> None:
+    def _verified(self, digest: bytes, task: asyncio.Future[bool]) -> None:
         self._pending.pop(digest, None)
-        for key in keys:
-            self._inflight[key] -= 1
-            if self._inflight[key] <= 0:
-                del self._inflight[key]
         if not task.cancelled():
             task.exception()  # mark retrieved: every waiter may have gone away
 

@@ -95,6 +95,9 @@ from extauthz.authn.nonces import (
     NonceStore,
     NonceStoreFull,
     NonceStoreUnavailable,
+    NonceTooOld,
+    NonceUse,
+    key_scope,
 )
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.secrets import load_secret
@@ -347,6 +350,9 @@ class HmacAuthenticator:
         self._clock = clock
         self._nonces = nonces
         self._owns_nonces = True
+        # Nonces are kept per signing key (id + secret fingerprint), not per authenticator name.
+        self._scopes = {kid: key_scope(kid, key.secret) for kid, key in self._keys.items()}
+        self._share = spec.nonce_cache_per_key or max(1, spec.nonce_cache_size // len(keys))
         self._cavage = spec.profile == "cavage"
         self._skew = float(spec.max_skew_seconds)
         self._max_age = float(spec.max_age_seconds)
@@ -387,11 +393,13 @@ class HmacAuthenticator:
                 consumer=entry.consumer,
                 scopes=frozenset(entry.scopes),
             )
-        # Redis (settings.redis) when configured: replay protection across replicas.
+        # Redis (settings.redis) when configured: replay protection across replicas; else the
+        # process's memory store (kept across reloads); standalone: a store of its own.
         nonces = ctx.state.nonce_store(name) if ctx.state is not None else None
+        owned = nonces is None
         if nonces is None:
-            nonces = MemoryNonceStore(spec.nonce_cache_size, ctx.clock)
-        return cls(
+            nonces = MemoryNonceStore(ctx.clock)
+        authenticator = cls(
             name,
             spec,
             keys,
@@ -400,6 +408,8 @@ class HmacAuthenticator:
             realm=ctx.settings.realm,
             header_prefix=ctx.settings.identity_header_prefix,
         )
+        authenticator._owns_nonces = owned  # a shared store belongs to the process
+        return authenticator
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -449,7 +459,13 @@ class HmacAuthenticator:
 
     async def _remember_nonce(self, key: HmacKey, nonce: str, window: _Window) -> None:
         try:
-            fresh = await self._nonces.remember(f"{key.id}\x00{nonce}", window.ends_at)
+            fresh = await self._nonces.remember(NonceUse(
+                scope=self._scopes[key.id], nonce=nonce, created=window.created,
+                expires=window.expires, max_age=self._max_age, skew=self._skew,
+                share=self._share,
+            ))
+        except NonceTooOld as exc:
+            raise self._fail(Reason.SIGNATURE_EXPIRED, detail=str(exc)) from None
         except NonceStoreFull as exc:
             log.warning("authenticator %s: nonce store refused: %s", self.name, exc)
             raise DependencyUnavailable(
@@ -809,11 +825,12 @@ class HmacAuthenticator:
         if (
             isinstance(previous, HmacAuthenticator)
             and previous is not self
+            and previous._owns_nonces
+            and self._owns_nonces  # else both use the process's store already
             and isinstance(previous._nonces, MemoryNonceStore)
             and isinstance(self._nonces, MemoryNonceStore)
         ):
             store = previous._nonces
-            store.max_entries = self._nonces.max_entries
             store.rebind_clock(self._clock)
             self._nonces = store
             previous._owns_nonces = False

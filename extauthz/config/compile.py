@@ -344,7 +344,39 @@ def load_snapshot(
     registry: Mapping[str, Factory] | None = None,
     state_hub: StateHub | None = None,
 ) -> Snapshot:
-    """Read, validate and compile the configuration at ``path``."""
-    return compile_config(
-        load_config(path), metrics, clock=clock, registry=registry, state_hub=state_hub
-    )
+    """Read, validate and compile the configuration at ``path``.
+
+    A :class:`ConfigError` carries the files the attempt read or referred to (``files``).
+    """
+    loaded = load_config(path)
+    try:
+        return compile_config(
+            loaded, metrics, clock=clock, registry=registry, state_hub=state_hub
+        )
+    except ConfigError as exc:
+        exc.files = loaded.files + referenced_files(loaded)
+        raise
+
+
+def referenced_files(loaded: LoadedConfig) -> tuple[Path, ...]:
+    """Every path a configuration names in a ``*_file`` setting (key files, htpasswd, CA
+    bundles, the revocation file ...), resolved against its directory: what a refused
+    configuration may be waiting on."""
+    base = loaded.path.parent
+    found: list[Path] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and key.endswith("_file") and isinstance(value, str):
+                    found.append(Path(value) if Path(value).is_absolute() else base / value)
+                else:
+                    walk(value)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+
+    walk(loaded.main.model_dump())
+    for fragment in loaded.fragments:
+        walk(fragment.data.model_dump())
+    return tuple(dict.fromkeys(found))

@@ -161,7 +161,7 @@ def load_config(path: str | Path) -> LoadedConfig:
     raw = _read_yaml(main_path, "", issues, hasher)
     if raw is None:
         # Say which file could not be read: the empty label would read as a bare message.
-        raise ConfigError([ConfigIssue(str(path), i.message) for i in issues])
+        raise ConfigError([ConfigIssue(str(path), i.message) for i in issues], files=(main_path,))
     main = _validate(ConfigFile, raw, "", issues)
     fragments: list[Fragment] = []
     include = raw.get("include") if isinstance(raw.get("include"), list) else []
@@ -175,11 +175,13 @@ def load_config(path: str | Path) -> LoadedConfig:
         fragment = _validate(FragmentFile, data, label, issues)
         if fragment is not None:
             fragments.append(Fragment(label, fragment))
-    if issues or main is None:
-        raise ConfigError(issues)
     watched = [main_path, *included]
+    # Include directories (a new fragment file changes them) and, after a refused attempt,
+    # includes that do not exist yet (their creation is then noticed).
     watched.extend(Path(os.path.normpath(base / str(e))) for e in include
-                   if (base / str(e)).is_dir())
+                   if issues or (base / str(e)).is_dir())
+    if issues or main is None:
+        raise ConfigError(issues, files=tuple(dict.fromkeys(watched)))
     return LoadedConfig(main_path, main, tuple(fragments), hasher.hexdigest(), tuple(watched))
 
 

@@ -269,7 +269,11 @@ class HmacSpec(Model):
     max_age_seconds: Annotated[float, Field(ge=0, le=86400)] = 0
     #: rfc9421 only: refuse signatures without a ``nonce`` parameter
     require_nonce: bool = False
+    #: live nonces kept for this authenticator's keys together (memory bound of the replay cache)
     nonce_cache_size: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    #: live nonces one key may hold (its share; a full share refuses that key only, 503);
+    #: default nonce_cache_size divided by the number of keys
+    nonce_cache_per_key: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     #: the signature must cover a body digest that matches the body Envoy forwarded
     require_digest: bool = False
     digest_algorithms: list[DigestAlgorithm] = Field(
@@ -825,8 +829,12 @@ class RedisSpec(Model):
     #: bound on one Redis operation, connecting included
     timeout_seconds: Annotated[float, Field(gt=0, le=5)] = 0.1
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
-    #: how often the connection is probed (and, while Redis is down, retried)
+    #: how often the connection is probed (while Redis is down: every 50 ms)
     health_check_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    #: extauthz refuses a Redis whose maxmemory-policy is not noeviction (it could evict nonces,
+    #: counters and revocations). Where CONFIG GET is disabled (managed Redis) it cannot check:
+    #: set this to true once you have made sure the policy is noeviction
+    assume_noeviction: bool = False
     #: keep the JWT ``jti`` / API key revocation lists in Redis (``extauthz revoke`` writes there);
     #: ``false``: only ``settings.revocation_file`` (if any) is consulted
     revocation: bool = True

@@ -48,11 +48,12 @@ class StateProvider(Protocol):
         ...
 
     def nonce_store(self, owner: str) -> NonceStore | None:
-        """The replay cache for the authenticator named ``owner``."""
+        """The replay cache for the authenticator named ``owner`` (stores scope nonces by
+        signing key, so the name is only for logs and metrics)."""
         ...
 
     def attempt_limiter(
-        self, owner: str, *, max_failures: int, window_seconds: float
+        self, owner: str, *, max_failures: int, window_seconds: float, max_keys: int
     ) -> AttemptLimiter | None:
         """The brute-force limiter for the authenticator named ``owner``."""
         ...

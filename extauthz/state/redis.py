@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 from extauthz import tracing
 from extauthz.metrics import Metrics
 from extauthz.state.base import SharedStateUnavailable
+from extauthz.state.local import LocalState
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -55,6 +56,21 @@ T = TypeVar("T")
 #: bounded values of the ``op`` label of ``extauthz_redis_errors_total``
 OPS = ("nonce", "attempts", "revocation_sync", "revoke", "ping")
 
+#: while Redis is down, the probe retries this often (at most; each PING is bounded by the
+#: timeout too): the circuit closes again within about this plus one timeout after Redis answers
+DOWN_PROBE_SECONDS = 0.05
+
+#: the only ``maxmemory-policy`` under which Redis never drops extauthz's keys on its own
+SAFE_POLICY = "noeviction"
+
+#: KEYS[1] the epoch key; ARGV[1] now (ms). Returns {value, 1 if created now}.
+EPOCH_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if v then return {v, 0} end
+redis.call('SET', KEYS[1], ARGV[1])
+return {ARGV[1], 1}
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
@@ -66,6 +82,8 @@ class RedisTarget:
     timeout_seconds: float = 0.1
     max_connections: int = 64
     health_check_interval_seconds: float = 1.0
+    #: trust that the server never evicts keys when ``CONFIG GET`` is refused (managed Redis)
+    assume_noeviction: bool = False
 
     @property
     def display(self) -> str:
@@ -122,6 +140,10 @@ class RedisClient:
         self._wake: asyncio.Event | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._errors = {op: metrics.redis_errors.labels(op=op) for op in OPS}
+        #: why Redis must not be used although it answers (an evicting maxmemory-policy)
+        self.problem: str | None = None
+        #: key prefix -> the epoch value last seen (see :meth:`watch_epoch`)
+        self._epochs: dict[str, bytes | None] = {}
 
     @property
     def up(self) -> bool:
@@ -203,6 +225,9 @@ class RedisClient:
         if not self._up:
             self._errors[op].inc()
             raise SharedStateUnavailable("shared state unavailable", "Redis is down")
+        if self.problem is not None:
+            self._errors[op].inc()
+            raise SharedStateUnavailable("shared state unavailable", "Redis may evict keys")
         try:
             async with asyncio.timeout(self.target.timeout_seconds):
                 return await call(redis)
@@ -261,6 +286,9 @@ class RedisClient:
         try:
             async with asyncio.timeout(self.target.timeout_seconds):
                 await redis.ping()
+            await self._check_policy(redis)
+            for prefix in list(self._epochs):
+                await self._check_epoch(redis, prefix)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure means "not up"; the reason is only logged
@@ -272,14 +300,111 @@ class RedisClient:
         else:
             self._set_up(True)
 
+    async def _check_policy(self, redis: Redis) -> None:
+        """Refuse a Redis that may evict keys: an evicted nonce is a replay accepted, an evicted
+        revocation a revoked credential allowed, an evicted counter fresh password guesses."""
+        from redis.exceptions import ResponseError
+
+        problem: str | None
+        try:
+            async with asyncio.timeout(self.target.timeout_seconds):
+                answer = await redis.config_get("maxmemory-policy")
+        except ResponseError as exc:  # CONFIG disabled or not permitted (managed Redis)
+            if self.target.assume_noeviction:
+                problem = None
+            else:
+                problem = (
+                    f"CONFIG GET maxmemory-policy is refused ({str(exc)[:80]}); extauthz cannot "
+                    "tell whether Redis may evict its keys. Make sure the policy is noeviction, "
+                    "then set settings.redis.assume_noeviction: true"
+                )
+        else:
+            found = {_text(k): _text(v) for k, v in cast(dict[Any, Any], answer).items()}
+            policy = found.get("maxmemory-policy", "?")
+            problem = None if policy == SAFE_POLICY else (
+                f"maxmemory-policy is {policy}: Redis may evict HMAC nonces (replays accepted), "
+                "Basic attempt counters and revocations (revoked credentials allowed). "
+                "Set maxmemory-policy noeviction"
+            )
+        if problem != self.problem:
+            if problem is not None:
+                log.error("Redis %s is not used: %s; checks that need shared state answer 503 "
+                          "shared_state_unavailable and the server does not become ready",
+                          self.target.display, problem)
+            else:
+                log.info("Redis %s: maxmemory-policy is safe now", self.target.display)
+        self.problem = problem
+
+    async def watch_epoch(self, prefix: str) -> None:
+        """Watch the epoch key of ``prefix`` (``P epoch``: when this Redis's extauthz state
+        began). It is created when missing; a value that changes or disappears means Redis lost
+        its data (restarted empty, FLUSHALL, eviction): logged as an error. The replay cache's
+        script refuses signatures made before the epoch on its own. Checked at every probe;
+        the first check runs now (never raises)."""
+        if prefix in self._epochs:
+            return
+        self._epochs[prefix] = None
+        redis = self._redis
+        if redis is not None and self._up:
+            try:
+                await self._check_epoch(redis, prefix)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next probe retries
+                raise_if_cancelled()
+                log.debug("epoch check failed: %s", type(exc).__name__)
+
+    async def epoch(self, prefix: str, op: str) -> bytes:
+        """The epoch value of ``prefix`` (created when missing), through :meth:`run`; a change
+        is logged like the probe's. :class:`SharedStateUnavailable` when Redis cannot answer."""
+        value, created = await self.run(op, lambda r: self._epoch_call(r, prefix))
+        self._note_epoch(prefix, value, bool(int(created)))
+        return bytes(value)
+
+    async def _epoch_call(self, redis: Redis, prefix: str) -> list[Any]:
+        import secrets
+        import time
+
+        script = self.script(EPOCH_SCRIPT)
+        # Whole seconds, the granularity of a signature's `created`: a signature made in the
+        # second the epoch begins is not refused for being "older" than it.
+        # The random part makes every (re)creation distinct, even within one second.
+        now = f"{int(time.time()) * 1000}-{secrets.token_hex(8)}"
+        result: list[Any] = await script(keys=[f"{prefix}epoch"], args=[now], client=redis)
+        return result
+
+    async def _check_epoch(self, redis: Redis, prefix: str) -> None:
+        async with asyncio.timeout(self.target.timeout_seconds):
+            value, created = await self._epoch_call(redis, prefix)
+        self._note_epoch(prefix, value, bool(int(created)))
+
+    def _note_epoch(self, prefix: str, value: bytes, created: bool) -> None:
+        known = self._epochs.get(prefix)
+        if known is not None and value != known:
+            log.error(
+                "Redis %s lost extauthz's data (key %sepoch %s): HMAC nonces signed before now "
+                "are refused, Basic attempt counters restarted, revocation lists are "
+                "re-published from the replicas' copies", self.target.display, prefix,
+                "was recreated" if created else "changed")
+            self._metrics.redis_data_loss.inc()
+        self._epochs[prefix] = value
+
     async def _probe_loop(self, wake: asyncio.Event) -> None:
         interval = self.target.health_check_interval_seconds
         while not cancel_requested():
+            # Closed circuit: probe every interval (or at once when an operation timed out).
+            # Open circuit (down): probe every DOWN_PROBE_SECONDS, so a short stall costs about
+            # its own length in 503s, not a whole health interval more.
+            wait = interval if self._up else min(interval, DOWN_PROBE_SECONDS)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(wait):
                     await wake.wait()
             wake.clear()
             await self._probe()
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def client_key(target: RedisTarget) -> Hashable:
@@ -312,6 +437,8 @@ class StateHub:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        #: in-memory replay cache and attempt counters of the process (kept across reloads)
+        self.local = LocalState()
         self._objects: dict[Hashable, Shared] = {}
         self._users: Counter[Hashable] = Counter()
 
@@ -324,6 +451,15 @@ class StateHub:
 
     def client(self, target: RedisTarget) -> RedisClient:
         return self.shared(client_key(target), lambda: RedisClient(target, self.metrics))
+
+    def problems(self) -> list[str]:
+        """Why a Redis in use must not be trusted (an evicting ``maxmemory-policy``, or one that
+        cannot be read): the server does not become ready while there is one."""
+        return [
+            f"{obj.target.display}: {obj.problem}"
+            for key, obj in self._objects.items()
+            if isinstance(obj, RedisClient) and self._users[key] > 0 and obj.problem is not None
+        ]
 
     async def acquire(self, key: Hashable) -> None:
         """One more user of the object under ``key``; started for the first."""

@@ -217,6 +217,8 @@ class RedisRevocations:
     ) -> None:
         self._client = client
         self._keys = redis_keys(prefix)
+        self._prefix = prefix
+        self._epoch: bytes | None = None
         self._clock = clock
         self._sync_seconds = sync_seconds
         self._max_stale = max_stale_seconds
@@ -256,6 +258,10 @@ class RedisRevocations:
         """Fetch the lists if they changed. Returns False (and logs) when Redis cannot answer."""
         jti_key, key_key, version_key = self._keys
         try:
+            epoch = await self._client.epoch(self._prefix, "revocation_sync")
+            if self._loaded and self._epoch is not None and epoch != self._epoch:
+                await self._republish()
+            self._epoch = epoch
             version = await self._client.run("revocation_sync", lambda r: r.get(version_key))
             if not self._loaded or version != self._version:
                 now = self._clock()
@@ -280,6 +286,33 @@ class RedisRevocations:
             return False
         self.synced_at = self._clock()
         return True
+
+    async def _republish(self) -> None:
+        """Redis lost its data (the epoch changed): write the entries this replica still
+        enforces back, so a revoked credential does not become valid again (every replica does
+        it; ``ZADD GT`` makes that idempotent)."""
+        jti_key, key_key, version_key = self._keys
+        now = self._clock()
+        live = {
+            jti_key: {v: u for v, u in self._jti.items() if u > now},
+            key_key: {v: u for v, u in self._revoked_keys.items() if u > now},
+        }
+        log.error("Redis lost the revocation lists: re-publishing the %d jti and %d keys this "
+                  "replica enforces", len(live[jti_key]), len(live[key_key]))
+
+        async def call(redis: Redis) -> list[Any]:
+            pipe = redis.pipeline(transaction=True)
+            for name, entries in live.items():
+                if entries:
+                    scores: dict[str, float | str] = {
+                        v: ("+inf" if math.isinf(u) else u) for v, u in entries.items()
+                    }
+                    pipe.zadd(name, scores, gt=True)
+            pipe.incr(version_key)
+            result: list[Any] = await pipe.execute()
+            return result
+
+        await self._client.run("revocation_sync", call)
 
     def configure(self, *, sync_seconds: float, max_stale_seconds: float) -> None:
         """Apply the timings of a reloaded configuration (the mirror itself is kept)."""

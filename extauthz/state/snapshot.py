@@ -2,8 +2,8 @@
 
 Built while the configuration is compiled (no I/O besides reading the revocation file and the
 Redis password, so it can run in the compile worker thread); started and closed with the
-snapshot. With ``settings.redis`` the authenticators get Redis-backed stores; without it they
-keep their in-memory defaults (the provider answers ``None``).
+snapshot. With ``settings.redis`` the authenticators get Redis-backed stores; without it they get
+the process's in-memory stores (:mod:`extauthz.state.local`, kept across reloads).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def resolve_target(
         timeout_seconds=spec.timeout_seconds,
         max_connections=spec.max_connections,
         health_check_interval_seconds=spec.health_check_interval_seconds,
+        assume_noeviction=spec.assume_noeviction,
     )
 
 
@@ -113,14 +114,19 @@ class SnapshotState:
 
     def nonce_store(self, owner: str) -> NonceStore | None:
         if self.client is None:
-            return None
+            return self._hub.local.nonce_store(self._clock) if self._hub is not None else None
         return RedisNonceStore(self.client, prefix=self._prefix, owner=owner, clock=self._clock)
 
     def attempt_limiter(
-        self, owner: str, *, max_failures: int, window_seconds: float
+        self, owner: str, *, max_failures: int, window_seconds: float, max_keys: int
     ) -> AttemptLimiter | None:
         if self.client is None:
-            return None
+            if self._hub is None:
+                return None
+            return self._hub.local.attempt_limiter(
+                owner, max_failures=max_failures, window_seconds=window_seconds,
+                max_keys=max_keys, clock=self._clock,
+            )
         return RedisAttemptLimiter(
             self.client, prefix=self._prefix, max_failures=max_failures,
             window_seconds=window_seconds,
@@ -144,6 +150,7 @@ class SnapshotState:
         for key in keys:
             await self._hub.acquire(key)
             self._held.append(key)
+        await self.client.watch_epoch(self._prefix)
 
     async def close(self) -> None:
         held, self._held = self._held, []
@@ -179,6 +186,8 @@ def build_state(
             entries = load_revocation_file(path)
         except ValueError as exc:
             issues.append(ConfigIssue("settings.revocation_file", str(exc)))
+    if hub is None:
+        hub = StateHub(metrics)  # standalone compile: in-memory state of its own
     spec = settings.redis
     client: RedisClient | None = None
     shared: RedisRevocations | None = None
@@ -200,8 +209,6 @@ def build_state(
             key, _, message = str(exc).partition(": ")
             issues.append(ConfigIssue(f"settings.redis.{key}", message))
         else:
-            if hub is None:
-                hub = StateHub(metrics)
             client = hub.client(target)
             if spec.revocation:
                 found = client

@@ -871,7 +871,7 @@ def _direct(profile: str) -> HmacAuthenticator:
                                     "keys": [{"id": KEY_ID, "secret_env": "UNUSED"}]})
     clock = FixedClock(CREATED)
     return HmacAuthenticator("p", spec, {KEY_ID: HmacKey(KEY_ID, RFC_SECRET)}, clock=clock,
-                             nonces=MemoryNonceStore(1000, clock))
+                             nonces=MemoryNonceStore(clock))
 
 
 _RFC9421 = _direct("rfc9421")

@@ -1,16 +1,17 @@
-"""The in-memory replay cache: replays detected, entries expire, the bound fails closed."""
+"""The in-memory expiring set under the replay cache: replays detected, entries expire, the bound
+fails closed."""
 
 from __future__ import annotations
 
 import pytest
 
-from extauthz.authn.nonces import MemoryNonceStore, NonceStore, NonceStoreFull
+from extauthz.authn.nonces import ExpiringSet as MemoryNonceStore
+from extauthz.authn.nonces import NonceStoreFull
 from extauthz.clock import FixedClock
 
 
 async def test_second_use_is_a_replay() -> None:
     store = MemoryNonceStore(10, FixedClock(1000))
-    assert isinstance(store, NonceStore)
     assert await store.remember("k1\x00n1", 1100) is True
     assert await store.remember("k1\x00n1", 1100) is False
     assert await store.remember("k2\x00n1", 1100) is True  # scoped by the caller's key
@@ -21,7 +22,9 @@ async def test_entries_expire_and_may_be_reused_after_their_window() -> None:
     store = MemoryNonceStore(10, clock)
     assert await store.remember("n", 1100)
     clock.set(1100)
-    assert await store.remember("n", 1200)  # expired at 1100: remembered again
+    assert not await store.remember("n", 1200)  # live up to and including its expiry
+    clock.set(1100.001)
+    assert await store.remember("n", 1200)  # expired after 1100: remembered again
     assert not await store.remember("n", 1200)
     assert len(store) == 1
 
@@ -34,7 +37,7 @@ async def test_full_store_refuses_instead_of_evicting_live_entries() -> None:
     with pytest.raises(NonceStoreFull):
         await store.remember("c", 1200)
     assert not await store.remember("a", 1100)  # "a" was not evicted: still a replay
-    clock.set(1100)  # "a" expires: room again
+    clock.set(1100.5)  # "a" expired: room again
     assert await store.remember("c", 1200)
     assert len(store) == 2
 

@@ -22,6 +22,7 @@ import yaml
 from redis.asyncio import Redis
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
+from extauthz.authn.nonces import MemoryNonceStore
 from extauthz.cli import main
 from extauthz.clock import FixedClock
 from extauthz.config.compile import Snapshot, load_snapshot
@@ -242,7 +243,8 @@ def test_without_a_list_nothing_is_consulted(tmp_path: Path) -> None:
     snapshot = load_snapshot(write_config(tmp_path), Metrics())
     assert snapshot.state is not None and snapshot.state.revocations is None
     assert snapshot.state.client is None
-    assert snapshot.state.nonce_store("x") is None  # in-memory defaults
+    # in memory: the process's stores (kept across reloads), never Redis ones
+    assert isinstance(snapshot.state.nonce_store("x"), MemoryNonceStore)
 
 
 @pytest.mark.parametrize(

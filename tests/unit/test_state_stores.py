@@ -21,7 +21,14 @@ import pytest
 from redis.asyncio import Redis
 
 from extauthz.authn.attempts import AttemptLimiter, InMemoryAttemptLimiter, enforce
-from extauthz.authn.nonces import MemoryNonceStore, NonceStore, NonceStoreUnavailable
+from extauthz.authn.nonces import (
+    MemoryNonceStore,
+    NonceStore,
+    NonceStoreFull,
+    NonceStoreUnavailable,
+    NonceTooOld,
+    NonceUse,
+)
 from extauthz.clock import system_clock
 from extauthz.decision import GrpcCode, from_error
 from extauthz.errors import Reason, TooManyAttempts
@@ -88,12 +95,14 @@ async def nonce_pair(
 ) -> AsyncIterator[tuple[NonceStore, NonceStore]]:
     """(store of replica 1, store of replica 2): the same object in memory (one process)."""
     if request.param == "memory":
-        store = MemoryNonceStore(1000, system_clock)
+        store = MemoryNonceStore(system_clock)
         yield store, store
         return
     a, b = make_client(server), make_client(server)
     await a.start()
     await b.start()
+    await a.watch_epoch(prefix)  # as SnapshotState.start does
+    await b.watch_epoch(prefix)
     try:
         yield (RedisNonceStore(a, prefix=prefix, owner="hmac", clock=system_clock),
                RedisNonceStore(b, prefix=prefix, owner="hmac", clock=system_clock))
@@ -102,42 +111,89 @@ async def nonce_pair(
         await b.close()
 
 
+def use(nonce: str, *, scope: str = "k1", created: float | None = None, max_age: float = 0,
+        skew: float = 60, share: int = 1000, expires: float | None = None) -> NonceUse:
+    """A nonce of a signature created now (or at ``created``) under window (max_age, skew)."""
+    if created is None and expires is None:
+        created = time.time()
+    return NonceUse(scope=scope, nonce=nonce, created=created, expires=expires,
+                    max_age=max_age, skew=skew, share=share)
+
+
 async def test_nonce_store_contract(nonce_pair: tuple[NonceStore, NonceStore]) -> None:
     one, two = nonce_pair
     assert isinstance(one, NonceStore)
-    until = time.time() + 60
-    assert await one.remember("k1\x00n1", until) is True
-    assert await one.remember("k1\x00n1", until) is False  # replay on the same replica
-    assert await two.remember("k1\x00n1", until) is False  # ... and on the other one
-    assert await two.remember("k2\x00n1", until) is True  # per key id
-    assert await one.remember("k1\x00n2", until) is True
-    assert await one.remember("k1\x00old", time.time() - 1) is True  # outside its window
+    assert await one.remember(use("n1")) is True
+    assert await one.remember(use("n1")) is False  # replay on the same replica
+    assert await two.remember(use("n1")) is False  # ... and on the other one
+    assert await two.remember(use("n1", scope="k2")) is True  # per key scope
+    assert await one.remember(use("n2")) is True
 
 
 async def test_nonce_expires_with_its_window(nonce_pair: tuple[NonceStore, NonceStore]) -> None:
     one, two = nonce_pair
-    assert await one.remember("k\x00short", time.time() + 0.15) is True
-    assert await two.remember("k\x00short", time.time() + 60) is False
+    start = time.time()
+    assert await one.remember(use("short", created=start, skew=0.15)) is True
+    assert await two.remember(use("short", created=start, skew=0.15)) is False
 
     async def accepted_again() -> bool:
-        return await two.remember("k\x00short", time.time() + 60)
+        return await two.remember(use("short", skew=0.15))
 
     await wait_until(accepted_again, timeout=3)
 
 
-async def test_redis_nonce_is_set_nx_with_expiry(
+async def test_a_widened_window_never_reopens_a_replay(
+    nonce_pair: tuple[NonceStore, NonceStore],
+) -> None:
+    """14.2: the nonce of a signature accepted under skew 0.3 s must stay unusable once another
+    configuration (a reload, another replica) would accept that signature for 0.6 s: after the
+    first window it is refused as too old (its nonce may be gone), never accepted again."""
+    one, two = nonce_pair
+    created = time.time()
+    assert await one.remember(use("w", created=created, skew=0.3)) is True
+    await asyncio.sleep(0.45)  # the narrow window (and its retention) are over
+    with pytest.raises(NonceTooOld):
+        await two.remember(use("w", created=created, skew=0.6))
+    # A signature made well after the widening gets the wide window, and its nonce is retained
+    # for the wide window whichever configuration accepted it.
+    await asyncio.sleep(0.7)
+    later = time.time()
+    assert await one.remember(use("x", created=later, skew=0.3)) is True
+    await asyncio.sleep(0.4)  # past the narrow window that accepted it
+    assert await two.remember(use("x", created=later, skew=0.6)) is False
+
+
+async def test_one_key_cannot_fill_the_cache_for_the_others(
+    nonce_pair: tuple[NonceStore, NonceStore],
+) -> None:
+    """13.9: each key has its share; a full share refuses that key only (503), never a replay
+    of another key's nonce and never another key's new nonce."""
+    one, two = nonce_pair
+    for i in range(5):
+        assert await one.remember(use(f"flood-{i}", scope="greedy", share=5)) is True
+    with pytest.raises(NonceStoreFull):
+        await two.remember(use("flood-5", scope="greedy", share=5))
+    assert await two.remember(use("polite-0", scope="polite", share=5)) is True
+    assert await one.remember(use("flood-0", scope="greedy", share=5)) is False  # still a replay
+
+
+async def test_redis_nonce_keys_hash_the_nonce_and_expire_with_the_window(
     clients: tuple[RedisClient, RedisClient], prefix: str, server: RedisServer
 ) -> None:
     a, _ = clients
+    await a.watch_epoch(prefix)
     store = RedisNonceStore(a, prefix=prefix, owner="signed", clock=system_clock)
-    assert await store.remember("kid\x00n0nce-v4lue", time.time() + 30)
+    assert await store.remember(use("n0nce-v4lue", scope="s1", skew=30))
     raw = Redis.from_url(server.url)
     try:
-        names = await raw.keys(f"{prefix}nonce:signed:*")
-        assert len(names) == 1 and len(names[0]) == len(f"{prefix}nonce:signed:") + 32
+        names = await raw.keys(f"{prefix}nonce:{{s1}}:*")
+        assert len(names) == 1 and len(names[0]) == len(f"{prefix}nonce:{{s1}}:") + 32
         ttl = await raw.pttl(names[0])
-        assert 28_000 < ttl <= 30_000  # the signature's remaining window
+        assert 28_000 < ttl <= 30_001  # the signature's remaining window (+ 1 ms: inclusive)
         assert b"n0nce-v4lue" not in names[0]  # the nonce itself is hashed
+        assert await raw.zcard(f"{prefix}nonces:{{s1}}") == 1
+        assert 28_000 < await raw.pttl(f"{prefix}nonces:{{s1}}") <= 30_001
+        assert await raw.get(f"{prefix}nonce-window:{{s1}}") == b"-1,0,30000"
     finally:
         await raw.aclose()
 
@@ -149,11 +205,15 @@ async def test_redis_nonce_script_is_safe_to_retry(
     must not report its own nonce as a replay; another call (another token) must."""
     a, _ = clients
     script = a.script(NONCE_SCRIPT)
-    key = f"{prefix}nonce:x:retry"
-    first = await a.run("nonce", lambda r: script(keys=[key], args=["tok-1", 5000], client=r))
-    again = await a.run("nonce", lambda r: script(keys=[key], args=["tok-1", 5000], client=r))
-    other = await a.run("nonce", lambda r: script(keys=[key], args=["tok-2", 5000], client=r))
-    assert (int(first), int(again), int(other)) == (1, 1, 0)
+    store = RedisNonceStore(a, prefix=prefix, owner="x", clock=system_clock)
+    keys = store.keys("retry", "n")
+    now = str(int(time.time() * 1000))
+
+    async def call(token: str) -> int:
+        args = [token, now, now, "", 0, 5000, 10, "d"]
+        return int(await a.run("nonce", lambda r: script(keys=keys, args=args, client=r)))
+
+    assert (await call("tok-1"), await call("tok-1"), await call("tok-2")) == (1, 1, 0)
 
 
 # -- the attempt limiter --------------------------------------------------------------------------
@@ -249,7 +309,7 @@ async def test_down_at_start_fails_fast_and_recovers(tmp_path: Path, prefix: str
         limiter = RedisAttemptLimiter(client, prefix=prefix, max_failures=3, window_seconds=9)
         start = time.monotonic()
         with pytest.raises(NonceStoreUnavailable):
-            await store.remember("k\x00n", time.time() + 30)
+            await store.remember(use("n"))
         with pytest.raises(SharedStateUnavailable) as caught:
             await limiter.check("k")
         assert time.monotonic() - start < 0.1  # known down: no waiting at all
@@ -264,7 +324,7 @@ async def test_down_at_start_fails_fast_and_recovers(tmp_path: Path, prefix: str
         try:
             async def back() -> bool:
                 try:
-                    return await store.remember("k\x00n", time.time() + 30)
+                    return await store.remember(use("n"))
                 except NonceStoreUnavailable:
                     return False
 
@@ -336,7 +396,7 @@ async def test_every_operation_is_bounded_by_the_timeout(prefix: str) -> None:
         task = asyncio.create_task(ticker())
         started = time.monotonic()
         with pytest.raises(NonceStoreUnavailable):
-            await store.remember("k\x00n", time.time() + 30)
+            await store.remember(use("n"))
         elapsed = time.monotonic() - started
         task.cancel()
         assert 0.15 < elapsed < 0.6, elapsed
