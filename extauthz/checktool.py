@@ -9,7 +9,8 @@ code path Envoy's calls take. Fields::
     scheme: https                   # default http
     headers: {authorization: "Bearer ..."}
     body: "..."                     # optional
-    client_cert: "-----BEGIN CERTIFICATE-----..."   # optional PEM (as Envoy's peer certificate)
+    client_cert: "-----BEGIN CERTIFICATE-----..."   # optional PEM, or URL-encoded PEM as Envoy
+                                                    # sends it (source.certificate, XFCC Cert)
     source_address: 10.0.0.7        # optional
     context_extensions: {route: orders}
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import yaml
 
@@ -87,12 +88,21 @@ def build_check_request(data: dict[str, Any]) -> Any:
         http.body = str(data["body"])
         http.size = len(http.body.encode())
     if "client_cert" in data:
-        attrs.source.certificate = quote(str(data["client_cert"]), safe="")
+        attrs.source.certificate = peer_certificate_field(str(data["client_cert"]))
     attrs.source.address.socket_address.address = str(data.get("source_address", "127.0.0.1"))
     attrs.context_extensions.update(
         {str(k): str(v) for k, v in (data.get("context_extensions") or {}).items()}
     )
     return request
+
+
+def peer_certificate_field(cert: str) -> str:
+    """``source.certificate`` as Envoy fills it (URL-encoded PEM) from ``cert``: a PEM, or a PEM
+    already URL-encoded (copied from an Envoy log or an XFCC ``Cert``), which is kept as is."""
+    mark = "-----BEGIN CERTIFICATE-----"
+    if mark not in cert and mark in unquote(cert):
+        return cert.strip()
+    return quote(cert, safe="")
 
 
 def decision_to_json(decision: Decision) -> dict[str, Any]:

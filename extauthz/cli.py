@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from extauthz import __version__
 from extauthz.errors import ConfigError
@@ -27,17 +29,31 @@ def _serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"extauthz: {exc}", file=sys.stderr)
             return 2
+    try:
+        limits = {prefix: _limits(args, prefix, cls) for prefix, cls in _LIMIT_FLAGS.items()}
+    except ValueError as exc:
+        print(f"extauthz: {exc}", file=sys.stderr)
+        return 2
     options = ServerOptions(
         config_path=args.config,
+        http_authz_limits=limits["http_authz"],
+        grpc_limits=limits["grpc"],
+        admin_limits=limits["admin"],
         grpc_address=args.grpc_address,
         http_address=args.http_address,
         grace_seconds=args.grace_seconds,
         decision_log=not args.no_decision_log,
         decision_log_sample_allowed=args.log_sample_allowed,
+        decision_log_query_params=tuple(args.log_query_param),
         watch_interval_seconds=args.watch_interval,
         http_authz_address=args.http_authz_address,
         http_authz_path_prefix=args.http_authz_path_prefix,
         http_authz_source_header=args.http_authz_source_header,
+        http_authz_peer_cert_header=args.http_authz_peer_cert_header,
+        http_authz_route_header=args.http_authz_route_header,
+        http_authz_cookie_forwarded=args.http_authz_cookie_forwarded,
+        http_authz_metadata=args.http_authz_metadata,
+        heap_trim_seconds=args.heap_trim_interval,
     )
     from extauthz import tracing
 
@@ -53,6 +69,39 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         tracing.shutdown()  # export the spans still buffered
     return 0
+
+
+def _limit_classes() -> dict[str, Any]:
+    from extauthz.http_authz import HttpLimits
+    from extauthz.netlimits import AdminLimits, GrpcLimits
+
+    return {"http_authz": HttpLimits, "grpc": GrpcLimits, "admin": AdminLimits}
+
+
+#: flag prefix -> the dataclass of that listener's bounds; one flag per field
+#: (``--grpc-max-concurrent-streams``), so a new bound gets its flag without more code here
+_LIMIT_FLAGS: dict[str, Any] = {}
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    _LIMIT_FLAGS.update(_limit_classes())
+    group = serve.add_argument_group(
+        "resource bounds", "per listener; README 'Resource model' says what each one does")
+    for prefix, cls in _LIMIT_FLAGS.items():
+        for item in dataclasses.fields(cls):
+            flag = f"--{prefix}-{item.name}".replace("_", "-")
+            group.add_argument(flag, type=type(item.default), default=None,
+                               metavar="N" if isinstance(item.default, int) else "SECONDS",
+                               help=f"default {item.default}")
+
+
+def _limits(args: argparse.Namespace, prefix: str, cls: Any) -> Any:
+    """The bounds of one listener from its flags (defaults for those not given)."""
+    given = {item.name: getattr(args, f"{prefix}_{item.name}") for item in dataclasses.fields(cls)}
+    for name, value in given.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"--{prefix}-{name}".replace("_", "-") + " must be positive")
+    return cls(**{k: v for k, v in given.items() if v is not None})
 
 
 def _redis_refusal(display: str, detail: str, problem: str | None) -> str:
@@ -85,6 +134,11 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.config}: ok ({len(snapshot.routes.routes)} routes, "
           f"{len(snapshot.authenticators)} authenticators)")
+    if args.strip_regex:
+        from extauthz.pipeline import reserved_headers
+
+        # for Envoy routes with ext_authz disabled (header_mutation remove_on_match safe_regex)
+        print(reserved_headers(snapshot).envoy_regex())
     return 0
 
 
@@ -306,6 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read the client address from this header, which Envoy must set "
                             "itself (authorization_request.headers_to_add with "
                             "%%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%%); off by default")
+    serve.add_argument("--http-authz-peer-cert-header", metavar="NAME", default=None,
+                       help="read the client certificate (URL-encoded PEM) from this header, "
+                            "which Envoy must set itself (authorization_request.headers_to_add "
+                            "with %%DOWNSTREAM_PEER_CERT%% and the same name in "
+                            "disallowed_headers); off by default")
+    serve.add_argument("--http-authz-route-header", metavar="NAME", default=None,
+                       help="read the route name from this header, which Envoy must set itself "
+                            "(authorization_request.headers_to_add with %%ROUTE_NAME%%), as gRPC "
+                            "reads context_extensions; off by default (a client-sent value would "
+                            "choose the route)")
+    serve.add_argument("--http-authz-cookie-forwarded", action="store_true",
+                       help="Envoy's authorization_response.allowed_upstream_headers matches "
+                            "'cookie', so a Cookie header rewritten without a credential cookie "
+                            "is applied; without this flag such a request is refused")
+    serve.add_argument("--http-authz-metadata", action="store_true",
+                       help="send the decision's dynamic metadata as x-extauthz-md-* response "
+                            "headers, for Envoy's dynamic_metadata_from_headers (~3 us per "
+                            "allowed check)")
     serve.add_argument("--grace-seconds", type=float, default=10.0,
                        help="how long in-flight checks may take to finish on shutdown")
     serve.add_argument("--watch-interval", type=float, default=1.0,
@@ -314,10 +386,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not write one JSON line per decision to stdout")
     serve.add_argument("--log-sample-allowed", type=float, default=1.0,
                        help="fraction of allowed decisions to log (denies are always logged)")
+    serve.add_argument("--log-query-param", action="append", default=[], metavar="NAME",
+                       help="keep this query parameter (exact name, with its value) in the "
+                            "decision log; repeatable. Default: the log has no part of the "
+                            "query string (a parameter name can be a credential too)")
+    serve.add_argument("--heap-trim-interval", type=float, default=30.0, metavar="SECONDS",
+                       help="return freed heap memory to the system this often, after a burst "
+                            "of connections or checks (0: never)")
+    _add_limit_flags(serve)
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a configuration and exit 0/1")
     validate.add_argument("--config", required=True)
+    validate.add_argument("--strip-regex", action="store_true",
+                          help="also print the Envoy safe_regex that matches every identity "
+                               "header name of this configuration in every spelling (for routes "
+                               "with ext_authz disabled)")
     validate.set_defaults(func=_validate)
 
     check = sub.add_parser("check", help="decide one request described in a YAML/JSON file")

@@ -96,6 +96,8 @@ class Decision:
     #: :mod:`extauthz.ratelimit.limiter`). On allow, ``response_headers`` are added to the
     #: client's response (RateLimit fields)
     rate_limit: Mapping[str, Any] = field(default_factory=lambda: _EMPTY_META)
+    #: what AuthZEN PDPs answered (pdp, rule, decision, context), for the decision log
+    pdp: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def allowed(self) -> bool:

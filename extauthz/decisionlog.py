@@ -1,12 +1,15 @@
 """Structured decision log: one JSON line per decision.
 
-What is written: time, request id, route, HTTP method, path with query *values* removed (keys
-kept: ``/v1/orders?limit=&page=``), source address, identity (method, subject, consumer),
-outcome (``allow``, ``deny``, ``shadow_deny``), reason code (for ``shadow_deny``: the reason the
-policy would have denied with), the policy rule that denied (its configuration path), HTTP
-status, latency. What is never written: header values, query values, bodies, tokens, keys,
-signatures, cookies — the record is built from an allow-list of fields, so a new credential type
-cannot leak by accident.
+What is written: time, request id, route, HTTP method, the path *without* its query string and
+without ``;`` path parameters (``/v1/orders``, ``/cart;`` for ``/cart;jsessionid=...``), source
+address, identity (method, subject, consumer), outcome (``allow``, ``deny``, ``shadow_deny``),
+reason code (for ``shadow_deny``: the reason the policy would have denied with), the policy rule
+that denied (its configuration path), HTTP status, latency. No part of the query string is
+written -- neither values nor names: a client may send its key as ``?<key>`` or ``?<key>=x``, and
+a name is then the credential -- except the parameters an operator names
+(``extauthz serve --log-query-param page``: exact names, their values kept, 64 characters at
+most). What is never written: header values, bodies, tokens, keys, signatures, cookies -- the
+record is built from an allow-list of fields, so a new credential type cannot leak by accident.
 
 Writing happens on a background thread in batches: the request path only appends the decision
 to a bounded in-memory buffer (no lock, no thread wake-up, no system call), and the writer
@@ -23,48 +26,58 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import IO, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, urlencode
 
 from prometheus_client import Counter
 
 from extauthz.decision import Decision, Outcome
+from extauthz.logsetup import write_all
 from extauthz.types import RequestView
 
 #: records formatted per hold of the GIL by the writer (~7 us each: well under a millisecond)
 _CHUNK = 32
 
 
-def redacted_path(view: RequestView) -> str:
-    """The request path with every query value removed (keys kept, in order)."""
-    if not view.raw_query:
-        return view.path
+#: ``;`` path parameters (also encoded as %3B), up to the next segment: ``;jsessionid=...``
+_PATH_PARAMETERS = re.compile(r"(?:;|%3[bB])[^/]*")
+#: longest logged value of an allow-listed query parameter
+_MAX_VALUE = 64
+
+
+def redacted_path(view: RequestView, query_params: frozenset[str] = frozenset()) -> str:
+    """The request path as logged: path parameters cut (``/cart;jsessionid=X`` -> ``/cart;``), no
+    query string but the parameters named in ``query_params`` (exact, decoded names; values
+    truncated). Nothing else of the query, not even a name: ``?<key>`` is a credential too."""
+    path = view.path
+    if ";" in path or "%3" in path:
+        path = _PATH_PARAMETERS.sub(";", path)
+    if not view.raw_query or not query_params:
+        return path
     try:
-        keys = [k for k, _ in parse_qsl(view.raw_query, keep_blank_values=True,
-                                        max_num_fields=256)]
+        pairs = parse_qsl(view.raw_query, keep_blank_values=True, max_num_fields=256)
     except ValueError:
-        return view.path + "?…"
-    return view.path + "?" + "&".join(f"{_safe(k)}=" for k in keys)
-
-
-def _safe(key: str) -> str:
-    # A query *key* is not a credential, but keep the line bounded and printable.
-    return "".join(ch for ch in key[:64] if ch.isprintable() and ch not in "&=")
+        return path
+    kept = [(k, v[:_MAX_VALUE]) for k, v in pairs if k in query_params]
+    return path + "?" + urlencode(kept, quote_via=quote) if kept else path
 
 
 def record(view: RequestView | None, decision: Decision, latency_s: float,
-           at: float | None = None) -> dict[str, Any]:
-    """The log record of one decision (allow-listed fields only), decided at ``at`` (now)."""
+           at: float | None = None, query_params: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The log record of one decision (allow-listed fields only), decided at ``at`` (now);
+    ``query_params``: the query parameters whose values may be logged (default: none)."""
     rec: dict[str, Any] = {
         "time": round(time.time() if at is None else at, 6),
         "request_id": view.request_id[:128] if view is not None else "",
         "route": decision.route,
         "method": view.method[:16] if view is not None else "",
-        "path": redacted_path(view)[:2048] if view is not None else "",
+        "path": redacted_path(view, query_params)[:2048] if view is not None else "",
         "source": view.source_address if view is not None else "",
         "outcome": decision.outcome.value,
         "reason": decision.reason.value,
@@ -75,6 +88,8 @@ def record(view: RequestView | None, decision: Decision, latency_s: float,
         rec["rule"] = decision.rule
     if decision.rate_limit:
         rec["rate_limit"] = dict(decision.rate_limit)
+    if decision.pdp:  # PDP answers: names, booleans and the PDP's bounded context
+        rec["pdp"] = [dict(answer) for answer in decision.pdp]
     identity = decision.identity
     if identity is not None:
         rec["identity"] = {
@@ -83,6 +98,14 @@ def record(view: RequestView | None, decision: Decision, latency_s: float,
             "consumer": identity.consumer,
         }
     return rec
+
+
+def _fileno(stream: IO[str]) -> int | None:
+    try:
+        stream.flush()
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a test's capture object: use the stream
+        return None
 
 
 class DecisionLog:
@@ -96,11 +119,16 @@ class DecisionLog:
         max_queue: int = 10_000,
         dropped: Counter | None = None,
         flush_interval: float = 0.05,
+        query_params: Iterable[str] = (),
     ) -> None:
-        self._stream = stream if stream is not None else sys.stdout
+        self._stream = stream
+        #: no stream given: stdout's descriptor, written with os.write (see _write)
+        self._fd = _fileno(sys.stdout) if stream is None else None
         self._sample_allowed = sample_allowed
         self._max_queue = max_queue
         self._flush_interval = flush_interval
+        #: query parameters whose values may be logged (an operator's explicit choice)
+        self._query_params = frozenset(query_params)
         #: (view, decision, latency, time) per decision; appended by the request path, drained
         #: by the writer (deque append/popleft are atomic: no lock needed between the two)
         self._pending: deque[tuple[RequestView | None, Decision, float, float]] = deque()
@@ -147,16 +175,27 @@ class DecisionLog:
                 # stall the event loop for milliseconds (seen as p99). Hand it back between
                 # chunks: sleep(0) releases the GIL so a waiting request runs first.
                 time.sleep(0)
-            lines.extend(json.dumps(record(*item), separators=(",", ":")) + "\n"
+            lines.extend(json.dumps(record(*item, query_params=self._query_params),
+                                    separators=(",", ":")) + "\n"
                          for item in batch[start:start + _CHUNK])
         try:
-            self._stream.write("".join(lines))
-            self._stream.flush()
+            self._write("".join(lines))
         except (OSError, ValueError):
             if self._dropped is not None:
                 self._dropped.inc(len(batch))
 
-    def close(self, timeout: float = 5.0) -> None:
+    def _write(self, text: str) -> None:
+        """One batch to the sink. stdout goes through ``os.write``: a writer blocked by a pipe
+        nobody reads then holds no lock of ``sys.stdout``, whose final flush at exit would
+        otherwise wait for it for ever (the process could not stop)."""
+        if self._fd is None:
+            stream = self._stream if self._stream is not None else sys.stdout
+            stream.write(text)
+            stream.flush()
+            return
+        write_all(self._fd, text.encode("utf-8", "replace"))
+
+    def close(self, timeout: float = 2.0) -> None:
         """Write what is pending and stop the writer thread."""
         self._stopping.set()
         self._thread.join(timeout)

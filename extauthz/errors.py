@@ -56,6 +56,13 @@ class Reason(enum.StrEnum):
     CERT_EXPIRED = "cert_expired"
     CERT_NOT_YET_VALID = "cert_not_yet_valid"
     UNTRUSTED_CERT = "untrusted_cert"
+    #: x-forwarded-client-cert does not fit the configured trust model (element count, or an
+    #: element not written the way Envoy writes it)
+    XFCC_MISMATCH = "xfcc_mismatch"
+    #: RFC 8705: the token is bound (cnf x5t#S256) to another certificate, or none was presented
+    CERT_BINDING_MISMATCH = "cert_binding_mismatch"
+    #: the authenticator requires certificate-bound tokens and this one carries no cnf
+    UNBOUND_TOKEN = "unbound_token"  # noqa: S105
     # Basic
     MALFORMED_CREDENTIALS = "malformed_credentials"
     INVALID_CREDENTIALS = "invalid_credentials"
@@ -63,6 +70,9 @@ class Reason(enum.StrEnum):
     INSUFFICIENT_SCOPE = "insufficient_scope"
     CONSUMER_NOT_ALLOWED = "consumer_not_allowed"
     FORBIDDEN = "forbidden"
+    #: the verified identity has a value that cannot be an upstream header (a control character
+    #: such as CR/LF/NUL, or not valid Unicode): denied (403) rather than sent without it
+    IDENTITY_NOT_REPRESENTABLE = "identity_not_representable"
     #: a policy condition (CEL) failed to evaluate: denied, fail closed
     POLICY_ERROR = "policy_error"
     # HMAC request signatures
@@ -72,6 +82,10 @@ class Reason(enum.StrEnum):
     SIGNATURE_NOT_YET_VALID = "signature_not_yet_valid"
     REPLAYED = "replayed"
     DIGEST_MISMATCH = "digest_mismatch"
+    #: a covered digest, but Envoy forwarded only part of the body
+    BODY_TRUNCATED = "body_truncated"
+    #: a covered digest, but the request may carry a body extauthz never received
+    BODY_NOT_FORWARDED = "body_not_forwarded"
     # Token introspection
     INACTIVE_TOKEN = "inactive_token"  # noqa: S105
     INTROSPECTION_UNAVAILABLE = "introspection_unavailable"

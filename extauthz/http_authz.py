@@ -24,12 +24,43 @@ request Envoy sends us a request with the **same method**, the path prefixed wit
   ``status_on_error`` (default 403; the example config sets 503) and not our body. Fail closed
   either way.
 
-Limits of the mapping (the gRPC transport has none of them):
+Same product as gRPC (the end-to-end parity table, tests/e2e/test_e2e_parity.py, runs one scenario
+list over both transports through Envoy and compares what the upstream and the client receive):
 
-* no ``context_extensions``: routes are chosen by extauthz's own host/path/method matchers;
-* no peer certificate (``include_peer_certificate`` is gRPC-only): mTLS needs Envoy to send
-  ``x-forwarded-client-cert`` (``forward_client_cert_details: SANITIZE_SET``) and the
-  authenticator's XFCC option;
+* identity header values are sent as UTF-8 bytes, which is what Envoy puts on the upstream
+  request for the gRPC transport's protobuf strings; a value that is not representable denies on
+  both (``identity_not_representable``, decided by the pipeline);
+* a response to a ``HEAD`` check request has no body (Envoy's HTTP/1 codec would read one as the
+  start of the next response and count a protocol error); the deny status and headers still apply;
+* route naming: Envoy can send the matched route's ``name`` in a header it sets itself
+  (``authorization_request.headers_to_add`` with ``%ROUTE_NAME%``, which replaces a client-sent
+  header of that name); ``--http-authz-route-header NAME`` makes extauthz read it exactly like
+  gRPC's ``context_extensions[settings.route_key]``. Off by default: without that Envoy setting
+  the header is whatever the client sent, and a client could pick a public route;
+* dynamic metadata: with ``--http-authz-metadata`` an allow carries it as response headers
+  ``x-extauthz-md-route``, ``x-extauthz-md-identity`` and ``x-extauthz-md-shadow-deny``
+  (compact JSON), for Envoy's ``authorization_response.dynamic_metadata_from_headers``; Envoy
+  stores them as strings under the header names (gRPC: one structured object). Off by default:
+  about 3 us of CPU per allowed check, useful only with that Envoy setting;
+
+What this protocol still cannot carry, refused rather than silently dropped:
+
+* query parameters cannot be removed: a decision that must strip a credential from the query
+  string is refused (503 ``internal_error``; the client gets Envoy's ``status_on_error``) rather
+  than let the credential through to the upstream: routes that read credentials from the query
+  string need the gRPC transport;
+* a rewritten ``cookie`` (a credential cookie removed, the others kept) reaches the upstream only
+  if ``authorization_response.allowed_upstream_headers`` matches ``cookie`` (the example config
+  does; tested end to end); otherwise Envoy keeps the client's cookie, credential included.
+  extauthz cannot see Envoy's setting, so ``--http-authz-cookie-forwarded`` says it is there;
+  without it a decision that rewrites the cookie is refused (503 ``internal_error``);
+* no peer certificate of its own (``include_peer_certificate`` is gRPC-only): Envoy sends it in a
+  header it sets itself (``authorization_request.headers_to_add`` with
+  ``%DOWNSTREAM_PEER_CERT%``, plus ``disallowed_headers`` for the same name, because Envoy leaves
+  a client-sent value in place when the connection has no certificate), and
+  ``--http-authz-peer-cert-header NAME`` tells extauthz to read it (off by default: without
+  those Envoy settings the header is whatever the client sent). XFCC is for hops where TLS ended
+  at another proxy (docs/client-certificates.md);
 * no client address of its own: Envoy can send it in a header it sets itself
   (``authorization_request.headers_to_add`` with ``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``,
   which overwrites a client-sent header of the same name), and ``--http-authz-source-header NAME``
@@ -37,29 +68,35 @@ Limits of the mapping (the gRPC transport has none of them):
   whatever the client sent. Without it (or with a value that is not an IP address) policies with
   ``source`` CIDRs see an empty address and deny (fail closed), and Basic's per-address
   brute-force limit has no address to count;
-* no dynamic metadata, and query parameters cannot be removed: a decision that must strip a
-  credential from the query string is refused (503 ``internal_error``; the client gets Envoy's
-  ``status_on_error``) rather than let the credential through to the upstream: routes that read
-  credentials from the query string need the gRPC transport;
+* Envoy never passes the client's ``content-length`` on: the one it sends describes the bytes it
+  forwards. When it forwarded no body that header is dropped from the view, so nothing reads
+  Envoy's ``0`` as "the client sent no body"; a signature that covers a body digest therefore
+  needs ``with_request_body`` and a non-empty body on this transport;
 * Envoy prepends ``path_prefix`` to the path: the prefix given here is stripped, and a request
   without it is refused (400).
 
-Parsing is httptools (the llhttp parser Node.js uses); a message larger than ``max_head_bytes``
-(request line and headers) or ``max_body_bytes`` is refused with 431/413 and the connection is
-closed. Envoy sends one request at a time per connection; pipelined requests are still answered
-in order.
+Parsing is httptools (the llhttp parser Node.js uses). Every resource a client can hold is
+bounded (:class:`HttpLimits`, README "Resource model"): open connections (beyond the cap a new
+one is closed at once), the time to send a request (head and body) and to stay idle, the head and
+body bytes of a request (431/413 and closed) and of all requests held together (503 and
+closed), the answers a client leaves unread and the requests it pipelines ahead of them (its
+socket is no longer read: TCP flow control pushes back on it). Each check runs in an asyncio
+task of its own. Envoy sends one request at a time per connection; pipelined requests are still
+answered in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 import httptools
 
@@ -68,6 +105,7 @@ from extauthz.decision import Decision, from_error
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import BadRequestError, CheckError, Reason
 from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder
+from extauthz.netlimits import ConnectionGuard, DeadlineSweeper, Refused
 from extauthz.pipeline import Engine
 from extauthz.request import _parse_query, split_host
 from extauthz.types import Headers, RequestView
@@ -80,6 +118,15 @@ DEFAULT_MAX_HEAD_BYTES = 96 * 1024
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: the header through which Envoy removes headers from the upstream request on allow
 REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
+#: the header the example Envoy configuration sets to ``%ROUTE_NAME%``, for
+#: ``--http-authz-route-header``
+ROUTE_HEADER = "x-extauthz-route-name"
+#: response headers carrying the decision's dynamic metadata (Envoy:
+#: ``authorization_response.dynamic_metadata_from_headers``), one per top-level member
+METADATA_PREFIX = "x-extauthz-md-"
+_NO_CONTEXT: MappingProxyType[str, str] = MappingProxyType({})
+#: one encoder: json.dumps with non-default arguments builds a new one per call (~3 us)
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             413: "Content Too Large", 429: "Too Many Requests", 431:
@@ -90,56 +137,63 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 class _Message:
     """One request as the parser delivers it."""
 
-    __slots__ = ("body", "head_bytes", "headers", "method", "url")
+    __slots__ = ("body", "head_bytes", "headers", "method", "size", "url")
 
     def __init__(self) -> None:
-        self.url = b""
+        self.url = bytearray()
         self.headers: dict[str, str] = {}
-        self.body: list[bytes] = []
+        #: one growing buffer: a list of chunks would cost an object (~40 bytes) per chunk
+        #: and a re-sum per chunk (issue 13.1: 40 000 one-byte chunks took 17.6 s of CPU)
+        self.body = bytearray()
         self.method = ""
         self.head_bytes = 0
+        #: bytes of this message held in memory (head + body), charged to the server's budget
+        self.size = 0
 
 
 class _TooLarge(Exception):
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, reason: str) -> None:
         super().__init__(status)
         self.status = status
+        self.reason = reason
 
 
-def _drive(coro: Coroutine[Any, Any, Decision]) -> tuple[bool, Any]:
-    """Run ``coro`` until it finishes or first suspends: (True, result) | (False, awaited).
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """The resource bounds of the HTTP ext_authz listener (README "Resource model")."""
 
-    Cached credentials decide without awaiting anything; driving the coroutine in place saves a
-    task and a loop iteration per request. A coroutine that suspends (JWKS fetch, introspection,
-    Redis) has yielded the future it waits on; :func:`_resume` continues it as a task.
-    """
-    try:
-        awaited = coro.send(None)
-    except StopIteration as stop:
-        return True, stop.value
-    return False, awaited
+    #: open connections; beyond it a new connection is closed at once (refused, counted)
+    max_connections: int = 256
+    #: seconds a request may take to arrive, head and body, from its first byte (slowloris)
+    head_timeout: float = 10.0
+    #: seconds a keep-alive connection may sit with no request, and answers may stay unread
+    idle_timeout: float = 60.0
+    #: request line + headers; Envoy's own default header limit is 60 KiB
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    #: one request's body (Envoy's ``with_request_body.max_request_bytes`` should be lower)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: all connections' request bytes held in memory together (received, not yet answered,
+    #: parsed or not)
+    max_buffered_bytes: int = 16 * 1024 * 1024
+    #: answers written but not read by the client; above it the connection is not read
+    max_unread_output: int = 64 * 1024
+    #: requests parsed ahead of their answers on one connection; above it reading pauses
+    max_pipelined: int = 16
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bound that is not positive."""
+        for name in self.__slots__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"http_authz {name} must be positive")
 
 
-async def _resume(coro: Coroutine[Any, Any, Decision], awaited: Any) -> Decision:
-    """Finish a coroutine :func:`_drive` started: wait for what it waits on, then step it.
-
-    This is what an asyncio Task does with a coroutine: the future it yielded is awaited here
-    (without raising: the coroutine reads the outcome itself when resumed), then it is sent
-    ``None`` until it returns.
-    """
-    try:
-        while True:
-            if isinstance(awaited, asyncio.Future):
-                await asyncio.wait((awaited,))
-            else:  # a bare yield (asyncio.sleep(0)): give the loop one turn
-                await asyncio.sleep(0)
-            try:
-                awaited = coro.send(None)
-            except StopIteration as stop:
-                return cast(Decision, stop.value)
-    except BaseException:
-        coro.close()
-        raise
+#: bytes handed to the parser at a time: between slices the connection may stop parsing (its
+#: client pipelines ahead of reading its answers), so one 256 KiB socket read of tiny pipelined
+#: requests never becomes thousands of parsed requests at once
+_PARSE_SLICE = 4 * 1024
+_INF = float("inf")
+#: listener label of the metrics
+PORT_LABEL = "http_authz"
 
 
 #: the header the example Envoy configurations (deploy/envoy/envoy-http-authz.yaml, the
@@ -157,9 +211,37 @@ def source_address(headers: dict[str, str], header: str | None) -> str:
     return "" if ip is None else str(ip)
 
 
+#: the header deploy/envoy/envoy-http-authz.yaml sets to the client certificate
+#: (``%DOWNSTREAM_PEER_CERT%``), for ``--http-authz-peer-cert-header``
+PEER_CERT_HEADER = "x-extauthz-peer-certificate"
+def route_context(headers: dict[str, str], header: str | None,
+                  route_key: str) -> MappingProxyType[str, str]:
+    """gRPC's ``context_extensions`` as the HTTP transport can have them: ``{route_key: name}``
+    from the header Envoy sets to ``%ROUTE_NAME%`` (empty when off, absent or empty: extauthz
+    then selects the route by its own matchers, as gRPC does without a route name)."""
+    if not header:
+        return _NO_CONTEXT
+    name = headers.get(header, "")
+    return MappingProxyType({route_key: name}) if name else _NO_CONTEXT
+
+
 def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
-            path_prefix: str, head_bytes: int, source_header: str | None = None) -> RequestView:
-    """The RequestView of one authorization request (raises BadRequestError)."""
+            path_prefix: str, head_bytes: int, source_header: str | None = None,
+            peer_cert_header: str | None = None,
+            context: MappingProxyType[str, str] = _NO_CONTEXT) -> RequestView:
+    """The RequestView of one authorization request (raises BadRequestError).
+
+    ``peer_cert_header`` (off by default): the header Envoy sets to ``%DOWNSTREAM_PEER_CERT%``,
+    read as the TLS peer certificate — what ``include_peer_certificate`` gives the gRPC
+    transport. Only safe when Envoy also keeps a client-sent header of that name away from us
+    (``disallowed_headers``): Envoy 1.40 does *not* overwrite it when the connection has no
+    client certificate (verified: plaintext and TLS without a certificate pass the client's
+    value through; see deploy/envoy/envoy-http-authz.yaml). ``context``: the route name from
+    :func:`route_context`, as gRPC's ``context_extensions``.
+
+    ``headers`` (lowercase names) becomes the view's headers without a copy; Envoy's own
+    ``content-length`` is removed from it when no body was forwarded.
+    """
     if path_prefix:
         if not target.startswith(path_prefix):
             raise BadRequestError(Reason.BAD_REQUEST, "path without the configured prefix")
@@ -169,6 +251,12 @@ def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
     path, _, raw_query = target.partition("?")
     path, _, _fragment = path.partition("#")
     query = MappingProxyType(_parse_query(raw_query)) if raw_query else MappingProxyType({})
+    if not body:
+        # Envoy sets content-length to what it forwards (it never passes the client's on): with
+        # no body forwarded it says "0" whatever the client sent, which must not read as "the
+        # client sent no body" (a covered digest would pass against a body never seen). In place:
+        # ``headers`` becomes the view's headers anyway (no copy on the hot path).
+        headers.pop("content-length", None)
     return RequestView(
         method=method,
         host=split_host(headers.get("host", "")),
@@ -180,17 +268,51 @@ def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
         body=body,
         request_id=headers.get("x-request-id", ""),
         source_address=source_address(headers, source_header),
+        peer_certificate=headers.get(peer_cert_header, "") if peer_cert_header else "",
+        context_extensions=context,
         protocol="",
         header_bytes=head_bytes,
     )
 
 
-def render(decision: Decision, keep_alive: bool) -> bytes:
-    """The HTTP/1.1 response that makes Envoy carry out ``decision``."""
+def _metadata_lines(metadata: Any) -> list[str]:
+    """The decision's dynamic metadata as ``x-extauthz-md-<member>`` lines (ASCII JSON)."""
+    lines = []
+    for key, value in metadata.items():
+        text = value if isinstance(value, str) else _COMPACT_JSON.encode(value)
+        name = METADATA_PREFIX + key.replace("_", "-")
+        # ensure_ascii JSON has no control characters; a plain string member is checked here
+        if text.isprintable() and text.isascii():
+            lines.append(f"{name}: {text}")
+        else:
+            lines.append(f"{name}: {_COMPACT_JSON.encode(text)}")
+    return lines
+
+
+def render(decision: Decision, keep_alive: bool, head: bool = False,
+           cookie_forwarded: bool = False, metadata: bool = False) -> bytes:
+    """The HTTP/1.1 response that makes Envoy carry out ``decision``.
+
+    ``head``: the check request was a HEAD, so the response has no body (its
+    ``content-length`` still says how long the body would be, as HTTP specifies for HEAD).
+    Header values are UTF-8 (what Envoy sends upstream for gRPC's protobuf strings); the
+    pipeline has already refused identity values with control characters.
+    ``cookie_forwarded``: Envoy's ``allowed_upstream_headers`` matches ``cookie``, so a
+    rewritten Cookie header (a credential cookie removed) is applied; without it such a
+    decision is refused, since Envoy would silently keep the client's cookie, credential
+    included. ``metadata``: send the dynamic metadata as ``x-extauthz-md-*`` headers (about
+    3 us per allowed check; only useful with Envoy's ``dynamic_metadata_from_headers``).
+    """
     if decision.allowed and decision.remove_query:
         # HTTP mode cannot drop query parameters: refuse rather than leak the credential
         log.error("route %s strips a query-string credential, which the HTTP transport cannot "
                   "do (use gRPC for this route); refused", decision.route)
+        decision = from_error(RuntimeError(), decision.route)
+    elif (decision.allowed and not cookie_forwarded
+          and any(k == "cookie" for k, _ in decision.upstream_headers)):
+        log.error("route %s strips a credential cookie, which needs Envoy to forward the "
+                  "rewritten cookie header (allowed_upstream_headers: cookie) and "
+                  "--http-authz-cookie-forwarded; refused", decision.route)
         decision = from_error(RuntimeError(), decision.route)
     lines: list[str]
     if decision.allowed:
@@ -201,6 +323,8 @@ def render(decision: Decision, keep_alive: bool) -> bytes:
             lines.append(f"{REMOVE_HEADER}: " + ",".join(decision.remove_headers))
         # for the client's response (RateLimit fields): allowed_client_headers_on_success
         lines.extend(f"{k}: {v}" for k, v in decision.response_headers)
+        if metadata and decision.dynamic_metadata:
+            lines.extend(_metadata_lines(decision.dynamic_metadata))
     else:
         payload = decision.body.encode()
         status = decision.http_status
@@ -209,66 +333,184 @@ def render(decision: Decision, keep_alive: bool) -> bytes:
     lines.append(f"content-length: {len(payload)}")
     if not keep_alive:
         lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+    head_block = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    return head_block if head else head_block + payload
+
+
+def _start_check(coro: Coroutine[Any, Any, Decision]) -> asyncio.Task[Decision]:
+    """Run one check as a task of its own.
+
+    A check must run inside a task: ``asyncio.timeout`` (every Redis call, the outbound
+    fetches) needs ``current_task()`` (issue 13.5: driving the coroutine by hand with
+    ``send()`` made every Redis-backed check 503 "Timeout should be used inside a task").
+    From Python 3.12 the task starts eagerly: a check that decides without awaiting (cached
+    credentials) is done when this returns, without a loop iteration.
+    """
+    loop = asyncio.get_running_loop()
+    if _EAGER is not None:
+        task: asyncio.Task[Decision] = _EAGER(loop, coro)
+        return task
+    return loop.create_task(coro)
+
+
+_EAGER: Any = getattr(asyncio, "eager_task_factory", None)
 
 
 class _Connection(asyncio.Protocol):
-    """One connection from Envoy: parse, decide, answer, in order."""
+    """One connection from Envoy: parse, decide, answer, in order, within the limits."""
 
     def __init__(self, server: HttpAuthzServer) -> None:
         self.server = server
+        self.limits = server.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.current = _Message()
-        self.header_name = b""
         self.pending: deque[tuple[_Message, bool]] = deque()
         self.busy = False
         self.closing = False
-        #: the status a callback refused the message with (431/413)
-        self.refused = 0
+        #: a message has begun and is not complete (the head timeout runs)
+        self.receiving = False
+        #: the client does not read its answers: asyncio's pause_writing was called
+        self.write_paused = False
+        #: bytes received but not given to the parser (reading is paused while there are any)
+        self.unparsed = bytearray()
+        self.read_paused = False
+        #: bytes of this connection's messages charged to the server's budget
+        self.held = 0
+        #: monotonic times of the state changes the deadline is computed from (see deadline)
+        self.since = 0.0
+        self.paused_at = 0.0
+        self.begun_at = 0.0
+        #: the status and reason a callback refused the message with (431/413/503)
+        self.refused: tuple[int, str] = (0, "")
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # asyncio calls pause_writing() above ``high``: the answers the client has not read
+        transport.set_write_buffer_limits(high=self.limits.max_unread_output,
+                                          low=self.limits.max_unread_output // 4)
         self.server.connections.add(self)
+        self.since = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self.server.guard.release()
         self.closing = True
+        self.transport = None
         self.pending.clear()
+        self.server.release(self.held + len(self.unparsed))
+        self.unparsed = bytearray()
+        self.held = 0
+
+    def pause_writing(self) -> None:
+        # The client does not read: stop reading it (TCP flow control then stops its sends)
+        # and stop answering; the sweeper closes it if it stays so for idle_timeout.
+        self.write_paused = True
+        self.paused_at = time.monotonic()
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.since = time.monotonic()
+        self._continue()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.unparsed or self._blocked():
+            self._hold_unparsed(data)
+            return
+        self._feed(data)
+
+    def _hold_unparsed(self, data: bytes | memoryview) -> None:
+        """Keep bytes the parser may not see yet (charged to the server's budget) and stop
+        reading until they are parsed."""
+        self.unparsed += data
+        self._pause_reading()
+        if not self.server.charge(len(data), self.held + len(self.unparsed)):
+            self._fail(503, "buffer_budget")
+
+    def _blocked(self) -> bool:
+        """Parse no further: answers are not being read, or too many wait for their turn."""
+        return self.write_paused or len(self.pending) >= self.limits.max_pipelined
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closing:
+            self.read_paused = True
+            self.server.reading_paused.inc()
+            self.transport.pause_reading()
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        """Parse ``data`` a slice at a time, keeping what follows a slice after which the
+        connection became blocked (reading stays paused until it is parsed)."""
+        view = memoryview(data)
         try:
-            self.parser.feed_data(data)
+            for pos in range(0, len(view), _PARSE_SLICE):
+                if self.closing:
+                    return
+                if pos and self._blocked():
+                    self._hold_unparsed(view[pos:])
+                    return
+                self.parser.feed_data(view[pos:pos + _PARSE_SLICE])
         except _TooLarge as exc:
-            self._fail(exc.status)
+            self._fail(exc.status, exc.reason)
         except httptools.HttpParserUpgrade:
-            self._fail(400)
+            self._fail(400, "bad_request")
         except httptools.HttpParserError:
             # httptools wraps what a callback raised (HttpParserCallbackError)
-            self._fail(self.refused or 400)
+            status, reason = self.refused
+            self._fail(status or 400, reason or "bad_request")
+        finally:
+            view.release()
+
+    def _continue(self) -> None:
+        """Answer what waits, then parse what was held back, then read again."""
+        self._next()
+        if self.closing or self._blocked():
+            return
+        if self.unparsed:
+            data, self.unparsed = self.unparsed, bytearray()
+            self.server.release(len(data))
+            self._feed(data)
+            if self.closing or self.unparsed:
+                return
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     # -- httptools callbacks
     def on_message_begin(self) -> None:
         self.current = _Message()
+        self.receiving = True
+        self.begun_at = time.monotonic()
+
+    def _charge(self, message: _Message, size: int) -> None:
+        message.size += size
+        self.held += size
+        if not self.server.charge(size, self.held + len(self.unparsed)):
+            self.refused = (503, "buffer_budget")
+            raise _TooLarge(503, "buffer_budget")
 
     def on_url(self, url: bytes) -> None:
         message = self.current
         message.url += url
         message.head_bytes += len(url)
-        if message.head_bytes > self.server.max_head_bytes:
-            self.refused = 431
-            raise _TooLarge(431)
+        if message.head_bytes > self.limits.max_head_bytes:
+            self.refused = (431, "too_large")
+            raise _TooLarge(431, "too_large")
+        self._charge(message, len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         message = self.current
-        message.head_bytes += len(name) + len(value)
-        if message.head_bytes > self.server.max_head_bytes:
-            self.refused = 431
-            raise _TooLarge(431)
+        size = len(name) + len(value)
+        message.head_bytes += size
+        if message.head_bytes > self.limits.max_head_bytes:
+            self.refused = (431, "too_large")
+            raise _TooLarge(431, "too_large")
+        self._charge(message, size)
         key = name.decode("latin-1").lower()
         text = value.decode("utf-8", "surrogateescape")
         headers = message.headers
@@ -280,73 +522,121 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         message = self.current
-        message.body.append(body)
-        if sum(map(len, message.body)) > self.server.max_body_bytes:
-            self.refused = 413
-            raise _TooLarge(413)
+        message.body += body
+        if len(message.body) > self.limits.max_body_bytes:
+            self.refused = (413, "too_large")
+            raise _TooLarge(413, "too_large")
+        self._charge(message, len(body))
 
     def on_message_complete(self) -> None:
+        self.receiving = False
         self.pending.append((self.current, self.parser.should_keep_alive()))
         if not self.busy:
             self._next()
 
     # -- answering
     def _next(self) -> None:
-        while self.pending and not self.closing:
+        while self.pending and not self.closing and not self.write_paused:
             message, keep_alive = self.pending.popleft()
             started = time.perf_counter()
             view, coro_or_decision = self.server.begin(message)
+            head = message.method == "HEAD"  # the answer must have no body
             if isinstance(coro_or_decision, Decision):
-                self._answer(view, coro_or_decision, keep_alive, started)
+                self._answer(message, view, coro_or_decision, keep_alive, started, head)
                 continue
-            done, value = _drive(coro_or_decision)
-            if done:
-                self._answer(view, value, keep_alive, started)
+            task = _start_check(coro_or_decision)
+            if task.done():
+                self._answer(message, view, self._outcome(task), keep_alive, started, head)
                 continue
             self.busy = True
-            task = asyncio.ensure_future(_resume(coro_or_decision, value))
             self.server.tasks.add(task)
-            task.add_done_callback(partial(self._finished, view=view, keep_alive=keep_alive,
-                                           started=started))
+            task.add_done_callback(partial(self._finished, message=message, view=view,
+                                           keep_alive=keep_alive, started=started, head=head))
             return
 
-    def _finished(self, task: asyncio.Task[Decision], *, view: RequestView | None,
-                  keep_alive: bool, started: float) -> None:
+    @property
+    def deadline(self) -> float:
+        """When the sweeper closes this connection, from its state (``inf``: not now)."""
+        limits = self.limits
+        if self.transport is None:
+            return _INF
+        if self.closing:  # closed after its last answer: the client has idle_timeout to read it
+            return self.since + limits.idle_timeout
+        if self.write_paused:  # answers left unread
+            return self.paused_at + limits.idle_timeout
+        if self.busy or self.pending:  # ours to answer (the check has its own timeouts)
+            return _INF
+        if self.receiving:  # the request must arrive within head_timeout of its first byte
+            return self.begun_at + limits.head_timeout
+        return self.since + limits.idle_timeout  # keep-alive, waiting for a request
+
+    @staticmethod
+    def _outcome(task: asyncio.Task[Decision]) -> Decision:
+        if task.cancelled():
+            return from_error(RuntimeError(), NO_ROUTE_LABEL)
+        exc = task.exception()
+        if exc is not None:
+            log.error("check failed (denied): %s", type(exc).__name__)
+            return from_error(exc, NO_ROUTE_LABEL)
+        return task.result()
+
+    def _finished(self, task: asyncio.Task[Decision], *, message: _Message,
+                  view: RequestView | None, keep_alive: bool, started: float,
+                  head: bool = False) -> None:
         self.server.tasks.discard(task)
         self.busy = False
-        if task.cancelled():
-            decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
-        elif (exc := task.exception()) is not None:
-            log.error("check failed (denied): %s", type(exc).__name__)
-            decision = from_error(exc, NO_ROUTE_LABEL)
-        else:
-            decision = task.result()
-        self._answer(view, decision, keep_alive, started)
-        self._next()
+        self._answer(message, view, self._outcome(task), keep_alive, started, head)
+        self._continue()
 
-    def _answer(self, view: RequestView | None, decision: Decision, keep_alive: bool,
-                started: float) -> None:
+    def _answer(self, message: _Message, view: RequestView | None, decision: Decision,
+                keep_alive: bool, started: float, head: bool = False) -> None:
+        server = self.server
         try:
-            payload = render(decision, keep_alive)
+            payload = render(decision, keep_alive, head, server.cookie_forwarded, server.metadata)
         except Exception:
             log.exception("could not render a response (denied)")
             decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
-            payload = render(decision, keep_alive)
+            payload = render(decision, keep_alive, head)
         self.server.record(view, decision, time.perf_counter() - started)
+        released = min(message.size, self.held)
+        self.held -= released
+        self.server.release(released)
+        self.since = time.monotonic()
         if self.transport is not None and not self.closing:
-            self.transport.write(payload)
+            self.transport.write(payload)  # may call pause_writing() at once
             if not keep_alive:
-                self.closing = True
-                self.transport.close()
+                self._close()
 
-    def _fail(self, status: int) -> None:
-        """A request we cannot read: answer ``status`` and close (no decision to log)."""
+    def _close(self) -> None:
+        """Close after what was written is sent; a client that does not read it is aborted
+        by the sweeper after idle_timeout (close() alone would keep it open for ever)."""
         self.closing = True
+        self.since = time.monotonic()
         if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, status: int, reason: str) -> None:
+        """A request we cannot read: answer ``status`` and close (no decision to log)."""
+        self.server.closed.labels(PORT_LABEL, reason).inc()
+        if self.transport is not None and not self.closing:
             line = f"HTTP/1.1 {status} {_REASONS.get(status, 'Bad Request')}\r\n"
             self.transport.write(
                 (line + "content-length: 0\r\nconnection: close\r\n\r\n").encode())
-            self.transport.close()
+        self._close()
+
+    def expire(self, now: float) -> str | None:
+        """Abort: a deadline passed (head not sent in time, idle, or answers left unread)."""
+        if self.transport is None or self.deadline >= now:
+            return None
+        if self.write_paused or self.closing:
+            reason = "unread_output"
+        elif self.receiving:
+            reason = "head_timeout"
+        else:
+            reason = "idle_timeout"
+        self.closing = True
+        self.transport.abort()
+        return reason
 
 
 class HttpAuthzServer:
@@ -358,29 +648,77 @@ class HttpAuthzServer:
         decision_log: DecisionLog | None = None,
         *,
         path_prefix: str = DEFAULT_PATH_PREFIX,
-        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        limits: HttpLimits | None = None,
         source_header: str | None = None,
+        peer_cert_header: str | None = None,
+        route_header: str | None = None,
+        cookie_forwarded: bool = False,
+        metadata: bool = False,
     ) -> None:
         self.engine = engine
+        #: send dynamic metadata as x-extauthz-md-* response headers
+        self.metadata = metadata
+        #: Envoy's allowed_upstream_headers matches ``cookie`` (see :func:`render`)
+        self.cookie_forwarded = cookie_forwarded
         #: the header Envoy sets to the client address (lower case); None: no client address
         self.source_header = source_header.lower() if source_header else None
+        #: the header Envoy sets to the client certificate (lower case); None: no certificate
+        self.peer_cert_header = peer_cert_header.lower() if peer_cert_header else None
+        #: the header Envoy sets to ``%ROUTE_NAME%`` (lower case); None: extauthz's own matchers
+        self.route_header = route_header.lower() if route_header else None
         self.path_prefix = path_prefix.rstrip("/")
-        self.max_head_bytes = max_head_bytes
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits or HttpLimits()
+        self.limits.check()
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[Decision]] = set()
         self._server: asyncio.Server | None = None
         self._recorder = CheckRecorder(engine.metrics, decision_log)
+        metrics = engine.metrics
+        self.guard = ConnectionGuard(PORT_LABEL, self.limits.max_connections,
+                                     metrics.connections, metrics.connections_refused)
+        self.closed = metrics.connections_closed
+        self.reading_paused = metrics.reading_paused.labels(PORT_LABEL)
+        self._sweeper = DeadlineSweeper(
+            lambda: self.connections,
+            tick=min(1.0, self.limits.head_timeout / 4, self.limits.idle_timeout / 4),
+            closed=metrics.connections_closed, port_label=PORT_LABEL)
+        #: bytes of requests held by all connections (see HttpLimits.max_buffered_bytes)
+        self.buffered = 0
         self.port = 0
+
+    def charge(self, size: int, holder: int) -> bool:
+        """Hold ``size`` more bytes of requests for a connection now holding ``holder`` bytes.
+
+        False (refuse that connection) when the server is over its budget *and* this
+        connection holds more than its fair share (the budget divided among the open
+        connections): clients that fill the budget with slow bodies are the ones refused, while
+        a small request on another connection still gets through. The budget is thereby soft,
+        at most twice ``max_buffered_bytes``: every connection kept is within its share.
+        """
+        self.buffered += size
+        budget = self.limits.max_buffered_bytes
+        return self.buffered <= budget or holder * max(1, len(self.connections)) <= budget
+
+    def release(self, size: int) -> None:
+        """Bytes of requests no longer held."""
+        self.buffered -= size
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        if not self.guard.admit():
+            return Refused()
+        return _Connection(self)
 
     def begin(self, message: _Message) -> tuple[RequestView | None,
                                                 Decision | Coroutine[Any, Any, Decision]]:
         """The view and the check coroutine of ``message`` (or a deny when it is unreadable)."""
         try:
             target = message.url.decode("utf-8", "surrogateescape")
-            view = to_view(message.method, target, message.headers, b"".join(message.body),
-                           self.path_prefix, message.head_bytes, self.source_header)
+            snapshot = self.engine.snapshot
+            context = route_context(message.headers, self.route_header,
+                                    snapshot.settings.route_key if snapshot else "route")
+            view = to_view(message.method, target, message.headers, bytes(message.body),
+                           self.path_prefix, message.head_bytes, self.source_header,
+                           self.peer_cert_header, context)
         except CheckError as exc:
             return None, from_error(exc, NO_ROUTE_LABEL)
         except Exception:
@@ -396,9 +734,10 @@ class HttpAuthzServer:
         """Listen on ``host:port`` (0: any free port); returns the port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_port=False, backlog=1024)
+            self._protocol, host, port, reuse_port=False, backlog=1024)
         sockets = self._server.sockets or ()
         self.port = sockets[0].getsockname()[1] if sockets else port
+        self._sweeper.start()
         return self.port
 
     async def stop(self, grace: float) -> None:
@@ -408,9 +747,11 @@ class HttpAuthzServer:
         self._server.close()
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=grace)
+        await self._sweeper.stop()
         for conn in list(self.connections):
             conn.closing = True
             if conn.transport is not None:
-                conn.transport.close()
+                # abort: an orderly close waits for a client that may never read
+                conn.transport.abort()
         await self._server.wait_closed()
         self._server = None

@@ -99,7 +99,14 @@ def configure_logging(level: str, fmt: str, stream: IO[str] | None = None) -> No
     """Install the root handler: ``level`` and ``fmt`` (``text``/``json``), on stderr.
 
     The only place the application's log handler is set up (``extauthz.cli.main`` calls it).
+    On stderr the handler never blocks (:mod:`extauthz.logsetup`: a bounded queue and a writer
+    thread; issue 13.6); an explicit ``stream`` gets a plain stream handler.
     """
+    if stream is None:
+        from extauthz import logsetup
+
+        if logsetup.install(level, make_formatter(fmt)):
+            return
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(make_formatter(fmt))
     # like basicConfig always did here: a no-op when the root logger already has a handler

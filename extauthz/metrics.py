@@ -123,6 +123,37 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.connections = Gauge(
+            "extauthz_connections",
+            "Open client connections by listener (http_authz, admin).",
+            ["port"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "extauthz_connections_refused",
+            "Connections closed as soon as accepted because the listener was at its cap.",
+            ["port"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "extauthz_connections_closed",
+            "Connections closed by a bound, by listener and reason (head_timeout, "
+            "idle_timeout, unread_output, lifetime, too_large, buffer_budget, bad_request).",
+            ["port", "reason"],
+            registry=r,
+        )
+        self.reading_paused = Counter(
+            "extauthz_reading_paused",
+            "Times a connection stopped being read because its client left answers unread or "
+            "pipelined too far ahead of them.",
+            ["port"],
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "extauthz_log_dropped",
+            "Log records dropped because stderr could not keep up (logging never blocks).",
+            registry=r,
+        )
         self.redis_data_loss = Counter(
             "extauthz_redis_data_loss",
             "Times Redis was seen to have lost extauthz's data (its epoch key changed or "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,25 +32,28 @@ from extauthz.errors import (
     AuthorizationError,
     BadRequestError,
     CheckError,
+    DependencyUnavailable,
     Reason,
 )
 from extauthz.explain import AuthnStep, Trace
+from extauthz.hygiene import (
+    ReservedHeaders,
+    canonical_names,
+    header_spellings,
+    identity_value_safe,
+    query_hides,
+    query_spellings,
+    without_cookies,
+)
 from extauthz.metrics import NO_ROUTE_LABEL, Metrics
-from extauthz.request import path_is_normalized, signature_components
+from extauthz.paths import path_problem
+from extauthz.request import signature_components
 from extauthz.routing import Route
 from extauthz.types import AuthMethod, Identity, RequestView
 
 log = logging.getLogger("extauthz.check")
 
-#: control characters (CR, LF, NUL, TAB, DEL, ...): a regex, not a per-character loop in Python,
-#: since every identity header of every allowed check goes through it
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PARTIAL_BODY = "x-envoy-auth-partial-body"
-
-
-def _header_safe(value: str) -> bool:
-    """False for values Envoy would refuse or that could split a header (CR, LF, NUL, ...)."""
-    return _CONTROL.search(value) is None
 
 
 class Engine:
@@ -60,6 +62,8 @@ class Engine:
     def __init__(self, metrics: Metrics, snapshot: Snapshot | None = None) -> None:
         self.metrics = metrics
         self.snapshot = snapshot
+        #: the reserved identity header names of one snapshot (built on first use after a swap)
+        self._reserved_cache: tuple[Snapshot | None, ReservedHeaders | None] = (None, None)
 
     def swap(self, snapshot: Snapshot) -> Snapshot | None:
         """Install ``snapshot`` atomically; returns the previous one (for the caller to close).
@@ -100,11 +104,14 @@ class Engine:
     ) -> Decision:
         limits = snapshot.settings.limits
         _check_size(view, limits, trace)
-        if not path_is_normalized(view.path):
+        paths = snapshot.settings.paths
+        problem = path_problem(view.path, allow_semicolon=paths.allow_semicolon,
+                               allow_encoded_percent=paths.allow_encoded_percent)
+        if problem is not None:
             if trace is not None:
-                trace.notes.append("the path is not normalized (dot-segments, '//', or an "
-                                   "encoded '/', '\\' or '.'): refused before routing")
-            raise BadRequestError(Reason.BAD_REQUEST, "path is not normalized")
+                trace.notes.append(f"the path is not normalized or is ambiguous ({problem}): "
+                                   "refused before routing (settings.paths, docs/paths.md)")
+            raise BadRequestError(Reason.BAD_REQUEST, f"path is not normalized: {problem}")
         match = snapshot.routes.match(view)
         if trace is not None:
             trace.select_route(snapshot.routes, snapshot.settings.route_key, view, match)
@@ -132,21 +139,28 @@ class Engine:
                             # identical challenges (e.g. JWT + introspection) are sent once
                             challenges=list(dict.fromkeys(a.challenge() for a in missing)),
                             request_id=view.request_id)
+            external = route.policy.external  # lookups and PDP calls (docs/authzen.md)
+            resolved = None if external is None else await external.resolve(
+                view, identity, match.params, route.name, None if trace is None else trace.notes)
             try:
                 route.policy.evaluate(view, identity, match.params,
-                                      None if trace is None else trace.rules)
+                                      None if trace is None else trace.rules, resolved)
             except AuthorizationError as exc:
                 rule = getattr(exc, "rule", "")
                 if route.policy.shadow:
-                    return await _limited(
+                    return _with_pdp(await _limited(
                         snapshot, self._allow(snapshot, route, identity, view, shadow=exc),
-                        view, match.params, trace)
+                        view, match.params, trace), resolved)
                 denied = from_error(exc, route.name, request_id=view.request_id,
                                     identity=identity,
                                     challenges=_forbidden_challenges(snapshot, identity, exc))
-                return dataclasses.replace(denied, rule=rule) if rule else denied
-            return await _limited(snapshot, self._allow(snapshot, route, identity, view), view,
-                                  match.params, trace)
+                return _with_pdp(dataclasses.replace(denied, rule=rule) if rule else denied,
+                                 resolved)
+            except DependencyUnavailable as exc:  # a PDP that could not answer (fail closed)
+                return _with_pdp(from_error(exc, route.name, request_id=view.request_id),
+                                 resolved)
+            return _with_pdp(await _limited(snapshot, self._allow(snapshot, route, identity, view),
+                                            view, match.params, trace), resolved)
         except AuthenticationError as exc:
             return from_error(exc, route.name, request_id=view.request_id,
                               challenges=_invalid_challenges(route, exc))
@@ -231,6 +245,15 @@ class Engine:
                 identity.subject if identity is not None else ""))
         return identity
 
+    def _reserved(self, snapshot: Snapshot) -> ReservedHeaders:
+        """:func:`reserved_headers` of ``snapshot``, built once per snapshot."""
+        cached_for, reserved = self._reserved_cache
+        if cached_for is snapshot and reserved is not None:
+            return reserved
+        reserved = reserved_headers(snapshot)
+        self._reserved_cache = (snapshot, reserved)
+        return reserved
+
     def _allow(
         self,
         snapshot: Snapshot,
@@ -240,7 +263,11 @@ class Engine:
         *,
         shadow: AuthorizationError | None = None,
     ) -> Decision:
-        """Allow (or, with ``shadow``, allow and record the policy denial that was waived)."""
+        """Allow (or, with ``shadow``, allow and record the policy denial that was waived).
+
+        Raises AuthorizationError (``identity_not_representable``) when an identity value cannot
+        be a header, and BadRequestError when a credential cookie cannot be cut out.
+        """
         settings = snapshot.settings
         prefix = settings.identity_header_prefix
         upstream: list[tuple[str, str]] = []
@@ -255,7 +282,17 @@ class Engine:
             if identity.scopes:
                 upstream.append((prefix + "scopes", " ".join(sorted(identity.scopes))))
             upstream.extend(identity.headers)
-            upstream = [(k, v) for k, v in upstream if _header_safe(v)]
+            unsafe = [k for k, v in upstream if not identity_value_safe(v)]
+            if unsafe:
+                # Never allow without the identity (the upstream would see an authenticated
+                # request with no subject), never send a value that splits or differs by
+                # transport. Raised, not returned: the caller's `except CheckError` makes the
+                # 403, and nothing that post-processes allowed decisions ever sees it.
+                log.warning("route %s: identity header %s has a value that cannot be sent "
+                            "(control character, surrounding space or invalid Unicode): denied",
+                            route.name if route is not None else NO_ROUTE_LABEL, unsafe[0])
+                raise AuthorizationError(Reason.IDENTITY_NOT_REPRESENTABLE,
+                                         "the identity cannot be passed to the upstream")
         tokens = snapshot.identity_tokens
         if tokens is not None and identity is not None and route is not None:
             # the signed identity token (docs/identity-token.md): base64url, header-safe
@@ -263,36 +300,35 @@ class Engine:
             if minted is not None:
                 upstream.append(minted)
         upstream_names = {k for k, _ in upstream}
-        remove: list[str] = []
+        client_names = canonical_names(view.headers)
+        # Clients must never be able to send identity headers themselves, in any spelling an
+        # upstream may read as the same name, on any route (public ones included).
+        remove = self._reserved(snapshot).spoofed(client_names, upstream_names)
         remove_query: list[str] = []
-        # A client-sent identity token is removed on every route, minted or not.
-        if tokens is not None and tokens.header in view.headers \
-                and tokens.header not in upstream_names:
-            remove.append(tokens.header)
-        # Clients must never be able to send identity headers themselves.
-        for name in view.headers:
-            if name.startswith(prefix) and name not in upstream_names:
-                remove.append(name)
-        # Envoy overwrites this header in the CheckRequest but forwards the client's own copy
-        # upstream, where it could mislead an application that reads it.
-        if _PARTIAL_BODY in view.headers:
-            remove.append(_PARTIAL_BODY)
-        if route is not None:
+        # (a client-sent identity token is in the reserved set too: removed on every route,
+        # minted or not, in every spelling)
+        if route is not None and route.strip_credentials:
             for authenticator in route.authenticators:
-                # Headers an authenticator may inject (claims) are reserved too, even when unset.
-                for header in _claim_headers(authenticator):
-                    if header in view.headers and header not in upstream_names:
-                        remove.append(header)
-                if route.strip_credentials:
-                    for header in authenticator.credential_headers():
-                        if header in view.headers and header not in upstream_names:
-                            remove.append(header)
-                    for param in authenticator.credential_query_params():
-                        if param in view.query:
-                            remove_query.append(param)
-                    cookies = authenticator.credential_cookies()
-                    if cookies and "cookie" in view.headers:
-                        upstream.extend(_without_cookies(view.headers["cookie"], cookies, remove))
+                remove.extend(n for n in header_spellings(
+                    client_names, authenticator.credential_headers()) if n not in upstream_names)
+                params = authenticator.credential_query_params()
+                if params and query_hides(view.raw_query, params):
+                    raise BadRequestError(Reason.BAD_REQUEST, "a credential parameter after "
+                                          "';' in the query cannot be removed")
+                remove_query.extend(query_spellings(view.raw_query, params, view.query))
+                cookies = authenticator.credential_cookies()
+                raw_cookie = view.headers.value("cookie")
+                if cookies and raw_cookie:
+                    rewritten = without_cookies(raw_cookie, cookies)
+                    if rewritten == "":
+                        remove.append("cookie")
+                    elif rewritten is not None:
+                        if not identity_value_safe(rewritten):
+                            # bytes that are not UTF-8 cannot be sent back (gRPC strings,
+                            # the HTTP transport's UTF-8): refuse rather than forward the key
+                            raise BadRequestError(Reason.BAD_REQUEST, "the Cookie header cannot "
+                                                  "be rewritten without the credential")
+                        upstream.append(("cookie", rewritten))
         reason = Reason.OK if identity is not None else Reason.PUBLIC
         metadata = _metadata(route, identity)
         rule = ""
@@ -308,7 +344,7 @@ class Engine:
             identity=identity,
             upstream_headers=tuple(upstream),
             remove_headers=tuple(dict.fromkeys(remove)),
-            remove_query=tuple(remove_query),
+            remove_query=tuple(dict.fromkeys(remove_query)),
             dynamic_metadata=metadata,
             rule=rule,
         )
@@ -320,6 +356,27 @@ async def _limited(snapshot: Snapshot, decision: Decision, view: RequestView,
     if snapshot.rate_limits is None:
         return decision
     return await snapshot.rate_limits.apply(decision, view, params, trace)
+
+
+def _with_pdp(decision: Decision, resolved: Any) -> Decision:
+    """Attach the PDP answers of the external stage (decision log: ``pdp``)."""
+    if resolved is None or not resolved.answers:
+        return decision
+    return dataclasses.replace(decision, pdp=resolved.log_records())
+
+
+def reserved_headers(snapshot: Snapshot) -> ReservedHeaders:
+    """The identity namespace, the identity header names of *every* authenticator in
+    ``snapshot`` (reserved on every route, not only on the routes that use them) and
+    ``x-envoy-auth-partial-body``."""
+    names = [h for a in snapshot.authenticators.values()
+             for h in getattr(a, "injected_headers", ())]
+    if snapshot.identity_tokens is not None:  # the signed identity token's header
+        names.append(snapshot.identity_tokens.header)
+    # Envoy overwrites this header in the CheckRequest but forwards the client's own copy
+    # upstream, where it could mislead an application that reads it.
+    names.append(_PARTIAL_BODY)
+    return ReservedHeaders(snapshot.settings.identity_header_prefix, names)
 
 
 def _check_size(view: RequestView, limits: Limits, trace: Trace | None) -> None:
@@ -377,25 +434,6 @@ def _check_credential_size(
                 trace.notes.append(f"settings.limits: {description} ({authenticator.name})")
             raise AuthenticationError(Reason.CREDENTIAL_TOO_LARGE, description,
                                       authenticator=authenticator.name)
-
-
-def _claim_headers(authenticator: Authenticator) -> tuple[str, ...]:
-    """Headers an authenticator may inject outside the identity namespace (optional member)."""
-    return tuple(getattr(authenticator, "injected_headers", ()))
-
-
-def _without_cookies(
-    raw: str, names: tuple[str, ...], remove: list[str]
-) -> list[tuple[str, str]]:
-    """Rewrite the Cookie header without the credential cookies (or remove it if none remain)."""
-    kept = [p.strip() for p in raw.split(";")
-            if p.strip() and p.strip().partition("=")[0] not in names]
-    if len(kept) == len([p for p in raw.split(";") if p.strip()]):
-        return []
-    if not kept:
-        remove.append("cookie")
-        return []
-    return [("cookie", "; ".join(kept))]
 
 
 def _metadata(route: Route | None, identity: Identity | None) -> Mapping[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from extauthz.errors import BadRequestError, Reason
+from extauthz.paths import path_problem
 from extauthz.types import Headers, RequestView
 
 #: More query parameters than this is refused (400) rather than parsed.
@@ -156,23 +157,8 @@ def signature_components(headers: Headers) -> int:
     return most
 
 
-_SUSPICIOUS_SEGMENTS = ("/./", "/../", "//")
-
-
 def path_is_normalized(path: str) -> bool:
-    """True when ``path`` has no dot-segments, empty segments, or encoded ``/``, ``\\`` or ``.``.
-
-    A normalizing Envoy (``normalize_path``, ``merge_slashes``,
-    ``path_with_escaped_slashes_action``) never sends such paths. If one arrives, Envoy is
-    configured permissively and the upstream may resolve the path differently from how a route
-    prefix matched it (``/public/../admin``), so the check is refused instead.
-    """
-    if any(s in path for s in _SUSPICIOUS_SEGMENTS):
-        return False
-    if path.endswith(("/.", "/..")):
-        return False
-    if "%" in path:
-        lowered = path.lower()
-        if "%2f" in lowered or "%5c" in lowered or "%2e" in lowered:
-            return False
-    return "\\" not in path
+    """True when ``path`` is one extauthz judges with the default ``settings.paths``: no
+    dot-segments or empty segments, no encoded ``/``, ``\\`` or ``.``, no ``;`` path
+    parameters, no ``%25`` (see :func:`extauthz.paths.path_problem`, which says why)."""
+    return path_problem(path) is None

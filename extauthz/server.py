@@ -2,7 +2,10 @@
 
 Reload: the configuration files (and key material the authenticators read) are polled for
 changes (see :mod:`extauthz.reload`), and SIGHUP reloads at once. A configuration that fails
-validation is refused whole and the previous one keeps serving.
+validation is refused whole and the previous one keeps serving. The new snapshot takes over what
+outbound calls fetched for the old one (last good JWKS keys and discovery result, introspection
+answers; :meth:`Snapshot.adopt_outbound_state`) before it starts, so a reload during an IdP
+outage keeps serving within ``max_stale_seconds`` of the last successful fetch.
 
 Readiness (``/readyz`` 200, gRPC health SERVING, ``extauthz_ready`` 1) needs a valid
 configuration loaded and, when it verifies JWTs with remote keys (``jwks.url``/``discovery``), the
@@ -23,21 +26,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extauthz import logsetup
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
 from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
+from extauthz.config.schema import GRPC_MAX_RECEIVE_BYTES, MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
-from extauthz.http_authz import HttpAuthzServer
+from extauthz.health import HealthService
+from extauthz.heaptrim import HeapTrimmer
+from extauthz.http_authz import HttpAuthzServer, HttpLimits
 from extauthz.idtoken import IdentityTokens
 from extauthz.metrics import Metrics
+from extauthz.netlimits import (
+    AdminLimits,
+    Bounded,
+    ConnectionGuard,
+    DeadlineSweeper,
+    GrpcLimits,
+    bounded_factory,
+    check_fd_budget,
+    raise_nofile_limit,
+)
 from extauthz.pipeline import Engine
 from extauthz.reload import ConfigWatcher
 from extauthz.servicer import AuthorizationServicer
@@ -66,6 +83,8 @@ class ServerOptions:
     decision_log: bool = True
     #: fraction of *allowed* decisions logged (denies are always logged)
     decision_log_sample_allowed: float = 1.0
+    #: query parameters whose values the decision log keeps (default: no part of the query)
+    decision_log_query_params: tuple[str, ...] = ()
     #: poll the configuration files this often for changes (0 disables; SIGHUP still works)
     watch_interval_seconds: float = 1.0
     #: also serve Envoy's HTTP ext_authz protocol here (:mod:`extauthz.http_authz`); None: off
@@ -73,6 +92,22 @@ class ServerOptions:
     http_authz_path_prefix: str = "/check"
     #: header Envoy sets to the client address for the HTTP transport (None: no address)
     http_authz_source_header: str | None = None
+    #: header Envoy sets to the client certificate for the HTTP transport (None: none)
+    http_authz_peer_cert_header: str | None = None
+    #: the header Envoy sets to ``%ROUTE_NAME%`` (the route name, as gRPC's context_extensions);
+    #: None: off (extauthz's own matchers choose the route)
+    http_authz_route_header: str | None = None
+    #: Envoy's allowed_upstream_headers forwards a rewritten ``cookie``; False: such a decision
+    #: is refused on the HTTP transport
+    http_authz_cookie_forwarded: bool = False
+    #: send the decision's dynamic metadata as x-extauthz-md-* headers (HTTP transport)
+    http_authz_metadata: bool = False
+    #: resource bounds of each listener (README "Resource model")
+    http_authz_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
+    admin_limits: AdminLimits = field(default_factory=AdminLimits)
+    #: return freed heap memory to the system this often (0: never; see extauthz.heaptrim)
+    heap_trim_seconds: float = 30.0
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -92,7 +127,8 @@ class Server:
         self.engine = Engine(self.metrics)
         #: the process's Redis clients: a reload that keeps settings.redis keeps the pool
         self.state_hub = StateHub(self.metrics)
-        self.health = health.aio.HealthServicer()
+        logsetup.attach_dropped_counter(self.metrics.log_dropped)
+        self.health = HealthService()
         self._draining = False
         #: latched once the first snapshot's remote JWKS were fetched (see the module docstring)
         self._warm = False
@@ -111,6 +147,10 @@ class Server:
         self.http_port = 0
         self.http_authz: HttpAuthzServer | None = None
         self.http_authz_port = 0
+        self._admin_site: asyncio.Server | None = None
+        self._admin_live: set[Bounded] = set()
+        self._admin_sweeper: DeadlineSweeper | None = None
+        self._trimmer = HeapTrimmer(options.heap_trim_seconds)
 
     @property
     def ready(self) -> bool:
@@ -164,6 +204,12 @@ class Server:
             except Exception:
                 self.metrics.config_loads.labels("failure").inc()
                 raise
+            current = self.engine.snapshot
+            if current is not None:
+                # The last good JWKS keys / discovery result / introspection answers: a reload
+                # during an IdP outage keeps serving them (within max_stale, counted from when
+                # they were fetched) instead of answering 503 until the IdP is back.
+                snapshot.adopt_outbound_state(current)
             try:
                 await snapshot.start()
             except BaseException:
@@ -177,6 +223,7 @@ class Server:
                 # every nonce seen before the reload could be replayed). No await between this
                 # and the swap, so the old snapshot records nothing the new one misses.
                 snapshot.inherit_from(current)
+            self._warn_if_grpc_refuses(snapshot)
             previous = self.engine.swap(snapshot)
             self.metrics.config_loads.labels("success").inc()
             self.metrics.config_last_success.set_to_current_time()
@@ -187,6 +234,20 @@ class Server:
             # the snapshot's objects out of the cyclic GC's generations (see settle_heap)
             settle_heap()
             return snapshot
+
+    def _warn_if_grpc_refuses(self, snapshot: Snapshot) -> None:
+        """settings.limits may allow a CheckRequest larger than the gRPC listener receives."""
+        if self.options.grpc_address == GRPC_OFF:
+            return
+        limits = snapshot.settings.limits
+        room = self.options.grpc_limits.max_receive_message_bytes - (
+            GRPC_MAX_RECEIVE_BYTES - MAX_CHECK_PAYLOAD_BYTES)
+        if limits.max_header_bytes + limits.max_body_bytes > room:
+            log.warning("settings.limits.max_header_bytes + max_body_bytes (%d) exceed what "
+                        "--grpc-max-receive-message-bytes %d leaves for them (%d): gRPC refuses "
+                        "such CheckRequests before extauthz sees them (Envoy answers 403)",
+                        limits.max_header_bytes + limits.max_body_bytes,
+                        self.options.grpc_limits.max_receive_message_bytes, room)
 
     async def reload(self) -> bool:
         """Reload the configuration; on failure keep serving the previous one. Never raises."""
@@ -216,31 +277,48 @@ class Server:
         # file): fixing one of them in place must be noticed, not only the serving ones.
         return tuple(dict.fromkeys(files + self._refused_files))
 
+    def _check_descriptors(self) -> None:
+        """Raise the open-file limit to its hard limit and check the listeners' connection caps
+        fit in it with room to spare (OSError otherwise: the process could not honour them)."""
+        soft, _ = raise_nofile_limit()
+        options = self.options
+        caps = {"admin": options.admin_limits.max_connections}
+        if options.grpc_address != GRPC_OFF:
+            caps["grpc"] = options.grpc_limits.max_connections
+        if options.http_authz_address:
+            caps["http_authz"] = options.http_authz_limits.max_connections
+        try:
+            check_fd_budget(caps, soft)
+        except ValueError as exc:
+            raise OSError(str(exc)) from None
+
     async def start(self) -> None:
         """Load the configuration and start listening. Raises on a bad config or a busy port."""
+        self._check_descriptors()
         await self.load()
         if self.options.decision_log:
             self.decision_log = DecisionLog(
                 sample_allowed=self.options.decision_log_sample_allowed,
                 dropped=self.metrics.decision_log_dropped,
+                query_params=self.options.decision_log_query_params,
             )
         if self.options.grpc_address != GRPC_OFF:
             await self._start_grpc()
         if self.options.http_authz_address:
             self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
                                               path_prefix=self.options.http_authz_path_prefix,
-                                              source_header=self.options.http_authz_source_header)
+                                              limits=self.options.http_authz_limits,
+                                              source_header=self.options.http_authz_source_header,
+                                              peer_cert_header=(
+                                                  self.options.http_authz_peer_cert_header),
+                                              route_header=self.options.http_authz_route_header,
+                                              cookie_forwarded=(
+                                                  self.options.http_authz_cookie_forwarded),
+                                              metadata=self.options.http_authz_metadata)
             self.http_authz_port = await self.http_authz.start(
                 *split_address(self.options.http_authz_address))
-        host, port = split_address(self.options.http_address)
-        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready,
-                                              self._identity_tokens), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_port=False)
-        await site.start()
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        await self._start_admin()
+        self._trimmer.start()
         if self._can_serve():
             await self._become_ready()
         else:
@@ -260,14 +338,48 @@ class Server:
             self._watcher.start()
         log.info("serving grpc=%s http=%s", self.options.grpc_address, self.options.http_address)
 
+    async def _start_admin(self) -> None:
+        """The admin listener (aiohttp), behind a connection cap and a connection lifetime."""
+        limits = self.options.admin_limits
+        host, port = split_address(self.options.http_address)
+        runner = web.AppRunner(make_admin_app(self.metrics, lambda: self.ready,
+                                              self._identity_tokens), access_log=None,
+                               keepalive_timeout=limits.idle_timeout, shutdown_timeout=1.0)
+        await runner.setup()
+        assert runner.server is not None
+        guard = ConnectionGuard("admin", limits.max_connections, self.metrics.connections,
+                                self.metrics.connections_refused)
+        factory = bounded_factory(guard, runner.server, limits.max_connection_age,
+                                  self._admin_live)
+        self._runner = runner
+        self._admin_site = await asyncio.get_running_loop().create_server(
+            factory, host, port, reuse_port=False)
+        sockets = self._admin_site.sockets or ()
+        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        self._admin_sweeper = DeadlineSweeper(
+            lambda: self._admin_live, tick=min(1.0, limits.max_connection_age / 4),
+            closed=self.metrics.connections_closed, port_label="admin")
+        self._admin_sweeper.start()
+
+    async def _stop_admin(self) -> None:
+        if self._admin_sweeper is not None:
+            await self._admin_sweeper.stop()
+        if self._admin_site is not None:
+            self._admin_site.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for conn in list(self._admin_live):
+            conn.expire(float("inf"))
+
     def _identity_tokens(self) -> IdentityTokens | None:
         """The serving snapshot's identity tokens (the admin endpoint publishes their keys)."""
         snapshot = self.engine.snapshot
         return snapshot.identity_tokens if snapshot is not None else None
 
     async def _start_grpc(self) -> None:
+        limits = self.options.grpc_limits
         # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *limits.channel_options()])
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             AuthorizationServicer(self.engine, self.decision_log), server
         )
@@ -299,13 +411,16 @@ class Server:
         if self._watcher is not None:
             await self._watcher.stop()
         await self._set_serving(False)
+        # Watch streams send NOT_SERVING and end: the gRPC server's grace period waits for
+        # every open call, and a Watch never ends by itself
+        await self.health.end()
         # both transports drain at once, each within the grace period
         await asyncio.gather(
             *([self.http_authz.stop(self.options.grace_seconds)] if self.http_authz else []),
             *([self._grpc.stop(self.options.grace_seconds)] if self._grpc is not None else []),
         )
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stop_admin()
+        await self._trimmer.stop()
         snapshot = self.engine.snapshot
         if snapshot is not None:
             await snapshot.close()

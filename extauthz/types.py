@@ -8,10 +8,14 @@ downstream mutates what an earlier stage produced.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+#: what separates cookie pairs in a Cookie header (see :meth:`RequestView.cookie`)
+_COOKIE_SEPARATOR = re.compile(r"[;,]")
 
 
 def _empty() -> Mapping[str, Any]:
@@ -92,11 +96,16 @@ class RequestView:
     header_bytes: int = 0
 
     def cookie(self, name: str) -> str | None:
-        """Return the value of cookie ``name`` from the ``cookie`` header, if present."""
+        """Return the value of cookie ``name`` from the ``cookie`` header, if present.
+
+        Pairs are separated by ``;`` and also by ``,``: Envoy joins repeated ``cookie`` headers
+        of an HTTP/1.1 request with ``,`` in the check request (a cookie value cannot contain
+        one, RFC 6265 §4.1.1), and the upstream receives every one of them.
+        """
         raw = self.headers.value("cookie")
         if not raw:
             return None
-        for part in raw.split(";"):
+        for part in _COOKIE_SEPARATOR.split(raw):
             key, sep, value = part.strip().partition("=")
             if sep and key == name:
                 return value

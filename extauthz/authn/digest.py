@@ -13,9 +13,25 @@ Verification rules (the same for both headers):
   match the body (a correct SHA-256 does not excuse a wrong SHA-512);
 * digests are compared with :func:`hmac.compare_digest`.
 
-The body is what Envoy forwarded (``with_request_body``). When Envoy truncated it
-(``x-envoy-auth-partial-body: true``), no digest can be verified: :func:`is_partial_body` lets the
-caller refuse before hashing.
+The body is what Envoy forwarded (``with_request_body``), and a digest is checked only against a
+body that is provably the *whole* body the upstream will receive (:func:`complete_body`). What
+Envoy 1.40 tells us (verified through the shipped configurations, both transports):
+
+* Envoy adds ``x-envoy-auth-partial-body`` only when it buffered body data for the check
+  (``false``: the whole body, ``true``: the first ``max_request_bytes``); a client-sent value of
+  that header never reaches extauthz;
+* a request without body data (a bodyless GET, or any request when ``with_request_body`` is off or
+  disabled on the route) comes without that header; ``transfer-encoding`` is never forwarded, so
+  a chunked body Envoy did not buffer leaves **no trace at all** (no ``content-length`` either):
+  it is indistinguishable from no body;
+* over gRPC ``content-length`` is the client's; over the HTTP transport it describes the check
+  request Envoy sends (the forwarded bytes), so the HTTP transport drops it when Envoy forwarded
+  no body (:mod:`extauthz.http_authz`).
+
+So: flag ``true`` -> :class:`BodyTruncated`; body bytes with flag ``false`` -> the body, if
+``content-length`` (when present) agrees; no body bytes -> the empty body only when the client
+declared ``content-length: 0`` (over gRPC; the HTTP transport cannot see it), else
+:class:`BodyNotForwarded`: the body may exist and was not seen.
 
 Every failure raises :class:`DigestError`, whose message is public-safe.
 """
@@ -45,6 +61,15 @@ class DigestError(ValueError):
     """The digest header is malformed, uses no accepted algorithm, or does not match the body."""
 
 
+class BodyTruncated(DigestError):
+    """Envoy forwarded only the first part of the body (``x-envoy-auth-partial-body: true``) or
+    fewer bytes than ``content-length`` announces."""
+
+
+class BodyNotForwarded(DigestError):
+    """The request may carry a body that extauthz did not receive, so no digest can vouch for it."""
+
+
 def _hash(algorithm: str, body: bytes) -> bytes:
     return hashlib.new(ALGORITHMS[algorithm], body).digest()
 
@@ -53,6 +78,35 @@ def is_partial_body(headers: Mapping[str, str]) -> bool:
     """True when Envoy says the body it forwarded is truncated."""
     value = headers.get(PARTIAL_BODY_HEADER)
     return isinstance(value, str) and value.strip().lower() == "true"
+
+
+def complete_body(headers: Mapping[str, str], body: bytes) -> bytes:
+    """``body`` when it is provably the whole request body (see the module docstring).
+
+    Raises :class:`BodyTruncated` or :class:`BodyNotForwarded` on any sign that a body exists
+    but was not forwarded whole. ``headers`` are the request's (lowercase names).
+    """
+    flag = headers.get(PARTIAL_BODY_HEADER)
+    length = headers.get("content-length")
+    if headers.get("transfer-encoding") is not None:
+        # Envoy never forwards it; if a header says the body is framed some other way, the
+        # forwarded bytes cannot be matched to it.
+        raise BodyNotForwarded("request body framing unknown")
+    state = flag.strip().lower() if flag is not None else None
+    if state == "true":
+        raise BodyTruncated("body truncated")
+    if body:
+        if state != "false":  # body bytes without Envoy's flag: not what Envoy sends
+            raise BodyNotForwarded("request body not forwarded")
+        if length is not None and length.strip() != str(len(body)):
+            raise BodyTruncated("body incomplete")
+        return body
+    # No body bytes. Envoy sends its flag only after buffering body data, but whether a client
+    # copy of the flag is stripped depends on Envoy's edge settings: the flag alone never proves
+    # "empty". Only the client's own content-length: 0 does (a chunked body leaves no trace).
+    if length is not None and length.strip() == "0":
+        return b""
+    raise BodyNotForwarded("request body not forwarded")
 
 
 def parse_content_digest(value: str) -> dict[str, bytes]:

@@ -8,7 +8,8 @@ no credential (``None``); one without the other, or anything unparsable = 401
 request that fails anything else never burns its nonce)::
 
     label     spec.label, else the first label of Signature-Input whose keyid is one of ours
-              (so a signature added by some other party is skipped, not fatal)
+              and, when spec.tag is set, whose tag is that tag (so a signature added by some
+              other party, or for another application, is skipped, not fatal)
     shape     the input is an inner list of distinct strings; the signature a byte sequence;
               created/expires integers, keyid/nonce/alg/tag strings
     alg       if present, exactly "hmac-sha256" (else disallowed_algorithm); the key's
@@ -25,8 +26,11 @@ request that fails anything else never burns its nonce)::
     base      RFC 9421 §2.5 signature base; a covered header that is absent from the request
               is missing_component (never skipped)
     mac       HMAC-SHA256(secret, base) compared with hmac.compare_digest (bad_signature)
-    digest    when content-digest is covered: it must match the body (digest_mismatch; a
-              body Envoy truncated, x-envoy-auth-partial-body: true, always fails)
+    digest    when content-digest, repr-digest (no content-coding) or a legacy Digest is
+              covered (even one member): it must match the body
+              (digest_mismatch), and that body must provably be the whole body: a body
+              Envoy truncated is body_truncated, a request that may carry a body Envoy did
+              not forward is body_not_forwarded (see extauthz.authn.digest.complete_body)
     nonce     when present (required with require_nonce): recorded per key until the end of
               the acceptance window; seen before = replayed
 
@@ -52,10 +56,14 @@ instead of ``keyId`` also accepted, as Kong sends them), or the same parameters 
 header. The signing string is built from the ``headers`` list:
 
     ``(request-target)``  ``(request-target): get /path?query``      (draft-cavage)
-    ``@request-target``   ``GET /path?query``                        (APISIX)
+    ``@request-target``   ``GET /path?query``                        (dialects draft, apisix)
+    ``@request-target``   ``@request-target: get /path?query``       (dialect kong, or
+                          Kong's ``hmac`` scheme under dialect draft)
     ``request-line``      ``GET /path?query HTTP/1.1``               (Kong)
     ``(created)``, ``(expires)``  the ``created`` / ``expires`` parameters
-    ``name``              ``name: value``
+    ``name``              ``name: value``; the name lowercased (dialect draft) or as the
+                          client listed it (``Date: ...``, dialects kong and apisix, and
+                          Kong's ``hmac`` scheme)
 
 joined with ``\\n``; dialect ``apisix`` prefixes the key id as the first line and ends every
 line with ``\\n``. Unlike those plugins: the comparison is constant-time; ``headers`` is required
@@ -85,8 +93,10 @@ from typing import Any
 from extauthz import sfv
 from extauthz.authn.base import Challenge
 from extauthz.authn.digest import (
+    BodyNotForwarded,
+    BodyTruncated,
     DigestError,
-    is_partial_body,
+    complete_body,
     verify_content_digest,
     verify_legacy_digest,
 )
@@ -126,6 +136,9 @@ _SF_DICTIONARY = frozenset(
     }
 )
 _SF_LIST = frozenset({"cache-status", "proxy-status", "accept-ch"})
+#: covered fields that vouch for the body: each is verified against it (both profiles), so no
+#: signature can bind a digest that nobody checked
+_BODY_DIGESTS = ("content-digest", "repr-digest", "digest")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _REQUEST_TARGETS = frozenset({"(request-target)", "@request-target", "request-line"})
 _CAVAGE_PARAM = re.compile(
@@ -140,6 +153,8 @@ _DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.SIGNATURE_NOT_YET_VALID: "signature created in the future",
     Reason.REPLAYED: "signature nonce already used",
     Reason.DIGEST_MISMATCH: "content digest mismatch",
+    Reason.BODY_TRUNCATED: "body truncated",
+    Reason.BODY_NOT_FORWARDED: "request body not forwarded",
     Reason.BAD_SIGNATURE: "signature verification failed",
     Reason.UNKNOWN_KEY: "unknown signing key",
     Reason.DISALLOWED_ALGORITHM: "signature algorithm not allowed",
@@ -444,18 +459,33 @@ class HmacAuthenticator:
         value = _field(view.headers, header)
         if value is None:
             raise self._fail(Reason.MISSING_COMPONENT, f"covered header {header} is absent")
-        if is_partial_body(view.headers):
-            raise self._fail(Reason.DIGEST_MISMATCH, "body truncated")
+        # Only a body extauthz provably received whole can satisfy a digest (digest.py says
+        # what Envoy sends); "no body forwarded" is never read as "empty body".
+        try:
+            body = complete_body(view.headers, view.body)
+        except BodyTruncated as exc:
+            raise self._fail(Reason.BODY_TRUNCATED, str(exc)) from None
+        except BodyNotForwarded as exc:
+            raise self._fail(
+                Reason.BODY_NOT_FORWARDED, str(exc),
+                "a signature covers a body digest but Envoy forwarded no body "
+                "(with_request_body off or disabled on this route?)",
+            ) from None
+        if header == "repr-digest":
+            # RFC 9530: the digest of the representation, i.e. of the body before any
+            # content-coding. Without one it is the body itself; with one it cannot be checked
+            # here, and an unchecked covered digest would vouch for any body.
+            coding = (view.headers.value("content-encoding") or "identity").strip().lower()
+            if coding != "identity":
+                raise self._fail(Reason.DIGEST_MISMATCH,
+                                 "repr-digest of an encoded body cannot be verified")
         try:
             if header == "digest":
-                verify_legacy_digest(value, view.body, self._digest_algs)
+                verify_legacy_digest(value, body, self._digest_algs)
             else:
-                verify_content_digest(value, view.body, self._digest_algs)
+                verify_content_digest(value, body, self._digest_algs)
         except DigestError as exc:
-            detail = ""
-            if not view.body and view.headers.value("content-length") not in (None, "0"):
-                detail = "request body not forwarded by Envoy (with_request_body?)"
-            raise self._fail(Reason.DIGEST_MISMATCH, str(exc), detail) from None
+            raise self._fail(Reason.DIGEST_MISMATCH, str(exc)) from None
 
     async def _remember_nonce(self, key: HmacKey, nonce: str, window: _Window) -> None:
         try:
@@ -511,10 +541,18 @@ class HmacAuthenticator:
         else:
             labels = list(inputs)
         seen_keyid = False
+        wanted_tag = self._spec.tag
+        seen_tag = False
         for label in labels:
             member = inputs[label]
             if not isinstance(member, sfv.InnerList):
                 raise self._fail(Reason.MALFORMED_SIGNATURE, "signature input is not a list")
+            if wanted_tag is not None and self._spec.label is None:
+                # RFC 9421 §2.3: the tag says which application a signature is for; with a
+                # configured tag, signatures for other applications are skipped, not fatal
+                if member.params.get("tag") != wanted_tag:
+                    continue
+                seen_tag = True
             keyid = member.params.get("keyid")
             if keyid is None:
                 continue
@@ -529,6 +567,8 @@ class HmacAuthenticator:
             return label, member, key
         if seen_keyid:
             raise self._fail(Reason.UNKNOWN_KEY)
+        if wanted_tag is not None and not seen_tag and self._spec.label is None:
+            raise self._fail(Reason.MALFORMED_SIGNATURE, "no signature with the expected tag")
         raise self._fail(Reason.MALFORMED_SIGNATURE, "signature has no keyid")
 
     def _params(self, inner: sfv.InnerList) -> tuple[int | None, int | None, str | None]:
@@ -618,8 +658,9 @@ class HmacAuthenticator:
             raise self._fail(Reason.MALFORMED_SIGNATURE, "invalid signature parameters") from None
         if not hmac.compare_digest(sign(key.secret, base), signature_item.value):
             raise self._fail(Reason.BAD_SIGNATURE)
-        if "content-digest" in touched:  # even one covered member binds the body
-            self._check_body(view, "content-digest")
+        for header in _BODY_DIGESTS:  # even one covered member binds the body
+            if header in touched:
+                self._check_body(view, header)
         if nonce is not None:
             await self._remember_nonce(key, nonce, window)
         claims: dict[str, Any] = {
@@ -636,20 +677,23 @@ class HmacAuthenticator:
 
     # ----------------------------------------------------------------------------- cavage
 
-    def _cavage_params(self, view: RequestView) -> dict[str, str] | None:
+    def _cavage_params(self, view: RequestView) -> tuple[dict[str, str], bool] | None:
+        """The signature parameters, and whether they came in Kong's ``hmac`` scheme."""
         raw = view.headers.value("authorization")
         text: str | None = None
+        kong_scheme = False
         if raw is not None:
             scheme, _, rest = raw.strip().partition(" ")
             if scheme.lower() in ("signature", "hmac"):
                 text = rest
+                kong_scheme = scheme.lower() == "hmac"
         if text is None:
             text = view.headers.value("signature")
         if text is None:
             return None
         if len(text) > MAX_HEADER_LENGTH:
             raise self._fail(Reason.MALFORMED_SIGNATURE, "signature header too long")
-        return self._parse_auth_params(text.strip())
+        return self._parse_auth_params(text.strip()), kong_scheme
 
     def _parse_auth_params(self, text: str) -> dict[str, str]:
         params: dict[str, str] = {}
@@ -702,11 +746,15 @@ class HmacAuthenticator:
         return int(parsed.timestamp())
 
     def _cavage_line(
-        self, view: RequestView, name: str, created: int | None, expires: int | None
+        self, view: RequestView, spelled: str, created: int | None, expires: int | None,
+        kong: bool,
     ) -> str:
+        name = spelled.lower()
         if name == "(request-target)":
             return f"(request-target): {_method(view).lower()} {_request_target(view)}"
         if name == "@request-target":
+            if kong:
+                return f"@request-target: {_method(view).lower()} {_request_target(view)}"
             return f"{_method(view).upper()} {_request_target(view)}"
         if name == "request-line":
             return f"{_method(view).upper()} {_request_target(view)} {_http_version(view)}"
@@ -720,12 +768,18 @@ class HmacAuthenticator:
         value = _field(view.headers, name)
         if value is None:
             raise self._fail(Reason.MISSING_COMPONENT, f"covered header {name} is absent")
-        return f"{name}: {value}"
+        # draft-cavage lowercases the name; Kong and APISIX write it as the client listed it
+        shown = spelled if kong or self._spec.dialect == "apisix" else name
+        return f"{shown}: {value}"
 
     async def _authenticate_cavage(self, view: RequestView) -> Identity | None:
-        params = self._cavage_params(view)
-        if params is None:
+        found = self._cavage_params(view)
+        if found is None:
             return None
+        params, kong_scheme = found
+        # Kong's signing string: dialect kong, or its own `hmac` scheme under dialect draft
+        # (no other client sends that scheme, so it says which signing string was used)
+        kong = self._spec.dialect == "kong" or (self._spec.dialect == "draft" and kong_scheme)
         signature_b64 = params.get("signature")
         if not signature_b64:
             raise self._fail(Reason.MALFORMED_SIGNATURE, "signature parameter missing")
@@ -736,7 +790,8 @@ class HmacAuthenticator:
         listed = params.get("headers")
         if listed is None or not listed.strip():
             raise self._fail(Reason.MALFORMED_SIGNATURE, "headers parameter required")
-        names = [n.lower() for n in listed.split()]
+        spelled = listed.split()
+        names = [n.lower() for n in spelled]
         if len(names) > MAX_COMPONENTS or len(set(names)) != len(names):
             raise self._fail(Reason.MALFORMED_SIGNATURE, "invalid headers parameter")
         covered = set(names)
@@ -764,7 +819,7 @@ class HmacAuthenticator:
             )
         signed_expires = expires if "(expires)" in covered else None
         self._check_time(signed_created, signed_expires)
-        lines = [self._cavage_line(view, n, created, expires) for n in names]
+        lines = [self._cavage_line(view, n, created, expires, kong) for n in spelled]
         if self._spec.dialect == "apisix":
             signing_string = "\n".join([key.id, *lines]) + "\n"
         else:
@@ -775,7 +830,7 @@ class HmacAuthenticator:
             raise self._fail(Reason.MALFORMED_SIGNATURE, "signature is not base64") from None
         if not hmac.compare_digest(sign(key.secret, signing_string), presented):
             raise self._fail(Reason.BAD_SIGNATURE)
-        for header in ("digest", "content-digest"):
+        for header in _BODY_DIGESTS:
             if header in covered:
                 self._check_body(view, header)
         claims: dict[str, Any] = {

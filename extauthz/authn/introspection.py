@@ -7,14 +7,17 @@ One :class:`IntrospectionAuthenticator` talks to one endpoint::
     cache    keyed by SHA-256(token) (the token itself is never stored, logged or a label):
                active   until min(exp, now + cache_max_ttl_seconds)
                refused  (inactive, wrong aud/iss, ...) for negative_cache_ttl_seconds
-             endpoint failures are never cached.
+             endpoint failures are never cached. A reload keeps the cache when the endpoint,
+             client and checks are unchanged (adopt_outbound_state).
     request  POST application/x-www-form-urlencoded ``token`` (+ ``token_type_hint``) with the
              client authenticated by HTTP Basic (RFC 6749 §2.3.1: id and secret form-encoded,
              then base64) or ``client_id``/``client_secret`` form fields (``client_auth: post``).
              One aiohttp ClientSession per authenticator (created in ``start()``, closed in
              ``close()``), at most ``max_concurrent_requests`` connections, the whole exchange
-             bounded by ``timeout_seconds``, redirects not followed (the client secret must not
-             travel anywhere else). Concurrent checks of one token share one request.
+             bounded by ``timeout_seconds`` (default 0.5 s, below the shipped Envoy timeout),
+             under the process's outbound policy (extauthz.outbound: https off loopback, CA
+             bundle, proxies), redirects never followed (the client secret must not travel
+             anywhere else). Concurrent checks of one token share one request.
     answer   HTTP 200 with a JSON object whose ``active`` is a boolean, else the endpoint is
              treated as down: 503 introspection_unavailable (fail closed, never allow). Same
              for connection errors, timeouts, 5xx, 4xx (our client credentials are wrong) and
@@ -45,7 +48,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -55,6 +58,7 @@ import aiohttp
 
 from extauthz import tracing
 from extauthz.authn.base import Challenge
+from extauthz.authn.certbinding import CertBinding
 from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.secrets import load_secret
@@ -63,6 +67,7 @@ from extauthz.clock import Clock
 from extauthz.config.schema import IntrospectionSpec
 from extauthz.errors import AuthenticationError, DependencyUnavailable, Reason
 from extauthz.metrics import Metrics
+from extauthz.outbound import OutboundError, OutboundPolicy
 from extauthz.types import AuthMethod, Identity, RequestView
 
 log = logging.getLogger("extauthz.introspection")
@@ -173,12 +178,21 @@ class IntrospectionAuthenticator(SourceCredentials):
         clock: Clock,
         metrics: Metrics,
         realm: str = "extauthz",
+        policy: OutboundPolicy | None = None,
     ) -> None:
         self.name = name
         self._spec = spec
+        self._policy = policy if policy is not None else OutboundPolicy()
+        self._policy.check_url(spec.endpoint, "endpoint")
         self._endpoint = spec.endpoint
         self._clock = clock
         self._source = Source.from_spec(spec.source)
+        #: RFC 8705 §3.2: the response's cnf x5t#S256 binds the token to a client certificate
+        self._binding = CertBinding(
+            spec.certificate_binding,
+            lambda reason, description, detail: AuthenticationError(
+                reason, description, detail, authenticator=self.name),
+        )
         self._form: dict[str, str] = {}
         self._auth_headers: dict[str, str] = {"Accept": "application/json"}
         if spec.token_type_hint:
@@ -211,17 +225,39 @@ class IntrospectionAuthenticator(SourceCredentials):
         except UnicodeDecodeError:
             raise ValueError("client secret is not UTF-8 text") from None
         return cls(
-            name, spec, secret, clock=ctx.clock, metrics=ctx.metrics, realm=ctx.settings.realm
+            name, spec, secret, clock=ctx.clock, metrics=ctx.metrics, realm=ctx.settings.realm,
+            policy=ctx.outbound,
         )
 
     # ----------------------------------------------------------------------------- lifecycle
 
     def _new_session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._spec.timeout_seconds),
-            connector=aiohttp.TCPConnector(limit=self._spec.max_concurrent_requests),
-            raise_for_status=False,
+        return self._policy.session(
+            self._spec.timeout_seconds, limit=self._spec.max_concurrent_requests
         )
+
+    #: spec fields that decide what a cached answer means; the cache is carried over a reload
+    #: only when all of them are unchanged (cache sizes, timeouts and the secret do not matter:
+    #: an entry is the endpoint's answer about one token, already checked against these)
+    _CACHE_BINDING = ("endpoint", "client_id", "audiences", "issuer", "token_type_hint")
+
+    def adopt_outbound_state(self, candidates: Iterable[object]) -> None:
+        """On a reload, keep the answers of the authenticator this one replaces (same endpoint,
+        client and checks), so an endpoint outage during a reload does not turn every cached
+        token into a 503. TTLs were set when each answer arrived and are capped to this
+        configuration's (shorter) ones; nothing lives longer than either allows."""
+        for old in candidates:
+            if not isinstance(old, IntrospectionAuthenticator) or old is self:
+                continue
+            if any(getattr(old._spec, f) != getattr(self._spec, f) for f in self._CACHE_BINDING):
+                continue
+            now = self._clock()
+            for key, result, expires in old._cache.items(now):
+                ttl = (self._spec.cache_max_ttl_seconds if result.identity is not None
+                       else self._spec.negative_cache_ttl_seconds)
+                if ttl > 0:
+                    self._cache.put(key, result, min(expires, now + ttl))
+            return
 
     async def start(self) -> None:
         if self._session is None or self._session.closed:
@@ -261,7 +297,9 @@ class IntrospectionAuthenticator(SourceCredentials):
                 task.add_done_callback(functools.partial(self._finished, key))
             # shield: a cancelled check (Envoy gave up) must not cancel the shared request.
             result = await asyncio.shield(task)
-        return self._apply(result)
+        identity = self._apply(result)
+        self._binding.check(identity.claims, view)
+        return identity
 
     def _finished(self, key: bytes, task: asyncio.Task[_Result]) -> None:
         if self._inflight.get(key) is task:
@@ -301,16 +339,14 @@ class IntrospectionAuthenticator(SourceCredentials):
             raise _EndpointError("no HTTP session")
         form = {"token": token, **self._form}
         try:
-            async with session.post(
-                self._endpoint, data=form, headers=self._auth_headers, allow_redirects=False
-            ) as response:
-                if response.status != 200:
-                    raise _EndpointError(f"HTTP status {response.status}")
-                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _EndpointError(f"request failed: {type(exc).__name__}") from None
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise _EndpointError("response too large")
+            status, body = await self._policy.fetch(
+                session, "POST", self._endpoint, timeout=self._spec.timeout_seconds,
+                max_bytes=MAX_RESPONSE_BYTES, headers=self._auth_headers, data=form,
+            )
+        except OutboundError as exc:
+            raise _EndpointError(str(exc)) from None
+        if status != 200:
+            raise _EndpointError(f"HTTP status {status}")
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):

@@ -21,14 +21,20 @@ and HMAC do not exist here at all.
 Sources (:class:`JwksSource`):
 
 * :class:`StaticJwks` — ``file`` / ``inline``; loaded at build time, never stale.
-* :class:`RemoteJwks` — ``url`` / ``discovery``; fetched with aiohttp in ``start()`` and then every
-  ``refresh_interval_seconds`` by a background task (failures retry with capped, jittered backoff).
-  Each HTTP request is bounded by ``fetch_timeout_seconds``; a response is at most 1 MiB. A fetch
-  that fails or yields no usable key keeps the previous keys. Keys keep verifying for
-  ``max_stale_seconds`` after the last *successful* fetch; past that, and before the first success,
-  :meth:`~JwksSource.keys_at` raises ``DependencyUnavailable(jwks_unavailable)`` (503).
+* :class:`RemoteJwks` — ``url`` / ``discovery``; fetched in ``start()`` and then every
+  ``refresh_interval_seconds`` by a background task (failures retry with capped, jittered backoff),
+  every request under the process's outbound policy (:mod:`extauthz.outbound`: https off
+  loopback, no redirects by default and never https -> http, proxies, CA bundle). One fetch
+  (discovery and keys) is bounded by ``fetch_timeout_seconds``; a document is at most 1 MiB. A
+  fetch that fails or yields no usable key keeps the previous keys (and, with discovery, a failed
+  discovery falls back to the last good ``jwks_uri``). Keys keep verifying for
+  ``max_stale_seconds`` after the last *successful* fetch; past that, and before the first
+  success, :meth:`~JwksSource.keys_at` raises ``DependencyUnavailable(jwks_unavailable)`` (503).
   :meth:`~JwksSource.refetch` (used on an unknown ``kid``) is rate-limited to one per
-  ``min_refetch_interval_seconds`` and de-duplicated: every caller awaits the one in-flight fetch.
+  ``min_refetch_interval_seconds``, de-duplicated (every caller joins the one in-flight fetch),
+  and waited for at most ``refetch_wait_seconds``: the check then answers from the keys it has
+  while the fetch finishes in the background. On a reload, :meth:`RemoteJwks.adopt` carries the
+  last good keys over to the new configuration's source for the same issuer and location.
 
 Cache invalidation: a refresh that returns a key identical to one already held (same kid, type and
 public material) reuses the existing :class:`JwkKey` object, so a verified-token cache can pin the
@@ -49,10 +55,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
@@ -63,6 +68,11 @@ from extauthz.clock import Clock
 from extauthz.config.schema import JwtSpec
 from extauthz.errors import DependencyUnavailable, Reason
 from extauthz.metrics import Metrics
+from extauthz.outbound import OutboundError, OutboundPolicy
+from extauthz.tracing import safe_url
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("extauthz.jwks")
 
@@ -70,6 +80,8 @@ log = logging.getLogger("extauthz.jwks")
 MAX_DOCUMENT_BYTES = 1024 * 1024
 #: keys beyond this many in one set are ignored
 MAX_KEYS = 256
+#: different keys under one (kid, alg) that a token is tried against; more are skipped
+MAX_KEYS_PER_KID = 4
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 16384
 #: cap of the retry backoff after failed fetches (further capped by the refresh interval)
@@ -316,28 +328,34 @@ class KeySet:
     #: changes whenever the set of keys changes (not on a refresh that returns the same keys)
     generation: int = 0
     live: frozenset[JwkKey] = field(init=False, repr=False)
-    _by_kid_alg: dict[tuple[str, str], JwkKey] = field(init=False, repr=False)
+    _by_kid_alg: dict[tuple[str, str], tuple[JwkKey, ...]] = field(init=False, repr=False)
     _by_alg: dict[str, tuple[JwkKey, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        by_kid_alg: dict[tuple[str, str], JwkKey] = {}
+        by_kid_alg: dict[tuple[str, str], list[JwkKey]] = {}
         by_alg: dict[str, list[JwkKey]] = {}
         for key in self.keys:
             for alg in key.algorithms:
                 by_alg.setdefault(alg, []).append(key)
                 if key.kid is not None:
-                    by_kid_alg.setdefault((key.kid, alg), key)
+                    by_kid_alg.setdefault((key.kid, alg), []).append(key)
         object.__setattr__(self, "live", frozenset(self.keys))
-        object.__setattr__(self, "_by_kid_alg", by_kid_alg)
+        object.__setattr__(self, "_by_kid_alg", {k: tuple(v) for k, v in by_kid_alg.items()})
         object.__setattr__(self, "_by_alg", {a: tuple(ks) for a, ks in by_alg.items()})
 
-    def lookup(self, kid: str | None, alg: str) -> JwkKey | None:
-        """The key for a token header: by ``(kid, alg)``; without a kid, the one key usable for
-        ``alg`` if there is exactly one (several candidates need a kid: ``None``)."""
+    def candidates(self, kid: str | None, alg: str) -> tuple[JwkKey, ...]:
+        """The keys to try for a token header: every key with ``(kid, alg)`` (several only when
+        the issuer publishes one kid more than once, see the module docstring); without a kid,
+        the one key usable for ``alg`` if there is exactly one (several need a kid: none)."""
         if kid is not None:
-            return self._by_kid_alg.get((kid, alg))
-        candidates = self._by_alg.get(alg, ())
-        return candidates[0] if len(candidates) == 1 else None
+            return self._by_kid_alg.get((kid, alg), ())
+        found = self._by_alg.get(alg, ())
+        return found if len(found) == 1 else ()
+
+    def lookup(self, kid: str | None, alg: str) -> JwkKey | None:
+        """The first of :meth:`candidates` (``None`` if there is none)."""
+        found = self.candidates(kid, alg)
+        return found[0] if found else None
 
     def count(self, alg: str) -> int:
         """How many keys can verify ``alg``."""
@@ -368,7 +386,7 @@ def parse_jwks(
     keys: list[JwkKey] = []
     skipped: list[str] = []
     seen_fingerprints: set[tuple[Any, ...]] = set()
-    seen_kid_algs: set[tuple[str, str]] = set()
+    kid_algs: dict[tuple[str, str], int] = {}
     for index, jwk in enumerate(entries):
         label = f"keys[{index}]"
         if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
@@ -387,12 +405,17 @@ def parse_jwks(
         if fingerprint in seen_fingerprints:
             skipped.append(f"{label}: duplicate key")
             continue
-        if key.kid is not None and any((key.kid, a) in seen_kid_algs for a in key.algorithms):
-            skipped.append(f"{label}: duplicate 'kid' for the same algorithm")
+        if key.kid is not None and any(
+            kid_algs.get((key.kid, a), 0) >= MAX_KEYS_PER_KID for a in key.algorithms
+        ):
+            skipped.append(
+                f"{label}: more than {MAX_KEYS_PER_KID} keys with this 'kid' for one algorithm"
+            )
             continue
         seen_fingerprints.add(fingerprint)
         if key.kid is not None:
-            seen_kid_algs.update((key.kid, a) for a in key.algorithms)
+            for a in key.algorithms:
+                kid_algs[(key.kid, a)] = kid_algs.get((key.kid, a), 0) + 1
         keys.append(reuse.get(fingerprint, key))
     if previous is not None and previous.fingerprints == seen_fingerprints:
         if previous.skipped == tuple(skipped):
@@ -467,12 +490,8 @@ class StaticJwks:
         return None
 
 
-class _FetchError(Exception):
-    """A fetch failed; ``result`` is its jwks_fetches label (error, timeout, invalid)."""
-
-    def __init__(self, result: str, message: str) -> None:
-        super().__init__(message)
-        self.result = result
+class _FetchError(OutboundError):
+    """A fetch failed; ``result`` is its jwks_fetches label (error, timeout, invalid, refused)."""
 
 
 def discovery_url(issuer: str) -> str:
@@ -485,18 +504,14 @@ def _http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def _safe_url(value: str) -> str:
-    """A URL for logs: scheme, host, port and path only (no credentials, query or fragment)."""
-    parts = urlsplit(value)
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-
-
 class RemoteJwks:
-    """Keys fetched over HTTP(S) from ``url`` or via OpenID Connect discovery of ``issuer``."""
+    """Keys fetched over HTTP(S) from ``url`` or via OpenID Connect discovery of ``issuer``.
+
+    Every request goes through the process's :class:`~extauthz.outbound.OutboundPolicy` (https,
+    redirects, proxies, CA bundle). A fetch (discovery and keys together) is bounded by
+    ``fetch_timeout``; a check that meets an unknown ``kid`` waits for the refetch at most
+    ``refetch_wait`` (the fetch goes on in the background, single-flight and rate-limited).
+    """
 
     def __init__(
         self,
@@ -507,10 +522,12 @@ class RemoteJwks:
         discovery: bool = False,
         refresh_interval: float = 300.0,
         max_stale: float = 3600.0,
-        fetch_timeout: float = 2.0,
+        fetch_timeout: float = 0.5,
         min_refetch_interval: float = 10.0,
+        refetch_wait: float = 0.25,
         clock: Clock,
         metrics: Metrics,
+        policy: OutboundPolicy | None = None,
     ) -> None:
         if (url is None) == (not discovery):
             raise ValueError("set exactly one of url and discovery")
@@ -524,9 +541,11 @@ class RemoteJwks:
         self._discovery = discovery
         self._refresh_interval = refresh_interval
         self._max_stale = max_stale
-        self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
+        self._fetch_timeout = fetch_timeout
         self._min_refetch = min_refetch_interval
+        self._refetch_wait = refetch_wait
         self._clock = clock
+        self._policy = policy if policy is not None else OutboundPolicy()
         self._fetches = metrics.jwks_fetches
         self._age = metrics.jwks_age.labels(issuer=issuer)
         self._key_count = metrics.jwks_keys.labels(issuer=issuer)
@@ -534,10 +553,38 @@ class RemoteJwks:
         self._last_success = -math.inf
         self._stale_deadline = -math.inf
         self._next_refetch = -math.inf
+        #: the last good discovery result (``jwks_uri``), used when discovery alone fails
+        self._jwks_uri: str | None = None
         self._session: aiohttp.ClientSession | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+
+    # -- identity across reloads --------------------------------------------------------------
+
+    @property
+    def source_key(self) -> tuple[str, str | None, bool, frozenset[str]]:
+        """What makes two sources interchangeable: same issuer, URL/discovery, algorithms."""
+        return (self.issuer, self._url, self._discovery, self._algorithms)
+
+    def adopt(self, previous: RemoteJwks) -> bool:
+        """Take over the last good keys of the source this one replaces on a reload.
+
+        Only from a source with the same :attr:`source_key`, and only when it has keys newer than
+        ours. The staleness deadline is computed from when *those* keys were fetched, with this
+        source's ``max_stale``: a reload never makes old keys live longer. Returns True when
+        keys were taken over. Call before :meth:`start` (which then does not block on a fetch).
+        """
+        if previous is self or previous.source_key != self.source_key:
+            return False
+        if previous._keyset is None or previous._last_success <= self._last_success:
+            return False
+        self._keyset = previous._keyset
+        self._last_success = previous._last_success
+        self._stale_deadline = previous._last_success + self._max_stale
+        self._jwks_uri = previous._jwks_uri
+        self._key_count.set(len(self._keyset.keys))
+        return True
 
     # -- read side (hot path) -----------------------------------------------------------------
 
@@ -570,34 +617,46 @@ class RemoteJwks:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    async def refresh(self) -> bool:
-        """Fetch now (joining a fetch already in flight); True iff it succeeded."""
-        if self._closed:
-            return False
+    def _spawn(self) -> asyncio.Task[bool]:
+        """The in-flight fetch, started if there is none (single-flight)."""
         task = self._inflight
         if task is None or task.done():
             task = asyncio.create_task(self._fetch(), name=f"jwks-fetch:{self.issuer}")
             self._inflight = task
-        return await asyncio.shield(task)
+        return task
+
+    async def refresh(self) -> bool:
+        """Fetch now (joining a fetch already in flight); True iff it succeeded."""
+        if self._closed:
+            return False
+        return await asyncio.shield(self._spawn())
 
     async def refetch(self) -> bool:
-        task = self._inflight
-        if task is not None and not task.done():
-            return await asyncio.shield(task)
-        now = self._clock()
-        if now < self._next_refetch or self._closed:
+        """After an unknown ``kid``: join or start (at most once per ``min_refetch_interval``)
+        a fetch, and wait for it at most ``refetch_wait`` seconds. True iff a fetch finished
+        successfully within that time; the fetch itself always runs to its own end."""
+        if self._closed:
             return False
-        self._next_refetch = now + self._min_refetch
-        return await self.refresh()
+        task = self._inflight
+        if task is None or task.done():
+            now = self._clock()
+            if now < self._next_refetch:
+                return False
+            self._next_refetch = now + self._min_refetch
+            task = self._spawn()
+        if self._refetch_wait <= 0:
+            return False
+        done, _ = await asyncio.wait((task,), timeout=self._refetch_wait)
+        return bool(done) and not task.cancelled() and task.exception() is None and task.result()
 
     async def _fetch(self) -> bool:
         try:
-            keyset = await self._download()
-        except _FetchError as err:
-            self._fetches.labels(issuer=self.issuer, result=err.result).inc()
-            log.warning("JWKS fetch for issuer %s failed (%s): %s", self.issuer, err.result, err)
-            self._update_age()
-            return False
+            async with asyncio.timeout(self._fetch_timeout):
+                keyset = await self._download()
+        except TimeoutError:
+            return self._failed(_FetchError("timeout", "fetch timed out"))
+        except OutboundError as err:
+            return self._failed(err)
         except Exception:
             self._fetches.labels(issuer=self.issuer, result="error").inc()
             log.exception("JWKS fetch for issuer %s failed unexpectedly", self.issuer)
@@ -607,25 +666,27 @@ class RemoteJwks:
         self._fetches.labels(issuer=self.issuer, result="ok").inc()
         return True
 
+    def _failed(self, err: OutboundError) -> bool:
+        self._fetches.labels(issuer=self.issuer, result=err.result).inc()
+        log.warning("JWKS fetch for issuer %s failed (%s): %s", self.issuer, err.result, err)
+        self._update_age()
+        return False
+
     async def _download(self) -> KeySet:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = self._policy.session(self._fetch_timeout)
         session = self._session
         url = self._url
         if self._discovery:
-            meta = await self._get_json(session, discovery_url(self.issuer))
-            if not isinstance(meta, dict):
-                raise _FetchError("invalid", "discovery document is not a JSON object")
-            if meta.get("issuer") != self.issuer:
-                raise _FetchError(
-                    "invalid", "discovery document names a different issuer (refused)"
-                )
-            jwks_uri = meta.get("jwks_uri")
-            if not isinstance(jwks_uri, str) or not _http_url(jwks_uri):
-                raise _FetchError("invalid", "discovery document has no valid jwks_uri")
-            if self.issuer.startswith("https:") and not jwks_uri.startswith("https:"):
-                raise _FetchError("invalid", "jwks_uri downgrades an https issuer to http")
-            url = jwks_uri
+            try:
+                url = await self._discover(session)
+            except OutboundError as err:
+                if self._jwks_uri is None:
+                    raise
+                # The last good discovery result still names the keys' location.
+                log.warning("OIDC discovery for issuer %s failed (%s); using the last good "
+                            "jwks_uri", self.issuer, err)
+                url = self._jwks_uri
         if url is None:  # unreachable: the constructor requires url or discovery
             raise _FetchError("invalid", "no JWKS url")
         document = await self._get_json(session, url)
@@ -636,31 +697,39 @@ class RemoteJwks:
         if not keyset.keys:
             reasons = "; ".join(keyset.skipped[:5]) or "the set is empty"
             raise _FetchError("invalid", f"no usable key ({reasons})")
+        if self._discovery:
+            self._jwks_uri = url
         return keyset
 
+    async def _discover(self, session: aiohttp.ClientSession) -> str:
+        meta = await self._get_json(session, discovery_url(self.issuer))
+        if not isinstance(meta, dict):
+            raise _FetchError("invalid", "discovery document is not a JSON object")
+        if meta.get("issuer") != self.issuer:
+            raise _FetchError("invalid", "discovery document names a different issuer (refused)")
+        jwks_uri = meta.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not _http_url(jwks_uri):
+            raise _FetchError("invalid", "discovery document has no valid jwks_uri")
+        if self.issuer.startswith("https:") and not jwks_uri.startswith("https:"):
+            raise _FetchError("refused", "jwks_uri downgrades an https issuer to http")
+        problem = self._policy.url_problem(jwks_uri)
+        if problem is not None:
+            raise _FetchError("refused", f"jwks_uri {safe_url(jwks_uri)}: {problem}")
+        return jwks_uri
+
     @tracing.outbound_span("jwks.fetch",
-                           lambda _self, _session, url: {"url.full": _safe_url(url)})
+                           lambda _self, _session, url: {"url.full": safe_url(url)})
     async def _get_json(self, session: aiohttp.ClientSession, url: str) -> Any:
-        where = _safe_url(url)
+        status, body = await self._policy.fetch(
+            session, "GET", url, timeout=self._fetch_timeout, max_bytes=MAX_DOCUMENT_BYTES,
+            headers={"Accept": "application/json"},
+        )
+        if status != 200:
+            raise _FetchError("error", f"GET {safe_url(url)}: HTTP {status}")
         try:
-            async with session.get(url, headers={"Accept": "application/json"}) as resp:
-                if resp.status != 200:
-                    raise _FetchError("error", f"GET {where}: HTTP {resp.status}")
-                if (resp.content_length or 0) > MAX_DOCUMENT_BYTES:
-                    raise _FetchError("invalid", f"GET {where}: document too large")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise _FetchError("invalid", f"GET {where}: document too large")
-        except TimeoutError:
-            raise _FetchError("timeout", f"GET {where}: timed out") from None
-        except (aiohttp.ClientError, OSError) as err:
-            raise _FetchError("error", f"GET {where}: {type(err).__name__}") from None
-        try:
-            return _strict_json(bytes(body))
+            return _strict_json(body)
         except (ValueError, RecursionError):
-            raise _FetchError("invalid", f"GET {where}: not valid JSON") from None
+            raise _FetchError("invalid", f"GET {safe_url(url)}: not valid JSON") from None
 
     def _install(self, keyset: KeySet) -> None:
         previous = self._keyset
@@ -692,8 +761,19 @@ class RemoteJwks:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Fetch once (a failure is logged, never raised) and start the refresh loop."""
+        """Fetch once (a failure is logged, never raised) and start the refresh loop.
+
+        With keys taken over from the previous configuration (:meth:`adopt`), the first fetch
+        runs in the background instead: a reload during an IdP outage does not wait for it.
+        """
         if self._task is not None or self._closed:
+            return
+        if self._keyset is not None:
+            age = self._clock() - self._last_success
+            first = max(0.0, self._refresh_interval - age)
+            self._task = asyncio.create_task(
+                self._run(True, first), name=f"jwks-refresh:{self.issuer}"
+            )
             return
         ok = await self.refresh()
         if not ok:
@@ -702,10 +782,13 @@ class RemoteJwks:
             )
         self._task = asyncio.create_task(self._run(ok), name=f"jwks-refresh:{self.issuer}")
 
-    async def _run(self, ok: bool) -> None:
+    async def _run(self, ok: bool, first_delay: float | None = None) -> None:
         failures = 0 if ok else 1
+        delay_override = first_delay
         while True:
-            if failures == 0:
+            if delay_override is not None:
+                delay, delay_override = delay_override, None
+            elif failures == 0:
                 delay = self._refresh_interval * random.uniform(0.9, 1.0)  # noqa: S311
             else:
                 backoff = min(MAX_BACKOFF_SECONDS, 2.0 ** (failures - 1))
@@ -723,8 +806,7 @@ class RemoteJwks:
                 await task
         inflight = self._inflight
         if inflight is not None and not inflight.done():
-            timeout = (self._timeout.total or 2.0) * 2 + 1
-            _, pending = await asyncio.wait([inflight], timeout=timeout)
+            _, pending = await asyncio.wait([inflight], timeout=self._fetch_timeout * 2 + 1)
             for p in pending:
                 p.cancel()
         if self._session is not None:
@@ -733,7 +815,12 @@ class RemoteJwks:
 
 
 def jwks_source_from_spec(
-    spec: JwtSpec, *, base_dir: Path, clock: Clock, metrics: Metrics
+    spec: JwtSpec,
+    *,
+    base_dir: Path,
+    clock: Clock,
+    metrics: Metrics,
+    policy: OutboundPolicy | None = None,
 ) -> StaticJwks | RemoteJwks:
     """Build the key source of ``spec``; file reads happen here. ``ValueError`` on bad input."""
     source = spec.jwks
@@ -764,6 +851,11 @@ def jwks_source_from_spec(
             "max_stale_seconds must be at least refresh_interval_seconds "
             "(otherwise keys go stale between two refreshes)"
         )
+    policy = policy if policy is not None else OutboundPolicy()
+    if source.url is not None:
+        policy.check_url(source.url, "jwks.url")
+    else:
+        policy.check_url(discovery_url(spec.issuer), "issuer (OIDC discovery)")
     return RemoteJwks(
         issuer=spec.issuer,
         algorithms=algorithms,
@@ -773,6 +865,8 @@ def jwks_source_from_spec(
         max_stale=spec.max_stale_seconds,
         fetch_timeout=spec.fetch_timeout_seconds,
         min_refetch_interval=spec.min_refetch_interval_seconds,
+        refetch_wait=spec.refetch_wait_seconds,
         clock=clock,
         metrics=metrics,
+        policy=policy,
     )

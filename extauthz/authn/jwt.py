@@ -9,12 +9,16 @@ safety properties PyJWT has (and a few more), in this order::
     header JSON object (no duplicate names, no NaN/Infinity); ``alg`` must be one of the
            issuer's pinned algorithms *before any key is touched* (so ``none`` and ``HS256``
            — the RSA-public-key-as-HMAC-secret confusion attack — never reach a key);
+           ``typ`` absent (unless ``require_typ``) or one of ``typ`` (default ``JWT``,
+           ``at+jwt``; case-insensitive, ``application/`` implied), else invalid_token;
            ``crit`` is refused (we implement no extensions), ``b64`` other than true refused,
            ``kid`` must be a string
-    key    by (kid, alg) among keys whose type/curve matches the alg family; no kid: the one
+    key    by (kid, alg) among keys whose type/curve matches the alg family (a kid the issuer
+           published for several keys: each is tried, at most 4, see jwks.py); no kid: the one
            key usable for the alg, and a token without kid is refused (unknown_key) when the
-           issuer has several candidates — we never try keys in turn. Unknown -> one
-           rate-limited, de-duplicated JWKS refetch, then unknown_key
+           issuer has several candidates. Unknown -> one rate-limited, de-duplicated JWKS
+           refetch, waited for at most ``refetch_wait_seconds`` (0.25 s), then unknown_key
+           while the fetch finishes in the background
     sig    verified with the key's prepared verifier (RSA signatures must be exactly the modulus
            length, ECDSA R||S exactly twice the coordinate size)
     claims only now is the payload parsed: a JSON object; ``iss`` exact; ``aud`` string or
@@ -26,6 +30,10 @@ safety properties PyJWT has (and a few more), in this order::
                not yet valid    now <  nbf - leeway
                issued in future now <  iat - leeway
                lifetime         exp - now > max_lifetime + leeway   (reason invalid_token)
+
+           ``max_lifetime_seconds: 0`` (the default) sets no bound: a token whose ``exp`` is
+           years away is accepted until then (only a revoked ``jti`` stops it). Set it to the
+           longest lifetime your issuer grants to refuse such tokens.
 
 Every failure raises :class:`~extauthz.errors.AuthenticationError` with a reason code and a short
 public-safe description; the token itself never appears in an error, a log line or a metric.
@@ -41,7 +49,8 @@ never accepts a token the full path would refuse. Failures are not cached.
 Claims to headers: a dotted path (``realm_access.roles``) — a top-level claim whose name contains
 dots (``https://example.com/roles``) is matched first. Strings as is, numbers/booleans as JSON,
 arrays joined with ``,``, objects as compact JSON; an absent/null claim or empty array gives no
-header, nor does a value with control characters (it could never be a valid header value).
+header. A value with control characters is rendered as is: the pipeline denies the request
+(``identity_not_representable``) rather than allow it without the header.
 """
 
 from __future__ import annotations
@@ -52,17 +61,19 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.base import Challenge
+from extauthz.authn.certbinding import CertBinding
 from extauthz.authn.jwks import (
     ALGORITHMS,
     JwkKey,
     JwksSource,
     KeySet,
+    RemoteJwks,
     b64url_decode,
     jwks_source_from_spec,
 )
@@ -84,8 +95,6 @@ log = logging.getLogger("extauthz.jwt")
 MAX_TOKEN_LENGTH = 16 * 1024
 
 _TOKEN = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
-#: a header value must not contain control characters other than horizontal tab
-_UNSAFE_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.MALFORMED_TOKEN: "malformed token",
@@ -121,6 +130,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(out) != len(pairs):
         raise _DuplicateName("duplicate member name")
     return out
+
+
+def _media_type(typ: str) -> str:
+    """``typ`` as a full lowercase media type: ``at+JWT`` -> ``application/at+jwt``."""
+    lowered = typ.strip().lower()
+    return lowered if "/" in lowered else "application/" + lowered
 
 
 def _no_constants(name: str) -> Any:
@@ -183,8 +198,8 @@ def render_claim(value: Any) -> str | None:
         rendered = ",".join(_scalar(v) for v in value)
     else:
         rendered = _scalar(value)
-    if _UNSAFE_HEADER_VALUE.search(rendered):
-        return None
+    # control characters are not filtered here: dropping the header would allow the request
+    # without it; the pipeline denies unrepresentable identity values instead
     return rendered
 
 
@@ -236,6 +251,8 @@ class JwtAuthenticator(SourceCredentials):
         self._leeway = float(spec.leeway_seconds)
         self._max_lifetime = float(spec.max_lifetime_seconds)
         self._require_exp = spec.require_exp or self._max_lifetime > 0
+        self._typs = frozenset(_media_type(t) for t in spec.typ)
+        self._require_typ = spec.require_typ
         self._subject = _claim_path(spec.subject_claim)
         self._subject_name = spec.subject_claim
         self._scope_claims = tuple(spec.scope_claims)
@@ -252,6 +269,11 @@ class JwtAuthenticator(SourceCredentials):
         )
         #: revoked ``jti`` values, checked after verification and on every cache hit
         self._revocations = revocations
+        #: RFC 8705: a token with cnf x5t#S256 must come with that client certificate
+        self._binding = CertBinding(
+            spec.certificate_binding,
+            lambda reason, description, detail: self._fail(reason, detail, description),
+        )
         self._hit = metrics.cache_requests.labels(cache="jwt", result="hit")
         self._miss = metrics.cache_requests.labels(cache="jwt", result="miss")
 
@@ -264,7 +286,8 @@ class JwtAuthenticator(SourceCredentials):
         """Build from configuration; ``ValueError`` (with a message) for bad input, e.g. an
         unreadable JWKS file or a JWKS without a usable key."""
         jwks = jwks_source_from_spec(
-            spec, base_dir=ctx.base_dir, clock=ctx.clock, metrics=ctx.metrics
+            spec, base_dir=ctx.base_dir, clock=ctx.clock, metrics=ctx.metrics,
+            policy=ctx.outbound,
         )
         revocations = ctx.state.revocations if ctx.state is not None else None
         return cls(name, spec, jwks, realm=ctx.settings.realm, metrics=ctx.metrics, clock=ctx.clock,
@@ -283,17 +306,22 @@ class JwtAuthenticator(SourceCredentials):
         keyset = self.jwks.keys_at(now)  # DependencyUnavailable when none or stale
         cache = self._cache
         if cache is None:
-            return self._not_revoked((await self._verify(token, now, keyset))[0])
+            return self._accepted((await self._verify(token, now, keyset))[0], view)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         entry = cache.get(digest, now)
         if entry is not None:
             if entry.lo <= now and entry.key in keyset.live:
                 self._hit.inc()
-                return self._not_revoked(entry.identity)
+                return self._accepted(entry.identity, view)
             cache.discard(digest)
         self._miss.inc()
         identity, entry, hi = await self._verify(token, now, keyset)
         cache.put(digest, entry, hi)
+        return self._accepted(identity, view)
+
+    def _accepted(self, identity: Identity, view: RequestView) -> Identity:
+        """Per-request checks of a verified (or cached) token: revocation, certificate binding."""
+        self._binding.check(identity.claims, view)
         return self._not_revoked(identity)
 
     def _not_revoked(self, identity: Identity) -> Identity:
@@ -305,6 +333,17 @@ class JwtAuthenticator(SourceCredentials):
             if isinstance(jti, str) and revocations.jti_revoked(jti):
                 raise self._fail(Reason.TOKEN_REVOKED)
         return identity
+
+    def adopt_outbound_state(self, candidates: Iterable[object]) -> None:
+        """On a reload: take over the last good keys of a previous authenticator that fetched
+        from the same place (issuer, URL or discovery, algorithms), whatever its name."""
+        jwks = self.jwks
+        if not isinstance(jwks, RemoteJwks):
+            return
+        for old in candidates:
+            if (isinstance(old, JwtAuthenticator) and isinstance(old.jwks, RemoteJwks)
+                    and jwks.adopt(old.jwks)):
+                return
 
     async def start(self) -> None:
         await self.jwks.start()
@@ -351,6 +390,7 @@ class JwtAuthenticator(SourceCredentials):
                 Reason.DISALLOWED_ALGORITHM,
                 f"alg {str(alg)[:32]!r} not in {sorted(self._algorithms)}",
             )
+        self._check_typ(header.get("typ"))
         if "crit" in header:
             raise self._malformed("unsupported critical header parameters")
         if header.get("b64", True) is not True:
@@ -363,23 +403,28 @@ class JwtAuthenticator(SourceCredentials):
         except ValueError:
             raise self._malformed("signature is not base64url") from None
 
-        key = keyset.lookup(kid, alg)
-        if key is None:
+        keys = keyset.candidates(kid, alg)
+        if not keys:
             if kid is None and keyset.count(alg) > 1:
                 raise self._fail(
                     Reason.UNKNOWN_KEY,
                     f"token has no kid and {keyset.count(alg)} keys can verify {alg}",
                     "token has no key id",
                 )
+            # Bounded wait (refetch_wait_seconds): answer from the keys we have rather than
+            # let Envoy's ext_authz timeout answer for us; the fetch goes on in the background.
             await self.jwks.refetch()
             keyset = self.jwks.keys_at(self._clock())
-            key = keyset.lookup(kid, alg)
-            if key is None:
+            keys = keyset.candidates(kid, alg)
+            if not keys:
                 raise self._fail(Reason.UNKNOWN_KEY, f"no key for kid {str(kid)[:64]!r} {alg}")
 
         signing_input = token[: len(header_seg) + 1 + len(payload_seg)].encode("ascii")
-        if not signature or not key.verify(alg, signing_input, signature):
-            raise self._fail(Reason.BAD_SIGNATURE, f"kid {key.kid!r} {alg}")
+        # Several keys only for a kid the issuer published more than once (jwks.py).
+        key = next((k for k in keys if signature and k.verify(alg, signing_input, signature)),
+                   None)
+        if key is None:
+            raise self._fail(Reason.BAD_SIGNATURE, f"kid {keys[0].kid!r} {alg}")
 
         # Only signed content from here on.
         try:
@@ -391,6 +436,18 @@ class JwtAuthenticator(SourceCredentials):
         lo, hi = self._check_claims(claims, now)
         identity = self._identity(claims, key)
         return identity, _Entry(identity, key, lo), hi
+
+    def _check_typ(self, typ: object) -> None:
+        """RFC 8725 §3.11: a token of another type (``JWE``, ``secevent+jwt``, an ID token
+        typed ``id+jwt``...) must not pass as an access token. RFC 7515 §4.1.9: compared
+        case-insensitively, ``application/`` implied when there is no ``/``."""
+        if typ is None:
+            if self._require_typ:
+                raise self._fail(Reason.INVALID_TOKEN, "typ absent", "token type not accepted")
+            return
+        if not isinstance(typ, str) or _media_type(typ) not in self._typs:
+            raise self._fail(Reason.INVALID_TOKEN, f"typ {str(typ)[:32]!r} not accepted",
+                             "token type not accepted")
 
     def _check_claims(self, claims: dict[str, Any], now: float) -> tuple[float, float]:
         """Registered claims; returns the window ``[lo, hi)`` in which they hold."""

@@ -99,3 +99,8 @@ class TtlLru(Generic[K, V]):
     def __iter__(self) -> Iterator[K]:
         """The keys held (expired ones not yet purged included), least recently used first."""
         return iter(self._data)
+
+    def items(self, now: float) -> list[tuple[K, V, float]]:
+        """The live entries as ``(key, value, expires_at)``, least recently used first (a copy:
+        putting them into another cache in this order keeps their relative recency)."""
+        return [(k, v, exp) for k, (v, exp) in self._data.items() if now < exp]

@@ -1,30 +1,27 @@
 """Client-certificate (mTLS) authentication, re-verified against our own trust bundles.
 
-Where the certificate comes from
---------------------------------
+Where the certificate comes from (docs/client-certificates.md)
+--------------------------------------------------------------
 * ``view.peer_certificate``: Envoy's ``attributes.source.certificate`` (URL-encoded PEM; requires
-  ``include_peer_certificate: true``). If it holds several PEM blocks, the first is the leaf and
-  the rest are offered as intermediates — but Envoy 1.40 sends only the leaf, so with ``xfcc``
-  enabled the intermediates come from the XFCC element of the same certificate.
-* ``x-forwarded-client-cert`` (XFCC), only when the spec says ``xfcc: true``. The **last** element
-  is used: each Envoy hop appends the certificate *its* downstream presented, so the last element
-  is the one written by the proxy nearest to us — the only one we can trust, and only if that
-  proxy overwrites whatever the client sent (``forward_client_cert_details: SANITIZE_SET``);
-  otherwise a client can write its own XFCC. Its ``Cert`` is the leaf, ``Chain`` (full chain,
-  leaf included) supplies intermediates, and a ``Hash`` must match the ``Cert``. An element
-  without ``Cert`` (only ``Hash``/``URI``/...) cannot be re-verified and is refused
-  (``cert_invalid``): enable ``cert: true`` (and ``chain: true``) in Envoy's
-  ``set_current_client_cert_details``.
-* The peer certificate wins when both are present (it comes from the TLS connection Envoy itself
-  terminated). In a two-proxy topology where the inner Envoy's peer is the outer proxy, do not
-  set ``include_peer_certificate`` on the inner one, or the proxy would be authenticated.
+  ``include_peer_certificate: true``), or on the HTTP transport the header Envoy sets to
+  ``%DOWNSTREAM_PEER_CERT%`` (``--http-authz-peer-cert-header``). Several PEM blocks: the first is
+  the leaf, the rest intermediates — but Envoy 1.40 sends only the leaf.
+* ``x-forwarded-client-cert`` (XFCC), only under the trust model of ``spec.xfcc``
+  (:mod:`extauthz.authn.xfcc_trust`): the header is read the way Envoy writes it, the element
+  count must be exactly the model's, and the client is the first element. With one proxy, a peer
+  certificate and XFCC must name the same certificate (the element supplies the intermediates);
+  behind several proxies the peer certificate is a proxy's and never the identity. A client
+  certificate whose names hold XFCC delimiters is refused when read from XFCC.
 
-Verification (``cryptography.x509.verification``, the webpki client profile): a chain to one of
-the configured trust bundles, validity at ``ctx.clock`` time for every certificate, the
-clientAuth extended key usage (required to be present unless ``require_client_auth_eku: false``)
-and a leaf that is not a CA. The leaf's validity, CA flag and EKU are checked first so the deny
-reason is precise (``cert_expired``, ``cert_not_yet_valid``, ``cert_invalid``); a chain that does
-not verify is ``untrusted_cert``. Successful verifications are cached by the SHA-256 of the leaf's
+Verification (``cryptography.x509.verification``, the webpki profiles): a chain of at most
+``max_intermediates`` intermediates to the configured trust bundles — for an SVID of a trust
+domain listed in ``spiffe_bundles``, to that domain's bundle only —, validity at ``ctx.clock``
+time for every certificate, the clientAuth extended key usage (required to be present unless
+``require_client_auth_eku: false``), a leaf that is not a CA, and the leaf rules of
+:mod:`extauthz.authn.certpolicy` (key strength, empty subject, X509-SVID). The leaf's
+validity, CA flag and EKU are checked first so the deny reason is precise (``cert_expired``,
+``cert_not_yet_valid``, ``cert_invalid``); a chain that does not verify is ``untrusted_cert``.
+Successful verifications are cached by the SHA-256 of the leaf's
 DER (bounded LRU), never past the earliest ``notAfter`` of the verified chain.
 
 Identity: ``subject`` is the SPIFFE ID when the leaf has a ``spiffe://`` URI SAN — which must then
@@ -66,6 +63,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
@@ -77,9 +75,10 @@ from cryptography.x509.verification import (
 )
 
 from extauthz.authn.base import Challenge
+from extauthz.authn.certpolicy import CertPolicyError, check_leaf_key_and_names, check_svid_leaf
 from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
-from extauthz.authn.xfcc import XfccError, parse_xfcc
+from extauthz.authn.xfcc_trust import XfccMismatch, XfccModel, has_delimiters
 from extauthz.config.schema import MtlsSpec
 from extauthz.errors import AuthenticationError, AuthorizationError, Reason
 from extauthz.types import AuthMethod, Identity, RequestView
@@ -90,14 +89,16 @@ MAX_PEER_CERT_LENGTH = 64 * 1024
 #: what cryptography raises for a malformed certificate, at load or when a part is first read
 #: (extensions and names are parsed lazily); only ValueError is a ValueError
 _X509_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
-                x509.UnsupportedGeneralNameType)
-#: Most intermediates accepted from a client.
-MAX_INTERMEDIATES = 8
+                x509.UnsupportedGeneralNameType, UnsupportedAlgorithm)
+#: Most intermediates accepted from a client (the verifier's chain depth is
+#: ``mtls.max_intermediates``, default :data:`DEFAULT_MAX_INTERMEDIATES`).
+MAX_INTERMEDIATES = 16
+DEFAULT_MAX_INTERMEDIATES = 8
 #: SPIFFE IDs are at most 2048 bytes (SPIFFE-ID spec §2.3).
 MAX_SPIFFE_ID_LENGTH = 2048
 
-_SPIFFE_ID = re.compile(r"^spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)*)$")
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+_SPIFFE_ID = re.compile(r"spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)*)")  # fullmatch: no "\n"
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")  # fullmatch
 _PEM_MARK = "-----BEGIN CERTIFICATE-----"
 
 
@@ -128,7 +129,7 @@ def parse_spiffe_id(value: str) -> tuple[str, str] | None:
     """``(trust_domain, path)`` of a valid SPIFFE ID, else None (SPIFFE-ID spec §2)."""
     if len(value) > MAX_SPIFFE_ID_LENGTH:
         return None
-    match = _SPIFFE_ID.match(value)
+    match = _SPIFFE_ID.fullmatch(value)
     if match is None:
         return None
     trust_domain, path = match.group(1), match.group(2)
@@ -155,21 +156,23 @@ class MtlsAuthenticator:
         anchors: list[x509.Certificate],
         ctx: BuildContext,
         sources: tuple[Path, ...] = (),
+        domain_anchors: dict[str, list[x509.Certificate]] | None = None,
     ) -> None:
         self.name = name
         self._sources = sources
-        self._xfcc = spec.xfcc
+        model = spec.xfcc_model()
+        self._xfcc = XfccModel(*model.model()) if model is not None else None
         self._require_eku = spec.require_client_auth_eku
         self._clock = ctx.clock
         self._prefix = ctx.settings.identity_header_prefix
-        # The webpki end-entity profile requires a subjectAltName; we accept a leaf without one
-        # (its subject DN then names it) and check everything else as the profile does.
-        ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-            x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
-        )
-        self._policy = PolicyBuilder().store(Store(anchors)).extension_policies(
-            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
-        )
+        #: the store for certificates without a SPIFFE ID (and SPIFFE IDs of unlisted domains
+        #: when no spiffe_bundles are configured); None when only spiffe_bundles are given
+        self._policy = _policy(anchors, spec.max_intermediates) if anchors else None
+        #: SPIFFE federation: trust domain -> the only store its SVIDs may chain to
+        self._domain_policies = {
+            domain: _policy(certs, spec.max_intermediates)
+            for domain, certs in (domain_anchors or {}).items()
+        }
         #: leaf fingerprint -> (identity, valid until): a verified chain costs a dict hit
         self._cache: TtlLru[bytes, tuple[Identity, float]] = TtlLru(spec.cache_size)
         #: SHA-256 of exactly what Envoy presented (peer certificate text, XFCC header) -> the
@@ -193,7 +196,7 @@ class MtlsAuthenticator:
             if parse_spiffe_id(value) is None:
                 raise ValueError(f"allowed_spiffe_ids[{i}]: not a valid SPIFFE ID")
         for i, value in enumerate(spec.trust_domains):
-            if not _TRUST_DOMAIN.match(value):
+            if not _TRUST_DOMAIN.fullmatch(value):
                 raise ValueError(
                     f"trust_domains[{i}]: not a trust domain (lowercase letters, digits, '.-_')"
                 )
@@ -204,9 +207,21 @@ class MtlsAuthenticator:
         sources: list[Path] = []
         for i, file in enumerate(spec.trust_bundles):
             path = Path(file) if Path(file).is_absolute() else ctx.base_dir / file
-            anchors.extend(_load_bundle(path, f"trust_bundles[{i}]"))
+            anchors.extend(load_trust_bundle(path, f"trust_bundles[{i}]"))
             sources.append(path)
-        return cls(name, spec, anchors, ctx, tuple(sources))
+        domain_anchors: dict[str, list[x509.Certificate]] = {}
+        for i, entry in enumerate(spec.spiffe_bundles):
+            if not _TRUST_DOMAIN.fullmatch(entry.trust_domain):
+                raise ValueError(
+                    f"spiffe_bundles[{i}].trust_domain: not a trust domain "
+                    "(lowercase letters, digits, '.-_')"
+                )
+            path = Path(entry.bundle)
+            path = path if path.is_absolute() else ctx.base_dir / path
+            domain_anchors[entry.trust_domain] = load_trust_bundle(
+                path, f"spiffe_bundles[{i}].bundle")
+            sources.append(path)
+        return cls(name, spec, anchors, ctx, tuple(sources), domain_anchors)
 
     # -- the check -----------------------------------------------------------------------------
 
@@ -247,20 +262,43 @@ class MtlsAuthenticator:
         if cached is not None:
             return cached
         self._precheck(leaf, now)
+        identity = self._identity(leaf, der, fingerprint)
+        policy = self._policy_for(identity)  # its chain depth is max_intermediates
         try:
             verified = (
-                self._policy.time(dt.datetime.fromtimestamp(now, dt.UTC))
+                policy.time(dt.datetime.fromtimestamp(now, dt.UTC))
                 .build_client_verifier()
                 .verify(leaf, list(intermediates))
             )
         except VerificationError as exc:
             raise self._fail(Reason.UNTRUSTED_CERT, "client certificate not trusted",
                              str(exc)) from None
-        identity = self._identity(leaf, der, fingerprint)
+        except _X509_ERRORS as exc:  # a malformed intermediate, read lazily by the verifier
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate chain",
+                             str(exc)) from None
         chain_end = min(c.not_valid_after_utc.timestamp() for c in verified.chain)
         entry = (identity, min(chain_end, now + self._cache_ttl))
         self._cache.put(fingerprint, entry, entry[1])
         return entry
+
+    def _policy_for(self, identity: Identity) -> PolicyBuilder:
+        """The store the leaf must chain to: its own trust domain's bundle when it has one.
+
+        SPIFFE Trust Domain and Bundle spec §3: an SVID is validated against the bundle of the
+        trust domain in its own SPIFFE ID, never another domain's. With ``spiffe_bundles``
+        configured, an SVID of a domain not listed there is not trusted at all.
+        """
+        domain = identity.claims.get("trust_domain")
+        if isinstance(domain, str) and self._domain_policies:
+            policy = self._domain_policies.get(domain)
+            if policy is None:
+                raise self._fail(Reason.UNTRUSTED_CERT, "client certificate not trusted",
+                                 f"no bundle for trust domain {domain!r}")
+            return policy
+        if self._policy is None:
+            raise self._fail(Reason.UNTRUSTED_CERT, "client certificate not trusted",
+                             "not an SVID and no trust_bundles configured")
+        return self._policy
 
     def principal_allowed(self, identity: Identity) -> bool:
         """Whether a verified identity passes the principal rules (module docstring)."""
@@ -303,19 +341,32 @@ class MtlsAuthenticator:
         return digest.digest()
 
     def _presented(self, view: RequestView) -> _Presented | None:
-        if view.peer_certificate:
-            presented = self._from_peer(view.peer_certificate)
-            if not presented.intermediates and self._xfcc:
-                # Envoy's source.certificate holds only the leaf (verified against 1.40). With
-                # XFCC trusted, the chain the client sent is in the sanitized XFCC element of
-                # the *same* certificate: use its intermediates (still verified by us).
-                return self._with_xfcc_chain(presented, view.headers.value(XFCC_HEADER))
-            return presented
-        if self._xfcc:
-            header = view.headers.value(XFCC_HEADER)
-            if header is not None:
-                return self._from_xfcc(header)
-        return None
+        peer = view.peer_certificate
+        if self._xfcc is None:
+            return self._from_peer(peer) if peer else None
+        header = view.headers.value(XFCC_HEADER)
+        if self._xfcc.peer_is_client:
+            if not peer:
+                return self._from_xfcc(header) if header is not None else None
+            presented = self._from_peer(peer)
+            if header is None:
+                return presented
+            # One Envoy wrote both: the header must fit the model and name the same
+            # certificate. Envoy's source.certificate holds only the leaf (verified against
+            # 1.40); the chain the client sent is in that element: use its intermediates
+            # (still verified by us).
+            from_xfcc = self._from_xfcc(header)
+            if _der(from_xfcc.leaf) != _der(presented.leaf):
+                raise self._fail(Reason.XFCC_MISMATCH,
+                                 "x-forwarded-client-cert does not fit the trust model",
+                                 "the client element is not the peer certificate")
+            if presented.intermediates:
+                return presented
+            return _Presented(presented.leaf, from_xfcc.intermediates)
+        # Several hops: the TLS peer of the nearest Envoy is a proxy, never the client.
+        if header is None:
+            return None
+        return self._from_xfcc(header, peer)
 
     def _from_peer(self, encoded: str) -> _Presented:
         # (its size was bounded by _presentation_key, which every authentication runs first)
@@ -324,45 +375,23 @@ class MtlsAuthenticator:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate")
         return _Presented(certs[0], self._intermediates(certs[0], certs[1:]))
 
-    def _with_xfcc_chain(self, presented: _Presented, header: str | None) -> _Presented:
-        """``presented`` plus the intermediates of an XFCC element for the same certificate."""
-        if header is None:
-            return presented
+    def _from_xfcc(self, header: str, peer: str = "") -> _Presented:
+        """The client's element under the trust model (xfcc_trust module docstring)."""
+        assert self._xfcc is not None
+        peer_leaf = self._from_peer(peer).leaf if peer else None
         try:
-            from_xfcc = self._from_xfcc(header)
-        except AuthenticationError:
-            return presented  # the peer certificate wins; a bad XFCC adds nothing
-        same = from_xfcc.leaf.public_bytes(serialization.Encoding.DER) == (
-            presented.leaf.public_bytes(serialization.Encoding.DER))
-        if not same:
-            return presented
-        return _Presented(presented.leaf, from_xfcc.intermediates)
-
-    def _from_xfcc(self, header: str) -> _Presented:
-        try:
-            elements = parse_xfcc(header)
-        except XfccError as exc:
-            raise self._fail(Reason.CERT_INVALID, "malformed x-forwarded-client-cert",
+            client = self._xfcc.client(header, peer_leaf)
+        except XfccMismatch as exc:
+            raise self._fail(Reason.XFCC_MISMATCH,
+                             "x-forwarded-client-cert does not fit the trust model",
                              str(exc)) from None
-        element = elements[-1]  # added by the proxy nearest to us (module docstring)
-        if element.cert is None:
-            raise self._fail(
-                Reason.CERT_INVALID,
-                "x-forwarded-client-cert carries no certificate to verify",
-                "XFCC element without Cert (enable cert in set_current_client_cert_details)",
-            )
-        certs = self._load_pem(element.cert, "XFCC Cert")
-        if len(certs) != 1:
-            raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
-                             "XFCC Cert must hold exactly one certificate")
-        leaf = certs[0]
-        if element.hash is not None:
-            der = leaf.public_bytes(serialization.Encoding.DER)
-            if element.hash.lower() != hashlib.sha256(der).hexdigest():
-                raise self._fail(Reason.CERT_INVALID, "malformed x-forwarded-client-cert",
-                                 "XFCC Hash does not match Cert")
-        chain = self._load_pem(element.chain, "XFCC Chain") if element.chain else []
-        return _Presented(leaf, self._intermediates(leaf, chain))
+        assert client.cert is not None
+        if has_delimiters(client.uris + client.dns):
+            # Read correctly (the names are anchored to the certificate), but a name that holds
+            # XFCC syntax is refused outright: no downstream XFCC reader should ever see it.
+            raise self._fail(Reason.CERT_INVALID,
+                             "client certificate names contain x-forwarded-client-cert delimiters")
+        return _Presented(client.cert, self._intermediates(client.cert, list(client.chain)))
 
     def _load_pem(self, pem: str, what: str) -> list[x509.Certificate]:
         try:
@@ -404,6 +433,13 @@ class MtlsAuthenticator:
         elif ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
             raise self._fail(Reason.CERT_INVALID,
                              "client certificate lacks the clientAuth key usage")
+        try:
+            check_leaf_key_and_names(leaf)
+        except CertPolicyError as exc:
+            raise self._fail(Reason.CERT_INVALID, str(exc)) from None
+        except _X509_ERRORS as exc:
+            raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
+                             f"key or names: {exc}") from None
 
     def _identity(self, leaf: x509.Certificate, der: bytes, fingerprint: bytes) -> Identity:
         try:
@@ -424,6 +460,13 @@ class MtlsAuthenticator:
             parsed = parse_spiffe_id(uris[0])
             if parsed is None:
                 raise self._fail(Reason.CERT_INVALID, "invalid SPIFFE ID in client certificate")
+            try:
+                check_svid_leaf(leaf, parsed[1])
+            except CertPolicyError as exc:
+                raise self._fail(Reason.CERT_INVALID, str(exc)) from None
+            except _X509_ERRORS as exc:
+                raise self._fail(Reason.CERT_INVALID, "malformed client certificate",
+                                 f"keyUsage: {exc}") from None
             spiffe_id, trust_domain = uris[0], parsed[0]
         subject = spiffe_id or (dns[0] if dns else subject_dn)
         if not subject:
@@ -491,12 +534,38 @@ def _extension(extensions: x509.Extensions, kind: type[Any]) -> Any:
         return None
 
 
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 def _url_decoded(encoded: str) -> str:
     # Percent-decoding only: "+" is a base64 character, never a space here.
     return encoded if _PEM_MARK in encoded else unquote(encoded)
 
 
-def _load_bundle(path: Path, where: str) -> list[x509.Certificate]:
+def _policy(anchors: list[x509.Certificate], max_intermediates: int) -> PolicyBuilder:
+    """A verifier policy for one store: webpki profiles, ``max_intermediates`` deep."""
+    # The webpki end-entity profile requires a subjectAltName; we accept a leaf without one
+    # (its subject DN then names it) and check everything else as the profile does.
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+    return (
+        PolicyBuilder()
+        .store(Store(anchors))
+        .max_chain_depth(max_intermediates)
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
+    )
+
+
+def load_trust_bundle(path: Path, where: str) -> list[x509.Certificate]:
+    """The CA certificates of a PEM trust bundle; ValueError naming ``where``, the file and the
+    certificate for anything unusable (never another exception: the caller turns ValueError
+    into a located configuration error).
+
+    Every part the verifier will read later is read now (extensions, names, the key), so a CA
+    with, e.g., malformed name constraints is refused at load time instead of failing a check.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -510,11 +579,20 @@ def _load_bundle(path: Path, where: str) -> list[x509.Certificate]:
     for n, cert in enumerate(certs, start=1):
         try:
             constraints = _extension(cert.extensions, x509.BasicConstraints)
-        except _X509_ERRORS:
+            for ext in cert.extensions:
+                _ = ext.value
+            name = cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+            cert.public_key()
+        except (*_X509_ERRORS, TypeError):
             raise ValueError(f"{where}: {path}: certificate {n} is malformed") from None
         if constraints is None or not constraints.ca:
             raise ValueError(
-                f"{where}: {path}: certificate {n} ({cert.subject.rfc4514_string()}) "
-                "is not a CA certificate"
+                f"{where}: {path}: certificate {n} ({name}) is not a CA certificate"
             )
+        try:
+            _policy([cert], DEFAULT_MAX_INTERMEDIATES)
+        except (*_X509_ERRORS, TypeError):
+            raise ValueError(
+                f"{where}: {path}: certificate {n} cannot be a trust anchor") from None
     return certs

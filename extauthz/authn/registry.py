@@ -7,7 +7,7 @@ extend or replace a kind without touching process state.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from extauthz.authn.base import Authenticator
 from extauthz.clock import Clock, system_clock
 from extauthz.config.schema import Consumer, Settings
 from extauthz.metrics import Metrics
+from extauthz.outbound import OutboundPolicy
 
 if TYPE_CHECKING:
     from extauthz.state.base import StateProvider
@@ -32,6 +33,8 @@ class BuildContext:
     clock: Clock = system_clock
     #: shared stores (Redis) and revocation lists; ``None``: in-memory defaults, nothing revoked
     state: StateProvider | None = None
+    #: the policy of every outbound HTTP call (``settings.outbound``)
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
 
 
 #: factory(name, spec, ctx) -> Authenticator; raises ValueError with a message for bad input that

@@ -1,4 +1,12 @@
-"""Parser for Envoy's ``x-forwarded-client-cert`` (XFCC) header.
+"""A generic parser for Envoy's ``x-forwarded-client-cert`` (XFCC) header — **not** the one that
+decides who the client is.
+
+Envoy 1.40 writes ``URI=``/``DNS=`` values unquoted, so a certificate name holding ``,`` ``;``
+``=`` or ``"`` changes how this grammar splits the header: it cannot tell which element a proxy
+wrote. Authentication reads XFCC with :mod:`extauthz.authn.xfcc_trust` (the header as Envoy
+writes it, names anchored to each element's own certificate, under the configured trust
+model). This module stays for tools, tests and diagnostics (and shows the ambiguity in
+tests/e2e/test_e2e_xfcc_trust.py).
 
 Grammar (Envoy's format; see DESIGN.md §4)::
 

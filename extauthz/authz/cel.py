@@ -11,6 +11,7 @@ Variables (all maps with string keys; see docs/policies.md for every member):
 ``identity``  subject, method, methods, consumer, scopes, claims
 ``route``     name
 ``params``    the path-template parameters of the route
+``metadata``  what the route's metadata lookups returned, by lookup name (docs/authzen.md)
 
 Runtime behaviour: an expression that does not produce ``true`` denies. An evaluation error
 (a missing map key, a failed conversion, ...) is reported as :class:`CelEvalError` and the policy
@@ -31,7 +32,7 @@ from typing import Any
 from extauthz.types import Identity, RequestView
 
 #: the variables an expression may use
-VARIABLES = ("request", "identity", "route", "params")
+VARIABLES = ("request", "identity", "route", "params", "metadata")
 #: members that are costly to convert, left out when no expression of the policy names them
 LAZY_MEMBERS = ("headers", "query", "claims")
 #: everything (what an activation holds when nothing is known about the expressions)
@@ -61,7 +62,7 @@ def runtime() -> Any:
 
 @functools.cache
 def environment() -> Any:
-    """The one CEL environment: four dynamic map variables and the strings extension."""
+    """The one CEL environment: five dynamic map variables and the strings extension."""
     cel = runtime()
     strings = importlib.import_module("cel_expr_python.ext.ext_strings")
     dyn_map = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
@@ -118,6 +119,47 @@ def compile_expression(source: str) -> CelProgram:
     return CelProgram(source, expression, names_used(source))
 
 
+@dataclass(frozen=True, slots=True)
+class CelValueProgram:
+    """A compiled expression of any type (an AuthZEN field, a lookup body value)."""
+
+    source: str
+    expression: Any
+    names: frozenset[str] = ALL_NAMES
+
+    def evaluate_value(self, data: Mapping[str, Any]) -> Any:
+        """The value as plain Python (dicts, lists, scalars); raises CelEvalError."""
+        try:
+            value = self.expression.eval(activation=environment().Activation(data=data))
+            if value.type() == runtime().Type.ERROR:
+                raise CelEvalError(_STATUS_PREFIX.sub("", str(value.value())))
+            return _python(value.value())
+        except CelEvalError:
+            raise
+        except Exception as exc:  # the binding raises for conversion problems
+            raise CelEvalError(type(exc).__name__) from None
+
+
+def _python(value: Any) -> Any:
+    """CEL values nested in lists and maps (the binding leaves them wrapped) as Python."""
+    if isinstance(value, list):
+        return [_python(v.value() if hasattr(v, "value") else v) for v in value]
+    if isinstance(value, dict):
+        return {str(_python(k.value() if hasattr(k, "value") else k)):
+                _python(v.value() if hasattr(v, "value") else v) for k, v in value.items()}
+    return value
+
+
+def compile_value(source: str) -> CelValueProgram:
+    """Parse and type-check ``source`` (any result type); raises CelCompileError."""
+    env = environment()
+    try:
+        expression = env.compile(source)
+    except Exception as exc:
+        raise CelCompileError(_compile_message(str(exc))) from None
+    return CelValueProgram(source, expression, names_used(source))
+
+
 def names_used(source: str) -> frozenset[str]:
     """Which of :data:`ALL_NAMES` appear in ``source`` as identifiers (or inside literals).
 
@@ -167,10 +209,12 @@ def activation_data(
     route: str,
     params: Mapping[str, str],
     names: frozenset[str] = ALL_NAMES,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The CEL variables for one request (built only when a CEL rule is evaluated).
 
-    ``names``: which variables and costly members (``headers``, ``query``, ``claims``) to build.
+    ``names``: which variables and costly members (``headers``, ``query``, ``claims``) to build;
+    ``metadata``: the route's lookup results (``metadata`` is an empty map without them).
     """
     data: dict[str, Any] = {}
     if "request" in names:
@@ -201,6 +245,8 @@ def activation_data(
         data["route"] = {"name": route}
     if "params" in names:
         data["params"] = dict(params)
+    if "metadata" in names:
+        data["metadata"] = plain(metadata) if metadata else {}
     return data
 
 
@@ -210,6 +256,8 @@ def activation(
     route: str,
     params: Mapping[str, str],
     names: frozenset[str] = ALL_NAMES,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Any:
     """A CEL activation for one request, shared by every CEL rule of the policy."""
-    return environment().Activation(data=activation_data(view, identity, route, params, names))
+    return environment().Activation(
+        data=activation_data(view, identity, route, params, names, metadata))

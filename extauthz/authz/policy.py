@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from extauthz.authz.rules import (
     AllOf,
@@ -27,6 +28,7 @@ from extauthz.authz.rules import (
     Context,
     Equal,
     HeaderMatch,
+    MetadataMatch,
     Methods,
     QueryMatch,
     Roles,
@@ -40,6 +42,9 @@ from extauthz.authz.rules import (
 )
 from extauthz.config.schema import AuthzSpec, RuleSpec
 from extauthz.types import Identity, RequestView
+
+if TYPE_CHECKING:
+    from extauthz.external.stage import ExternalHub, RouteExternal
 
 __all__ = ["Policy", "PolicyError", "RuleDenied", "RuleResult"]
 
@@ -61,6 +66,8 @@ class Policy:
     route: str = ""
     #: the variables and members the policy's CEL expressions mention
     cel_names: frozenset[str] = frozenset()
+    #: metadata lookups and AuthZEN rules, run before :meth:`evaluate` (docs/authzen.md)
+    external: RouteExternal | None = None
 
     @classmethod
     def from_spec(
@@ -70,16 +77,20 @@ class Policy:
         route: str = "",
         consumers: Collection[str] | None = None,
         params: Collection[str] | None = None,
+        external: ExternalHub | None = None,
     ) -> Policy:
         """Compile ``spec``.
 
         ``consumers``: the known consumer names; ``params``: the route's path-template
         parameters. Rules naming others are configuration errors (None: not checked).
+        ``external``: the configured PDPs and lookups (``authzen`` rules and ``metadata``).
         """
         compiler = _Compiler(
             None if consumers is None else frozenset(consumers),
             None if params is None else frozenset(params),
+            external,
         )
+        compiler.lookups = frozenset(spec.metadata)
         rules: list[Rule] = []
         if spec.scopes_all:
             rules.append(ScopesAll("scopes_all", spec.scopes_all))
@@ -94,10 +105,11 @@ class Policy:
             built = compiler.rule(rule, f"rules[{i}]")
             if built is not None:
                 rules.append(built)
+        stage = compiler.external_stage(spec.metadata)
         if compiler.issues:
             raise PolicyError(compiler.issues)
         return cls(rules=tuple(rules), shadow=spec.shadow, route=route,
-                   cel_names=compiler.cel_names)
+                   cel_names=compiler.cel_names, external=stage)
 
     @property
     def empty(self) -> bool:
@@ -109,15 +121,17 @@ class Policy:
         identity: Identity,
         params: Mapping[str, str],
         trace: list[RuleResult] | None = None,
+        external: Any = None,
     ) -> None:
         """Return if the request is allowed; raise RuleDenied (an AuthorizationError) if not.
 
         With ``trace``, every rule's verdict is appended to it (rules after the first failure
-        as ``skipped``); the decision is the same.
+        as ``skipped``); the decision is the same. ``external``: what :attr:`external` resolved
+        for this request (lookups, PDP answers).
         """
         if not self.rules:
             return
-        ctx = Context(view, identity, params, self.route, self.cel_names)
+        ctx = Context(view, identity, params, self.route, self.cel_names, external)
         if trace is None:
             for rule in self.rules:
                 denied = rule.check(ctx)
@@ -137,11 +151,62 @@ class Policy:
 
 
 class _Compiler:
-    def __init__(self, consumers: frozenset[str] | None, params: frozenset[str] | None) -> None:
+    def __init__(self, consumers: frozenset[str] | None, params: frozenset[str] | None,
+                 external: ExternalHub | None = None) -> None:
         self.consumers = consumers
         self.params = params
         self.issues: list[tuple[str, str]] = []
         self.cel_names: frozenset[str] = frozenset()
+        self.external = external
+        self.checks: list[Any] = []
+        #: the lookups the route runs (``authz.metadata``): what metadata rules may name
+        self.lookups: frozenset[str] = frozenset()
+
+    def known_lookup(self, path: str, at: str) -> bool:
+        """A ``metadata`` path must start with a lookup of the route's ``authz.metadata``."""
+        name = path.split(".", 1)[0]
+        if name in self.lookups:
+            return True
+        listed = ", ".join(sorted(self.lookups)) or "none: set authz.metadata"
+        self.issues.append((at, f"{name!r} is not a lookup of this route ({listed})"))
+        return False
+
+    def external_stage(self, metadata: list[str]) -> RouteExternal | None:
+        """The route's lookups and AuthZEN rules (None when it has neither)."""
+        if not metadata and not self.checks:
+            return None
+        from extauthz.external.stage import RouteExternal
+
+        lookups = []
+        known = self.external.lookups if self.external is not None else {}
+        for i, name in enumerate(metadata):
+            if name not in known:
+                listed = ", ".join(sorted(known)) or "none in settings.lookups"
+                self.issues.append((f"metadata[{i}]", f"unknown lookup {name!r} ({listed})"))
+            else:
+                lookups.append(known[name])
+        names: set[str] = {"identity", "metadata"}
+        for item in [*lookups, *self.checks]:
+            names |= item.names
+        return RouteExternal(tuple(lookups), tuple(self.checks), frozenset(names))
+
+    def _authzen(self, spec: Any, path: str) -> Rule | None:
+        from extauthz.external.authzen import AuthzenCheck
+        from extauthz.external.mapping import TemplateError
+
+        pdps = self.external.pdps if self.external is not None else {}
+        pdp = pdps.get(spec.pdp)
+        if pdp is None:
+            listed = ", ".join(sorted(pdps)) or "none in settings.pdps"
+            self.issues.append((f"{path}.authzen.pdp", f"unknown PDP {spec.pdp!r} ({listed})"))
+            return None
+        try:
+            check = AuthzenCheck(path, spec, pdp)
+        except TemplateError as exc:
+            self.issues.append((f"{path}.authzen", str(exc)))
+            return None
+        self.checks.append(check)
+        return check
 
     def known_consumers(self, names: Collection[str], path: str) -> None:
         if self.consumers is None:
@@ -184,6 +249,8 @@ class _Compiler:
         if spec.equal is not None:
             operands = spec.equal.operands
             for side, name in operands:
+                if side == "metadata" and not self.known_lookup(name, f"{at}.metadata"):
+                    return None
                 if side == "param" and self.params is not None and name not in self.params:
                     known = ", ".join(sorted(self.params)) or "none: the route has no template"
                     self.issues.append((f"{at}.param",
@@ -199,6 +266,13 @@ class _Compiler:
             return AnyOf(path, children) if spec.any_of is not None else AllOf(path, children)
         if spec.cel is not None:
             return self._cel(spec.cel, at)
+        if spec.metadata is not None:
+            m = spec.metadata
+            if not self.known_lookup(m.path, f"{at}.path"):
+                return None
+            return MetadataMatch(path, m.path, m.matcher, getattr(m, m.matcher))
+        if spec.authzen is not None:
+            return self._authzen(spec.authzen, path)
         self.issues.append((path, f"unsupported rule kind {kind}"))
         return None
 

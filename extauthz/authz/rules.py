@@ -60,12 +60,19 @@ class Context:
     route: str
     #: what the policy's CEL expressions mention (the activation holds only that)
     cel_names: frozenset[str] = ALL_NAMES
+    #: metadata lookups and PDP answers (:class:`extauthz.external.stage.Resolved`), if any
+    external: Any = None
     _activation: Any = None
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The route's metadata lookup results by lookup name (empty without lookups)."""
+        return self.external.metadata if self.external is not None else {}
 
     def cel_activation(self) -> Any:
         if self._activation is None:
             self._activation = activation(self.view, self.identity, self.route, self.params,
-                                          self.cel_names)
+                                          self.cel_names, self.metadata)
         return self._activation
 
 
@@ -306,6 +313,29 @@ class ClaimMatch(Rule):
         return f"claim {self.path} {self.text}"
 
 
+class MetadataMatch(Rule):
+    """A value from a metadata lookup (``metadata: {path: doc.owner, equals: ...}``)."""
+
+    __slots__ = ("get", "match", "path", "text")
+    kind = "metadata"
+
+    def __init__(self, label: str, path: str, matcher: str, expected: Any) -> None:
+        super().__init__(label)
+        self.path = path
+        self.get = claim_getter(path)
+        self.match, self.text = build_matcher(matcher, expected)
+
+    def check(self, ctx: Context) -> RuleDenied | None:
+        value = self.get(ctx.metadata)
+        if self.match(value):
+            return None
+        got = "absent" if value is None else f"is {shown(value)}"
+        return self._forbidden(f"metadata {self.path} {got}")
+
+    def summary(self) -> str:
+        return f"metadata {self.path} {self.text}"
+
+
 class Consumers(Rule):
     __slots__ = ("allow", "deny")
     kind = "consumers"
@@ -496,6 +526,9 @@ def build_operand(kind: str, name: str) -> Operand:
         return lambda ctx: ctx.view.headers.value(name)
     if kind == "query":
         return lambda ctx: ctx.view.query.get(name)
+    if kind == "metadata":
+        get_meta = claim_getter(name)
+        return lambda ctx: _text(get_meta(ctx.metadata))
     if kind == "identity":
         if name == "subject":
             return lambda ctx: ctx.identity.subject

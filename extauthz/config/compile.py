@@ -24,8 +24,11 @@ from extauthz.config.idtoken_schema import RouteIdentityTokenSpec
 from extauthz.config.loader import LoadedConfig, load_config
 from extauthz.config.schema import AuthnSpec, Consumer, RouteSpec, Settings
 from extauthz.errors import ConfigError, ConfigIssue
+from extauthz.external.metrics import external_metrics
+from extauthz.external.stage import ExternalHub
 from extauthz.idtoken import IdentityTokens, build_identity_tokens
 from extauthz.metrics import Metrics
+from extauthz.outbound import OutboundPolicy
 from extauthz.ratelimit.compile import build_rate_limiter
 from extauthz.ratelimit.limiter import RateLimiter
 from extauthz.routing import HostMatcher, PathMatcher, Route, RouteTable, compile_template
@@ -50,6 +53,8 @@ class Snapshot:
     state: SnapshotState | None = None
     #: rate limits (rate_limiting); None when nothing is limited
     rate_limits: RateLimiter | None = None
+    #: AuthZEN PDPs and metadata lookups (their sessions close with the snapshot)
+    external: ExternalHub | None = None
     #: the signed identity token (``settings.identity_token``); None when off
     identity_tokens: IdentityTokens | None = None
 
@@ -60,6 +65,22 @@ class Snapshot:
         if self.rate_limits is not None:
             await self.rate_limits.start()
         await asyncio.gather(*(a.start() for a in self.authenticators.values()))
+
+    def adopt_outbound_state(self, previous: Snapshot) -> None:
+        """Take over what outbound calls fetched for the snapshot this one replaces (last good
+        JWKS keys and discovery result, introspection answers), before :meth:`start`.
+
+        Matched by what was fetched (issuer, URL, endpoint), not by authenticator name, so a
+        rename keeps it too. Without this, a reload during an IdP outage starts with no keys.
+        An authenticator opts in with ``adopt_outbound_state(candidates)``.
+        """
+        candidates = tuple(previous.authenticators.values())
+        for authenticator in self.authenticators.values():
+            adopt = getattr(authenticator, "adopt_outbound_state", None)
+            if callable(adopt):
+                adopt(candidates)
+        if self.external is not None and previous.external is not None:
+            self.external.adopt(previous.external)  # PDP / lookup answers (docs/authzen.md)
 
     def inherit_from(self, previous: Snapshot) -> None:
         """Carry state that must survive a reload (e.g. HMAC nonce replay caches).
@@ -85,6 +106,8 @@ class Snapshot:
                 log.warning("error while closing an authenticator: %s", type(result).__name__)
         if self.rate_limits is not None:
             await self.rate_limits.close()
+        if self.external is not None:
+            await self.external.close()
         if self.state is not None:
             try:
                 await self.state.close()
@@ -140,8 +163,18 @@ class _Compiler:
             consumers=tuple(self.consumers),
             clock=clock,
             state=self.state,
+            outbound=self._outbound(loaded.path.parent),
         )
         self.authenticators: dict[str, Authenticator] = {}
+        self.external = ExternalHub.build(self.settings, self.ctx.outbound,
+                                          external_metrics(metrics.registry), self.issues)
+
+    def _outbound(self, base_dir: Path) -> OutboundPolicy:
+        try:
+            return OutboundPolicy.from_spec(self.settings.outbound, base_dir)
+        except ValueError as exc:
+            self.issues.append(ConfigIssue("settings.outbound.ca_file", str(exc)))
+            return OutboundPolicy()
 
     def _parts(self) -> list[tuple[str, object]]:
         parts: list[tuple[str, object]] = [("", self.loaded.main)]
@@ -226,6 +259,7 @@ class _Compiler:
                    + rate_limit_files + (tokens.files if tokens is not None else ())),
             state=self.state,
             rate_limits=rate_limits,
+            external=None if self.external.empty else self.external,
             identity_tokens=tokens,
         )
 
@@ -291,6 +325,7 @@ class _Compiler:
                 route=spec.name,
                 consumers={c.name for c in self.consumers},
                 params=frozenset(template.groupindex) if template is not None else frozenset(),
+                external=self.external,
             )
         except PolicyError as exc:
             self.issues.extend(ConfigIssue(f"{where}.authz.{path}", message)

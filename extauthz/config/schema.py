@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from extauthz.config.external import AuthzenRule, LookupSpec, PdpSpec
 from extauthz.config.idtoken_schema import IdentityTokenSpec, RouteIdentityTokenSpec
 
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
@@ -108,6 +110,135 @@ class JwksSpec(Model):
         return self
 
 
+#: The ``forward_client_cert_details`` modes a trusted hop may have (extauthz/authn/xfcc_trust.py).
+XfccMode = Literal["SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"]
+
+
+def model_problem(proxies: Sequence[str], has_proxy_identities: bool = True) -> str | None:
+    """Why ``proxies`` is not a usable trust model (None when it is)."""
+    if not proxies:
+        return "at least one proxy (the one that terminated the client's TLS)"
+    if len(proxies) > 8:
+        return "at most 8 proxies"
+    if proxies[0] != "SANITIZE_SET":
+        return ("the first (outermost) proxy must use SANITIZE_SET: with any other mode the "
+                "client's own x-forwarded-client-cert reaches extauthz")
+    for i, mode in enumerate(proxies[1:], start=1):
+        if mode not in ("APPEND_FORWARD", "FORWARD_ONLY"):
+            return (f"proxies[{i}]: an inner proxy must use APPEND_FORWARD or FORWARD_ONLY "
+                    f"({mode} would replace or drop the client's element)")
+    if len(proxies) > 1 and not has_proxy_identities:
+        return ("proxy_identities: required with more than one proxy (who may connect to an "
+                "inner proxy decides who the client is)")
+    return None
+
+
+#: (proxies, proxy_identities) as XfccModel takes them
+XfccModelArgs = tuple[tuple[XfccMode, ...], frozenset[str]]
+
+
+def _edge_only() -> list[XfccMode]:
+    return ["SANITIZE_SET"]
+
+
+class XfccSpec(Model):
+    """The XFCC trust model: the Envoys between the client and extauthz.
+
+    ``proxies`` lists each one's ``forward_client_cert_details``, outermost first: the first must be
+    ``SANITIZE_SET``; each later ``APPEND_FORWARD`` adds one element (its peer, the previous proxy);
+    ``FORWARD_ONLY`` adds none. The header must have exactly ``1 + APPEND_FORWARD hops`` elements
+    and the client is the first.
+    """
+
+    proxies: list[XfccMode] = Field(default_factory=_edge_only, min_length=1, max_length=8)
+    #: URI or DNS SANs naming the trusted proxies' own certificates (required with more than one
+    #: proxy): each proxy element, and the peer certificate behind two hops, must carry one
+    proxy_identities: list[Annotated[str, Field(min_length=1, max_length=2048)]] = Field(
+        default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_proxies(self) -> XfccSpec:
+        problem = model_problem(self.proxies, bool(self.proxy_identities))
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    def model(self) -> XfccModelArgs:
+        """The arguments of :class:`extauthz.authn.xfcc_trust.XfccModel`."""
+        return tuple(self.proxies), frozenset(self.proxy_identities)
+
+
+class SpiffeBundleSpec(Model):
+    """One trust domain's X.509 bundle: SVIDs of ``trust_domain`` must chain to ``bundle``."""
+
+    trust_domain: str = Field(min_length=1, max_length=255)
+    #: PEM file of the domain's CA certificates, relative to the configuration file
+    bundle: str = Field(min_length=1)
+
+
+class MtlsSpec(Model):
+    """Client certificates (Envoy's peer certificate, or XFCC when enabled), re-verified here."""
+
+    #: PEM files of trusted CA certificates, relative to the configuration file (certificates
+    #: without a SPIFFE ID, and SPIFFE IDs of domains not in ``spiffe_bundles``, chain to these)
+    trust_bundles: list[str] = Field(default_factory=list)
+    #: SPIFFE federation: per-trust-domain bundles; an SVID of a listed domain must chain to
+    #: its own domain's bundle and nothing else
+    spiffe_bundles: list[SpiffeBundleSpec] = Field(default_factory=list)
+    #: read ``x-forwarded-client-cert`` under this trust model (``true`` = one SANITIZE_SET Envoy)
+    xfcc: StrictBool | XfccSpec = False
+    #: most intermediates between the leaf and a trust anchor (the verifier's chain depth)
+    max_intermediates: Annotated[int, Field(ge=0, le=16)] = 8
+    #: refuse leaf certificates without an extendedKeyUsage that lists clientAuth
+    require_client_auth_eku: bool = True
+    #: principal rules (all empty = every verified certificate is allowed)
+    allowed_spiffe_ids: list[str] = Field(default_factory=list)
+    trust_domains: list[str] = Field(default_factory=list)
+    spiffe_path_globs: list[str] = Field(default_factory=list)
+    dns_names: list[str] = Field(default_factory=list)
+    #: verified certificates cached by SHA-256 fingerprint (LRU; 0 disables)
+    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 10_000
+    #: a cached verification is reused at most this long (and never past the chain's notAfter)
+    cache_ttl_seconds: PositiveSeconds = 3600
+
+    @model_validator(mode="after")
+    def _check_bundles(self) -> MtlsSpec:
+        if not self.trust_bundles and not self.spiffe_bundles:
+            raise ValueError("give trust_bundles or spiffe_bundles (no trust anchor otherwise)")
+        domains = [b.trust_domain for b in self.spiffe_bundles]
+        if len(set(domains)) != len(domains):
+            raise ValueError("spiffe_bundles: a trust domain is listed twice")
+        return self
+
+    def xfcc_model(self) -> XfccSpec | None:
+        """The XFCC trust model, or None when XFCC is not read."""
+        return _xfcc_model(self.xfcc)
+
+
+def _xfcc_model(value: bool | XfccSpec) -> XfccSpec | None:
+    if value is True:
+        return XfccSpec()
+    return value or None
+
+
+class CertBindingSpec(Model):
+    """RFC 8705 certificate-bound tokens (extauthz/authn/certbinding.py).
+
+    A token whose ``cnf`` holds ``x5t#S256`` is always checked against the presented client
+    certificate; these settings say where that certificate may come from and whether unbound
+    tokens are refused.
+    """
+
+    #: refuse tokens without ``cnf.x5t#S256``
+    require: bool = False
+    #: also take the certificate from x-forwarded-client-cert under this trust model
+    xfcc: StrictBool | XfccSpec = False
+
+    def xfcc_model(self) -> XfccSpec | None:
+        """The XFCC trust model, or None when XFCC is not read."""
+        return _xfcc_model(self.xfcc)
+
+
 class JwtSpec(Model):
     """Bearer JWTs from one issuer."""
 
@@ -129,10 +260,23 @@ class JwtSpec(Model):
     refresh_interval_seconds: PositiveSeconds = 300
     #: how long the last good keys keep verifying while the issuer cannot be reached
     max_stale_seconds: PositiveSeconds = 3600
-    fetch_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    #: bound of one JWKS fetch (discovery + keys), in the background; below the shipped Envoy
+    #: ext_authz timeout (1 s) so that even a fetch a check waits for ends before Envoy gives up
+    fetch_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 0.5
     #: minimum time between two refetches triggered by an unknown ``kid``
     min_refetch_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 10
+    #: the longest a check waits for an unknown-``kid`` refetch before answering from the keys
+    #: it has (the fetch goes on in the background); 0 = never wait
+    refetch_wait_seconds: Annotated[float, Field(ge=0, le=5)] = 0.25
+    #: accepted ``typ`` header values (case-insensitive, an ``application/`` prefix ignored);
+    #: a token without ``typ`` is accepted unless ``require_typ``
+    typ: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: ["JWT", "at+jwt"], min_length=1
+    )
+    require_typ: bool = False
     cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+    #: RFC 8705 certificate-bound tokens (cnf x5t#S256)
+    certificate_binding: CertBindingSpec = Field(default_factory=CertBindingSpec)
 
     @field_validator("claims_to_headers")
     @classmethod
@@ -148,26 +292,6 @@ class JwtSpec(Model):
 
 
 # --- mTLS client certificates and Basic (issue 3) ---------------------------------------------
-
-
-class MtlsSpec(Model):
-    """Client certificates (Envoy's peer certificate, or XFCC when enabled), re-verified here."""
-
-    #: PEM files of trusted CA certificates, relative to the configuration file
-    trust_bundles: list[str] = Field(min_length=1)
-    #: also read ``x-forwarded-client-cert`` (only safe with Envoy ``SANITIZE_SET``)
-    xfcc: bool = False
-    #: refuse leaf certificates without an extendedKeyUsage that lists clientAuth
-    require_client_auth_eku: bool = True
-    #: principal rules (all empty = every verified certificate is allowed)
-    allowed_spiffe_ids: list[str] = Field(default_factory=list)
-    trust_domains: list[str] = Field(default_factory=list)
-    spiffe_path_globs: list[str] = Field(default_factory=list)
-    dns_names: list[str] = Field(default_factory=list)
-    #: verified certificates cached by SHA-256 fingerprint (LRU; 0 disables)
-    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 10_000
-    #: a cached verification is reused at most this long (and never past the chain's notAfter)
-    cache_ttl_seconds: PositiveSeconds = 3600
 
 
 class BasicSpec(Model):
@@ -251,8 +375,9 @@ class HmacSpec(Model):
     """HTTP request signatures with shared keys: RFC 9421 ``hmac-sha256`` or draft-cavage."""
 
     profile: Literal["rfc9421", "cavage"] = "rfc9421"
-    #: cavage only: ``draft`` (draft-cavage-http-signatures-12) or ``apisix`` (APISIX >= 3.11)
-    dialect: Literal["draft", "apisix"] = "draft"
+    #: cavage only: ``draft`` (draft-cavage-http-signatures-12), ``apisix`` (APISIX >= 3.11) or
+    #: ``kong`` (Kong's hmac-auth: ``@request-target: get /path``, header names as listed)
+    dialect: Literal["draft", "apisix", "kong"] = "draft"
     keys: list[HmacKeySpec] = Field(min_length=1)
     #: rfc9421 only: the signature label to verify (default: the first whose keyid is ours)
     label: str | None = Field(default=None, pattern=_SF_KEY.pattern)
@@ -324,7 +449,9 @@ class IntrospectionSpec(Model):
     client_secret_env: str | None = None
     #: how we authenticate to the endpoint: HTTP Basic or client_id/client_secret form fields
     client_auth: Literal["basic", "post"] = "basic"
-    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    #: bound of one introspection call; a check with an uncached token waits for it, so the
+    #: default stays well below the shipped Envoy ext_authz timeout (1 s)
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 0.5
     #: active results are cached until min(exp, now + this); 0 disables the positive cache
     cache_max_ttl_seconds: Annotated[float, Field(ge=0, le=86400)] = 300
     #: inactive (and refused) results are cached this long; 0 disables the negative cache
@@ -340,6 +467,8 @@ class IntrospectionSpec(Model):
     )
     #: connections to the endpoint at once (concurrent checks of one token share one request)
     max_concurrent_requests: Annotated[int, Field(ge=1, le=1024)] = 64
+    #: RFC 8705 certificate-bound tokens (the response's cnf x5t#S256)
+    certificate_binding: CertBindingSpec = Field(default_factory=CertBindingSpec)
 
     @model_validator(mode="before")
     @classmethod
@@ -540,6 +669,13 @@ class ClaimRule(ValueMatch):
     path: str = Field(min_length=1)
 
 
+class MetadataRule(ValueMatch):
+    """``metadata: {path: owner.id, equals: alice}``: a value a metadata lookup returned."""
+
+    #: ``<lookup name>.<dotted path>`` in the lookup's JSON answer
+    path: str = Field(min_length=1)
+
+
 class HeaderRule(ValueMatch):
     """``header: {name: x-tenant, equals: acme}`` (values are strings)."""
 
@@ -633,6 +769,8 @@ class EqualRule(Model):
     header: str | None = None
     query: str | None = None
     identity: IdentityField | None = None
+    #: ``<lookup name>.<dotted path>`` in a metadata lookup's answer (docs/authzen.md)
+    metadata: str | None = None
 
     @field_validator("header")
     @classmethod
@@ -642,12 +780,13 @@ class EqualRule(Model):
     @model_validator(mode="after")
     def _two(self) -> EqualRule:
         if len(self.operands) != 2:
-            raise ValueError("name exactly two of param, claim, header, query, identity")
+            raise ValueError("name exactly two of param, claim, header, query, identity, "
+                             "metadata")
         return self
 
     @property
     def operands(self) -> list[tuple[str, str]]:
-        kinds = ("param", "claim", "header", "query", "identity")
+        kinds = ("param", "claim", "header", "query", "identity", "metadata")
         return [(k, getattr(self, k)) for k in kinds if getattr(self, k) is not None]
 
 
@@ -669,6 +808,10 @@ class RuleSpec(Model):
     all_of: list[RuleSpec] | None = Field(default=None, min_length=1)
     #: a CEL expression that must evaluate to true (compiled at load)
     cel: str | None = Field(default=None, min_length=1)
+    #: a value from a metadata lookup (``authz.metadata``; docs/authzen.md)
+    metadata: MetadataRule | None = None
+    #: ask an AuthZEN PDP (``settings.pdps``; docs/authzen.md)
+    authzen: AuthzenRule | None = None
 
     @field_validator("methods")
     @classmethod
@@ -707,6 +850,8 @@ class AuthzSpec(Model):
     subjects: list[str] | None = None
     #: explicit rules, evaluated in order after the shorthand keys
     rules: list[RuleSpec] = Field(default_factory=list)
+    #: metadata lookups (``settings.lookups``) run before the rules (docs/authzen.md)
+    metadata: list[Name] = Field(default_factory=list)
     #: evaluate and report, but do not enforce: a policy denial is logged and counted as
     #: ``shadow_deny`` and the request is allowed (authentication failures still deny)
     shadow: bool = False
@@ -881,6 +1026,32 @@ class RedisSpec(Model):
         return self
 
 
+class OutboundSpec(Model):
+    """The policy of every outbound HTTP call (JWKS, discovery, introspection): docs/outbound.md."""
+
+    #: follow redirects of GETs (JWKS, discovery); never https -> http, never for introspection
+    follow_redirects: bool = False
+    max_redirects: Annotated[int, Field(ge=1, le=10)] = 3
+    #: accept plain http to hosts other than loopback (refused by default)
+    allow_plain_http: bool = False
+    #: use HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc) from the environment
+    trust_env: bool = False
+    #: PEM CA bundle that replaces the system trust store (relative to the config file)
+    ca_file: str | None = Field(default=None, min_length=1)
+
+
+class PathSettings(Model):
+    """Paths that are refused by default (400 ``bad_request``) because an upstream may resolve
+    them to another resource, and may be allowed for upstreams that need them
+    (:mod:`extauthz.paths` has the whole rule; docs/paths.md the reasoning)."""
+
+    #: accept ``;`` / ``%3B`` (path parameters): only for upstreams that treat ``;`` as an
+    #: ordinary character, or whose routes hold for the path with its parameters removed
+    allow_semicolon: bool = False
+    #: accept ``%25`` (a literal ``%`` in a name); a double-encoded separator stays refused
+    allow_encoded_percent: bool = False
+
+
 # --- rate limiting (compiled by extauthz/ratelimit/compile.py; documented in docs/ratelimit.md) ---
 
 #: what a rate-limit key can be made of (besides a CEL expression)
@@ -1000,6 +1171,13 @@ class Settings(Model):
     revocation_file: str | None = Field(default=None, min_length=1)
     #: request size limits (see :class:`Limits`)
     limits: Limits = Field(default_factory=Limits)
+    #: outbound HTTP calls (JWKS, discovery, introspection): redirects, https, proxies, CA
+    outbound: OutboundSpec = Field(default_factory=OutboundSpec)
+    #: AuthZEN policy decision points and metadata lookups, by name (docs/authzen.md)
+    pdps: dict[Name, PdpSpec] = Field(default_factory=dict)
+    lookups: dict[Name, LookupSpec] = Field(default_factory=dict)
+    #: ambiguous paths an upstream needs (see :class:`PathSettings`)
+    paths: PathSettings = Field(default_factory=PathSettings)
     #: signed identity token for the upstream (docs/identity-token.md); none = off
     identity_token: IdentityTokenSpec | None = None
 

@@ -5,6 +5,7 @@ exactly what reached the upstream after ext_authz: the identity headers extauthz
 absence of credentials and of spoofed ``x-auth-*`` headers. Response body::
 
     {"upstream": "echo", "method": "GET", "path": "/reports/q1", "query": "a=1",
+     "raw_target": "/reports/q1?a=1",
      "headers": {"x-auth-subject": "demo-client", ...},      # lowercased names
      "header_list": [["x-auth-subject", "demo-client"], ...],  # as received, repeats kept
      "body_bytes": 0}
@@ -38,7 +39,12 @@ async def _echo(request: web.Request) -> web.Response:
         "upstream": "echo",
         "method": request.method,
         "path": request.path,
+        # the path exactly as it arrived (still percent-encoded): what a servlet-style upstream
+        # parses, e.g. its ;parameters
+        "raw_path": request.raw_path.partition("?")[0],
         "query": request.query_string,
+        # the request target exactly as received, query included (``query`` above is decoded)
+        "raw_target": request.raw_path,
         "headers": headers,
         "header_list": [[k.lower(), v] for k, v in request.headers.items()],
         "body_bytes": len(body),

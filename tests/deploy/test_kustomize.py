@@ -37,7 +37,7 @@ K8S_VERSIONS = (
 
 #: Custom resources: no offline schema exists for them, so they are checked field by field
 #: in test_crds_have_required_fields and tests/deploy/test_mesh_gateway.py.
-CRD_KINDS = {"ServiceMonitor", "AuthorizationPolicy", "SecurityPolicy"}
+CRD_KINDS = {"ServiceMonitor", "AuthorizationPolicy", "SecurityPolicy", "EnvoyFilter"}
 
 EXTAUTHZ_IMAGE_PREFIX = "extauthz:"
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pytest
 
 from extauthz.demo.httpclient import Response
 from tests.support.processes import Stack
@@ -70,3 +76,35 @@ def wait_for_status(
                 f"{response.text[:300]}"
             )
         time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class H2Response:
+    """What an HTTP/2 (h2c, prior knowledge) request got: a status, or a reset stream."""
+
+    status: int | None
+    reset: bool
+    body: str
+
+    @property
+    def reason(self) -> str | None:
+        """The problem body's ``reason`` (extauthz's Reason code), if any."""
+        found = re.search(r'"reason":\s*"([a-z_]+)"', self.body)
+        return found.group(1) if found else None
+
+
+def h2_request(url: str, headers: Mapping[str, str] | None = None,
+               timeout: float = 10.0) -> H2Response:
+    """One GET over cleartext HTTP/2 with ``nghttp`` (Debian nghttp2-client, installed by
+    scripts/bootstrap). Unlike an HTTP/1.1 client it can send pseudo-headers of its choice
+    (``:scheme: https`` on a plaintext connection)."""
+    nghttp = shutil.which("nghttp")
+    if nghttp is None:
+        pytest.skip("nghttp not installed (apt-get install nghttp2-client; scripts/bootstrap)")
+    argv = [nghttp, "-v", "--no-dep", url]
+    for name, value in (headers or {}).items():
+        argv[2:2] = ["-H", f"{name}: {value}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    status = re.search(r"recv \(stream_id=\d+\) :status: (\d+)", out.stdout)
+    return H2Response(status=int(status.group(1)) if status else None,
+                      reset="recv RST_STREAM frame" in out.stdout, body=out.stdout)

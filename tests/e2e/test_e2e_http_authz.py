@@ -16,15 +16,14 @@ import pytest
 
 from extauthz.demo import DEMO_API_KEY
 from extauthz.demo.background import BackgroundApp
-from extauthz.demo.envoy import EnvoyPorts, start_envoy, validate_config
+from extauthz.demo.envoy import validate_config
 from extauthz.demo.idp import DemoIdP
-from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
 from extauthz.http_authz import SOURCE_HEADER  # set by the example config's headers_to_add
 from tests.e2e.helpers import assert_denied, upstream_headers, wait_for_status
-from tests.support.envoy import write_envoy_config
-from tests.support.processes import STARTUP_TIMEOUT, Stack, render_policies
+from tests.support.processes import Stack, render_policies
+from tests.support.transports import ENVOY_HTTP_CONFIG as ENVOY_HTTP
+from tests.support.transports import start_transport_stack
 
-ENVOY_HTTP = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy-http-authz.yaml"
 REPORTS = "/reports/q1"
 PROFILE = "/profile/me"
 APIKEY_CHALLENGE = 'ApiKey realm="extauthz", header="x-api-key"'
@@ -54,36 +53,10 @@ routes:
     return main
 
 
-def _start_extauthz(config: Path, ports: EnvoyPorts, grpc_port: int, http_port: int,
-                    log_dir: Path) -> ManagedProcess:
-    argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
-            "--http-authz-address", f"{LOOPBACK}:{ports.extauthz}",
-            "--http-authz-source-header", SOURCE_HEADER]
-    proc = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
-    try:
-        proc.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
-
-
 @pytest.fixture(scope="module")
 def stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Iterator[Stack]:
-    log_dir = e2e_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    listener, admin, authz_port, grpc_port, http_port = free_ports(5)
-    ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz_port, echo=echo.port)
-    envoy_config = write_envoy_config(log_dir / "envoy.yaml", ports, source=ENVOY_HTTP)
-    extauthz = _start_extauthz(extauthz_config, ports, grpc_port, http_port, log_dir)
-    try:
-        envoy = start_envoy(envoy_config, admin_port=admin, log_path=log_dir / "envoy.log",
-                            timeout=STARTUP_TIMEOUT)
-    except BaseException:
-        extauthz.stop()
-        raise
-    running = Stack(config=extauthz_config, ports=ports, http_port=http_port, log_dir=log_dir,
-                    extauthz=extauthz, envoy=envoy, envoy_config=envoy_config)
+    running = start_transport_stack("http", extauthz_config, upstream_port=echo.port,
+                                    log_dir=e2e_dir / "logs")
     try:
         yield running
     finally:

@@ -83,7 +83,12 @@ def test_query_string_does_not_change_the_route(stack: Stack) -> None:
 @pytest.mark.parametrize(
     "path",
     ["/reports/../admin/stats", "/reports/%2e%2e/admin/stats", "//admin/stats",
-     "/reports/..%2Fadmin/stats", "/reports/./q1"],
+     "/reports/..%2Fadmin/stats", "/reports/./q1",
+     # servlet path parameters and double encoding (issue 12): judged literally they would
+     # match /reports/, while a servlet container or a second decoding serves /admin/stats
+     "/reports/..;/admin/stats", "/reports/..;x=1/admin/stats", "/reports;x=1/../admin/stats",
+     "/reports/%2e%2e;/admin/stats", "/reports/%252e%252e/admin/stats", "/reports/%252fx",
+     "/reports/%c0%ae%c0%ae/admin/stats", "/reports/q1;jsessionid=1"],
 )  # fmt: skip
 def test_without_normalization_extauthz_fails_closed(raw_stack: Stack, path: str) -> None:
     r = raw_stack.get(path, KEY)

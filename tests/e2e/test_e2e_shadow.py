@@ -70,7 +70,7 @@ def test_startup_announces_the_shadowed_route(stack: Stack) -> None:
 def test_policy_denial_is_allowed_counted_and_logged(stack: Stack) -> None:
     before = metric(stack, "extauthz_checks_total", route="admin", outcome="shadow_deny",
                     reason="insufficient_scope")
-    path = ADMIN + "?shadow_probe=1"
+    path = ADMIN + "/shadow-probe?x=1"
     seen = upstream_headers(stack.get(path, {"x-api-key": DEMO_API_KEY}))
     # allowed like any other request: identity injected, credential stripped
     assert seen["x-auth-subject"] == "demo-client"
@@ -78,7 +78,7 @@ def test_policy_denial_is_allowed_counted_and_logged(stack: Stack) -> None:
     after = metric(stack, "extauthz_checks_total", route="admin", outcome="shadow_deny",
                    reason="insufficient_scope")
     assert after == before + 1
-    [rec] = decision_lines(stack, ADMIN + "?shadow_probe=")  # query values are redacted
+    [rec] = decision_lines(stack, ADMIN + "/shadow-probe")  # no query string in the log
     assert rec["outcome"] == "shadow_deny" and rec["reason"] == "insufficient_scope"
     assert rec["rule"] == "scopes_all" and rec["status"] == 200 and rec["route"] == "admin"
     assert rec["identity"]["consumer"] == "demo-client"
@@ -88,10 +88,10 @@ def test_policy_denial_is_allowed_counted_and_logged(stack: Stack) -> None:
 def test_a_passing_request_on_a_shadowed_route_is_a_plain_allow(stack: Stack,
                                                                  idp: DemoIdP) -> None:
     token = idp.mint("root", scopes=["admin"])
-    path = ADMIN + "?allow_probe=1"
+    path = ADMIN + "/allow-probe?x=1"
     seen = upstream_headers(stack.get(path, {"authorization": f"Bearer {token}"}))
     assert seen["x-auth-subject"] == "root"
-    [rec] = decision_lines(stack, ADMIN + "?allow_probe=")
+    [rec] = decision_lines(stack, ADMIN + "/allow-probe")
     assert rec["outcome"] == "allow" and rec["reason"] == "ok" and "rule" not in rec
 
 

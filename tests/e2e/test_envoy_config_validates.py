@@ -117,7 +117,9 @@ def test_disabled_route_strips_the_identity_namespace(
     assert len(disabled) == 1
     mutation = disabled[0]["typed_per_filter_config"][HEADER_MUTATION]
     rules = mutation["mutations"]["request_mutations"]
-    assert {"remove_on_match": {"key_matcher": {"prefix": "x-auth-"}}} in rules
+    # every spelling an upstream reads as x-auth-* (x_auth_*, x-auth.*), not only the prefix
+    assert {"remove_on_match": {"key_matcher": {"safe_regex": {"regex": "x[-_.]auth[-_.].*"}}}} \
+        in rules
     # The filter must exist in the chain, before the router; it mutates nothing globally.
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     chain = [f["name"] for f in hcm["typed_config"]["http_filters"]]

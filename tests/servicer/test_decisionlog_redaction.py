@@ -112,6 +112,11 @@ async def test_no_credential_in_decision_log_or_logs(
         ("/shadow/n", {"authorization": f"Bearer {token}"}),
         ("/shadow/o", {"x-api-key": KEY, "x-auth-subject": "spoofed-admin"}),
         ("/strict/p", {"authorization": f"Bearer {admin_token}"}),
+        # a key sent where no authenticator reads it: as a bare name, as a name with a value,
+        # as a path parameter -- still never in the log (issue 12, finding 6)
+        (f"/api/q?{QUERY_KEY}", {}),
+        (f"/api/r?{QUERY_KEY}=x&page=1", {}),
+        (f"/api/s;jsessionid={QUERY_KEY}", {}),
     ]
     secrets = [KEY, QUERY_KEY, COOKIE_KEY, SCHEME_KEY, WRONG_KEY, "not.a.jwt-but-secret-9f8e7d"]
     for jwt_token in (token, admin_token, expired, wrong_aud, tampered, forged):
@@ -147,9 +152,14 @@ async def test_no_credential_in_decision_log_or_logs(
         "/strict/l": ("deny", "insufficient_scope"), "/strict/m": ("deny", "insufficient_scope"),
         "/shadow/n": ("shadow_deny", "insufficient_scope"),
         "/shadow/o": ("shadow_deny", "insufficient_scope"), "/strict/p": ("allow", "ok"),
+        "/api/q": ("deny", "missing_credential"), "/api/r": ("deny", "missing_credential"),
+        "/api/s;": ("deny", "bad_request"),
     }
     assert {p: (line["outcome"], line["reason"]) for p, line in by_path.items()} == expected
-    assert by_path["/api/b"]["path"] == "/api/b?api_key=&page="
+    # the path only: no query value, no query name, no path parameter
+    assert by_path["/api/b"]["path"] == "/api/b"
+    assert by_path["/api/r"]["path"] == "/api/r"
+    assert by_path["/api/s;"]["path"] == "/api/s;"
     assert by_path["/shadow/n"]["rule"] == "rules[0]"
     assert codes[4] == (16, 401) and codes[11] == (7, 403) and codes[13] == (0, 0)
     everything = captured.out + captured.err + caplog.text

@@ -247,23 +247,45 @@ def xfcc_for(
     chain: Sequence[Issued | TestCA] = (),
     by: str | None = "spiffe://example.org/ns/edge/sa/envoy",
     uri: str | None = None,
-    dns: Sequence[str] = (),
+    dns: Sequence[str] | None = None,
     subject: str | None = None,
     with_hash: bool = True,
+    names_from_cert: bool = True,
 ) -> str:
-    """One XFCC element as Envoy's ``SANITIZE_SET`` writes it (Cert/Chain URL-encoded)."""
+    """One XFCC element as Envoy's ``SANITIZE_SET`` writes it (verified against Envoy 1.40):
+    ``By=...;Hash=...;Cert="...";Chain="...";Subject="...";URI=...;DNS=...`` with Cert/Chain
+    URL-encoded and quoted, Subject quoted, URI/DNS unquoted.
+
+    ``uri``/``dns`` override the names; by default (``names_from_cert``) they are the leaf's own
+    SANs as Envoy writes them (``URI=`` when there is no URI SAN, no DNS pair without a DNS SAN).
+    """
     pairs: list[str] = []
     if by is not None:
         pairs.append(f"By={by}")
     if leaf is not None and with_hash:
         pairs.append(f"Hash={leaf.sha256_hex}")
     if leaf is not None:
-        pairs.append(f"Cert={url_encode(leaf.pem)}")
+        pairs.append(f'Cert="{url_encode(leaf.pem)}"')
     if chain:
-        pairs.append("Chain=" + url_encode("".join(c.pem for c in chain)))
+        pairs.append('Chain="' + url_encode("".join(c.pem for c in chain)) + '"')
     if subject is not None:
-        pairs.append('Subject="' + subject.replace('"', '\\"') + '"')
-    if uri is not None:
+        pairs.append('Subject="' + subject.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    uris: list[str] = [uri] if uri is not None else []
+    dns_names: list[str] = list(dns) if dns is not None else []
+    if leaf is not None and names_from_cert and uri is None and dns is None:
+        uris, dns_names = san_names(leaf.cert)
+        pairs.append("URI=" if not uris else ";".join(f"URI={u}" for u in uris))
+    elif uri is not None:
         pairs.append(f"URI={uri}")
-    pairs.extend(f"DNS={d}" for d in dns)
+    pairs.extend(f"DNS={d}" for d in dns_names)
     return ";".join(pairs)
+
+
+def san_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """(URI SANs, DNS SANs) of ``cert``."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return (list(san.get_values_for_type(x509.UniformResourceIdentifier)),
+            list(san.get_values_for_type(x509.DNSName)))

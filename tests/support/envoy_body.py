@@ -27,13 +27,22 @@ from typing import Any
 
 import yaml
 
-from extauthz.demo.envoy import REPO_ROOT, EnvoyPorts, render_config
+from extauthz.demo.envoy import REPO_ROOT, EnvoyPorts, render_config, start_envoy
 from extauthz.demo.httpclient import Response
-from extauthz.demo.procs import LOOPBACK, free_ports, start_extauthz
+from extauthz.demo.procs import (
+    LOOPBACK,
+    ManagedProcess,
+    extauthz_argv,
+    free_ports,
+    http_ok,
+    start_extauthz,
+)
 from tests.support.processes import STARTUP_TIMEOUT, Stack, start_pair
 
 #: The documented body-buffering Envoy configuration the tests run.
 BODY_ENVOY_CONFIG = REPO_ROOT / "deploy" / "envoy" / "envoy-body.yaml"
+#: The documented HTTP ext_authz transport configuration.
+HTTP_ENVOY_CONFIG = REPO_ROOT / "deploy" / "envoy" / "envoy-http-authz.yaml"
 #: Its ``with_request_body.max_request_bytes``.
 MAX_REQUEST_BYTES = 8192
 
@@ -226,3 +235,41 @@ def start_env_stack(
         raw_port=raw_port,
         env=extra,
     )
+
+
+def start_http_stack(
+    config: Path,
+    *,
+    echo_port: int,
+    log_dir: Path,
+    routes: Sequence[Mapping[str, Any]] = (),
+    body: bool = True,
+    timeout: float = STARTUP_TIMEOUT,
+) -> BodyStack:
+    """extauthz serving Envoy's HTTP ext_authz protocol (``--http-authz-address``) behind
+    deploy/envoy/envoy-http-authz.yaml on free ports, ``routes`` in front of its own, and without
+    its ``with_request_body`` unless ``body``. ``raw_port`` is the main listener (no raw copy)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    listener, admin, authz, grpc_port, http_port = free_ports(5)
+    ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz, echo=echo_port)
+    data = yaml.safe_load(render_config(ports, HTTP_ENVOY_CONFIG))
+    (base,) = data["static_resources"]["listeners"]
+    (vhost,) = _hcm(base)["route_config"]["virtual_hosts"]
+    vhost["routes"] = [dict(r) for r in routes] + vhost["routes"]
+    if not body:
+        del ext_authz_filter(base)["with_request_body"]
+    envoy_config = log_dir / "envoy-http.yaml"
+    envoy_config.write_text(yaml.safe_dump(data, sort_keys=False))
+    argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
+            "--http-authz-address", f"{LOOPBACK}:{authz}"]
+    extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
+    try:
+        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), timeout)
+        envoy = start_envoy(envoy_config, admin_port=admin, log_path=log_dir / "envoy.log",
+                            timeout=timeout)
+    except BaseException:
+        extauthz.stop()
+        raise
+    return BodyStack(config=config, ports=ports, http_port=http_port, log_dir=log_dir,
+                     extauthz=extauthz, envoy=envoy, envoy_config=envoy_config,
+                     timeout=timeout, raw_port=listener)

@@ -6,7 +6,10 @@ on 127.0.0.1 (ephemeral port), with switches for outages, delays and a lying dis
         idp.jwks = jwks(rsa_key("k2"))      # rotate
         idp.status = 503                    # outage (any non-200 status)
         idp.delay = 0.2                     # slow IdP (seconds, per request)
+        idp.redirect_jwks = "http://..."    # /jwks.json answers 302 to there
         assert idp.jwks_hits == 1
+
+    FakeIdP(jwks, ssl_context=ctx)          # https://localhost:<port> (certificate for localhost)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 from types import TracebackType
 from typing import Any
 
@@ -23,8 +27,16 @@ from aiohttp import web
 class FakeIdP:
     """An aiohttp server; ``issuer`` is its base URL (``http://127.0.0.1:<port>``)."""
 
-    def __init__(self, jwks: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, jwks: dict[str, Any] | None = None, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.jwks: dict[str, Any] = jwks if jwks is not None else {"keys": []}
+        self._ssl = ssl_context
+        #: /jwks.json answers ``redirect_status`` with ``Location: redirect_jwks``
+        self.redirect_jwks: str | None = None
+        self.redirect_status = 302
+        #: overrides the ``jwks_uri`` of the discovery document
+        self.discovery_jwks_uri: str | None = None
         self.status = 200
         self.delay = 0.0
         #: overrides the ``issuer`` of the discovery document (default: the real base URL)
@@ -40,6 +52,8 @@ class FakeIdP:
 
     @property
     def issuer(self) -> str:
+        if self._ssl is not None:
+            return f"https://localhost:{self.port}"
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -50,6 +64,9 @@ class FakeIdP:
         self.jwks_hits += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.redirect_jwks is not None:
+            return web.Response(status=self.redirect_status,
+                                headers={"Location": self.redirect_jwks})
         if self.status != 200:
             return web.Response(status=self.status, text="unavailable")
         body = self.raw_body if self.raw_body is not None else json.dumps(self.jwks).encode()
@@ -72,7 +89,7 @@ class FakeIdP:
         return web.json_response(
             {
                 "issuer": self.discovery_issuer or self.issuer,
-                "jwks_uri": self.jwks_url,
+                "jwks_uri": self.discovery_jwks_uri or self.jwks_url,
                 "id_token_signing_alg_values_supported": ["RS256"],
             }
         )
@@ -86,7 +103,7 @@ class FakeIdP:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, ssl_context=self._ssl).start()
         return self
 
     async def stop(self) -> None:
@@ -112,3 +129,15 @@ def unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on 127.0.0.1 (ephemeral port); returns its runner (``cleanup()`` stops it)
+    and the port. For one-off endpoints such as a fake introspection server."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    return runner, port

@@ -1,5 +1,7 @@
 """An extauthz + Envoy pair on either transport: ``grpc`` (deploy/envoy/envoy.yaml) or ``http``
-(deploy/envoy/envoy-http-authz.yaml with ``serve --http-authz-address``).
+(deploy/envoy/envoy-http-authz.yaml with ``serve --http-authz-address``, and
+``--http-authz-source-header`` for the client-address header that file makes Envoy set, so
+``source`` rules and Basic's per-address limit work as documented).
 
 For tests that must prove one behaviour over both ext_authz protocols. ``envoy_edit`` may change
 the rendered Envoy configuration (a dict) before it is written, e.g. to add tracing; ``env``
@@ -17,6 +19,7 @@ import yaml
 
 from extauthz.demo.envoy import ENVOY_CONFIG, EnvoyPorts, render_config, start_envoy
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
+from extauthz.http_authz import SOURCE_HEADER
 from tests.support.processes import STARTUP_TIMEOUT, Stack
 
 ENVOY_HTTP_CONFIG = ENVOY_CONFIG.parent / "envoy-http-authz.yaml"
@@ -46,7 +49,8 @@ def start_transport_stack(
         argv = extauthz_argv(config, f"{LOOPBACK}:{authz}", f"{LOOPBACK}:{http_port}")
     else:
         argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
-                "--http-authz-address", f"{LOOPBACK}:{authz}"]
+                "--http-authz-address", f"{LOOPBACK}:{authz}",
+                "--http-authz-source-header", SOURCE_HEADER]
     extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log",
                               env=dict(os.environ) | dict(env or {})).start()
     try:

@@ -98,3 +98,13 @@ def test_keys_generate_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_keys_generate_needs_consumer(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "generate"]) == 2
+
+
+def test_validate_prints_the_identity_header_regex_for_disabled_routes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    policies = Path(__file__).resolve().parents[2] / "policies" / "extauthz.yaml"
+    assert main(["validate", "--config", str(policies), "--strip-regex"]) == 0
+    regex = capsys.readouterr().out.strip().splitlines()[-1]
+    for name in ("x-auth-subject", "x_auth_subject", "x-auth.email", "x-envoy-auth-partial-body"):
+        assert re.fullmatch(regex, name), (regex, name)
+    assert not re.fullmatch(regex, "x-authority")

@@ -40,7 +40,7 @@ def allow() -> Decision:
 def test_record_fields_and_redaction() -> None:
     rec = record(view(), allow(), 0.00042)
     assert rec["route"] == "orders" and rec["outcome"] == "allow" and rec["reason"] == "ok"
-    assert rec["path"] == "/v1/orders?api_key=&page="
+    assert rec["path"] == "/v1/orders"
     assert rec["source"] == "10.0.0.1" and rec["request_id"] == "rid-9"
     assert rec["identity"] == {"method": "api_key", "subject": "alice", "consumer": "alice"}
     assert rec["latency_ms"] == 0.42
@@ -50,6 +50,46 @@ def test_record_fields_and_redaction() -> None:
 def test_redacted_path_without_query() -> None:
     v = RequestView(method="GET", host="h", path="/x")
     assert redacted_path(v) == "/x"
+
+
+def _with(path: str, raw_query: str) -> RequestView:
+    return RequestView(method="GET", host="h", path=path, raw_query=raw_query)
+
+
+def test_no_part_of_the_query_string_is_logged_by_default() -> None:
+    # A key sent as a value, as a bare name, as a name with a value, encoded, repeated.
+    for raw_query in (f"api_key={SECRET}", SECRET, f"{SECRET}=x", f"page=2&{SECRET}",
+                      f"api%5Fkey={SECRET}", f"a=1&{SECRET[:20]}%2D{SECRET[20:]}=",
+                      f"{SECRET}&{SECRET}"):
+        assert redacted_path(_with("/v1/orders", raw_query)) == "/v1/orders", raw_query
+        rec = record(_with("/v1/orders", raw_query), allow(), 0.001)
+        assert SECRET not in json.dumps(rec) and SECRET[:20] not in json.dumps(rec)
+
+
+def test_only_allow_listed_query_parameters_are_logged() -> None:
+    allowed = frozenset({"page", "limit"})
+    v = _with("/v1/orders", f"page=2&{SECRET}=x&limit=10&api_key={SECRET}&{SECRET}")
+    assert redacted_path(v, allowed) == "/v1/orders?page=2&limit=10"
+    assert redacted_path(_with("/v1/orders", f"{SECRET}=1"), allowed) == "/v1/orders"
+    # values are bounded and re-encoded (no raw '&', '=' or newline from the client)
+    long = redacted_path(_with("/x", "page=" + "a%26b%0A" * 50), allowed)
+    assert long.startswith("/x?page=a%26b%0Aa%26b") and len(long) < 3 * 64 + 10
+    assert "\n" not in long
+
+
+def test_path_parameters_are_cut_from_the_logged_path() -> None:
+    assert redacted_path(_with(f"/cart;jsessionid={SECRET}/items", "")) == "/cart;/items"
+    assert redacted_path(_with(f"/cart%3Bjsessionid={SECRET}", "")) == "/cart;"
+    assert redacted_path(_with("/a/b", "")) == "/a/b"
+
+
+def test_the_writer_applies_the_allow_list() -> None:
+    out = io.StringIO()
+    log = DecisionLog(out, query_params=("page",))
+    log.write(_with("/v1/orders", f"page=3&{SECRET}"), allow(), 0.001)
+    log.close()
+    assert json.loads(out.getvalue())["path"] == "/v1/orders?page=3"
+    assert SECRET not in out.getvalue()
 
 
 def test_stream_gets_json_lines_and_denies_always() -> None:

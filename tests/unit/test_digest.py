@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from extauthz.authn.digest import (
+    BodyNotForwarded,
+    BodyTruncated,
     DigestError,
+    complete_body,
     content_digest,
     is_partial_body,
     legacy_digest,
@@ -79,3 +82,72 @@ def test_partial_body_header() -> None:
     assert is_partial_body({"x-envoy-auth-partial-body": " TRUE "})
     assert not is_partial_body({"x-envoy-auth-partial-body": "false"})
     assert not is_partial_body({})
+
+
+# -- complete_body: a digest only ever vouches for a body received whole ----------------------
+
+FLAG = "x-envoy-auth-partial-body"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ({FLAG: "false", "content-length": "5"}, b"hello", b"hello"),
+        ({FLAG: "false"}, b"hello", b"hello"),  # a chunked body Envoy buffered whole
+        ({FLAG: " FALSE ", "content-length": "0"}, b"", b""),
+        ({"content-length": "0"}, b"", b""),  # declared empty, nothing to forward
+    ],
+)
+def test_complete_body_when_provably_whole(
+    headers: dict[str, str], body: bytes, expected: bytes
+) -> None:
+    assert complete_body(headers, body) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "error"),
+    [
+        ({FLAG: "true", "content-length": "70000"}, b"x" * 8192, BodyTruncated),
+        ({FLAG: "false", "content-length": "6"}, b"hello", BodyTruncated),
+        ({"content-length": "5"}, b"", BodyNotForwarded),  # with_request_body off
+        ({}, b"", BodyNotForwarded),  # chunked without buffering leaves no trace
+        ({"transfer-encoding": "chunked"}, b"", BodyNotForwarded),
+        ({FLAG: "false", "transfer-encoding": "chunked"}, b"abc", BodyNotForwarded),
+        ({}, b"abc", BodyNotForwarded),  # bytes without Envoy's flag
+        ({FLAG: "maybe"}, b"abc", BodyNotForwarded),
+        ({"content-length": "00"}, b"", BodyNotForwarded),
+        ({FLAG: "false"}, b"", BodyNotForwarded),  # a client copy of the flag proves nothing
+    ],
+)
+def test_attack_body_not_received_whole_is_refused(
+    headers: dict[str, str], body: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        complete_body(headers, body)
+
+
+def test_complete_body_invariant_over_every_framing_combination() -> None:
+    """Exhaustive over flag x content-length x transfer-encoding x body: a body is returned only
+    when it is provably whole, and then it is exactly the bytes received."""
+    import itertools
+
+    flags = [None, "true", "false", "TRUE", " false ", "yes", ""]
+    lengths = [None, "0", "3", "4", "00", "+3", "3,3", ""]
+    encodings = [None, "chunked", "identity"]
+    bodies = [b"", b"abc"]
+    for flag, length, te, body in itertools.product(flags, lengths, encodings, bodies):
+        headers = {k: v for k, v in ((FLAG, flag), ("content-length", length),
+                                     ("transfer-encoding", te)) if v is not None}
+        state = flag.strip().lower() if flag is not None else None
+        if te is not None or state == "true":
+            whole = False
+        elif body:
+            whole = state == "false" and (length is None or length.strip() == str(len(body)))
+        else:
+            whole = length is not None and length.strip() == "0"
+        try:
+            got = complete_body(headers, body)
+        except (BodyTruncated, BodyNotForwarded):
+            assert not whole, headers
+        else:
+            assert whole and got == body, headers

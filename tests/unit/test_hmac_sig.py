@@ -78,8 +78,12 @@ def request(
     protocol: str = "HTTP/1.1",
     drop: tuple[str, ...] = (),
 ) -> RequestView:
-    """The RFC 9421 B.2 test request, as Envoy would describe it (pseudo-headers included)."""
+    """The RFC 9421 B.2 test request, as Envoy would describe it (pseudo-headers included; a
+    body comes with Envoy's ``x-envoy-auth-partial-body: false``, as with_request_body sends it)."""
     merged = {**RFC_HEADERS, ":method": method, ":path": path + (f"?{query}" if query else "")}
+    if body:
+        merged["x-envoy-auth-partial-body"] = "false"
+        merged["content-length"] = str(len(body))
     merged.update(headers or {})
     for name in drop:
         merged.pop(name, None)
@@ -93,6 +97,11 @@ def request(
         body=body,
         protocol=protocol,
     )
+
+
+def swap_body(view: RequestView, body: bytes) -> RequestView:
+    """``view`` with another (whole) body, as a tamperer on the wire would send it."""
+    return with_headers(dataclasses.replace(view, body=body), content_length=str(len(body)))
 
 
 def with_headers(view: RequestView, **extra: str) -> RequestView:
@@ -540,7 +549,7 @@ async def test_attack_body_swapped_under_signed_digest(tmp_path: Path) -> None:
     auth = make_auth(tmp_path)  # digest not required, but covered: it must hold
     signed = sign_view(request(headers={"content-digest": content_digest(BODY)}),
                        [*FULL, "content-digest"])
-    swapped = dataclasses.replace(signed, body=b'{"hello": "mallory"}')
+    swapped = swap_body(signed, b'{"hello": "mallory"}')
     error = await denied(auth, swapped, Reason.DIGEST_MISMATCH)
     assert error.description == "content digest mismatch"
 
@@ -549,7 +558,7 @@ async def test_attack_body_swapped_under_one_signed_digest_member(tmp_path: Path
     auth = make_auth(tmp_path)
     signed = sign_view(request(headers={"content-digest": content_digest(BODY)}),
                        [*FULL, sfv.Item("content-digest", {"key": "sha-256"})])
-    swapped = dataclasses.replace(signed, body=b"evil")
+    swapped = swap_body(signed, b"evil")
     await denied(auth, swapped, Reason.DIGEST_MISMATCH)
 
 
@@ -557,7 +566,7 @@ async def test_attack_truncated_body_never_satisfies_a_digest(tmp_path: Path) ->
     auth = make_auth(tmp_path, require_digest=True)
     view = request(headers={"content-digest": content_digest(BODY),
                             "x-envoy-auth-partial-body": "true"})
-    error = await denied(auth, sign_view(view, [*FULL, "content-digest"]), Reason.DIGEST_MISMATCH)
+    error = await denied(auth, sign_view(view, [*FULL, "content-digest"]), Reason.BODY_TRUNCATED)
     assert error.description == "body truncated"
 
 
@@ -680,7 +689,7 @@ async def test_pipeline_allow_and_deny(tmp_path: Path) -> None:
     assert upstream["x-auth-key-id"] == KEY_ID
     assert {"signature", "signature-input"} <= set(allowed.remove_headers)
 
-    denied_ = await engine.check(dataclasses.replace(signed, body=b"other"))
+    denied_ = await engine.check(swap_body(signed, b"other"))
     assert denied_.http_status == 401 and denied_.grpc_code is GrpcCode.UNAUTHENTICATED
     assert denied_.reason is Reason.DIGEST_MISMATCH
     challenge = dict(denied_.response_headers)["www-authenticate"]
@@ -778,7 +787,7 @@ async def test_cavage_legacy_digest_checked_when_covered(tmp_path: Path) -> None
     view = request(method="POST", query="", body=body,
                    headers={"date": DATE, "digest": digest, "authorization": header})
     assert await auth.authenticate(view)
-    await denied(auth, dataclasses.replace(view, body=b'{"amount": 10000}'),
+    await denied(auth, swap_body(view, b'{"amount": 10000}'),
                  Reason.DIGEST_MISMATCH)
 
 
@@ -899,3 +908,127 @@ def test_any_cavage_authorization_is_refused_cleanly(params: str) -> None:
     except AuthenticationError:
         return
     assert result is None
+
+
+# ---------------------------------------------------------------------- body never received whole
+# A covered digest of the empty body must not pass when Envoy forwarded no body (finding 14.1).
+
+EMPTY_DIGEST = content_digest(b"")
+
+
+@pytest.mark.parametrize(
+    ("framing", "reason"),
+    [
+        ({"content-length": "42"}, Reason.BODY_NOT_FORWARDED),  # with_request_body off
+        ({}, Reason.BODY_NOT_FORWARDED),  # chunked, not buffered: no trace but the method
+        ({"transfer-encoding": "chunked"}, Reason.BODY_NOT_FORWARDED),
+        ({"x-envoy-auth-partial-body": "true", "content-length": "9000"}, Reason.BODY_TRUNCATED),
+        ({"x-envoy-auth-partial-body": "false", "content-length": "42"}, Reason.BODY_NOT_FORWARDED),
+        ({"x-envoy-auth-partial-body": "false"}, Reason.BODY_NOT_FORWARDED),
+    ],
+)
+async def test_attack_empty_body_digest_for_a_body_never_received(
+    tmp_path: Path, framing: dict[str, str], reason: Reason
+) -> None:
+    auth = make_auth(tmp_path, require_digest=True)
+    view = request(body=b"", headers={"content-digest": EMPTY_DIGEST}, drop=("content-length",))
+    view = with_headers(view, **{k.replace("-", "_"): v for k, v in framing.items()})
+    await denied(auth, sign_view(view, [*FULL, "content-digest"]), reason)
+
+
+async def test_declared_empty_body_passes_the_empty_digest(tmp_path: Path) -> None:
+    auth = make_auth(tmp_path, require_digest=True)
+    view = request(body=b"", headers={"content-digest": EMPTY_DIGEST, "content-length": "0"})
+    assert await auth.authenticate(sign_view(view, [*FULL, "content-digest"]))
+
+
+@pytest.mark.parametrize(
+    ("framing", "reason"),
+    [
+        ({"content-length": "42"}, Reason.BODY_NOT_FORWARDED),
+        ({}, Reason.BODY_NOT_FORWARDED),
+        ({"x-envoy-auth-partial-body": "true", "content-length": "9000"}, Reason.BODY_TRUNCATED),
+    ],
+)
+async def test_attack_cavage_empty_body_digest_for_a_body_never_received(
+    tmp_path: Path, framing: dict[str, str], reason: Reason
+) -> None:
+    auth = cavage_auth(tmp_path, require_digest=True)
+    digest = legacy_digest(b"")
+    signing = f"(request-target): post /foo\ndate: {DATE}\ndigest: {digest}"
+    view = request(method="POST", query="", body=b"", drop=("content-length",), headers={
+        "date": DATE, "digest": digest, **framing,
+        "authorization": draft_header("(request-target) date digest", signing)})
+    await denied(auth, view, reason)
+
+
+async def test_body_not_forwarded_is_401_unauthenticated_over_the_pipeline(tmp_path: Path) -> None:
+    (tmp_path / "rfc.key").write_text(RFC_SECRET_B64 + "\n")
+    (tmp_path / "c.yaml").write_text(PIPELINE_CONFIG)
+    snapshot = compile_config(load_config(tmp_path / "c.yaml"), Metrics(),
+                              clock=FixedClock(CREATED),
+                              registry={"hmac": HmacAuthenticator.from_spec})
+    engine = Engine(Metrics(), snapshot)
+    view = request(body=b"", headers={"content-digest": EMPTY_DIGEST, "content-length": "42"})
+    decision = await engine.check(sign_view(view, [*FULL, "content-digest"]))
+    assert decision.http_status == 401 and decision.grpc_code is GrpcCode.UNAUTHENTICATED
+    assert decision.reason is Reason.BODY_NOT_FORWARDED
+    truncated = with_headers(view, x_envoy_auth_partial_body="true")
+    decision = await engine.check(sign_view(truncated, [*FULL, "content-digest"]))
+    assert decision.http_status == 401 and decision.grpc_code is GrpcCode.UNAUTHENTICATED
+    assert decision.reason is Reason.BODY_TRUNCATED
+    await snapshot.close()
+
+
+# ---------------------------------------------------------------------- RFC 9421 tag selection
+
+
+def _two_signatures(view: RequestView, first_tag: str, second_tag: str) -> RequestView:
+    """Two signatures by our key: ``one`` (tag ``first_tag``, a garbage MAC) then ``two``
+    (tag ``second_tag``, valid)."""
+    items = [sfv.Item(c) for c in FULL]
+    one = sfv.InnerList(items, {"created": CREATED, "keyid": KEY_ID, "tag": first_tag})
+    two = sfv.InnerList(items, {"created": CREATED, "keyid": KEY_ID, "tag": second_tag})
+    mac = hmac.new(RFC_SECRET, signature_base(view, two).encode(), hashlib.sha256).digest()
+    return with_headers(
+        view,
+        signature_input=sfv.serialize_dictionary({"one": one, "two": two}),
+        signature=sfv.serialize_dictionary({"one": sfv.Item(b"\x00" * 32), "two": sfv.Item(mac)}),
+    )
+
+
+async def test_configured_tag_selects_among_several_signatures(tmp_path: Path) -> None:
+    view = _two_signatures(request(), "payments-api", "orders-api")
+    identity = await make_auth(tmp_path, tag="orders-api").authenticate(view)
+    assert identity is not None and identity.claims["label"] == "two"
+    # without a tag the first signature with our keyid is the one verified (and it is bad)
+    await denied(make_auth(tmp_path), view, Reason.BAD_SIGNATURE)
+    # the tag picks the signature: a bad one under the configured tag is not excused
+    swapped = _two_signatures(request(), "orders-api", "payments-api")
+    await denied(make_auth(tmp_path, tag="orders-api"), swapped, Reason.BAD_SIGNATURE)
+
+
+async def test_no_signature_with_the_configured_tag_is_refused(tmp_path: Path) -> None:
+    view = _two_signatures(request(), "payments-api", "billing-api")
+    error = await denied(make_auth(tmp_path, tag="orders-api"), view, Reason.MALFORMED_SIGNATURE)
+    assert error.description == "no signature with the expected tag"
+
+
+@pytest.mark.parametrize("field", ["repr-digest", "digest"])
+async def test_attack_any_covered_body_digest_is_verified(tmp_path: Path, field: str) -> None:
+    """Not only content-digest: a signature covering Repr-Digest or a legacy Digest vouches for
+    the body too, so those are verified against it (never left unchecked)."""
+    auth = make_auth(tmp_path)
+    digest = content_digest(BODY) if field == "repr-digest" else legacy_digest(BODY)
+    signed = sign_view(request(headers={field: digest}), [*FULL, field])
+    assert await auth.authenticate(signed)
+    await denied(auth, swap_body(signed, b"evil"), Reason.DIGEST_MISMATCH)
+    empty = content_digest(b"") if field == "repr-digest" else legacy_digest(b"")
+    unforwarded = request(body=b"", headers={field: empty, "content-length": "42"})
+    await denied(auth, sign_view(unforwarded, [*FULL, field]), Reason.BODY_NOT_FORWARDED)
+
+
+async def test_repr_digest_of_an_encoded_body_cannot_vouch_for_it(tmp_path: Path) -> None:
+    auth = make_auth(tmp_path)
+    view = request(headers={"repr-digest": content_digest(BODY), "content-encoding": "gzip"})
+    await denied(auth, sign_view(view, [*FULL, "repr-digest"]), Reason.DIGEST_MISMATCH)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from extauthz.http_authz import REMOVE_HEADER, render, to_view
+from extauthz.decision import Decision, GrpcCode, Outcome, deny
+from extauthz.errors import Reason
+from extauthz.http_authz import REMOVE_HEADER, ROUTE_HEADER, render, route_context, to_view
 from extauthz.keys import hash_api_key
 from extauthz.server import Server, ServerOptions
 
@@ -202,9 +208,6 @@ def test_view_reads_method_host_path_query_and_repeated_headers() -> None:
 
 
 def test_render_close_adds_connection_close() -> None:
-    from extauthz.decision import GrpcCode, deny
-    from extauthz.errors import Reason
-
     payload = render(deny(403, GrpcCode.PERMISSION_DENIED, Reason.FORBIDDEN, "r", "no"), False)
     head = payload.split(b"\r\n\r\n", 1)[0].decode()
     assert head.startswith("HTTP/1.1 403 Forbidden")
@@ -212,11 +215,11 @@ def test_render_close_adds_connection_close() -> None:
 
 
 async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
-    from extauthz.http_authz import HttpAuthzServer
+    from extauthz.http_authz import HttpAuthzServer, HttpLimits
     from extauthz.metrics import Metrics
     from extauthz.pipeline import Engine
 
-    srv = HttpAuthzServer(Engine(Metrics()), max_body_bytes=10)
+    srv = HttpAuthzServer(Engine(Metrics()), limits=HttpLimits(max_body_bytes=10))
     port = await srv.start("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -228,34 +231,29 @@ async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
         await srv.stop(1)
 
 
-async def test_a_check_that_suspends_is_finished_as_a_task() -> None:
-    from extauthz.decision import Decision, GrpcCode, deny
+async def test_a_check_runs_in_a_task_so_asyncio_timeout_works() -> None:
+    """Issue 13.5: a check driven outside a task could not use asyncio.timeout (every Redis
+    call does): "Timeout should be used inside a task" -> 503 on every Redis-backed check."""
+    from extauthz.decision import GrpcCode, deny
     from extauthz.errors import Reason
-    from extauthz.http_authz import _drive, _resume
+    from extauthz.http_authz import _start_check
 
-    loop = asyncio.get_running_loop()
+    async def bounded(delay: float) -> Decision:
+        async with asyncio.timeout(1):
+            await asyncio.sleep(delay)
+        return deny(403, GrpcCode.PERMISSION_DENIED, Reason.FORBIDDEN, "route-x", "")
 
-    async def slow(fut: asyncio.Future[str]) -> Decision:
-        await asyncio.sleep(0)
-        value = await fut
-        return deny(403, GrpcCode.PERMISSION_DENIED, Reason.FORBIDDEN, value, "")
-
-    fut: asyncio.Future[str] = loop.create_future()
-    coro = slow(fut)
-    done, awaited = _drive(coro)
-    assert not done
-    task = asyncio.ensure_future(_resume(coro, awaited))
-    loop.call_later(0.01, fut.set_result, "route-x")
+    task = _start_check(bounded(0.01))
     decision = await asyncio.wait_for(task, 5)
     assert decision.route == "route-x"
 
-    failing: asyncio.Future[str] = loop.create_future()
-    coro2 = slow(failing)
-    done, awaited = _drive(coro2)
-    task2 = asyncio.ensure_future(_resume(coro2, awaited))
-    loop.call_later(0.01, failing.set_exception, ValueError("boom"))
-    with pytest.raises(ValueError, match="boom"):
-        await asyncio.wait_for(task2, 5)
+    async def too_slow() -> Decision:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(5)
+        raise AssertionError("not reached")
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(_start_check(too_slow()), 5)
 
 
 async def test_http_only_server_without_grpc(tmp_path: Path) -> None:
@@ -324,3 +322,305 @@ async def test_source_rule_sees_the_address_from_the_configured_header(tmp_path:
         assert statuses == [200, 403, 403]
     finally:
         await srv.stop()
+
+
+def test_envoys_own_content_length_is_not_the_clients() -> None:
+    """Issue 14.1: over this transport content-length describes what Envoy forwarded. With no
+    body forwarded it says 0 whatever the client sent, so it must not reach the view (a covered
+    digest of the empty body would pass against a body never seen)."""
+    bodyless = to_view("POST", "/check/x", {"host": "h", "content-length": "0"}, b"", "/check", 0)
+    assert "content-length" not in bodyless.headers
+    forwarded = to_view("POST", "/check/x", {"host": "h", "content-length": "4",
+                                             "x-envoy-auth-partial-body": "false"},
+                        b"body", "/check", 0)
+    assert forwarded.headers.get("content-length") == "4"
+
+
+# -- parity with gRPC (issue 12.4) ---------------------------------------------------------------
+
+def _allow(headers: tuple[tuple[str, str], ...] = (),
+           metadata: dict[str, object] | None = None) -> Decision:
+    return Decision(outcome=Outcome.ALLOW, http_status=200, grpc_code=GrpcCode.OK,
+                    reason=Reason.OK, route="r", upstream_headers=headers,
+                    dynamic_metadata=metadata or {})
+
+
+def test_identity_values_are_sent_as_utf8() -> None:
+    payload = render(_allow((("x-auth-subject", "zoë"), ("x-auth-email", "日本@example.org"))),
+                     True)
+    assert b"x-auth-subject: zo\xc3\xab\r\n" in payload
+    assert "x-auth-email: 日本@example.org\r\n".encode() in payload
+
+
+def test_a_head_answer_has_no_body_but_says_how_long_it_would_be() -> None:
+    denied = deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL, "r", "creds",
+                  challenges=['ApiKey realm="x"'])
+    full = render(denied, True)
+    head = render(denied, True, head=True)
+    assert full.startswith(head) and full != head and head.endswith(b"\r\n\r\n")
+    assert f"content-length: {len(denied.body.encode())}".encode() in head
+
+
+async def test_head_check_gets_headers_only_and_the_connection_stays_usable(
+        server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.http_authz_port)
+    try:
+        writer.write(request("/api/orders", method="HEAD")
+                     + request("/api/orders", {"x-api-key": KEY}))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 401 ")
+        # the next bytes are the next response, not the problem body of the first
+        after = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert after.startswith(b"HTTP/1.1 200 OK")
+    finally:
+        writer.close()
+
+
+def test_route_name_only_from_the_configured_header() -> None:
+    headers = {ROUTE_HEADER: "public", "x-other": "admin"}
+    assert dict(route_context(headers, ROUTE_HEADER, "route")) == {"route": "public"}
+    assert dict(route_context(headers, None, "route")) == {}  # off by default
+    assert dict(route_context({ROUTE_HEADER: ""}, ROUTE_HEADER, "route")) == {}
+    assert dict(route_context({}, ROUTE_HEADER, "route")) == {}
+
+
+async def test_route_header_names_the_route_like_context_extensions(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    srv = Server(ServerOptions(str(config), "127.0.0.1:0", "127.0.0.1:0", grace_seconds=2,
+                               decision_log=False, watch_interval_seconds=0,
+                               http_authz_address="127.0.0.1:0",
+                               http_authz_route_header=ROUTE_HEADER))
+    await srv.start()
+    try:
+        # /elsewhere matches no route by path; Envoy named it `api`
+        [named, unknown, unnamed] = await exchange(
+            srv, request("/elsewhere", {"x-api-key": KEY, ROUTE_HEADER: "api"}),
+            request("/api/x", {"x-api-key": KEY, ROUTE_HEADER: "nope"}),
+            request("/elsewhere", {"x-api-key": KEY}))
+        assert named.status == 200 and named.header("x-extauthz-md-route") is None
+        assert unknown.status == 403 and json.loads(unknown.body)["reason"] == "no_route"
+        assert unnamed.status == 403
+    finally:
+        await srv.stop()
+
+
+def test_dynamic_metadata_headers_only_when_asked() -> None:
+    assert b"x-extauthz-md-" not in render(_allow(metadata={"route": "r"}), True)
+
+
+def test_dynamic_metadata_is_carried_in_headers() -> None:
+    payload = render(_allow(metadata={"route": "r", "identity": {"subject": "zoë"},
+                                      "shadow_deny": {"reason": "forbidden"}}), True,
+                     metadata=True)
+    head = payload.decode()
+    assert "x-extauthz-md-route: r\r\n" in head
+    identity = next(line for line in head.split("\r\n")
+                    if line.startswith("x-extauthz-md-identity: "))
+    assert json.loads(identity.partition(": ")[2]) == {"subject": "zoë"}
+    assert identity.isascii()
+    assert "x-extauthz-md-shadow-deny: " in head
+
+
+def test_cookie_rewrite_refused_unless_envoy_forwards_it() -> None:
+    rewritten = _allow((("x-auth-subject", "alice"), ("cookie", "theme=dark")))
+    refused = render(rewritten, True).decode()
+    assert refused.startswith("HTTP/1.1 503 ") and "theme=dark" not in refused
+    assert '"reason":"internal_error"' in refused
+    applied = render(rewritten, True, cookie_forwarded=True).decode()
+    assert applied.startswith("HTTP/1.1 200 OK") and "cookie: theme=dark\r\n" in applied
+    # removing the whole cookie needs no rewrite: always carried
+    removed = dataclasses.replace(_allow(), remove_headers=("cookie",))
+    assert render(removed, True).decode().startswith("HTTP/1.1 200 OK")
+
+
+# -- resource bounds (issue 13.1 / 13.3; the process-level attacks are in
+# tests/e2e/test_e2e_resource_bounds.py) --------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def bounded_server(tmp_path: Path, **limits: Any) -> AsyncIterator[Server]:
+    from extauthz.http_authz import HttpLimits
+
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    srv = Server(ServerOptions(str(config), "127.0.0.1:0", "127.0.0.1:0", grace_seconds=2,
+                               decision_log=False, watch_interval_seconds=0,
+                               http_authz_address="127.0.0.1:0",
+                               http_authz_limits=HttpLimits(**limits)))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest.fixture
+async def bounded(tmp_path: Path) -> AsyncIterator[Server]:
+    async with bounded_server(tmp_path, max_connections=3, max_body_bytes=40_000,
+                              max_buffered_bytes=50_000, head_timeout=0.4,
+                              idle_timeout=0.6) as srv:
+        yield srv
+
+
+def _closed(server: Server, reason: str) -> float:
+    value: float = server.metrics.connections_closed.labels("http_authz", reason)._value.get()
+    return value
+
+
+async def test_many_tiny_chunks_reach_the_engine_whole_and_in_order(server: Server) -> None:
+    from extauthz.http_authz import _Connection
+
+    seen: list[bytes] = []
+    begin = server.http_authz.begin  # type: ignore[union-attr]
+
+    def spy(message: Any) -> Any:
+        seen.append(bytes(message.body))
+        return begin(message)
+
+    server.http_authz.begin = spy  # type: ignore[union-attr, method-assign]
+    body = bytes(range(256)) * 40  # 10 240 one-byte chunks
+    head = (f"POST /check/api/x HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\n"
+            "transfer-encoding: chunked\r\n\r\n").encode()
+    chunks = b"".join(b"1\r\n" + body[i:i + 1] + b"\r\n" for i in range(len(body)))
+    [resp] = await exchange(server, head + chunks + b"0\r\n\r\n")
+    assert resp.status == 200
+    assert seen == [body]
+    assert _Connection  # the connection class charged 10 240 chunks without re-summing
+
+
+async def test_pipelined_requests_across_parse_slices_are_all_answered_in_order(
+    server: Server,
+) -> None:
+    # 300 requests (~30 KB) in one write: parsed 8 KiB at a time, paused at max_pipelined
+    raw = [request(f"/api/{i}", {"x-api-key": KEY} if i % 3 else None) for i in range(300)]
+    responses = await exchange(server, *raw)
+    assert [r.status for r in responses] == [401 if i % 3 == 0 else 200 for i in range(300)]
+
+
+async def test_connections_beyond_the_cap_are_refused_and_counted(bounded: Server) -> None:
+    port = bounded.http_authz_port
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            writer.write(request("/api/a", {"x-api-key": KEY}))
+            await writer.drain()
+            await read_response(reader)
+        refused = bounded.metrics.connections_refused.labels("http_authz")._value.get()
+        assert refused == 1
+        assert bounded.metrics.connections.labels("http_authz")._value.get() == 3
+    finally:
+        writer.close()
+        for _, w in held:
+            w.close()
+    await asyncio.sleep(0.1)
+    [resp] = await exchange(bounded, request("/api/a", {"x-api-key": KEY}))  # room again
+    assert resp.status == 200
+
+
+async def test_requests_held_over_the_server_budget_are_503_and_closed(bounded: Server) -> None:
+    port = bounded.http_authz_port
+    head = (f"POST /check/api/x HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\n"
+            "content-length: 40000\r\n\r\n").encode()
+    first_r, first = await asyncio.open_connection("127.0.0.1", port)
+    second_r, second = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        first.write(head + b"a" * 30_000)  # held: 30 KB of the 50 KB budget
+        await first.drain()
+        await asyncio.sleep(0.05)
+        second.write(head + b"b" * 30_000)  # would hold 60 KB
+        resp = await read_response(second_r)
+        assert resp.status == 503
+        assert await asyncio.wait_for(second_r.read(), 5) == b""
+        assert _closed(bounded, "buffer_budget") == 1
+        first.write(b"a" * 10_000)  # the first one completes normally
+        assert (await read_response(first_r)).status == 200
+        assert bounded.http_authz.buffered == 0  # type: ignore[union-attr]
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_slow_head_and_idle_connections_are_closed_at_their_deadlines(
+    bounded: Server,
+) -> None:
+    port = bounded.http_authz_port
+    slow_r, slow = await asyncio.open_connection("127.0.0.1", port)
+    idle_r, idle = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        slow.write(b"GET /check/api/x HTTP/1.1\r\nhost: a\r\n")  # never finished
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(slow_r.read(), 5) == b""
+        slow_after = asyncio.get_running_loop().time() - started
+        assert await asyncio.wait_for(idle_r.read(), 5) == b""
+        idle_after = asyncio.get_running_loop().time() - started
+    finally:
+        slow.close()
+        idle.close()
+    # head_timeout 0.4 s, idle_timeout 0.6 s, sweeps every 0.1 s
+    assert 0.3 < slow_after < 1.5 and 0.5 < idle_after < 2.0
+    assert _closed(bounded, "head_timeout") == 1
+    assert _closed(bounded, "idle_timeout") == 1
+
+
+@pytest.fixture
+async def unread(tmp_path: Path) -> AsyncIterator[Server]:
+    async with bounded_server(tmp_path, idle_timeout=0.6) as srv:
+        yield srv
+
+
+async def test_answers_left_unread_pause_reading_and_the_connection_is_aborted(
+    unread: Server,
+) -> None:
+    bounded = unread
+    port = bounded.http_authz_port
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    payload = request("/api/a", {"x-api-key": KEY}) * 200_000
+    sent = 0
+    loop = asyncio.get_running_loop()
+    stalled_at = loop.time()
+    while loop.time() - stalled_at < 0.5 and sent < len(payload):
+        try:
+            sent += sock.send(payload[sent:sent + 65536])
+            stalled_at = loop.time()
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+        except ConnectionResetError:  # already aborted for its unread answers
+            break
+    try:
+        assert sent < len(payload)  # pushed back: the server stopped reading
+        assert bounded.metrics.reading_paused.labels("http_authz")._value.get() >= 1
+        for _ in range(60):  # idle_timeout 0.6 s after the answers stopped being read
+            if _closed(bounded, "unread_output") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert _closed(bounded, "unread_output") == 1
+        await asyncio.sleep(0.05)
+        assert bounded.http_authz.buffered == 0  # type: ignore[union-attr]  # all given back
+    finally:
+        sock.close()
+
+
+async def test_over_the_budget_a_request_within_its_fair_share_still_passes(
+    bounded: Server,
+) -> None:
+    port = bounded.http_authz_port
+    head = (f"POST /check/api/x HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\n"
+            "content-length: 40000\r\n\r\n").encode()
+    slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    try:
+        for _, writer in slow:  # 2 x 24 KB held of the 50 KB budget, never finished
+            writer.write(head + b"s" * 24_000)
+            await writer.drain()
+        await asyncio.sleep(0.05)
+        # 3 KB more crosses the budget, but this connection holds far less than a third of it
+        [resp] = await exchange(bounded, request("/api/a", {"x-api-key": KEY},
+                                                 method="POST", body=b"x" * 3_000))
+        assert resp.status == 200
+        assert _closed(bounded, "buffer_budget") == 0
+    finally:
+        for _, writer in slow:
+            writer.close()

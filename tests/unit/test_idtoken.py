@@ -328,3 +328,11 @@ def test_cli_generates_a_0600_key_and_exports_the_jwks(
     (jwk,) = json.loads(capsys.readouterr().out)["keys"]
     assert jwk["kty"] == "OKP" and jwk["kid"] == parse_private_key(key.read_bytes()).kid
     assert "d" not in jwk
+
+
+async def test_a_client_sent_token_is_removed_in_every_spelling(tmp_path: Path) -> None:
+    snap = build(tmp_path, config(f"[{{file: {write_key(tmp_path, 'k.pem')}}}]",
+                                  settings_extra="    header: X-Upstream-Identity"))
+    spellings = ("x_upstream_identity", "x-upstream.identity", "x.upstream_identity")
+    d = await allowed(Engine(Metrics(), snap), "/v1/other", **dict.fromkeys(spellings, "forged"))
+    assert set(spellings) <= set(d.remove_headers)

@@ -14,6 +14,7 @@ import pytest
 
 from extauthz.authn.jwks import (
     MAX_DOCUMENT_BYTES,
+    MAX_KEYS_PER_KID,
     RemoteJwks,
     b64url_decode,
     discovery_url,
@@ -140,16 +141,27 @@ def test_parse_skips_keys_not_usable_with_pinned_algorithms() -> None:
 
 
 def test_parse_duplicates() -> None:
+    # the same key twice is kept once; another key under the same kid is a candidate too
     same_kid = rsa_key("k1-again")
     doc = jwks(K1, K1, {**same_kid.public_jwk(), "kid": "k1"})
     keyset = parse_jwks(doc, ["RS256"])
-    assert len(keyset.keys) == 1
-    assert keyset.lookup("k1", "RS256") is not None
-    assert keyset.lookup("k1", "RS256").public_key.public_numbers() == (  # type: ignore[union-attr]
+    assert len(keyset.keys) == 2
+    first, second = keyset.candidates("k1", "RS256")
+    assert first.public_key.public_numbers() == (  # type: ignore[union-attr]
         K1.private_key.public_key().public_numbers()  # type: ignore[union-attr]
     )
-    assert "duplicate key" in keyset.skipped[0]
-    assert "duplicate 'kid'" in keyset.skipped[1]
+    assert second.public_key.public_numbers() == (  # type: ignore[union-attr]
+        same_kid.private_key.public_key().public_numbers()  # type: ignore[union-attr]
+    )
+    assert keyset.lookup("k1", "RS256") is first
+    assert keyset.skipped == ("keys[1] (kid 'k1'): duplicate key",)
+
+
+def test_duplicate_kid_candidates_are_bounded() -> None:
+    keys = [{**ec_key(f"e{i}").public_jwk(), "kid": "dup"} for i in range(MAX_KEYS_PER_KID + 2)]
+    keyset = parse_jwks({"keys": keys}, ["ES256"])
+    assert len(keyset.candidates("dup", "ES256")) == MAX_KEYS_PER_KID
+    assert len(keyset.skipped) == 2 and "more than" in keyset.skipped[0]
 
 
 @pytest.mark.parametrize("doc", [[], {"keys": {}}, {"keys": "x"}, {}, "keys", None])
@@ -552,3 +564,17 @@ async def test_close_without_start_and_refetch_after_close(idp: FakeIdP) -> None
     await authn.close()
     assert not await authn.jwks.refetch()
     assert idp.jwks_hits == 0
+
+
+async def test_discovery_failing_later_refreshes_from_the_last_good_jwks_uri(
+    idp: FakeIdP,
+) -> None:
+    """Issue 13.4: the last good discovery result is kept. When only the discovery document
+    fails (here it names another issuer), keys still come from the jwks_uri discovered before."""
+    metrics, clock = Metrics(), FixedClock(NOW)
+    async with running(remote_spec(idp.issuer, {"discovery": True}), clock, metrics) as authn:
+        idp.discovery_issuer = "https://evil.example.com"
+        idp.jwks = jwks(K1, K2)  # a rotation
+        assert await authn.jwks.refresh()
+        assert idp.discovery_hits == 2 and idp.jwks_hits == 2
+        assert (await verify(authn, token(K2, idp.issuer))).key_id == "k2"

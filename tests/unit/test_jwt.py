@@ -584,6 +584,8 @@ async def test_claims_to_headers() -> None:
         "x-auth-tenant": "t-1",
         "x-auth-admin": "true",
         "x-auth-level": "3",
+        # kept as is: the pipeline denies it (identity_not_representable), never drops it
+        "x-auth-evil": "a\r\nx-injected: 1",
     }
 
 
@@ -593,7 +595,8 @@ def test_render_claim() -> None:
     assert render_claim(["a", {"b": 1}, 2]) == 'a,{"b":1},2'
     assert render_claim("é") == "é"
     assert render_claim("tab\tok") == "tab\tok"
-    assert render_claim("nul\x00") is None
+    # not dropped (that would allow without the header): the pipeline denies it
+    assert render_claim("nul\x00") == "nul\x00"
 
 
 # ---------------------------------------------------------------------------------------- sources
@@ -813,3 +816,53 @@ async def test_cache_disabled() -> None:
     second = await auth(authn, token)
     assert first is not second and first == second
     assert sample(metrics, "extauthz_cache_requests_total", cache="jwt", result="hit") == 0
+
+
+# ------------------------------------------------------------------------------ typ (issue 14.7)
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "jwt", "at+jwt", "AT+JWT", "application/at+jwt",
+                                 "application/JWT"])
+async def test_typ_absent_or_an_access_token_type_is_accepted(typ: str | None) -> None:
+    key = rsa_key()
+    await auth(build([key]), mint(key, claims(now=NOW), headers={"typ": typ}))
+
+
+@pytest.mark.parametrize("typ", ["JWE", "foo", "secevent+jwt", "id+jwt", "application/jose",
+                                 "", 7, ["JWT"], "JWT ", "text/jwt"])
+async def test_attack_token_of_another_type_is_refused(typ: object) -> None:
+    key = rsa_key()
+    token = mint(key, claims(now=NOW), headers={"typ": typ})
+    if typ == "JWT ":  # surrounding whitespace is normalized away: same type
+        await auth(build([key]), token)
+        return
+    err = await rejects(build([key]), token, Reason.INVALID_TOKEN)
+    assert err.description == "token type not accepted"
+
+
+async def test_typ_list_and_require_typ_are_configurable() -> None:
+    key = rsa_key()
+    authn = build([key], typ=["at+jwt"], require_typ=True)
+    await auth(authn, mint(key, claims(now=NOW), headers={"typ": "application/at+jwt"}))
+    await rejects(authn, mint(key, claims(now=NOW), headers={"typ": "JWT"}), Reason.INVALID_TOKEN)
+    await rejects(authn, mint(key, claims(now=NOW), headers={"typ": None}), Reason.INVALID_TOKEN)
+
+
+# ------------------------------------------------------------------- duplicate kid (issue 14.7)
+
+
+async def test_duplicate_kid_every_published_key_is_tried() -> None:
+    # rsa_key is cached per kid: three distinct keys, all published (or minted) as kid "k1"
+    first, second, impostor = rsa_key("k1"), rsa_key("k1-b"), rsa_key("k1-c")
+    authn = build([first, {**second.public_jwk(), "kid": "k1"}])
+    assert (await auth(authn, mint(first, claims(now=NOW)))).key_id == "k1"
+    assert (await auth(authn, mint(second, claims(now=NOW), kid="k1"))).key_id == "k1"
+    # not published: no key under the kid verifies it
+    await rejects(authn, mint(impostor, claims(now=NOW), kid="k1"), Reason.BAD_SIGNATURE)
+
+
+async def test_far_future_exp_without_max_lifetime_is_accepted_as_documented() -> None:
+    key = rsa_key()
+    far = claims(now=NOW, exp=NOW + 10 * 365 * 86400)
+    await auth(build([key]), mint(key, far))
+    await rejects(build([key], max_lifetime_seconds=3600), mint(key, far), Reason.INVALID_TOKEN)

@@ -136,5 +136,5 @@ routes:
         assert {e["level"] for e in events} == {"WARNING"}
     decisions = [json.loads(line) for line in stdout.read_text().splitlines()]
     assert [d["reason"] for d in decisions] == ["invalid_api_key"]
-    assert decisions[0]["path"] == "/x?sig="
+    assert decisions[0]["path"] == "/x"  # no part of the query string (issue 12)
     assert "eak_wrong" not in stderr.read_text() + stdout.read_text()

@@ -15,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extauthz.authn.mtls import MtlsAuthenticator, cert_thumbprint_s256, parse_spiffe_id
+from extauthz.authn.xfcc_trust import XfccModel
 from extauthz.clock import FixedClock
 from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import MtlsSpec
-from extauthz.decision import GrpcCode, Outcome
+from extauthz.decision import GrpcCode, Outcome, from_error
 from extauthz.errors import AuthenticationError, AuthorizationError, Reason
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
@@ -59,6 +60,8 @@ async def refused(auth: MtlsAuthenticator, v: RequestView) -> AuthenticationErro
     with pytest.raises(AuthenticationError) as info:
         await auth.authenticate(v)
     assert info.value.authenticator == "mtls"
+    decision = from_error(info.value, "r")
+    assert (decision.http_status, decision.grpc_code) == (401, GrpcCode.UNAUTHENTICATED)
     return info.value
 
 
@@ -272,11 +275,14 @@ async def test_a_repeated_presentation_is_not_parsed_again(
     loads: list[str] = []
     real = auth._load_pem
     monkeypatch.setattr(auth, "_load_pem", lambda pem, what: loads.append(what) or real(pem, what))
-    header = xfcc_for(LEAF, uri=SVID)
+    real_read = XfccModel.read
+    monkeypatch.setattr(XfccModel, "read",
+                        lambda self, header: loads.append("XFCC") or real_read(self, header))
+    header = xfcc_for(LEAF)
     for _ in range(3):
         assert (await auth.authenticate(xfcc_view(header))).subject == SVID  # type: ignore[union-attr]
         assert (await auth.authenticate(peer(LEAF))).subject == SVID  # type: ignore[union-attr]
-    assert loads == ["XFCC Cert", "peer certificate"]  # once per distinct presentation
+    assert loads == ["XFCC", "peer certificate"]  # once per distinct presentation
     # the same peer certificate with an XFCC header beside it is another presentation
     assert await auth.authenticate(peer(LEAF, headers={"x-forwarded-client-cert": header}))
     assert len(loads) > 2
@@ -322,49 +328,52 @@ async def test_xfcc_chain_supplies_intermediates(tmp_path: Path) -> None:
     assert await auth.authenticate(without) is not None
 
 
-async def test_xfcc_uses_the_last_element(tmp_path: Path) -> None:
+async def test_xfcc_element_count_must_fit_the_model(tmp_path: Path) -> None:
+    # One SANITIZE_SET Envoy (xfcc: true): exactly one element; an extra one in either place
+    # (client-sent and forwarded by a misconfigured proxy, or an unknown hop) is refused.
     auth = make(tmp_path, xfcc=True)
     forged = OTHER_ROOT.issue(uris=["spiffe://example.org/ns/admin/sa/root"], now=NOW)
-    # A client-supplied element first, the nearest proxy's last: the proxy's counts.
-    identity = await auth.authenticate(xfcc_view(xfcc_for(forged) + "," + xfcc_for(LEAF)))
-    assert identity is not None and identity.subject == SVID
-    # The other way round the forged one would be used, and it does not verify.
-    error = await refused(auth, xfcc_view(xfcc_for(LEAF) + "," + xfcc_for(forged)))
-    assert error.reason is Reason.UNTRUSTED_CERT
+    for header in (xfcc_for(forged) + "," + xfcc_for(LEAF), xfcc_for(LEAF) + "," + xfcc_for(forged),
+                   xfcc_for(LEAF) + "," + xfcc_for(LEAF)):
+        error = await refused(auth, xfcc_view(header))
+        assert error.reason is Reason.XFCC_MISMATCH, error.detail
 
 
 async def test_xfcc_without_cert_cannot_be_verified(tmp_path: Path) -> None:
     auth = make(tmp_path, xfcc=True)
     header = f"By=spiffe://example.org/edge;Hash={LEAF.sha256_hex};URI={SVID}"
     error = await refused(auth, xfcc_view(header))
-    assert error.reason is Reason.CERT_INVALID
-    assert "no certificate" in error.description
+    assert error.reason is Reason.XFCC_MISMATCH
+    assert "no Cert" in error.detail
 
 
 async def test_xfcc_hash_must_match_the_cert(tmp_path: Path) -> None:
     auth = make(tmp_path, xfcc=True)
-    header = xfcc_for(LEAF).replace(LEAF.sha256_hex, "00" * 32)
-    assert (await refused(auth, xfcc_view(header))).reason is Reason.CERT_INVALID
-    assert await auth.authenticate(xfcc_view(xfcc_for(LEAF).replace(
-        LEAF.sha256_hex, LEAF.sha256_hex.upper()))) is not None
+    for bad in ("00" * 32, LEAF.sha256_hex.upper()):  # Envoy writes lowercase hex
+        header = xfcc_for(LEAF).replace(LEAF.sha256_hex, bad)
+        assert (await refused(auth, xfcc_view(header))).reason is Reason.XFCC_MISMATCH
 
 
 @pytest.mark.parametrize("header", ["", "By=a;", 'Subject="open', "Cert=nonsense",
-                                    "Cert=" + url_encode(LEAF.pem + LEAF.pem)])
+                                    'Hash=' + "0" * 64 + ';Cert="' + url_encode(LEAF.pem + LEAF.pem)
+                                    + '"', "Cert=" + url_encode(LEAF.pem)])
 async def test_malformed_xfcc_is_refused(tmp_path: Path, header: str) -> None:
     auth = make(tmp_path, xfcc=True)
-    assert (await refused(auth, xfcc_view(header))).reason is Reason.CERT_INVALID
+    assert (await refused(auth, xfcc_view(header))).reason is Reason.XFCC_MISMATCH
 
 
-async def test_peer_certificate_wins_over_xfcc(tmp_path: Path) -> None:
+async def test_peer_certificate_and_xfcc_must_name_the_same_certificate(tmp_path: Path) -> None:
+    # One SANITIZE_SET Envoy writes both from the same connection: they agree, or the model
+    # does not describe the deployment (refused, whichever of the two is "right").
     auth = make(tmp_path, xfcc=True)
-    other = ROOT.issue(uris=["spiffe://example.org/ns/x/sa/other"], now=NOW)
-    identity = await auth.authenticate(xfcc_view(xfcc_for(other), LEAF))
+    identity = await auth.authenticate(xfcc_view(xfcc_for(LEAF), LEAF))
     assert identity is not None and identity.subject == SVID
-    # ... even when the XFCC is malformed or the peer certificate is the one that fails
-    assert await auth.authenticate(xfcc_view("garbage", LEAF)) is not None
+    other = ROOT.issue(uris=["spiffe://example.org/ns/x/sa/other"], now=NOW)
+    for header in (xfcc_for(other), "garbage", xfcc_for(LEAF) + "," + xfcc_for(LEAF)):
+        error = await refused(auth, xfcc_view(header, LEAF))
+        assert error.reason is Reason.XFCC_MISMATCH
     untrusted = OTHER_ROOT.issue(uris=[SVID], now=NOW)
-    error = await refused(auth, xfcc_view(xfcc_for(LEAF), untrusted))
+    error = await refused(auth, xfcc_view(xfcc_for(untrusted), untrusted))
     assert error.reason is Reason.UNTRUSTED_CERT
 
 
@@ -476,6 +485,8 @@ async def test_identity_carries_the_thumbprint(tmp_path: Path) -> None:
         ("spiffe://example.org/./a", None),
         ("spiffe://example.org/" + "a" * 2048, None),
         ("http://example.org/a", None),
+        ("spiffe://example.org/ns/a\n", None),  # "$" would have matched before the newline
+        ("spiffe://example.org\n", None),
     ],
 )
 def test_parse_spiffe_id(value: str, parsed: tuple[str, str] | None) -> None:
@@ -506,7 +517,7 @@ async def test_pipeline_statuses(tmp_path: Path) -> None:
                               registry={"mtls": MtlsAuthenticator.from_spec})
     engine = Engine(Metrics(), snapshot)
 
-    ok = await engine.check(peer(LEAF, headers={"x-forwarded-client-cert": "By=x",
+    ok = await engine.check(peer(LEAF, headers={"x-forwarded-client-cert": xfcc_for(LEAF),
                                                  "x-auth-spiffe-id": "spoofed"}))
     assert ok.outcome is Outcome.ALLOW and ok.grpc_code is GrpcCode.OK
     upstream = dict(ok.upstream_headers)
@@ -523,6 +534,14 @@ async def test_pipeline_statuses(tmp_path: Path) -> None:
     untrusted = await engine.check(peer(OTHER_ROOT.issue(uris=[SVID], now=NOW)))
     assert (untrusted.http_status, untrusted.grpc_code) == (401, GrpcCode.UNAUTHENTICATED)
     assert untrusted.reason is Reason.UNTRUSTED_CERT
+
+    mismatch = await engine.check(peer(LEAF, headers={
+        "x-forwarded-client-cert": xfcc_for(LEAF) + "," + xfcc_for(LEAF)}))
+    assert (mismatch.http_status, mismatch.grpc_code) == (401, GrpcCode.UNAUTHENTICATED)
+    assert mismatch.reason is Reason.XFCC_MISMATCH
+    assert ("www-authenticate", 'ClientCert realm="extauthz", error="invalid_certificate", '
+            'error_description="x-forwarded-client-cert does not fit the trust model"'
+            ) in mismatch.response_headers
 
     forbidden = await engine.check(peer(svid("/ns/billing/sa/api")))
     assert (forbidden.http_status, forbidden.grpc_code) == (403, GrpcCode.PERMISSION_DENIED)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from extauthz.authn.apikey import ApiKeyAuthenticator
+from extauthz.authn.jwt import JwtAuthenticator
 from extauthz.config.compile import Snapshot, compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode, Outcome
@@ -15,7 +17,10 @@ from extauthz.errors import ConfigError, Reason
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.request import _parse_query
+from extauthz.types import AuthMethod, Identity
 from tests.support.builders import make_view
+from tests.support.tokens import ec_key, jwks
 
 KEY = "eak_pipeline-test-key-0123456789"
 RO_KEY = "eak_pipeline-readonly-key-987654"
@@ -233,3 +238,96 @@ async def test_client_sent_partial_body_header_not_forwarded(engine: Engine) -> 
     d = await engine.check(make_view("/v1/orders", headers={
         "x-api-key": KEY, "x-envoy-auth-partial-body": "true"}))
     assert d.allowed and "x-envoy-auth-partial-body" in d.remove_headers
+
+
+# -- identity header hygiene (issue 12.2, 11.7) ------------------------------------------------
+
+async def test_spoofed_identity_headers_removed_in_every_spelling(engine: Engine) -> None:
+    spoofed = {"x_auth_subject": "m", "X_Auth_Consumer": "m", "x-auth.subject": "m",
+               "x-auth_scopes": "m", "x-auth-admin": "m"}
+    for path, headers in (("/public/x", spoofed), ("/v1/orders", {**spoofed, "x-api-key": KEY})):
+        d = await engine.check(make_view(path, headers=headers))
+        assert d.allowed, d
+        # Envoy sends header names in lower case; those exact names are removed
+        assert {n.lower() for n in spoofed} <= set(d.remove_headers), d.remove_headers
+
+
+async def test_credential_header_spellings_removed(engine: Engine) -> None:
+    d = await engine.check(make_view("/v1/orders", headers={
+        "x-api-key": KEY, "x_api_key": KEY, "x-api.key": KEY}))
+    assert d.allowed
+    assert {"x-api-key", "x_api_key", "x-api.key"} <= set(d.remove_headers)
+
+
+async def test_every_configured_identity_header_is_reserved_on_every_route(tmp_path: Path) -> None:
+    # the JWT authenticator's claims_to_headers name is on no route, yet removed on all
+    text = CONFIG.replace("authenticators:\n", """authenticators:
+  idp:
+    jwt:
+      issuer: https://idp.example
+      audiences: [a]
+      algorithms: [ES256]
+      jwks: {inline: JWKS}
+      claims_to_headers: {tenant: x-tenant-id}
+""").replace("JWKS", json.dumps(jwks(ec_key())))
+    registry = {**REGISTRY, "jwt": JwtAuthenticator.from_spec}
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    engine = Engine(Metrics(), compile_config(load_config(path), Metrics(), registry=registry))
+    for view_path, extra in (("/public/x", {}), ("/v1/orders", {"x-api-key": KEY})):
+        d = await engine.check(make_view(view_path, headers={
+            **extra, "x-tenant-id": "m", "x_tenant_id": "m", "X-Tenant.Id": "m"}))
+        assert d.allowed
+        assert {"x-tenant-id", "x_tenant_id", "x-tenant.id"} <= set(d.remove_headers)
+
+
+async def test_cookie_and_query_credentials_removed_under_every_encoding(engine: Engine) -> None:
+    raw = f"page=2&api%5Fkey={KEY}&API.KEY=x"
+    view = make_view("/v1/orders", headers={"cookie": f"a=1; k={KEY}, K=x; b=2"},
+                     query=_parse_query(raw))
+    view = dataclasses.replace(view, raw_query=raw)
+    d = await engine.check(view)
+    assert d.allowed
+    assert set(d.remove_query) >= {"api%5Fkey", "api_key", "API.KEY"}
+    assert dict(d.upstream_headers)["cookie"] == "a=1; b=2"
+
+
+@pytest.mark.parametrize("method", list(AuthMethod))
+@pytest.mark.parametrize("where", ["subject", "consumer", "header", "scope"])
+@pytest.mark.parametrize("bad", ["a\r\nx-auth-admin: 1", "a\x00", "a\tb", "a\x85", "a\ud800"])
+async def test_unrepresentable_identity_denies_for_every_method(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, method: AuthMethod, where: str, bad: str
+) -> None:
+    identity = Identity(
+        method=method, authenticator="keys",
+        subject=bad if where == "subject" else "alice",
+        consumer=bad if where == "consumer" else "alice",
+        scopes=frozenset({bad if where == "scope" else "orders:read"}),
+        headers=(("x-auth-extra", bad if where == "header" else "ok"),))
+
+    async def authenticate(self: object, view: object) -> Identity:
+        return identity
+
+    monkeypatch.setattr(ApiKeyAuthenticator, "authenticate", authenticate)
+    d = await engine.check(make_view("/v1/orders", headers={"x-api-key": KEY}))
+    assert not d.allowed
+    assert (d.http_status, d.grpc_code, d.reason) == (
+        403, GrpcCode.PERMISSION_DENIED, Reason.IDENTITY_NOT_REPRESENTABLE)
+    assert json.loads(d.body)["reason"] == "identity_not_representable"
+    assert bad not in d.body
+
+
+async def test_utf8_identity_is_allowed(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def authenticate(self: object, view: object) -> Identity:
+        return Identity(method=AuthMethod.API_KEY, subject="zoë", authenticator="keys")
+
+    monkeypatch.setattr(ApiKeyAuthenticator, "authenticate", authenticate)
+    d = await engine.check(make_view("/v1/orders", headers={"x-api-key": KEY}))
+    assert d.allowed and dict(d.upstream_headers)["x-auth-subject"] == "zoë"
+
+
+async def test_cookie_that_cannot_be_rewritten_is_refused(engine: Engine) -> None:
+    d = await engine.check(make_view("/v1/orders", headers={
+        "x-api-key": KEY, "cookie": f"k={KEY}; x=\udcff"}))
+    assert (d.http_status, d.grpc_code, d.reason) == (
+        400, GrpcCode.INVALID_ARGUMENT, Reason.BAD_REQUEST)

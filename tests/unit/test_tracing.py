@@ -21,7 +21,7 @@ from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode, Outcome
 from extauthz.errors import ConfigError
-from extauthz.http_authz import _drive, _resume
+from extauthz.http_authz import _start_check
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.otel import OtelCheckTracer
@@ -199,10 +199,11 @@ async def test_outbound_calls_are_children_and_nothing_leaks_into_the_caller(
     monkeypatch.setattr(authenticator, "authenticate", authenticate)
     coro = engine.check(make_view("/v1/x", headers={"x-api-key": KEY,
                                                     "traceparent": HEADER_PARENT}))
-    done, awaited = _drive(coro)  # exactly what the HTTP transport does
-    assert not done
+    task = _start_check(coro)  # exactly what the HTTP transport does (a task per check)
+    assert not task.done()
     assert not trace.get_current_span().get_span_context().is_valid  # no leak
-    decision = await _resume(coro, awaited)
+    decision = await task
+    assert not trace.get_current_span().get_span_context().is_valid
     assert decision.outcome is Outcome.ALLOW
     child, check = spans.get_finished_spans()
     assert child.name == "introspection" and child.kind is trace.SpanKind.CLIENT

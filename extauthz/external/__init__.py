@@ -1,0 +1,1 @@
+"""External decision points (AuthZEN PDPs) and metadata lookups: docs/authzen.md."""

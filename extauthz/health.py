@@ -1,0 +1,75 @@
+"""The gRPC health service (``grpc.health.v1.Health``: Check and Watch) with a drain.
+
+Why not grpc_health's own servicer: its ``Watch`` streams never end, so a stopping server
+waited its whole grace period for every open Watch (issue 13.9: SIGTERM took the full
+``--grace-seconds`` while Envoy or a prober watched health). Here :meth:`HealthService.end`
+(called on SIGTERM after NOT_SERVING was announced) lets every Watch send that last status and
+finish with OK; a watcher whose client does not read is cancelled after a short bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """Serving status per service name; Watch streams that end when the server drains."""
+
+    def __init__(self) -> None:
+        self._status: dict[str, Any] = {"": SERVING}
+        #: one event per open Watch, set on every status change and on end()
+        self._watches: dict[asyncio.Event, asyncio.Task[Any] | None] = {}
+        self._ended = False
+
+    async def set(self, service: str, status: Any) -> None:
+        """Set the status of ``service`` and wake its watchers (ignored after :meth:`end`)."""
+        if self._ended:
+            return
+        self._status[service] = status
+        for event in self._watches:
+            event.set()
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        changed = asyncio.Event()
+        self._watches[changed] = asyncio.current_task()
+        try:
+            last = None
+            while True:
+                changed.clear()
+                status = self._status.get(request.service, SERVICE_UNKNOWN)
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                if self._ended:
+                    return  # the stream ends with OK right after its last status
+                await changed.wait()
+        finally:
+            del self._watches[changed]
+
+    async def end(self, timeout: float = 1.0) -> None:
+        """End every Watch stream: each sends the current status (NOT_SERVING when draining)
+        and finishes; those still running after ``timeout`` (a client that does not read) are
+        cancelled. Later :meth:`set` calls are ignored."""
+        self._ended = True
+        for event in self._watches:
+            event.set()
+        tasks = {t for t in self._watches.values() if t is not None}
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=timeout)
+        for task in stuck:
+            task.cancel()
