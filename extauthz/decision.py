@@ -10,6 +10,7 @@ Mapping (the only one in the code base)::
     AuthorizationError                      403  PERMISSION_DENIED  its reason
     BadRequestError                         400  INVALID_ARGUMENT   its reason
     TooManyAttempts                         429  RESOURCE_EXHAUSTED its reason (+ Retry-After)
+    rate limit exhausted (ratelimit/)       429  RESOURCE_EXHAUSTED rate_limited (+ RateLimit)
     DependencyUnavailable                   503  UNAVAILABLE        its reason
     any other exception                     503  UNAVAILABLE        internal_error
 """
@@ -71,8 +72,9 @@ class Decision:
     """The answer to one check.
 
     On allow: ``upstream_headers`` are set on the request (overwriting), ``remove_headers`` are
-    removed from it, ``remove_query`` parameters are dropped. On deny: ``http_status``,
-    ``response_headers`` (challenges, content type) and ``body`` are what the client gets.
+    removed from it, ``remove_query`` parameters are dropped, ``response_headers`` are added to
+    the upstream's response. On deny: ``http_status``, ``response_headers`` (challenges, content
+    type) and ``body`` are what the client gets.
     """
 
     outcome: Outcome
@@ -90,6 +92,10 @@ class Decision:
     dynamic_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY_META)
     #: the policy rule that denied (its configuration path, e.g. ``rules[2]``), for logs
     rule: str = ""
+    #: each rate limit that applied: its result and remaining quota (decision log; see
+    #: :mod:`extauthz.ratelimit.limiter`). On allow, ``response_headers`` are added to the
+    #: client's response (RateLimit fields)
+    rate_limit: Mapping[str, Any] = field(default_factory=lambda: _EMPTY_META)
     #: what AuthZEN PDPs answered (pdp, rule, decision, context), for the decision log
     pdp: tuple[Mapping[str, Any], ...] = ()
 

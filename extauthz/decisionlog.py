@@ -86,6 +86,8 @@ def record(view: RequestView | None, decision: Decision, latency_s: float,
     }
     if decision.rule:
         rec["rule"] = decision.rule
+    if decision.rate_limit:
+        rec["rate_limit"] = dict(decision.rate_limit)
     if decision.pdp:  # PDP answers: names, booleans and the PDP's bounded context
         rec["pdp"] = [dict(answer) for answer in decision.pdp]
     identity = decision.identity

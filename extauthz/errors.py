@@ -101,6 +101,10 @@ class Reason(enum.StrEnum):
     #: max_signature_components (401)
     CREDENTIAL_TOO_LARGE = "credential_too_large"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
+    #: a rate limit (rate_limiting.limits) is exhausted (429 + Retry-After + RateLimit fields)
+    RATE_LIMITED = "rate_limited"
+    #: a fail-closed rate limit's Redis is unreachable (503)
+    RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     JWKS_UNAVAILABLE = "jwks_unavailable"
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
     #: Redis (settings.redis) unreachable, or the revocation lists too stale: fail closed (503)

@@ -55,6 +55,8 @@ class Trace:
     rules: list[RuleResult] = field(default_factory=list)
     shadow: bool = False
     notes: list[str] = field(default_factory=list)
+    #: each rate limit that applied, with its windows' state (extauthz.ratelimit.limiter)
+    rate_limits: list[dict[str, Any]] = field(default_factory=list)
 
     def select_route(self, table: RouteTable, route_key: str, view: RequestView,
                      match: RouteMatch | None) -> None:
@@ -95,6 +97,7 @@ class Trace:
             "rules": [r.to_json() for r in self.rules],
             "shadow": self.shadow,
             "notes": list(self.notes),
+            "rate_limits": list(self.rate_limits),
         }
 
     def render(self) -> str:

@@ -321,6 +321,8 @@ def render(decision: Decision, keep_alive: bool, head: bool = False,
         lines.extend(f"{k}: {v}" for k, v in decision.upstream_headers)
         if decision.remove_headers:
             lines.append(f"{REMOVE_HEADER}: " + ",".join(decision.remove_headers))
+        # for the client's response (RateLimit fields): allowed_client_headers_on_success
+        lines.extend(f"{k}: {v}" for k, v in decision.response_headers)
         if metadata and decision.dynamic_metadata:
             lines.extend(_metadata_lines(decision.dynamic_metadata))
     else:

@@ -1,4 +1,4 @@
-"""The check pipeline: RequestView -> route -> authenticate -> authorize -> Decision.
+"""The check pipeline: RequestView -> route -> authenticate -> authorize -> rate limits -> Decision.
 
 :class:`Engine` holds a reference to the current :class:`Snapshot`; a check reads it once, so a
 reload (which swaps the reference) never mixes two configurations within one request.
@@ -125,7 +125,8 @@ class Engine:
         route = match.route
         try:
             if route.public:
-                return self._allow(snapshot, route, None, view)
+                return await _limited(snapshot, self._allow(snapshot, route, None, view), view,
+                                      match.params, trace)
             _check_credential_size(route, view, limits, trace)
             if route.require_all:
                 identity, missing = await self._authenticate_all(route, view, trace)
@@ -147,8 +148,9 @@ class Engine:
             except AuthorizationError as exc:
                 rule = getattr(exc, "rule", "")
                 if route.policy.shadow:
-                    return _with_pdp(self._allow(snapshot, route, identity, view, shadow=exc),
-                                     resolved)
+                    return _with_pdp(await _limited(
+                        snapshot, self._allow(snapshot, route, identity, view, shadow=exc),
+                        view, match.params, trace), resolved)
                 denied = from_error(exc, route.name, request_id=view.request_id,
                                     identity=identity,
                                     challenges=_forbidden_challenges(snapshot, identity, exc))
@@ -157,7 +159,8 @@ class Engine:
             except DependencyUnavailable as exc:  # a PDP that could not answer (fail closed)
                 return _with_pdp(from_error(exc, route.name, request_id=view.request_id),
                                  resolved)
-            return _with_pdp(self._allow(snapshot, route, identity, view), resolved)
+            return _with_pdp(await _limited(snapshot, self._allow(snapshot, route, identity, view),
+                                            view, match.params, trace), resolved)
         except AuthenticationError as exc:
             return from_error(exc, route.name, request_id=view.request_id,
                               challenges=_invalid_challenges(route, exc))
@@ -345,6 +348,14 @@ class Engine:
             dynamic_metadata=metadata,
             rule=rule,
         )
+
+
+async def _limited(snapshot: Snapshot, decision: Decision, view: RequestView,
+                   params: Mapping[str, str], trace: Trace | None) -> Decision:
+    """The rate limits of ``snapshot`` (if any) on an allowed decision: it, or a 429/503."""
+    if snapshot.rate_limits is None:
+        return decision
+    return await snapshot.rate_limits.apply(decision, view, params, trace)
 
 
 def _with_pdp(decision: Decision, resolved: Any) -> Decision:

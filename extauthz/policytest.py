@@ -25,6 +25,7 @@ A test file (YAML; a directory is searched recursively for ``*_test.yaml`` / ``*
         removed: [authorization]      # headers removed before the upstream sees the request
         removed_query: [api_key]
         response_headers: {www-authenticate: 'Bearer realm="extauthz"'}
+      repeat: 1                       # send it N times, compare the last (e.g. a 429)
 
 Minting JWTs: for each authenticator named in ``mint_jwt`` the runner generates a fresh key pair
 (of the first algorithm the authenticator allows) and replaces that authenticator's ``jwks`` with
@@ -111,6 +112,9 @@ class Case(_Model):
     name: str = Field(min_length=1)
     request: dict[str, Any]
     expect: Expect
+    #: send the request this many times and compare the last decision (rate limits: the
+    #: engine, and its in-memory counts, live for the whole file)
+    repeat: int = Field(default=1, ge=1, le=100_000)
 
 
 class TestFile(_Model):
@@ -327,8 +331,11 @@ async def run_file(path: Path, name_filter: re.Pattern[str] | None = None) -> Fi
             except ValueError as exc:
                 result.cases.append(CaseResult(case.name, [f"tests[{i}].request.jwt: {exc}"]))
                 continue
+            check_request = build_check_request(request)
+            for _ in range(case.repeat - 1):
+                await decide_traced(engine, check_request, None)
             trace = Trace()
-            decision = await decide_traced(engine, build_check_request(request), trace)
+            decision = await decide_traced(engine, check_request, trace)
             failures = compare(case.expect, decision)
             result.cases.append(CaseResult(case.name, failures,
                                            trace.render() if failures else ""))

@@ -48,6 +48,10 @@ def to_check_response(decision: Decision) -> Any:
             h for h in decision.remove_headers if not h.startswith(":") and h not in _UNREMOVABLE
         )
         ok.query_parameters_to_remove.extend(decision.remove_query)
+        # RateLimit fields for the client: append_action is honoured here, and its default
+        # (APPEND_IF_EXISTS_OR_ADD) keeps an upstream's own RateLimit items next to ours
+        ok.response_headers_to_add.extend(
+            _header(k, v, append=True) for k, v in decision.response_headers)
     else:
         response.status.message = decision.reason.value
         denied = response.denied_response

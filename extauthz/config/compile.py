@@ -29,6 +29,8 @@ from extauthz.external.stage import ExternalHub
 from extauthz.idtoken import IdentityTokens, build_identity_tokens
 from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundPolicy
+from extauthz.ratelimit.compile import build_rate_limiter
+from extauthz.ratelimit.limiter import RateLimiter
 from extauthz.routing import HostMatcher, PathMatcher, Route, RouteTable, compile_template
 from extauthz.state.redis import StateHub
 from extauthz.state.snapshot import SnapshotState, build_state
@@ -49,6 +51,8 @@ class Snapshot:
     files: tuple[Path, ...] = ()
     #: shared state (Redis client, revocation lists); started and closed with the snapshot
     state: SnapshotState | None = None
+    #: rate limits (rate_limiting); None when nothing is limited
+    rate_limits: RateLimiter | None = None
     #: AuthZEN PDPs and metadata lookups (their sessions close with the snapshot)
     external: ExternalHub | None = None
     #: the signed identity token (``settings.identity_token``); None when off
@@ -58,6 +62,8 @@ class Snapshot:
         """Start background work of every authenticator (JWKS refresh, ...)."""
         if self.state is not None:
             await self.state.start()
+        if self.rate_limits is not None:
+            await self.rate_limits.start()
         await asyncio.gather(*(a.start() for a in self.authenticators.values()))
 
     def adopt_outbound_state(self, previous: Snapshot) -> None:
@@ -82,6 +88,8 @@ class Snapshot:
         An authenticator that defines ``inherit_state(previous)`` receives the authenticator of
         the same name and kind from the snapshot it replaces. Called before the old one closes.
         """
+        if self.rate_limits is not None and previous.rate_limits is not None:
+            self.rate_limits.inherit(previous.rate_limits)
         for name, authenticator in self.authenticators.items():
             old = previous.authenticators.get(name)
             inherit = getattr(authenticator, "inherit_state", None)
@@ -96,6 +104,8 @@ class Snapshot:
         for result in results:
             if isinstance(result, BaseException):
                 log.warning("error while closing an authenticator: %s", type(result).__name__)
+        if self.rate_limits is not None:
+            await self.rate_limits.close()
         if self.external is not None:
             await self.external.close()
         if self.state is not None:
@@ -232,6 +242,7 @@ class _Compiler:
                 route = self._route(spec, where)
                 if route is not None:
                     routes.append(route)
+        rate_limits, rate_limit_files = self._rate_limits()
         tokens = build_identity_tokens(self.settings.identity_token, token_routes,
                                        self.loaded.path.parent, self.issues, clock=self.ctx.clock,
                                        identity_prefix=self.settings.identity_header_prefix,
@@ -245,10 +256,27 @@ class _Compiler:
             digest=self.loaded.digest,
             source=str(self.loaded.path),
             files=(self.loaded.files + self._authenticator_files() + self.state.files()
-                   + (tokens.files if tokens is not None else ())),
+                   + rate_limit_files + (tokens.files if tokens is not None else ())),
             state=self.state,
+            rate_limits=rate_limits,
             external=None if self.external.empty else self.external,
             identity_tokens=tokens,
+        )
+
+    def _rate_limits(self) -> tuple[RateLimiter | None, tuple[Path, ...]]:
+        """``rate_limiting`` and the ``limits``/``plan`` of routes and consumers."""
+        consumers = []
+        routes = []
+        for source, part in self._parts():
+            for i, consumer in enumerate(part.consumers):  # type: ignore[attr-defined]
+                consumers.append((_where(source, f"consumers[{i}]"), consumer))
+            for i, spec in enumerate(part.routes):  # type: ignore[attr-defined]
+                routes.append((_where(source, f"routes[{i}]"), spec.name, spec.limits,
+                               spec.public))
+        return build_rate_limiter(
+            self.loaded.main.rate_limiting, consumers=consumers, routes=routes,
+            fallback_redis=self.settings.redis, base_dir=self.loaded.path.parent,
+            metrics=self.ctx.metrics, issues=self.issues,
         )
 
     def _authenticator_files(self) -> tuple[Path, ...]:

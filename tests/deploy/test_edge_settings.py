@@ -89,7 +89,7 @@ def test_every_shipped_envoy_config_is_found() -> None:
     names = {str(p.relative_to(DEPLOY)) for p in ENVOY_FILES}
     assert names == {
         "envoy/envoy.yaml", "envoy/envoy-http-authz.yaml", "envoy/envoy-body.yaml",
-        "envoy/envoy-mtls.yaml", "k8s/base/envoy/envoy.yaml",
+        "envoy/envoy-mtls.yaml", "envoy/envoy-ratelimit.yaml", "k8s/base/envoy/envoy.yaml",
         "k8s/overlays/multi-worker/envoy.yaml", "k8s/overlays/shared/envoy.yaml",
     }  # fmt: skip
     # ...and no Envoy configuration hides in the docs either

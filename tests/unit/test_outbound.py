@@ -375,13 +375,16 @@ async def test_trust_env_routes_fetches_through_https_proxy_settings(
 
 
 def _envoy_timeouts() -> list[float]:
+    """The ext_authz call timeout of every shipped Envoy config (gRPC or HTTP service); other
+    filters' timeouts (e.g. the rate limit filter's in envoy-ratelimit.yaml) are not its."""
+    from extauthz.demo.envoy import _ext_authz_filters
+
     found: list[float] = []
     for path in sorted((REPO / "deploy" / "envoy").glob("*.yaml")):
-        text = path.read_text()
-        for line in text.splitlines():
-            stripped = line.strip()
-            if stripped.startswith("timeout:") and stripped.endswith("s"):
-                found.append(float(stripped.split(":", 1)[1].strip()[:-1]))
+        for ext_authz in _ext_authz_filters(yaml.safe_load(path.read_text())):
+            config = ext_authz["typed_config"]
+            service = config.get("grpc_service") or config["http_service"]["server_uri"]
+            found.append(float(str(service["timeout"]).removesuffix("s")))
     return found
 
 
