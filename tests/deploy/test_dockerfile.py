@@ -1,16 +1,20 @@
-"""The Dockerfile, tested without a container engine: its structure, that everything it copies
-exists and is in the build context, and that what it runs works — the package installed the way
-the builder stage installs it (a wheel in a fresh virtual environment), its ENTRYPOINT + CMD, and
-its HEALTHCHECK command against a live server."""
+"""The Dockerfile, tested without a container engine: its structure (digest-pinned base, hashed
+lock, no pip in the final image, OCI labels), that everything it copies exists and is in the build
+context, and that what it runs works — the builder stage's RUN commands executed for real against
+a copy of the build context (locked wheels with --require-hashes into a venv without pip, the
+extauthz wheel built with the locked backend), its ENTRYPOINT + CMD from that venv, and its
+HEALTHCHECK command against a live server on the port EXTAUTHZ_HTTP_ADDRESS names."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
+import re
 import shlex
 import subprocess
 import sys
-import sysconfig
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,18 +90,87 @@ def healthcheck_command() -> list[str]:
     return exec_form(command.strip())
 
 
+#: python:3.11[.x]-slim[-bookworm]@sha256:<64 hex>: a tag for humans, the digest for the builder
+PINNED_BASE = re.compile(r"^python:3\.11(\.\d+)?-slim(-bookworm)?@sha256:([0-9a-f]{64})$")
+
+
 def test_multi_stage_slim_final_image_without_build_tools() -> None:
     _, stages = parse()
     assert len(stages) >= 2
     builder, final = stages[0], stages[-1]
     assert builder.name == "builder"
-    assert final.base == "python:3.11-slim"
+    assert PINNED_BASE.match(final.base), f"base not pinned by digest: {final.base}"
     assert builder.base == final.base, "the venv's interpreter symlinks need the same base"
     run = " ".join(final.all("RUN"))
     for tool in ("build-essential", "gcc", "apt-get install", "pip install"):
         assert tool not in run, f"final stage installs {tool}"
     copies = final.all("COPY")
-    assert copies and all(c.startswith("--from=builder ") for c in copies), copies
+    assert copies == ["--from=builder /opt/extauthz /opt/extauthz"], copies
+
+
+def test_no_package_installer_in_the_final_image() -> None:
+    """The venv the final image copies is created without pip, and the base's own pip,
+    setuptools and wheel are uninstalled (then proven absent) in the final stage."""
+    _, stages = parse()
+    builder, final = stages[0], stages[-1]
+    builder_run = " ".join(builder.all("RUN"))
+    assert "python -m venv --without-pip /opt/extauthz" in builder_run
+    assert "/opt/extauthz/bin/pip " not in builder_run, "the image venv must never get a pip"
+    assert '! /opt/extauthz/bin/python -c "import pip"' in builder_run
+    final_run = " ".join(final.all("RUN"))
+    assert "python -m pip uninstall --yes --quiet pip setuptools wheel" in final_run
+    assert '! python -c "import pip"' in final_run, "the removal is verified in the build"
+
+
+def test_dependencies_come_from_the_hashed_lock_only() -> None:
+    """Every pip install in the builder is --require-hashes -r <lock> or --no-deps (extauthz
+    itself), wheels only; the extauthz wheel is built without build isolation (nothing unpinned
+    fetched), with the backend from requirements/build.txt."""
+    _, stages = parse()
+    builder = stages[0]
+    installs = [
+        cmd.strip()
+        for run in builder.all("RUN")
+        for cmd in run.split("&&")
+        if " install " in cmd or " wheel " in cmd
+    ]
+    assert installs
+    locks = []
+    for cmd in installs:
+        assert "--no-deps" in cmd, cmd
+        if " -r " in cmd:
+            assert "--require-hashes" in cmd and "--only-binary=:all:" in cmd, cmd
+            locks.append(cmd.split(" -r ")[1].split()[0])
+        elif " wheel " in cmd:
+            assert "--no-build-isolation" in cmd, cmd
+        else:
+            assert re.search(r"/wheels/extauthz-\*\.whl$", cmd), cmd
+    assert sorted(locks) == ["requirements/build.txt", "requirements/runtime.txt"]
+    for lock in locks:
+        text = (REPO / lock).read_text()
+        assert "--hash=sha256:" in text and "# Platform: CPython 3.11, linux x86_64" in text
+
+
+def test_oci_labels() -> None:
+    _, stages = parse()
+    final = stages[-1]
+    labels = dict(
+        (key, value)
+        for label in final.all("LABEL")
+        for key, _, value in (w.partition("=") for w in shlex.split(label))
+    )
+    for key in ("title", "description", "version", "revision", "licenses", "base.name",
+                "base.digest"):  # fmt: skip
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    digest = PINNED_BASE.match(final.base).group(3)  # type: ignore[union-attr]
+    assert labels["org.opencontainers.image.base.digest"] == f"sha256:{digest}"
+    tag = final.base.partition("@")[0]
+    assert labels["org.opencontainers.image.base.name"].endswith("/" + tag)
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "ARG VERSION=" + project["version"] in DOCKERFILE.read_text()
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
 
 
 def test_runs_as_the_manifests_non_root_user() -> None:
@@ -171,9 +244,22 @@ def test_cmd_uses_the_manifests_defaults() -> None:
     assert parsed.grace_seconds == float(flag(sidecar["args"], "--grace-seconds"))
     exposed = {int(p) for p in final.last("EXPOSE").split()}
     assert exposed == {9001, 9090}
-    # the health check asks the port CMD serves on
+    # the health check asks the port of EXTAUTHZ_HTTP_ADDRESS, which is what CMD serves on
+    assert final_env()["EXTAUTHZ_HTTP_ADDRESS"] == parsed.http_address
     health = healthcheck_command()
-    assert f"127.0.0.1:{parsed.http_address.rpartition(':')[2]}/healthz" in health[-1]
+    assert "os.environ.get('EXTAUTHZ_HTTP_ADDRESS'" in health[-1]
+    assert "9090" not in health[-1].replace("':9090'", ""), "the only port is the default"
+
+
+def final_env() -> dict[str, str]:
+    """The final stage's ENV (KEY=value form)."""
+    _, stages = parse()
+    env: dict[str, str] = {}
+    for line in stages[-1].all("ENV"):
+        for word in shlex.split(line):
+            key, _, value = word.partition("=")
+            env[key] = value
+    return env
 
 
 def test_healthcheck_is_valid_python() -> None:
@@ -184,28 +270,41 @@ def test_healthcheck_is_valid_python() -> None:
 
 @pytest.fixture(scope="module")
 def image_like_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """extauthz installed as the builder installs it: built as a wheel (not editable) into a
-    fresh venv. Its dependencies come from the test environment through a .pth file (the image
-    gets them from PyPI; no network here)."""
+    """The builder stage run for real: its RUN commands, with /opt and /wheels moved into a
+    temporary directory, in a copy of the build context (only what the Dockerfile COPYs).
+    Packages come from the index pip is configured with (PyPI, or a local mirror); the
+    hashes in the lock decide whether they are accepted."""
     root = tmp_path_factory.mktemp("image")
-    wheels = root / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(wheels), str(REPO)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    venv = root / "opt-extauthz"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60
-    )
-    (wheel,) = wheels.glob("extauthz-*.whl")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-         "--quiet", "--no-deps", str(wheel)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    (site / "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    context = root / "src"
+    _, stages = parse()
+    builder = stages[0]
+    for copy in builder.all("COPY"):
+        *sources, _dest = [w for w in shlex.split(copy) if not w.startswith("--")]
+        for source in sources:
+            target = context / source
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, target,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+            else:
+                shutil.copy(REPO / source, target)
+    python_dir = root / "python-bin"
+    python_dir.mkdir()
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    (python_dir / "python").symlink_to(base)
+    env = {**os.environ, "PATH": f"{python_dir}:{os.environ['PATH']}"}
+    for name, _, value in (w.partition("=") for env_line in builder.all("ENV")
+                           for w in shlex.split(env_line)):  # fmt: skip
+        env[name] = value
+    for run in builder.all("RUN"):
+        command = run.replace("/opt/", f"{root}/opt/").replace("/wheels", f"{root}/wheels")
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command], cwd=context, env=env,
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    venv = root / "opt" / "extauthz"
+    assert not list(venv.glob("lib/python3*/site-packages/pip")), "pip in the image venv"
     return venv
 
 
@@ -243,12 +342,13 @@ def test_healthcheck_passes_against_a_running_server_and_fails_without_one(
         REPO / "deploy/k8s/components/extauthz-config/extauthz.yaml"
     )
     probe = healthcheck_command()
-    code = probe[2].replace("127.0.0.1:9090", f"127.0.0.1:{http_port}")
     python = str(image_like_venv / "bin" / "python")
+    # the image's ENV, with the test's port: the probe finds the port there, as in the image
+    env = {**os.environ, **final_env(), "EXTAUTHZ_HTTP_ADDRESS": f"127.0.0.1:{http_port}"}
 
     def health() -> int:
         return subprocess.run(
-            [python, "-c", code], capture_output=True, timeout=30, check=False
+            [python, "-c", probe[2]], capture_output=True, timeout=30, check=False, env=env
         ).returncode
 
     assert health() != 0, "healthy with nothing listening"
