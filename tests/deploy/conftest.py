@@ -32,13 +32,22 @@ SIDECAR_BUILDS = {
     "multi-worker": K8S / "overlays" / "multi-worker",
     "redis": K8S / "overlays" / "redis",
     "prometheus-operator": K8S / "overlays" / "prometheus-operator",
+    "prometheus-operator-multi-worker": K8S / "overlays" / "prometheus-operator-multi-worker",
 }
 STANDALONE_BUILDS = {
     "shared": K8S / "overlays" / "shared",
+    "prometheus-operator-shared": K8S / "overlays" / "prometheus-operator-shared",
     "istio": DEPLOY / "istio",
     "envoy-gateway": DEPLOY / "envoy-gateway",
 }
 BUILDS = {**SIDECAR_BUILDS, **STANDALONE_BUILDS}
+#: The builds for clusters with the Prometheus Operator (ServiceMonitor + PrometheusRule), one
+#: per layout, and the plain build each one monitors.
+MONITORED_BUILDS = {
+    "prometheus-operator": "base",
+    "prometheus-operator-shared": "shared",
+    "prometheus-operator-multi-worker": "multi-worker",
+}
 #: Builds whose pods run our Envoy (and so carry an envoy-config ConfigMap).
 ENVOY_BUILDS = {k: v for k, v in BUILDS.items() if k not in ("istio", "envoy-gateway")}
 

@@ -12,6 +12,7 @@ import yaml
 from .conftest import (
     BUILDS,
     K8S,
+    MONITORED_BUILDS,
     SIDECAR_BUILDS,
     STANDALONE_BUILDS,
     build,
@@ -37,7 +38,9 @@ K8S_VERSIONS = (
 
 #: Custom resources: no offline schema exists for them, so they are checked field by field
 #: in test_crds_have_required_fields and tests/deploy/test_mesh_gateway.py.
-CRD_KINDS = {"ServiceMonitor", "AuthorizationPolicy", "SecurityPolicy", "EnvoyFilter"}
+CRD_KINDS = {
+    "ServiceMonitor", "PrometheusRule", "AuthorizationPolicy", "SecurityPolicy", "EnvoyFilter"
+}
 
 EXTAUTHZ_IMAGE_PREFIX = "extauthz:"
 
@@ -90,7 +93,7 @@ def test_crds_have_required_fields() -> None:
 
 def test_no_custom_resource_in_the_plain_builds() -> None:
     """A cluster without the Prometheus Operator must be able to `kubectl apply -k` the base."""
-    for name in SIDECAR_BUILDS.keys() - {"prometheus-operator"}:
+    for name in SIDECAR_BUILDS.keys() - MONITORED_BUILDS.keys():
         assert not [o for o in build(name) if o["kind"] in CRD_KINDS], name
 
 
