@@ -12,9 +12,9 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 

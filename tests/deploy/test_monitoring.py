@@ -26,31 +26,37 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and selector.items() <= labels.items()
 
 
+def _pod_ports(
+    objs: tuple[dict[str, Any], ...], service: dict[str, Any], target: str | int
+) -> list[tuple[str, str, int]]:
+    """(deployment, container, containerPort) a Service port's targetPort reaches."""
+    found = []
+    for deployment in (o for o in objs if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]
+        if not _selects(service["spec"]["selector"], pod["metadata"]["labels"]):
+            continue
+        for container in pod["spec"]["containers"]:
+            for port in container.get("ports", []):
+                if target in (port.get("name"), port["containerPort"]):
+                    name = deployment["metadata"]["name"]
+                    found.append((name, container["name"], port["containerPort"]))
+    return found
+
+
 def scraped(objs: tuple[dict[str, Any], ...]) -> list[tuple[str, str, int]]:
     """(deployment, container, containerPort) for every target the ServiceMonitors produce,
     following the Prometheus Operator's rules: an endpoint's `port` names a Service port of the
     selected Services, whose targetPort names a container port of the Service's pods."""
     services = [o for o in objs if o["kind"] == "Service"]
-    deployments = [o for o in objs if o["kind"] == "Deployment"]
     targets = []
     for monitor in (o for o in objs if o["kind"] == "ServiceMonitor"):
         selector = monitor["spec"]["selector"]["matchLabels"]
+        selected = [s for s in services if _selects(selector, s["metadata"].get("labels", {}))]
         for endpoint in monitor["spec"]["endpoints"]:
-            for service in services:
-                if not _selects(selector, service["metadata"].get("labels", {})):
-                    continue
+            for service in selected:
                 for port in service["spec"]["ports"]:
-                    if port["name"] != endpoint["port"]:
-                        continue
-                    for deployment in deployments:
-                        pod = deployment["spec"]["template"]
-                        if not _selects(service["spec"]["selector"], pod["metadata"]["labels"]):
-                            continue
-                        for container in pod["spec"]["containers"]:
-                            for cport in container.get("ports", []):
-                                if port["targetPort"] in (cport.get("name"), cport["containerPort"]):
-                                    targets.append((deployment["metadata"]["name"],
-                                                    container["name"], cport["containerPort"]))  # fmt: skip
+                    if port["name"] == endpoint["port"]:
+                        targets += _pod_ports(objs, service, port["targetPort"])
     return targets
 
 
