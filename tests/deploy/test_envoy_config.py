@@ -137,7 +137,11 @@ def test_overlays_change_only_the_extauthz_cluster(name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("name", sorted(set(ENVOY_BUILDS) - {"shared"}))
+#: Builds whose Envoy calls a shared extauthz Deployment, not workers in its own pod.
+SHARED_ENVOY_BUILDS = {"shared", "prometheus-operator-shared"}
+
+
+@pytest.mark.parametrize("name", sorted(set(ENVOY_BUILDS) - SHARED_ENVOY_BUILDS))
 def test_envoy_endpoints_are_the_extauthz_workers_of_the_pod(name: str) -> None:
     config = envoy_config(name)
     workers = [c for d, c in extauthz_containers(name) if d["metadata"]["name"] == "app"]
@@ -151,11 +155,12 @@ def test_envoy_endpoints_are_the_extauthz_workers_of_the_pod(name: str) -> None:
         assert cluster(config, "extauthz")["lb_policy"] == "LEAST_REQUEST"
 
 
-def test_shared_envoy_finds_every_extauthz_pod_through_the_headless_service() -> None:
-    c = cluster(envoy_config("shared"), "extauthz")
+@pytest.mark.parametrize("name", sorted(SHARED_ENVOY_BUILDS))
+def test_shared_envoy_finds_every_extauthz_pod_through_the_headless_service(name: str) -> None:
+    c = cluster(envoy_config(name), "extauthz")
     assert c["type"] == "STRICT_DNS"
     ((host, port),) = endpoints(c)
-    service = get("shared", "Service", host)
+    service = get(name, "Service", host)
     assert service["spec"]["clusterIP"] == "None"
     assert port in {p["port"] for p in service["spec"]["ports"]}
 
