@@ -349,7 +349,7 @@ class EnvError(ValueError):
 
 
 def env_name(option: str) -> str:
-    """The environment variable of a long option: ``--grpc-address`` -> ``EXTAUTHZ_GRPC_ADDRESS``."""
+    """The variable of a long option: ``--grpc-address`` -> ``EXTAUTHZ_GRPC_ADDRESS``."""
     return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
 
 
@@ -432,7 +432,7 @@ class _AppendAfterEnv(argparse._AppendAction):
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """The command line parser; ``environ`` (default ``os.environ``) feeds serve's ``EXTAUTHZ_*``."""
+    """The command line parser; ``environ`` (default: ``os.environ``) feeds ``EXTAUTHZ_*``."""
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__,
                                      formatter_class=_HelpFormatter)

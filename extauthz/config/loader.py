@@ -89,9 +89,7 @@ def _unwrap(annotation: Any, index: bool) -> Any:
     for _ in range(4):
         origin = typing.get_origin(annotation)
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if origin in (typing.Union, types.UnionType) and len(args) == 1:
-            annotation = args[0]
-        elif origin is typing.Annotated:
+        if (origin in (typing.Union, types.UnionType) and len(args) == 1) or origin is typing.Annotated:
             annotation = args[0]
         elif index and origin in (list, tuple, dict) and args:
             annotation, index = args[-1], False
