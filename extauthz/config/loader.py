@@ -89,7 +89,8 @@ def _unwrap(annotation: Any, index: bool) -> Any:
     for _ in range(4):
         origin = typing.get_origin(annotation)
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if (origin in (typing.Union, types.UnionType) and len(args) == 1) or origin is typing.Annotated:
+        single_union = origin in (typing.Union, types.UnionType) and len(args) == 1
+        if single_union or origin is typing.Annotated:
             annotation = args[0]
         elif index and origin in (list, tuple, dict) and args:
             annotation, index = args[-1], False

@@ -148,7 +148,8 @@ def test_istio_resources_validate_against_istio_crd_schemas() -> None:
 
 def test_the_crd_check_refuses_a_wrong_field() -> None:
     """The schema check can fail: a misspelt or mistyped field is reported."""
-    validator = _validator("istio-crd-specs.schema.json", "security.istio.io/v1/AuthorizationPolicy")
+    validator = _validator("istio-crd-specs.schema.json",
+                           "security.istio.io/v1/AuthorizationPolicy")
     assert _errors(validator, {"action": "CUSTOM", "provider": {"nmae": "x"}})
     assert _errors(validator, {"action": "ALLOWED"})
     eg = _validator("envoy-gateway-securitypolicy-extauth.schema.json", "spec")

@@ -144,5 +144,7 @@ def test_serve_configured_only_by_environment_answers_healthz(tmp_path: Path) ->
         assert http_status(f"http://{LOOPBACK}:{http_port}/healthz") == 200
         # the HTTP ext_authz listener came from the environment too: the public route allows
         assert http_status(f"http://{LOOPBACK}:{authz_port}/check/anything", timeout=5) == 200
+        # ...and a path without the /check prefix is what README says: refused with 400
+        assert http_status(f"http://{LOOPBACK}:{authz_port}/anything", timeout=5) == 400
     finally:
         proc.stop()
