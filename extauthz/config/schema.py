@@ -274,7 +274,10 @@ class JwtSpec(Model):
         default_factory=lambda: ["JWT", "at+jwt"], min_length=1
     )
     require_typ: bool = False
-    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+    #: verified tokens kept until their ``exp`` (~1.1 KiB each): 20 000 keeps the worst case
+    #: (long-lived tokens, all distinct) near 25 MiB inside the shipped 256Mi pod's budget
+    #: (docs/resources.md); raise it with the pod's memory limit
+    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
     #: RFC 8705 certificate-bound tokens (cnf x5t#S256)
     certificate_binding: CertBindingSpec = Field(default_factory=CertBindingSpec)
 
@@ -456,7 +459,8 @@ class IntrospectionSpec(Model):
     cache_max_ttl_seconds: Annotated[float, Field(ge=0, le=86400)] = 300
     #: inactive (and refused) results are cached this long; 0 disables the negative cache
     negative_cache_ttl_seconds: Annotated[float, Field(ge=0, le=3600)] = 10
-    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+    #: cached results (claims included): 10 000 fits the shipped 256Mi pod (docs/resources.md)
+    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 10_000
     #: when set, the response's ``aud`` must contain one of these
     audiences: list[str] | None = Field(default=None, min_length=1)
     #: when set, the response's ``iss`` must equal this

@@ -64,7 +64,7 @@ def bearer_view(token: str) -> Any:
 async def test_jwt_cache_forgets_tokens_once_they_expired() -> None:
     clock = FixedClock(NOW)
     key = rsa_key()
-    auth = build([key], clock=clock)  # the default cache_size (100 000), leeway 30 s
+    auth = build([key], clock=clock)  # the default cache_size, leeway 30 s
     try:
         for i in range(200):
             token = mint(key, claims(now=NOW, ttl=60, subject=f"user-{i}"))
