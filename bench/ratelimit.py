@@ -1,4 +1,4 @@
-"""Cost of rate limiting per check, in one run: ``python -m bench.ratelimit`` (about a minute).
+"""Cost of rate limiting per check, in one run: ``python -m bench.ratelimit`` (under a minute).
 
 The same API-key check (CheckRequest -> RequestView -> Engine.check -> CheckResponse, in process,
 no gRPC) under six configurations that differ only in ``limits``: none; one limit and three

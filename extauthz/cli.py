@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from extauthz import __version__
@@ -19,6 +19,9 @@ from extauthz.logformat import configure_logging
 def _serve(args: argparse.Namespace) -> int:
     from extauthz.server import Server, ServerOptions, split_address
 
+    if args.env_error:
+        print(f"extauthz: {args.env_error}", file=sys.stderr)
+        return 2
     if args.grpc_address == "off" and not args.http_authz_address:
         print("extauthz: --grpc-address off needs --http-authz-address", file=sys.stderr)
         return 2
@@ -92,7 +95,8 @@ def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
             flag = f"--{prefix}-{item.name}".replace("_", "-")
             group.add_argument(flag, type=type(item.default), default=None,
                                metavar="N" if isinstance(item.default, int) else "SECONDS",
-                               help=f"default {item.default}")
+                               help=f"bound of the {prefix.replace('_', ' ')} listener "
+                                    f"(default: {item.default})")
 
 
 def _limits(args: argparse.Namespace, prefix: str, cls: Any) -> Any:
@@ -333,29 +337,142 @@ def _idtoken_jwks(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
+#: prefix of the environment variable of a serve option: ``--http-authz-address`` is read from
+#: ``EXTAUTHZ_HTTP_AUTHZ_ADDRESS`` when the flag is not given (flags > environment > default)
+ENV_PREFIX = "EXTAUTHZ_"
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"0", "false", "no"})
+
+
+class EnvError(ValueError):
+    """An ``EXTAUTHZ_*`` variable holds a value its option cannot take."""
+
+
+def env_name(option: str) -> str:
+    """The variable of a long option: ``--grpc-address`` -> ``EXTAUTHZ_GRPC_ADDRESS``."""
+    return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    """A boolean environment value: 1/true/yes or 0/false/no (any case), anything else refused."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise EnvError(f"{name}={raw!r}: expected 1/true/yes or 0/false/no")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; ``None`` and ``False`` read as "off"/"not set"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.required:
+            return text + " (required)"
+        if action.default is None or action.default is False or action.default == []:
+            return text + " (default: off)"
+        return text + " (default: %(default)s)"
+
+
+def _long_option(action: argparse.Action) -> str:
+    return next((o for o in action.option_strings if o.startswith("--")), "")
+
+
+def _env_actions(serve: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in serve._actions if _long_option(a) and a.dest != "help"]
+
+
+def _add_env_help(serve: argparse.ArgumentParser) -> None:
+    for action in _env_actions(serve):
+        action.help = f"{action.help} [env {env_name(_long_option(action))}]"
+
+
+def apply_env(serve: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Make each ``EXTAUTHZ_*`` variable the default of its serve option (a flag still wins).
+
+    Raises :class:`EnvError` naming the variable when a value cannot be converted.
+    """
+    for action in _env_actions(serve):
+        name = env_name(_long_option(action))
+        raw = environ.get(name)
+        if raw is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            action.default = parse_bool(name, raw)
+        elif isinstance(action, argparse._AppendAction):
+            # comma-separated; a flag given on the command line replaces the list
+            action.default = _EnvList(v.strip() for v in raw.split(",") if v.strip())
+        else:
+            convert = action.type if callable(action.type) else str
+            try:
+                value = convert(raw)
+            except (TypeError, ValueError) as exc:
+                raise EnvError(f"{name}={raw!r}: {exc}") from None
+            if action.choices is not None and value not in action.choices:
+                raise EnvError(f"{name}={raw!r}: expected one of {', '.join(action.choices)}")
+            action.default = value
+            action.required = False
+
+
+class _EnvList(list[str]):
+    """A list default that came from the environment (replaced, not extended, by flags)."""
+
+
+class _AppendAfterEnv(argparse._AppendAction):
+    """``append``, except that the first flag replaces a list that came from the environment."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if isinstance(getattr(namespace, self.dest, None), _EnvList):
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line parser; ``environ`` (default: ``os.environ``) feeds ``EXTAUTHZ_*``."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="extauthz", description=__doc__,
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
     parser.add_argument("--log-level", default=os.environ.get("EXTAUTHZ_LOG_LEVEL", "INFO"),
                         type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="application log level (default: $EXTAUTHZ_LOG_LEVEL or INFO)")
+                        help="application log level [env EXTAUTHZ_LOG_LEVEL] "
+                             "(default: INFO)")
     parser.add_argument("--log-format", default=os.environ.get("EXTAUTHZ_LOG_FORMAT", "text"),
                         type=str.lower, choices=["text", "json"],
                         help="application logs on stderr: text, or json (one JSON object per "
-                             "line; default: $EXTAUTHZ_LOG_FORMAT or text)")
+                             "line) [env EXTAUTHZ_LOG_FORMAT] (default: text)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the ext_authz gRPC server")
-    serve.add_argument("--config", required=True)
-    serve.add_argument("--grpc-address", default="127.0.0.1:9001",
-                       help="HOST:PORT, or 'off' (only with --http-authz-address)")
-    serve.add_argument("--http-address", default="127.0.0.1:9090")
+    serve = sub.add_parser("serve", help="run the ext_authz gRPC server",
+                           formatter_class=_HelpFormatter,
+                           description="Every option can also be set by an environment variable "
+                                       "(shown as [env NAME]): --http-authz-address is read from "
+                                       "EXTAUTHZ_HTTP_AUTHZ_ADDRESS. A flag wins over the "
+                                       "variable, the variable over the default. Switches take "
+                                       "1/true/yes or 0/false/no; --log-query-param takes a "
+                                       "comma-separated list.")
+    serve.add_argument("--config", required=True, metavar="FILE",
+                       help="the YAML configuration (docs/configuration.md)")
+    serve.add_argument("--grpc-address", default="127.0.0.1:9001", metavar="HOST:PORT",
+                       help="the ext_authz gRPC listener (Envoy grpc_service), or 'off' (only "
+                            "with --http-authz-address)")
+    serve.add_argument("--http-address", default="127.0.0.1:9090", metavar="HOST:PORT",
+                       help="the admin listener: /healthz, /readyz, /metrics")
     serve.add_argument("--http-authz-address", metavar="HOST:PORT", default=None,
                        help="also answer Envoy's HTTP ext_authz protocol (http_service) here; "
                             "off by default (docs/performance.md, deploy/envoy/"
                             "envoy-http-authz.yaml)")
-    serve.add_argument("--http-authz-path-prefix", default="/check",
-                       help="the http_service path_prefix Envoy puts before the path")
+    serve.add_argument("--http-authz-path-prefix", default="/check", metavar="PREFIX",
+                       help="the path_prefix of Envoy's http_service: Envoy sends "
+                            "<prefix><original path>, and extauthz strips it again, so "
+                            "GET /api becomes GET /check/api and is decided as /api; a request "
+                            "not under the prefix is refused (this is why a hand-made "
+                            "`curl http://HOST:PORT/` to this listener gets a 400; send "
+                            "/check/...). Use the same value as Envoy's path_prefix")
     serve.add_argument("--http-authz-source-header", metavar="NAME", default=None,
                        help="read the client address from this header, which Envoy must set "
                             "itself (authorization_request.headers_to_add with "
@@ -378,15 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="send the decision's dynamic metadata as x-extauthz-md-* response "
                             "headers, for Envoy's dynamic_metadata_from_headers (~3 us per "
                             "allowed check)")
-    serve.add_argument("--grace-seconds", type=float, default=10.0,
+    serve.add_argument("--grace-seconds", type=float, default=10.0, metavar="SECONDS",
                        help="how long in-flight checks may take to finish on shutdown")
-    serve.add_argument("--watch-interval", type=float, default=1.0,
+    serve.add_argument("--watch-interval", type=float, default=1.0, metavar="SECONDS",
                        help="seconds between checks of the config files for changes (0: off)")
     serve.add_argument("--no-decision-log", action="store_true",
                        help="do not write one JSON line per decision to stdout")
-    serve.add_argument("--log-sample-allowed", type=float, default=1.0,
+    serve.add_argument("--log-sample-allowed", type=float, default=1.0, metavar="FRACTION",
                        help="fraction of allowed decisions to log (denies are always logged)")
-    serve.add_argument("--log-query-param", action="append", default=[], metavar="NAME",
+    serve.add_argument("--log-query-param", action=_AppendAfterEnv, default=[], metavar="NAME",
                        help="keep this query parameter (exact name, with its value) in the "
                             "decision log; repeatable. Default: the log has no part of the "
                             "query string (a parameter name can be a credential too)")
@@ -394,10 +511,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="return freed heap memory to the system this often, after a burst "
                             "of connections or checks (0: never)")
     _add_limit_flags(serve)
-    serve.set_defaults(func=_serve)
+    _add_env_help(serve)
+    try:
+        apply_env(serve, env)
+        serve.set_defaults(func=_serve, env_error=None)
+    except EnvError as exc:  # reported when serving: other commands do not read EXTAUTHZ_*
+        serve.set_defaults(func=_serve, env_error=str(exc))
 
     validate = sub.add_parser("validate", help="check a configuration and exit 0/1")
-    validate.add_argument("--config", required=True)
+    validate.add_argument("--config", required=True, metavar="FILE",
+                          help="the YAML configuration to check")
     validate.add_argument("--strip-regex", action="store_true",
                           help="also print the Envoy safe_regex that matches every identity "
                                "header name of this configuration in every spelling (for routes "
@@ -405,8 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_validate)
 
     check = sub.add_parser("check", help="decide one request described in a YAML/JSON file")
-    check.add_argument("--config", required=True)
-    check.add_argument("--request", required=True)
+    check.add_argument("--config", required=True, metavar="FILE",
+                       help="the YAML configuration")
+    check.add_argument("--request", required=True, metavar="FILE",
+                       help="the request to decide (YAML/JSON: method, path, headers, ...)")
     check.add_argument("--explain", action="store_true",
                        help="add a trace: the route and why, each authentication method's "
                             "result, each policy rule's verdict (JSON 'explain' member; a "
@@ -417,14 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("paths", nargs="+", metavar="PATH",
                       help="a test file, or a directory searched for *_test.yaml / *_test.yml")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
-    test.add_argument("--run", metavar="REGEX", help="only tests whose name matches REGEX")
+    test.add_argument("--run", metavar="REGEX", help="only tests whose name matches REGEX "
+                                                     "(default: all)")
     test.set_defaults(func=_test)
 
     keys = sub.add_parser("keys", help="generate credentials")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_sub.add_parser("generate", help="print a new API key (or HMAC secret)")
-    generate.add_argument("--consumer")
-    generate.add_argument("--key-id", default="key-1")
+    generate.add_argument("--consumer", metavar="NAME",
+                          help="the consumer the API key belongs to (needed unless --hmac)")
+    generate.add_argument("--key-id", default="key-1", metavar="ID",
+                          help="the id of the key in the consumer's keys list")
     generate.add_argument("--hmac", action="store_true", help="print a new HMAC secret")
     generate.set_defaults(func=_keys_generate)
 
@@ -432,11 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="signing keys of the identity token (docs/identity-token.md)")
     idtoken_sub = idtoken.add_subparsers(dest="idtoken_command", required=True)
     genkey = idtoken_sub.add_parser("generate-key", help="print (or --out) a new private key")
-    genkey.add_argument("--alg", choices=["ES256", "EdDSA"], default="ES256")
+    genkey.add_argument("--alg", choices=["ES256", "EdDSA"], default="ES256",
+                        help="signature algorithm of the key")
     genkey.add_argument("--out", metavar="FILE", help="write the PEM here (mode 0600, new file)")
     genkey.set_defaults(func=_idtoken_generate_key)
     export = idtoken_sub.add_parser("jwks", help="print the public JWKS of a configuration")
-    export.add_argument("--config", required=True)
+    export.add_argument("--config", required=True, metavar="FILE",
+                        help="the YAML configuration with settings.identity_token")
     export.set_defaults(func=_idtoken_jwks)
 
     revoke = sub.add_parser(
@@ -447,12 +577,25 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("key", "CONSUMER/KEY_ID", "an API key of a consumer")):
         one = revoke_sub.add_parser(kind, help=f"revoke {what}")
         one.add_argument("value", metavar=metavar)
-        one.add_argument("--config", required=True)
+        one.add_argument("--config", required=True, metavar="FILE",
+                         help="the YAML configuration (where revocations are stored)")
         one.add_argument("--until", metavar="TIME",
                          help="when the entry may be forgotten: RFC 3339 with a timezone or "
                               "POSIX seconds (for a JWT: its exp); default: never")
         one.set_defaults(func=_revoke)
+    for each in iter_parsers(parser):
+        each.formatter_class = _HelpFormatter
     return parser
+
+
+def iter_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every (nested) subcommand parser under it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.extend(iter_parsers(child))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

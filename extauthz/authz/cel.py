@@ -12,6 +12,8 @@ Variables (all maps with string keys; see docs/policies.md for every member):
 ``route``     name
 ``params``    the path-template parameters of the route
 ``metadata``  what the route's metadata lookups returned, by lookup name (docs/authzen.md)
+``source``    principal (gRPC ``attributes.source.principal``: the mesh peer's verified SPIFFE
+              ID under Istio), address, uri_sans (of the peer certificate Envoy forwarded)
 
 Runtime behaviour: an expression that does not produce ``true`` denies. An evaluation error
 (a missing map key, a failed conversion, ...) is reported as :class:`CelEvalError` and the policy
@@ -29,12 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from extauthz.authz.peer import source_variable
 from extauthz.types import Identity, RequestView
 
 #: the variables an expression may use
-VARIABLES = ("request", "identity", "route", "params", "metadata")
+VARIABLES = ("request", "identity", "route", "params", "metadata", "source")
 #: members that are costly to convert, left out when no expression of the policy names them
-LAZY_MEMBERS = ("headers", "query", "claims")
+LAZY_MEMBERS = ("headers", "query", "claims", "uri_sans")
 #: everything (what an activation holds when nothing is known about the expressions)
 ALL_NAMES = frozenset(VARIABLES + LAZY_MEMBERS)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -62,7 +65,7 @@ def runtime() -> Any:
 
 @functools.cache
 def environment() -> Any:
-    """The one CEL environment: five dynamic map variables and the strings extension."""
+    """The one CEL environment: six dynamic map variables and the strings extension."""
     cel = runtime()
     strings = importlib.import_module("cel_expr_python.ext.ext_strings")
     dyn_map = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
@@ -247,6 +250,8 @@ def activation_data(
         data["params"] = dict(params)
     if "metadata" in names:
         data["metadata"] = plain(metadata) if metadata else {}
+    if "source" in names:
+        data["source"] = source_variable(view, "uri_sans" in names)
     return data
 
 

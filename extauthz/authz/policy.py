@@ -30,6 +30,7 @@ from extauthz.authz.rules import (
     HeaderMatch,
     MetadataMatch,
     Methods,
+    Principal,
     QueryMatch,
     Roles,
     Rule,
@@ -236,6 +237,8 @@ class _Compiler:
             return Consumers(path, spec.consumers.allow, spec.consumers.deny)
         if spec.subjects is not None:
             return Subjects(path, spec.subjects.allow, spec.subjects.deny, prefixes=True)
+        if spec.principal is not None:
+            return Principal(path, spec.principal.allow, spec.principal.deny)
         if spec.methods is not None:
             return Methods(path, spec.methods)
         if spec.source is not None:

@@ -387,16 +387,43 @@ class Subjects(Rule):
     def _in(subject: str, exact: frozenset[str], prefixes: tuple[str, ...]) -> bool:
         return subject in exact or any(subject.startswith(p) for p in prefixes)
 
+    #: what is compared, in messages
+    what = "subject"
+
+    def value(self, ctx: Context) -> str:
+        """The compared value: the identity's subject."""
+        return ctx.identity.subject
+
     def check(self, ctx: Context) -> RuleDenied | None:
-        subject = ctx.identity.subject
+        subject = self.value(ctx)
         if self._in(subject, self.deny, self.deny_prefixes):
-            return self._forbidden(f"subject {shown(subject)} is denied")
+            return self._forbidden(f"{self.what} {shown(subject)} is denied")
         if not self._in(subject, self.allow, self.allow_prefixes):
-            return self._forbidden(f"subject {shown(subject)} is not allowed")
+            return self._forbidden(f"{self.what} {shown(subject) if subject else '(none)'} "
+                                   "is not allowed")
         return None
 
     def summary(self) -> str:
         return self.text
+
+
+class Principal(Subjects):
+    """The mesh peer's verified identity: ``attributes.source.principal`` of the gRPC check
+    request (Envoy sets it from the downstream TLS peer certificate it verified: the first URI
+    SAN, the SPIFFE ID under Istio, else the subject). Only the gRPC transport carries it; on the
+    HTTP transport it is empty, so an allow list denies there (fail closed)."""
+
+    __slots__ = ()
+    kind = "principal"
+    what = "principal"
+
+    def __init__(self, label: str, allow: Sequence[str] | None, deny: Sequence[str]) -> None:
+        super().__init__(label, allow, deny, prefixes=True)
+        self.text = _allow_deny("principal", None if allow is None else list(allow), list(deny))
+
+    def value(self, ctx: Context) -> str:
+        """The peer principal Envoy reported (empty when none)."""
+        return ctx.view.source_principal
 
 
 def _allow_deny(what: str, allow: Any, deny: Any) -> str:

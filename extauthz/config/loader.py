@@ -7,8 +7,11 @@ included files) and its path inside that file, e.g. ``routes[2].authn[0].jwt.iss
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,27 +60,109 @@ def render_location(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _message(error: dict[str, Any]) -> str:
-    kind = error.get("type", "")
-    if kind == "missing":
-        return "required"
-    if kind == "extra_forbidden":
+#: pydantic's error types in the project's words (the rest: pydantic's message, reworded below)
+_PLAIN: dict[str, str] = {
+    "missing": "is required",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+}
+
+#: pydantic's sentence openings -> ours ("Input should be a valid URL" -> "must be a valid URL")
+_REWORD = (("Input should be ", "must be "), ("Input should have ", "must have "),
+           ("List should have ", "must have "), ("String should have ", "must have "),
+           ("String should match ", "must match "), ("Value should have ", "must have "),
+           ("Dictionary should have ", "must have "))
+
+
+def _unwrap(annotation: Any, index: bool) -> Any:
+    """The type inside ``X | None`` (and, for an index step, inside ``list[X]``/``dict[K, X]``)."""
+    for _ in range(4):
+        origin = typing.get_origin(annotation)
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        single_union = origin in (typing.Union, types.UnionType) and len(args) == 1
+        if single_union or origin is typing.Annotated:
+            annotation = args[0]
+        elif index and origin in (list, tuple, dict) and args:
+            annotation, index = args[-1], False
+        else:
+            break
+    return annotation
+
+
+def _model_at(root: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model class the (mapping) location ``loc`` points into, or None if it cannot tell."""
+    current: Any = root
+    pending_index = False
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type)
+                                         and issubclass(current, BaseModel)):
+            if isinstance(part, int) or pending_index:
+                current = _unwrap(current, index=True)
+                pending_index = False
+                continue
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _unwrap(field.annotation, index=False)
+        pending_index = typing.get_origin(current) is dict
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unknown_key(root: type[BaseModel] | None, loc: Sequence[int | str]) -> str:
+    """``unknown key``, with the closest known key or, for an authenticator, the known kinds."""
+    key = str(loc[-1]) if loc else ""
+    model = _model_at(root, loc[:-1]) if root is not None else None
+    if model is None:
         return "unknown key"
+    known = [name for name in model.model_fields if name != "ref"]
+    if model.__name__ == "AuthnSpec":
+        return (f"unknown authenticator kind `{key}`; known kinds: {', '.join(known)} "
+                "(or the name of an entry of `authenticators`)")
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean `{close[0]}`?"
+    return f"unknown key (known: {', '.join(model.model_fields)})"
+
+
+def _message(error: dict[str, Any], root: type[BaseModel] | None = None) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return _unknown_key(root, error.get("loc", ()))
+    if kind in _PLAIN:
+        return _PLAIN[kind]
     msg = str(error.get("msg", "invalid"))
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]
+    for theirs, ours in _REWORD:
+        if msg.startswith(theirs):
+            return ours + msg[len(theirs):]
     return msg
 
 
-def issues_from_validation(exc: ValidationError, prefix: str = "") -> list[ConfigIssue]:
-    """Turn a pydantic ValidationError into ConfigIssues, prefixed with ``prefix`` (a file)."""
+def issues_from_validation(exc: ValidationError, prefix: str = "",
+                           model: type[BaseModel] | None = None) -> list[ConfigIssue]:
+    """Turn a pydantic ValidationError into ConfigIssues, prefixed with ``prefix`` (a file).
+
+    ``model`` (the validated class) lets an unknown key name the closest known one.
+    """
     issues = []
     for error in exc.errors(include_url=False, include_input=False):
         where = render_location(error["loc"])
         if prefix:
             where = f"{prefix}: {where}" if where else prefix
-        issues.append(ConfigIssue(where, _message(dict(error))))
+        issues.append(ConfigIssue(where, _message(dict(error), model)))
     return issues
 
 
@@ -103,6 +188,11 @@ def _read_yaml(path: Path, label: str, issues: list[ConfigIssue], hasher: Any) -
         data = yaml.load(raw, Loader=_SAFE_LOADER)  # noqa: S506 (a safe loader, see above)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        tab_line = _tab_line(raw, mark.line if mark else None)
+        if tab_line is not None:
+            issues.append(ConfigIssue(label, f"tab characters are not allowed in YAML "
+                                             f"(line {tab_line}); indent with spaces"))
+            return None
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         issues.append(ConfigIssue(label, f"not valid YAML{where}"))
         return None
@@ -118,14 +208,45 @@ def _read_yaml(path: Path, label: str, issues: list[ConfigIssue], hasher: Any) -
     if not isinstance(data, dict):
         issues.append(ConfigIssue(label, "the top level must be a mapping"))
         return None
+    foreign = _foreign_resource(data)
+    if foreign is not None:
+        issues.append(ConfigIssue(label, foreign))
+        return None
     return data
+
+
+def _tab_line(raw: bytes, error_line: int | None) -> int | None:
+    """The 1-based line of the tab that made YAML fail: on the error's line, else the first tab
+    in a line's indentation (a tab inside a quoted value is legal YAML and is not blamed)."""
+    lines = raw.split(b"\n")
+    if error_line is not None and error_line < len(lines) and b"\t" in lines[error_line]:
+        return error_line + 1
+    for number, line in enumerate(lines, 1):
+        if b"\t" in line[: len(line) - len(line.lstrip(b" \t"))]:
+            return number
+    return None
+
+
+def _foreign_resource(data: dict[Any, Any]) -> str | None:
+    """A hint when the file is a Kubernetes resource (an Authorino AuthConfig above all)."""
+    api_version, kind = str(data.get("apiVersion", "")), str(data.get("kind", ""))
+    if not api_version and not kind:
+        return None
+    if api_version.startswith("authorino.kuadrant.io/") or kind == "AuthConfig":
+        return (f"this is an Authorino {kind or 'resource'} ({api_version}), not an extauthz "
+                "configuration: extauthz reads a plain YAML file (no apiVersion/kind); "
+                "docs/configuration.md 'Coming from Authorino' maps AuthConfig fields to "
+                "authenticators, routes and rules")
+    return (f"this is a Kubernetes resource ({api_version} {kind}), not an extauthz "
+            "configuration: put the configuration file itself in a ConfigMap and pass its path "
+            "with --config (docs/kubernetes.md)")
 
 
 def _validate(model: type[BaseModel], data: Any, prefix: str, issues: list[ConfigIssue]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        issues.extend(issues_from_validation(exc, prefix))
+        issues.extend(issues_from_validation(exc, prefix, model))
         return None
 
 

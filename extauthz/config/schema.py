@@ -804,6 +804,8 @@ class RuleSpec(Model):
     consumers: AllowDeny | None = None
     subjects: AllowDeny | None = None
     methods: list[str] | None = Field(default=None, min_length=1)
+    #: the mesh peer's verified identity (gRPC ``attributes.source.principal``; Istio: SPIFFE ID)
+    principal: AllowDeny | None = None
     source: SourceRule | None = None
     header: HeaderRule | None = None
     query: QueryRule | None = None

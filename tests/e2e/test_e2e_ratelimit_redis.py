@@ -260,7 +260,7 @@ async def test_redis_down_fails_closed_or_open_per_limit_and_recovers(tmp_path: 
             d = await engine.check(strict)
             assert d.http_status == 503 and d.grpc_code is GrpcCode.UNAVAILABLE
             assert d.reason is Reason.RATE_LIMIT_UNAVAILABLE
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.5  # timeout_seconds 0.2: generous on a busy box
             # fail open: the local fallback (2 per hour on this replica) decides
             first, second, third = [await engine.check(lenient) for _ in range(3)]
             assert first.allowed and second.allowed

@@ -205,7 +205,7 @@ def test_plain_converts_claims_for_cel() -> None:
 def test_activation_data_members() -> None:
     data = activation_data(VIEW, ALICE, "orders", PARAMS)
     # metadata: the route's lookups (docs/authzen.md), an empty map without any
-    assert set(data) == {"request", "identity", "route", "params", "metadata"}
+    assert set(data) == {"request", "identity", "route", "params", "metadata", "source"}
     assert data["metadata"] == {}
     assert set(data["request"]) == {"method", "path", "host", "scheme", "headers", "query",
                                     "source"}
@@ -224,7 +224,7 @@ def test_only_named_variables_and_members_are_converted() -> None:
     assert set(data) == {"request", "identity", "params"}
     assert "headers" not in data["request"] and "claims" not in data["identity"]
     assert set(activation_data(VIEW, ALICE, "orders", PARAMS)) == {
-        "request", "identity", "route", "params", "metadata"}
+        "request", "identity", "route", "params", "metadata", "source"}
     assert policy.cel_names <= ALL_NAMES
 
 

@@ -50,7 +50,7 @@ routes:
       algorithms: [RS256]
       jwks: {url: "https://idp/jwks"}
 """
-    assert "routes[2].authn[0].jwt.issuer: required" in issues_of(write(tmp_path, text))
+    assert "routes[2].authn[0].jwt.issuer: is required" in issues_of(write(tmp_path, text))
 
 
 def test_every_error_reported_at_once(tmp_path: Path) -> None:

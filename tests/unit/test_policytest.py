@@ -143,7 +143,7 @@ def test_run_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("config: config.yaml\ntests: []\n", "tests: List should have at least 1 item"),
+    ("config: config.yaml\ntests: []\n", "tests: must have at least 1 item"),
     ("config: config.yaml\ntests:\n- {name: a, request: {pth: /}, expect: {}}\n",
      "tests[0].request: unknown request field(s): pth"),
     ("config: config.yaml\nmint_jwt: [keys]\ntests:\n- {name: a, request: {}, expect: {}}\n",
