@@ -59,9 +59,10 @@ LABEL org.opencontainers.image.title="extauthz" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11.10-slim-bookworm" \
       org.opencontainers.image.base.digest="sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16"
-# EXTAUTHZ_HTTP_ADDRESS: where metrics/health listen, and what the HEALTHCHECK asks. The serve
-# command reads it too when --http-address is not given (flag > environment > default); CMD
-# below passes the same value, so override both together (or drop the flag) to move the port.
+# EXTAUTHZ_HTTP_ADDRESS: where metrics/health listen (`serve` reads it: CMD passes no
+# --http-address) and what the HEALTHCHECK asks — one setting for both. Move the port with
+# `docker run -e EXTAUTHZ_HTTP_ADDRESS=0.0.0.0:9191 ...`; a --http-address flag in your own command
+# would win over the variable for the server but not for the HEALTHCHECK, so set the variable.
 ENV PATH=/opt/extauthz/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -83,4 +84,4 @@ EXPOSE 9001 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('EXTAUTHZ_HTTP_ADDRESS', ':9090').rpartition(':')[2]; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["extauthz"]
-CMD ["serve", "--config", "/etc/extauthz/extauthz.yaml", "--grpc-address", "0.0.0.0:9001", "--http-address", "0.0.0.0:9090", "--grace-seconds", "10"]
+CMD ["serve", "--config", "/etc/extauthz/extauthz.yaml", "--grpc-address", "0.0.0.0:9001", "--grace-seconds", "10"]

@@ -235,7 +235,8 @@ def test_cmd_uses_the_manifests_defaults() -> None:
     final = stages[-1]
     assert exec_form(final.last("ENTRYPOINT")) == ["extauthz"]
     cmd = exec_form(final.last("CMD"))
-    parsed = build_parser().parse_args(cmd)
+    assert "--http-address" not in cmd, "EXTAUTHZ_HTTP_ADDRESS is the one setting"
+    parsed = build_parser(environ=final_env()).parse_args(cmd)
     assert parsed.command == "serve"
     ((_, sidecar),) = extauthz_containers("base")
     assert parsed.config == flag(sidecar["args"], "--config")
@@ -245,7 +246,7 @@ def test_cmd_uses_the_manifests_defaults() -> None:
     exposed = {int(p) for p in final.last("EXPOSE").split()}
     assert exposed == {9001, 9090}
     # the health check asks the port of EXTAUTHZ_HTTP_ADDRESS, which is what CMD serves on
-    assert final_env()["EXTAUTHZ_HTTP_ADDRESS"] == parsed.http_address
+    assert final_env()["EXTAUTHZ_HTTP_ADDRESS"] == parsed.http_address == "0.0.0.0:9090"
     health = healthcheck_command()
     assert "os.environ.get('EXTAUTHZ_HTTP_ADDRESS'" in health[-1]
     assert "9090" not in health[-1].replace("':9090'", ""), "the only port is the default"
@@ -332,19 +333,17 @@ def test_healthcheck_passes_against_a_running_server_and_fails_without_one(
     _, stages = parse()
     cmd = exec_form(stages[-1].last("CMD"))
     http_port, grpc_port = free_port(), free_port()
-    args = [
-        {"0.0.0.0:9090": f"127.0.0.1:{http_port}", "0.0.0.0:9001": f"127.0.0.1:{grpc_port}"}.get(
-            a, a
-        )
-        for a in cmd
-    ]
+    args = [{"0.0.0.0:9001": f"127.0.0.1:{grpc_port}"}.get(a, a) for a in cmd]
     args[args.index("--config") + 1] = str(
         REPO / "deploy/k8s/components/extauthz-config/extauthz.yaml"
     )
     probe = healthcheck_command()
     python = str(image_like_venv / "bin" / "python")
-    # the image's ENV, with the test's port: the probe finds the port there, as in the image
-    env = {**os.environ, **final_env(), "EXTAUTHZ_HTTP_ADDRESS": f"127.0.0.1:{http_port}"}
+    # the image's ENV (PATH aside), with the test's address: the server and the probe both take
+    # the port from EXTAUTHZ_HTTP_ADDRESS, as in the image
+    image_env = {k: v for k, v in final_env().items() if k != "PATH"}
+    image_env["EXTAUTHZ_HTTP_ADDRESS"] = f"127.0.0.1:{http_port}"
+    env = {**os.environ, **image_env}
 
     def health() -> int:
         return subprocess.run(
@@ -353,7 +352,7 @@ def test_healthcheck_passes_against_a_running_server_and_fails_without_one(
 
     assert health() != 0, "healthy with nothing listening"
     with processes(tmp_path) as procs:
-        procs.start("extauthz", [str(image_like_venv / "bin" / "extauthz"), *args])
+        procs.start("extauthz", [str(image_like_venv / "bin" / "extauthz"), *args], env=image_env)
         wait_for(f"http://127.0.0.1:{http_port}/healthz", procs)
         assert health() == 0
         assert http_get(f"http://127.0.0.1:{http_port}/readyz")[0] == 200
