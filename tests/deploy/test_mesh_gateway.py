@@ -199,8 +199,11 @@ def test_one_error_status_for_every_kubernetes_integration() -> None:
             assert (grpc["failOpen"], grpc["statusOnError"]) == (False, "503"), mesh
     for policy in objects("envoy-gateway", "SecurityPolicy"):
         assert policy["spec"]["extAuth"]["statusOnError"] == 503
-    for envoy in (DEPLOY / "k8s").rglob("envoy.yaml"):
-        assert "status_on_error: { code: ServiceUnavailable }" in envoy.read_text(), envoy
+    for envoy in [*(DEPLOY / "k8s").rglob("envoy.yaml"), *(DEPLOY / "envoy").glob("*.yaml")]:
+        text = envoy.read_text()
+        if "envoy.filters.http.ext_authz" in text:
+            assert "status_on_error: { code: ServiceUnavailable }" in text, envoy
+            assert "failure_mode_allow: true" not in text, envoy
 
 
 def test_istio_in_pod_recipe_agrees_with_itself() -> None:

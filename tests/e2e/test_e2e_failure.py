@@ -70,9 +70,9 @@ def bearer(idp: DemoIdP) -> dict[str, str]:
 
 def _assert_envoy_failed_closed(r_status: int, body: bytes, content_type: str | None) -> None:
     assert r_status != 200
-    # Envoy's own answer (status_on_error defaults to 403, empty body), not extauthz's problem
-    # document and not the upstream's.
-    assert r_status == 403
+    # Envoy's own answer (status_on_error 503 in deploy/envoy/envoy.yaml, empty body), not
+    # extauthz's problem document and not the upstream's.
+    assert r_status == 503
     assert content_type != PROBLEM_JSON
     assert body == b""
 

@@ -11,12 +11,12 @@ What SIGTERM must do (``extauthz/server.py``), and what is asserted:
    ``/readyz`` answers 503 while the process is still running and before the in-flight checks
    finish; ``/healthz`` (liveness) stays 200 throughout.
 2. The gRPC server stops taking new checks: a request that arrives through Envoy during the drain
-   gets Envoy's own fail-closed answer (``failure_mode_allow: false``: 403, empty body), and so
-   does every request after the process has exited.
+   gets Envoy's own fail-closed answer (``failure_mode_allow: false``, ``status_on_error``: 503,
+   empty body), and so does every request after the process has exited.
 3. Every check in flight completes with its own decision (200 with the identity, or 401 for an
    inactive token) — none is dropped or turned into an error.
 4. The process exits with code 0 within ``--grace-seconds``; a check that takes longer than the
-   grace period is cut off at the grace period (Envoy fails it closed, 403), the exit is still 0.
+   grace period is cut off at the grace period (Envoy fails it closed, 503), the exit is still 0.
 
 Readiness: a configuration that fails validation at start is fatal (exit code 1, never ready);
 with a remote JWKS, ``/readyz`` stays 503 (health NOT_SERVING) until the first successful fetch,
@@ -150,7 +150,7 @@ def stack(
 def assert_envoy_failed_closed(r: Response) -> None:
     """Envoy's own answer when extauthz cannot be asked (failure_mode_allow: false)."""
     detail = f"{r.status} {r.headers} {r.text[:200]}"
-    assert r.status == 403, detail
+    assert r.status == 503, detail
     assert r.header("content-type") != PROBLEM_JSON, detail
     assert r.body == b"", detail
 
