@@ -292,48 +292,50 @@ class Roles(Rule):
         return f"roles ({self.claim}) {which}: {' '.join(sorted(self.roles))}"
 
 
-class ClaimMatch(Rule):
+class _PathMatch(Rule):
+    """A value found at a dotted path of one document, compared by a matcher; subclasses say
+    which document (``_document``) and how it is called in denials and summaries (``kind``)."""
+
     __slots__ = ("get", "match", "path", "text")
+
+    def __init__(self, label: str, path: str, matcher: str, expected: Any) -> None:
+        super().__init__(label)
+        self.path = path
+        self.get = claim_getter(path)
+        self.match, self.text = build_matcher(matcher, expected)
+
+    def _document(self, ctx: Context) -> Any:
+        raise NotImplementedError
+
+    def check(self, ctx: Context) -> RuleDenied | None:
+        value = self.get(self._document(ctx))
+        if self.match(value):
+            return None
+        got = "absent" if value is None else f"is {shown(value)}"
+        return self._forbidden(f"{self.kind} {self.path} {got}")
+
+    def summary(self) -> str:
+        return f"{self.kind} {self.path} {self.text}"
+
+
+class ClaimMatch(_PathMatch):
+    """A claim of the verified identity (``claim: {path: org.id, equals: ...}``)."""
+
+    __slots__ = ()
     kind = "claim"
 
-    def __init__(self, label: str, path: str, matcher: str, expected: Any) -> None:
-        super().__init__(label)
-        self.path = path
-        self.get = claim_getter(path)
-        self.match, self.text = build_matcher(matcher, expected)
-
-    def check(self, ctx: Context) -> RuleDenied | None:
-        value = self.get(ctx.identity.claims)
-        if self.match(value):
-            return None
-        got = "absent" if value is None else f"is {shown(value)}"
-        return self._forbidden(f"claim {self.path} {got}")
-
-    def summary(self) -> str:
-        return f"claim {self.path} {self.text}"
+    def _document(self, ctx: Context) -> Any:
+        return ctx.identity.claims
 
 
-class MetadataMatch(Rule):
+class MetadataMatch(_PathMatch):
     """A value from a metadata lookup (``metadata: {path: doc.owner, equals: ...}``)."""
 
-    __slots__ = ("get", "match", "path", "text")
+    __slots__ = ()
     kind = "metadata"
 
-    def __init__(self, label: str, path: str, matcher: str, expected: Any) -> None:
-        super().__init__(label)
-        self.path = path
-        self.get = claim_getter(path)
-        self.match, self.text = build_matcher(matcher, expected)
-
-    def check(self, ctx: Context) -> RuleDenied | None:
-        value = self.get(ctx.metadata)
-        if self.match(value):
-            return None
-        got = "absent" if value is None else f"is {shown(value)}"
-        return self._forbidden(f"metadata {self.path} {got}")
-
-    def summary(self) -> str:
-        return f"metadata {self.path} {self.text}"
+    def _document(self, ctx: Context) -> Any:
+        return ctx.metadata
 
 
 class Consumers(Rule):

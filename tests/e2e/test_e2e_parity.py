@@ -49,21 +49,19 @@ import yaml
 
 from extauthz.demo import DEMO_API_KEY
 from extauthz.demo.background import BackgroundApp
-from extauthz.demo.envoy import EnvoyPorts, start_envoy
 from extauthz.demo.httpclient import Response
 from extauthz.demo.idp import DemoIdP
-from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
-from extauthz.http_authz import ROUTE_HEADER, SOURCE_HEADER
+from extauthz.demo.procs import LOOPBACK
+from extauthz.http_authz import ROUTE_HEADER
 from extauthz.hygiene import canonical_header
 from tests.support.curl import HTTP_VERSIONS, STREAM_RESET, curl_request
-from tests.support.envoy import write_envoy_config
 from tests.support.processes import (
-    STARTUP_TIMEOUT,
     Stack,
     render_policies,
     start_stack,
     write_config,
 )
+from tests.support.transports import start_transport_stack
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_GRPC = REPO / "deploy" / "envoy" / "envoy.yaml"
@@ -183,28 +181,12 @@ def grpc_stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Ite
 
 @pytest.fixture(scope="module")
 def http_stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Iterator[Stack]:
-    log_dir = e2e_dir / "http"
-    log_dir.mkdir(parents=True, exist_ok=True)
     source = _with_alias_route(ENVOY_HTTP, e2e_dir / "http-source.yaml", grpc=False,
                                strip_regex=_strip_regex(extauthz_config))
-    listener, admin, authz_port, grpc_port, http_port = free_ports(5)
-    ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz_port, echo=echo.port)
-    envoy_config = write_envoy_config(log_dir / "envoy.yaml", ports, source=source)
-    argv = [*extauthz_argv(extauthz_config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
-            "--http-authz-address", f"{LOOPBACK}:{authz_port}",
-            "--http-authz-source-header", SOURCE_HEADER,
-            "--http-authz-route-header", ROUTE_HEADER, "--http-authz-cookie-forwarded",
-            "--http-authz-metadata"]
-    extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
-    try:
-        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
-        envoy = start_envoy(envoy_config, admin_port=admin, log_path=log_dir / "envoy.log",
-                            timeout=STARTUP_TIMEOUT)
-    except BaseException:
-        extauthz.stop()
-        raise
-    running = Stack(config=extauthz_config, ports=ports, http_port=http_port, log_dir=log_dir,
-                    extauthz=extauthz, envoy=envoy, envoy_config=envoy_config)
+    running = start_transport_stack(
+        "http", extauthz_config, upstream_port=echo.port, log_dir=e2e_dir / "http",
+        source=source, extra_args=("--http-authz-route-header", ROUTE_HEADER,
+                                   "--http-authz-cookie-forwarded", "--http-authz-metadata"))
     try:
         yield running
     finally:

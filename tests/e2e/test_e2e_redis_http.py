@@ -17,11 +17,7 @@ import pytest
 import redis
 
 from extauthz.demo.background import BackgroundApp
-from extauthz.demo.envoy import EnvoyPorts, start_envoy
-from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
-from extauthz.http_authz import SOURCE_HEADER
 from tests.e2e.helpers import assert_denied, upstream_headers
-from tests.e2e.test_e2e_http_authz import ENVOY_HTTP
 from tests.e2e.test_e2e_redis import (  # noqa: F401 (fixtures)
     MAX_FAILURES,
     PREFIX,
@@ -33,8 +29,8 @@ from tests.e2e.test_e2e_redis import (  # noqa: F401 (fixtures)
     raw,
     redis_server,
 )
-from tests.support.envoy import write_envoy_config
-from tests.support.processes import STARTUP_TIMEOUT, Stack
+from tests.support.processes import Stack
+from tests.support.transports import start_transport_stack
 
 
 @pytest.fixture(scope="module")
@@ -42,25 +38,8 @@ def http_stack(
     extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path  # noqa: F811
 ) -> Iterator[Stack]:
     """extauthz serving both transports; Envoy asks it over HTTP (``http_service``)."""
-    log_dir = e2e_dir / "http"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    listener, admin, authz_port, grpc_port, http_port = free_ports(5)
-    ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz_port, echo=echo.port)
-    envoy_config = write_envoy_config(log_dir / "envoy.yaml", ports, source=ENVOY_HTTP)
-    argv = [*extauthz_argv(extauthz_config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
-            "--http-authz-address", f"{LOOPBACK}:{authz_port}",
-            "--http-authz-source-header", SOURCE_HEADER]
-    extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log").start()
-    try:
-        extauthz.wait_ready(http_ok(f"http://{LOOPBACK}:{http_port}/readyz"), STARTUP_TIMEOUT)
-        envoy = start_envoy(envoy_config, admin_port=admin, log_path=log_dir / "envoy.log",
-                            timeout=STARTUP_TIMEOUT)
-    except BaseException:
-        extauthz.stop()
-        raise
-    stack = Stack(config=extauthz_config, ports=ports, http_port=http_port, log_dir=log_dir,
-                  extauthz=extauthz, envoy=envoy, envoy_config=envoy_config)
-    stack._extra["grpc_port"] = grpc_port
+    stack = start_transport_stack("http", extauthz_config, upstream_port=echo.port,
+                                  log_dir=e2e_dir / "http")
     try:
         yield stack
     finally:

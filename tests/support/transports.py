@@ -5,13 +5,15 @@
 
 For tests that must prove one behaviour over both ext_authz protocols. ``envoy_edit`` may change
 the rendered Envoy configuration (a dict) before it is written, e.g. to add tracing; ``env``
-replaces extauthz's environment (e.g. ``OTEL_*`` variables).
+replaces extauthz's environment (e.g. ``OTEL_*`` variables); ``source`` replaces the shipped Envoy
+file (a variant of it); ``extra_args`` are more ``serve`` flags. On the ``http`` transport extauthz
+also serves gRPC, on ``stack._extra["grpc_port"]`` (in-process checks of the same server).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +36,15 @@ def start_transport_stack(
     log_dir: Path,
     envoy_edit: Callable[[dict[str, Any]], None] | None = None,
     env: Mapping[str, str] | None = None,
+    source: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Stack:
     """Start extauthz (serving ``transport``) and Envoy in front of ``upstream_port``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     listener, admin, authz, grpc_port, http_port = free_ports(5)
     ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz, echo=upstream_port)
-    source = ENVOY_CONFIG if transport == "grpc" else ENVOY_HTTP_CONFIG
+    if source is None:
+        source = ENVOY_CONFIG if transport == "grpc" else ENVOY_HTTP_CONFIG
     rendered = yaml.safe_load(render_config(ports, source))
     if envoy_edit is not None:
         envoy_edit(rendered)
@@ -51,6 +56,7 @@ def start_transport_stack(
         argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
                 "--http-authz-address", f"{LOOPBACK}:{authz}",
                 "--http-authz-source-header", SOURCE_HEADER]
+    argv = [*argv, *extra_args]
     extauthz = ManagedProcess("extauthz", argv, log_dir / "extauthz.log",
                               env=dict(os.environ) | dict(env or {})).start()
     try:
@@ -60,5 +66,8 @@ def start_transport_stack(
     except BaseException:
         extauthz.stop()
         raise
-    return Stack(config=config, ports=ports, http_port=http_port, log_dir=log_dir,
-                 extauthz=extauthz, envoy=envoy, envoy_config=envoy_config)
+    stack = Stack(config=config, ports=ports, http_port=http_port, log_dir=log_dir,
+                  extauthz=extauthz, envoy=envoy, envoy_config=envoy_config)
+    if transport == "http":
+        stack._extra["grpc_port"] = grpc_port
+    return stack
