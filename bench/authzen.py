@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from tests.support.builders import make_view
 from tests.support.cerbos import CerbosServer
 

@@ -147,9 +147,9 @@ def policy_candidates() -> list[tuple[str, dict[str, Any]]]:
 
 def config_is_valid(path: Path) -> tuple[bool, str]:
     """Validate and compile an extauthz configuration in-process: (ok, first problem)."""
-    from extauthz.config.compile import load_snapshot
     from extauthz.errors import ConfigError
     from extauthz.metrics import Metrics
+    from extauthz.snapshot import load_snapshot
 
     try:
         load_snapshot(path, Metrics())

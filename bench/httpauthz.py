@@ -91,10 +91,10 @@ class AuthzProtocol(asyncio.Protocol):
 
 class App:
     def __init__(self, config: str) -> None:
-        from extauthz.config.compile import load_snapshot
         from extauthz.decisionlog import DecisionLog
         from extauthz.metrics import Metrics
         from extauthz.pipeline import Engine
+        from extauthz.snapshot import load_snapshot
 
         self.metrics = Metrics()
         self.snapshot = load_snapshot(config, self.metrics)

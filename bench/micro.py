@@ -76,12 +76,12 @@ def message_for(sc: Scenario) -> Any:
 async def measure(work: Path, iterations: int, names: list[str] | None) -> list[dict[str, Any]]:
     from extauthz import decisionlog
     from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
-    from extauthz.config.compile import load_snapshot
     from extauthz.decisionlog import DecisionLog
     from extauthz.metrics import Metrics
     from extauthz.pipeline import Engine
     from extauthz.request import from_check_request
     from extauthz.servicer import AuthorizationServicer
+    from extauthz.snapshot import load_snapshot
     from extauthz.wire import to_check_response
 
     fx = fixtures.build(work, new_tokens=50)

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from extauthz.checktool import build_check_request
-from extauthz.config.compile import Snapshot, compile_config
 from extauthz.config.loader import load_config
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, free_port, tcp_open
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.request import from_check_request
+from extauthz.snapshot import Snapshot, compile_config
 from extauthz.wire import to_check_response
 
 KEY = "eak_bench-ratelimit-key-0123456789"

@@ -42,11 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _engine(config: str, decision_log: bool) -> tuple[Any, Any]:
-    from extauthz.config.compile import load_snapshot
     from extauthz.decisionlog import DecisionLog
     from extauthz.metrics import Metrics
     from extauthz.pipeline import Engine
     from extauthz.servicer import AuthorizationServicer
+    from extauthz.snapshot import load_snapshot
 
     metrics = Metrics()
     snapshot = load_snapshot(config, metrics)

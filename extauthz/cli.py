@@ -128,8 +128,8 @@ def _print_config_error(path: str, exc: ConfigError) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from extauthz.config.compile import load_snapshot
     from extauthz.metrics import Metrics
+    from extauthz.snapshot import load_snapshot
 
     try:
         snapshot = load_snapshot(args.config, Metrics())
@@ -153,10 +153,10 @@ def _check(args: argparse.Namespace) -> int:
         decision_to_json,
         load_request_file,
     )
-    from extauthz.config.compile import load_snapshot
     from extauthz.explain import Trace
     from extauthz.metrics import Metrics
     from extauthz.pipeline import Engine
+    from extauthz.snapshot import load_snapshot
 
     try:
         data = load_request_file(args.request)
@@ -219,6 +219,7 @@ def _revoke(args: argparse.Namespace) -> int:
     from extauthz.config.loader import load_config
     from extauthz.metrics import Metrics
     from extauthz.state.base import SharedStateUnavailable
+    from extauthz.state.provision import resolve_target
     from extauthz.state.redis import RedisClient
     from extauthz.state.revocation import (
         FOREVER,
@@ -228,7 +229,6 @@ def _revoke(args: argparse.Namespace) -> int:
         parse_until,
         revoke_in_redis,
     )
-    from extauthz.state.snapshot import resolve_target
 
     kind, value = args.kind, args.value
     now = time.time()
@@ -322,8 +322,8 @@ def _idtoken_generate_key(args: argparse.Namespace) -> int:
 
 
 def _idtoken_jwks(args: argparse.Namespace) -> int:
-    from extauthz.config.compile import load_snapshot
     from extauthz.metrics import Metrics
+    from extauthz.snapshot import load_snapshot
 
     try:
         snapshot = load_snapshot(args.config, Metrics())

@@ -24,7 +24,6 @@ from typing import Any
 from extauthz import tracing
 from extauthz.authn import dispatch
 from extauthz.authn.base import Authenticator
-from extauthz.config.compile import Snapshot
 from extauthz.config.schema import Limits
 from extauthz.decision import Decision, GrpcCode, Outcome, deny, from_error
 from extauthz.errors import (
@@ -49,6 +48,7 @@ from extauthz.metrics import NO_ROUTE_LABEL, Metrics
 from extauthz.paths import path_problem
 from extauthz.request import signature_components
 from extauthz.routing import Route
+from extauthz.snapshot import Snapshot
 from extauthz.types import AuthMethod, Identity, RequestView
 
 log = logging.getLogger("extauthz.check")

@@ -67,7 +67,6 @@ from extauthz.checktool import (
     check_request_data,
     decide_traced,
 )
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import LoadedConfig, issues_from_validation, load_config
 from extauthz.config.schema import AuthnSpec, CredentialSource, JwksSpec, JwtSpec
 from extauthz.decision import Decision
@@ -75,6 +74,7 @@ from extauthz.errors import ConfigError
 from extauthz.explain import Trace
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 
 TEST_FILE_PATTERNS = ("*_test.yaml", "*_test.yml")
 #: the ``kid`` of minted tokens

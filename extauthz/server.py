@@ -36,7 +36,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from extauthz import logsetup
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
-from extauthz.config.compile import Snapshot, load_snapshot, settle_heap
 from extauthz.config.schema import GRPC_MAX_RECEIVE_BYTES, MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
@@ -58,6 +57,7 @@ from extauthz.netlimits import (
 from extauthz.pipeline import Engine
 from extauthz.reload import ConfigWatcher
 from extauthz.servicer import AuthorizationServicer
+from extauthz.snapshot import Snapshot, load_snapshot, settle_heap
 from extauthz.state.redis import StateHub
 
 log = logging.getLogger("extauthz.server")

@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from extauthz import tracing
 from extauthz.authn.apikey import ApiKeyAuthenticator
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import Decision, Outcome
 from extauthz.idtoken.keys import generate_pem
@@ -40,6 +39,7 @@ from extauthz.keys import hash_api_key
 from extauthz.logformat import make_formatter
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from extauthz.types import Headers, RequestView
 
 KEY = "eak_feature-cost-key-0123456789abcd"

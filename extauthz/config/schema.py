@@ -931,7 +931,7 @@ class Limits(Model):
 
 
 # --- shared state across replicas (issue 7) ------------------------------------------------------
-# (resolved by extauthz/state/snapshot.py; the client is extauthz/state/redis.py)
+# (resolved by extauthz/state/provision.py; the client is extauthz/state/redis.py)
 
 _REDIS_SCHEMES = ("redis", "rediss")
 _KEY_PREFIX = re.compile(r"^[!-~]{0,64}$")

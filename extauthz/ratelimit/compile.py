@@ -27,7 +27,7 @@ from extauthz.ratelimit.keys import PARTS, Part, compile_cel_part
 from extauthz.ratelimit.limiter import Limit, RateLimiter
 from extauthz.ratelimit.memory import MemoryStore
 from extauthz.ratelimit.redis_store import RedisStore
-from extauthz.state.snapshot import resolve_target
+from extauthz.state.provision import resolve_target
 
 WHERE = "rate_limiting"
 #: key parts that only an authenticated request has

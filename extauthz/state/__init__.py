@@ -3,7 +3,7 @@
 Without ``settings.redis`` everything stays in memory (each replica on its own) and this package
 only contributes the file-based revocation list (``settings.revocation_file``)::
 
-    config/compile.py ── build_state(settings) ──> SnapshotState  (BuildContext.state)
+    snapshot.py ── build_state(settings) ──> SnapshotState  (BuildContext.state)
                                                      ├─ nonce_store(owner)      RedisNonceStore
                                                      ├─ attempt_limiter(owner)  RedisAttemptLimiter
                                                      └─ revocations             RevocationList
@@ -14,7 +14,7 @@ only contributes the file-based revocation list (``settings.revocation_file``)::
 Modules: :mod:`~extauthz.state.base` (the provider protocol, :class:`SharedStateUnavailable`),
 :mod:`~extauthz.state.redis` (client and hub), :mod:`~extauthz.state.stores` (nonces,
 attempts), :mod:`~extauthz.state.revocation` (lists, file format, ``extauthz revoke``),
-:mod:`~extauthz.state.snapshot` (building it from the configuration). redis-py is imported only
+:mod:`~extauthz.state.provision` (building it from the configuration). redis-py is imported only
 when a Redis client is started.
 """
 

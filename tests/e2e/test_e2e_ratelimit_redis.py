@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from extauthz.authn.apikey import ApiKeyAuthenticator
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
@@ -34,6 +33,7 @@ from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.ratelimit.gcra import Window
 from extauthz.ratelimit.redis_store import RedisStore, key_names
+from extauthz.snapshot import compile_config
 from extauthz.state.redis import RedisTarget
 from tests.support.builders import make_view
 from tests.support.processes import STARTUP_TIMEOUT

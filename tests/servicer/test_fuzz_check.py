@@ -52,7 +52,6 @@ from extauthz import sfv
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.authn.hmac_sig import ComponentError, sign, signature_base
 from extauthz.authn.xfcc import XfccError, parse_xfcc
-from extauthz.config.compile import Snapshot, load_snapshot
 from extauthz.decision import Decision
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import CheckError, Reason
@@ -61,6 +60,7 @@ from extauthz.pipeline import Engine
 from extauthz.request import from_check_request
 from extauthz.server import Server, ServerOptions
 from extauthz.servicer import AuthorizationServicer
+from extauthz.snapshot import Snapshot, load_snapshot
 from extauthz.types import RequestView
 from tests.support.allkinds import (
     API_KEY,

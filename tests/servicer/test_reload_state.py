@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extauthz.config.compile import Snapshot
 from extauthz.errors import Reason
 from extauthz.server import Server, ServerOptions
+from extauthz.snapshot import Snapshot
 from tests.unit.test_hmac_sig import FULL, KEY_ID, RFC_SECRET_B64, request, sign_view
 
 

@@ -237,9 +237,9 @@ class Running:
     """
 
     def __init__(self, kinds: AllKinds) -> None:
-        from extauthz.config.compile import load_snapshot
         from extauthz.metrics import Metrics
         from extauthz.pipeline import Engine
+        from extauthz.snapshot import load_snapshot
 
         self.loop = asyncio.new_event_loop()
         self.metrics = Metrics()

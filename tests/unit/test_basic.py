@@ -24,13 +24,13 @@ from extauthz.authn.basic import (
 )
 from extauthz.authn.htpasswd import check_bcrypt
 from extauthz.clock import FixedClock
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import BasicSpec
 from extauthz.decision import GrpcCode, Outcome
 from extauthz.errors import AuthenticationError, Reason, TooManyAttempts
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from extauthz.types import AuthMethod, RequestView
 from tests.support.builders import NOW, make_ctx, make_view
 

@@ -20,7 +20,6 @@ from extauthz.authz.cel import (
 )
 from extauthz.authz.policy import Policy
 from extauthz.authz.rules import RuleDenied
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import AuthzSpec
 from extauthz.decision import GrpcCode, Outcome, from_error
@@ -28,6 +27,7 @@ from extauthz.errors import ConfigError, Reason
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from extauthz.types import AuthMethod, Headers, Identity, RequestView
 from tests.support.builders import make_view
 

@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from extauthz.authn.mtls import MtlsAuthenticator, load_trust_bundle
 from extauthz.cli import main
 from extauthz.clock import FixedClock
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import MtlsSpec
 from extauthz.decision import GrpcCode, from_error
 from extauthz.errors import AuthenticationError, ConfigError, Reason
 from extauthz.metrics import Metrics
+from extauthz.snapshot import compile_config
 from extauthz.types import RequestView
 from tests.support.builders import make_ctx, make_view
 from tests.support.certs import CLIENT_AUTH, DAY, Issued, TestCA, _ca_key_usage, _utc, url_encode

@@ -57,8 +57,8 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_loader_message(tmp_path: Path, text: str, expected: str) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
-        from extauthz.config.compile import load_snapshot
         from extauthz.metrics import Metrics
+        from extauthz.snapshot import load_snapshot
 
         load_snapshot(path, Metrics())
     joined = "\n".join(str(i) for i in caught.value.issues)

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 from extauthz.authn.dispatch import needs_dispatch, select
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.errors import Reason
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from extauthz.types import AuthMethod, Identity, RequestView
 from tests.support import tokens
 from tests.support.builders import make_view

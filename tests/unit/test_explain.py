@@ -10,12 +10,12 @@ import yaml
 
 from extauthz.authn.apikey import ApiKeyAuthenticator
 from extauthz.cli import main
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.explain import Trace
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from tests.support.builders import make_view
 
 KEY = "eak_explain-test-key-0000000000000"

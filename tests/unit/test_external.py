@@ -17,7 +17,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from extauthz.cli import main
-from extauthz.config.compile import compile_config
 from extauthz.config.external import PdpSpec
 from extauthz.config.loader import load_config
 from extauthz.decisionlog import record
@@ -32,6 +31,7 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundPolicy
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from tests.support.builders import make_view
 
 KEY = "eak_external-test-key-000000000000"

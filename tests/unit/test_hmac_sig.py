@@ -21,13 +21,13 @@ from extauthz.authn.digest import content_digest, legacy_digest
 from extauthz.authn.hmac_sig import HmacAuthenticator, HmacKey, signature_base
 from extauthz.authn.nonces import MemoryNonceStore
 from extauthz.clock import FixedClock
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import AuthnSpec, HmacSpec
 from extauthz.decision import GrpcCode, Outcome, from_error
 from extauthz.errors import AuthenticationError, DependencyUnavailable, Reason
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from extauthz.types import AuthMethod, Headers, RequestView
 from tests.support.builders import make_ctx
 

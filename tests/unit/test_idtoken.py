@@ -19,7 +19,6 @@ from extauthz.admin import make_admin_app
 from extauthz.authn.apikey import ApiKeyAuthenticator
 from extauthz.cli import main
 from extauthz.clock import FixedClock
-from extauthz.config.compile import Snapshot, compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import Decision, GrpcCode, Outcome
 from extauthz.errors import ConfigError
@@ -27,6 +26,7 @@ from extauthz.idtoken.keys import generate_pem, parse_private_key, thumbprint
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import Snapshot, compile_config
 from extauthz.types import AuthMethod, Identity
 from tests.support.builders import make_view
 

@@ -19,7 +19,6 @@ import yaml
 from extauthz import sfv
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.authn.hmac_sig import sign, signature_base
-from extauthz.config.compile import load_snapshot
 from extauthz.config.loader import load_config
 from extauthz.config.schema import MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decision import Decision, GrpcCode, Outcome
@@ -30,6 +29,7 @@ from extauthz.pipeline import Engine
 from extauthz.request import from_check_request, signature_components
 from extauthz.server import Server, ServerOptions
 from extauthz.servicer import decide
+from extauthz.snapshot import load_snapshot
 from extauthz.types import Headers
 from extauthz.wire import to_check_response
 from tests.support.allkinds import (

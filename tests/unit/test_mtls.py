@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from extauthz.authn.mtls import MtlsAuthenticator, cert_thumbprint_s256, parse_spiffe_id
 from extauthz.authn.xfcc_trust import XfccModel
 from extauthz.clock import FixedClock
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import MtlsSpec
 from extauthz.decision import GrpcCode, Outcome, from_error
 from extauthz.errors import AuthenticationError, AuthorizationError, Reason
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from extauthz.types import AuthMethod, RequestView
 from tests.support.builders import make_ctx, make_view
 from tests.support.certs import DAY, SERVER_AUTH, Issued, TestCA, url_encode, xfcc_for

@@ -24,12 +24,12 @@ from extauthz.authn.introspection import IntrospectionAuthenticator
 from extauthz.authn.jwt import JwtAuthenticator
 from extauthz.authn.registry import BuildContext
 from extauthz.clock import FixedClock, system_clock
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.config.schema import IntrospectionSpec, JwtSpec, OutboundSpec, Settings
 from extauthz.errors import CheckError, ConfigError, Reason
 from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundError, OutboundPolicy, is_loopback_host
+from extauthz.snapshot import compile_config
 from tests.support.builders import make_view
 from tests.support.certs import TestCA
 from tests.support.idp import FakeIdP, serve_app

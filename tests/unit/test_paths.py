@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from extauthz.authn.apikey import ApiKeyAuthenticator
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode
 from extauthz.errors import ConfigError
@@ -21,6 +20,7 @@ from extauthz.metrics import Metrics
 from extauthz.paths import path_problem
 from extauthz.pipeline import Engine
 from extauthz.request import path_is_normalized
+from extauthz.snapshot import compile_config
 from tests.support.builders import make_view
 
 REPO = Path(__file__).resolve().parents[2]

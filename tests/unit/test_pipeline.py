@@ -10,7 +10,6 @@ import pytest
 
 from extauthz.authn.apikey import ApiKeyAuthenticator
 from extauthz.authn.jwt import JwtAuthenticator
-from extauthz.config.compile import Snapshot, compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode, Outcome
 from extauthz.errors import ConfigError, Reason
@@ -18,6 +17,7 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.request import _parse_query
+from extauthz.snapshot import Snapshot, compile_config
 from extauthz.types import AuthMethod, Identity
 from tests.support.builders import make_view
 from tests.support.tokens import ec_key, jwks

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from extauthz.authn.apikey import ApiKeyAuthenticator
-from extauthz.config.compile import Snapshot, compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode, Outcome
 from extauthz.decisionlog import DecisionLog, record
@@ -19,6 +18,7 @@ from extauthz.errors import Reason
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.snapshot import Snapshot, compile_config
 from extauthz.wire import to_check_response
 from tests.support.builders import make_view
 

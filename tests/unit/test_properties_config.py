@@ -17,10 +17,10 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extauthz.config.compile import load_snapshot
 from extauthz.config.loader import load_config
 from extauthz.errors import ConfigError
 from extauthz.metrics import Metrics
+from extauthz.snapshot import load_snapshot
 from tests.support.allkinds import config_data, write_all_kinds
 from tests.support.hypo import budget
 

@@ -25,7 +25,6 @@ from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
 from extauthz.authn.nonces import MemoryNonceStore
 from extauthz.cli import main
 from extauthz.clock import FixedClock
-from extauthz.config.compile import Snapshot, load_snapshot
 from extauthz.config.schema import RedisSpec
 from extauthz.decision import Decision, GrpcCode, Outcome
 from extauthz.errors import ConfigError, Reason
@@ -33,8 +32,10 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.servicer import decide
+from extauthz.snapshot import Snapshot, load_snapshot
 from extauthz.state import revocation as revocation_module
 from extauthz.state.base import SharedStateUnavailable
+from extauthz.state.provision import resolve_target
 from extauthz.state.redis import RedisClient, RedisTarget, StateHub
 from extauthz.state.revocation import (
     FOREVER,
@@ -47,7 +48,6 @@ from extauthz.state.revocation import (
     redis_keys,
     revoke_in_redis,
 )
-from extauthz.state.snapshot import resolve_target
 from extauthz.wire import to_check_response
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import AUDIENCE, ISSUER, claims, ec_key, jwks, mint

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from extauthz.config.compile import settle_heap
+from extauthz.snapshot import settle_heap
 
 
 class _Node:

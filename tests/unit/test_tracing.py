@@ -17,7 +17,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from extauthz import tracing
 from extauthz.authn.apikey import ApiKeyAuthenticator
-from extauthz.config.compile import compile_config
 from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode, Outcome
 from extauthz.errors import ConfigError
@@ -26,6 +25,7 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.otel import OtelCheckTracer
 from extauthz.pipeline import Engine
+from extauthz.snapshot import compile_config
 from extauthz.tracecontext import transport_parent
 from tests.support.builders import make_view
 

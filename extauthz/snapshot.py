@@ -32,8 +32,8 @@ from extauthz.outbound import OutboundPolicy
 from extauthz.ratelimit.compile import build_rate_limiter
 from extauthz.ratelimit.limiter import RateLimiter
 from extauthz.routing import HostMatcher, PathMatcher, Route, RouteTable, compile_template
+from extauthz.state.provision import SnapshotState, build_state
 from extauthz.state.redis import StateHub
-from extauthz.state.snapshot import SnapshotState, build_state
 
 log = logging.getLogger("extauthz.config")
 
