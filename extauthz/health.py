@@ -57,6 +57,12 @@ class HealthService:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
         return health_pb2.HealthCheckResponse(status=status)
 
+    async def List(self, request: Any, context: Any) -> Any:
+        """Not offered (what grpc_health's base servicer answered): UNIMPLEMENTED."""
+        import grpc
+
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
     async def Watch(self, request: Any, context: Any) -> None:
         from grpc_health.v1 import health_pb2
 

@@ -131,6 +131,7 @@ class GrpcFront:
     async def stop(self, grace: float) -> None:
         """Drain Envoy's listener (calls in flight finish, within ``grace``), stop Envoy, then
         the bridged endpoint; remove the private directory."""
+        self.bridge.draining = True
         if self.supervisor is not None:
             await self.supervisor.drain(ACTIVE_CALLS, grace, self.options.drain_seconds)
             await self.supervisor.stop()

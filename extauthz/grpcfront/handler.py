@@ -51,6 +51,7 @@ HealthLookup = Callable[[str], int | None]
 
 _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 400: b"HTTP/1.1 400 Bad Request\r\n",
                  404: b"HTTP/1.1 404 Not Found\r\n",
+                 503: b"HTTP/1.1 503 Service Unavailable\r\n",
                  415: b"HTTP/1.1 415 Unsupported Media Type\r\n"}
 _CONTENT_TYPE_LINE = f"content-type: {codec.CONTENT_TYPE}\r\n".encode("ascii")
 
@@ -71,7 +72,10 @@ def _reply(status: int, payload: bytes = b"") -> _Reply:
 
 
 def http_response(status: int, payload: bytes, keep_alive: bool) -> bytes:
-    """One HTTP/1.1 response; a 200 carries the bridge's content type (Envoy requires it)."""
+    """One HTTP/1.1 response with the bridge's content type. Envoy requires it on a 200; on
+    another status it makes Envoy answer the gRPC status of that HTTP status (404:
+    UNIMPLEMENTED, 400: INTERNAL, 503: UNAVAILABLE) instead of UNKNOWN ("upstream responded
+    with no content-type header")."""
     head = [_STATUS_LINES.get(status, b"HTTP/1.1 400 Bad Request\r\n"), _CONTENT_TYPE_LINE]
     head.append(b"content-length: %d\r\n" % len(payload))
     if not keep_alive:
@@ -94,6 +98,10 @@ class BridgeServer(HttpAuthzServer):
     def __init__(self, *args: Any, health: HealthLookup, **kwargs: Any) -> None:
         super().__init__(*args, path_prefix="", **kwargs)
         self.health = health
+        #: set on SIGTERM: a check that arrives now is refused (503: Envoy answers UNAVAILABLE,
+        #: the client's Envoy fails it closed), as grpc.aio refuses new calls once stopping;
+        #: checks already in flight finish
+        self.draining = False
 
     def begin(self, message: _Message) -> tuple[RequestView | None,
                                                 Decision | Coroutine[Any, Any, Decision]]:
@@ -105,6 +113,8 @@ class BridgeServer(HttpAuthzServer):
         path = message.url.decode("latin-1")
         body = bytes(message.body)
         if path == codec.CHECK_PATH:
+            if self.draining:
+                return None, _reply(503)
             return self._check(message, body)
         if path in (codec.HEALTH_CHECK_PATH, codec.HEALTH_WATCH_PATH):
             return None, self._health(body)
