@@ -75,6 +75,13 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"extauthz: cannot start: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("grpc", "grpc_health"):
+            raise
+        print("extauthz: cannot start: --grpc-server grpcio needs grpcio (pip install "
+              "'extauthz[grpcio]'); or serve gRPC through Envoy: --grpc-server envoy",
+              file=sys.stderr)
+        return 1
     finally:
         tracing.shutdown()  # export the spans still buffered
     return 0

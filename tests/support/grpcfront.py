@@ -1,0 +1,98 @@
+"""Looking at a running gRPC front (``serve --grpc-server envoy``) from outside: its Envoy child,
+its private directory, the TCP ports the pair listens on, and grpcio blocked from a child."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+#: the log line extauthz writes once the front serves (extauthz/grpcfront/front.py)
+_SERVES = re.compile(r"gRPC front: Envoy pid (\d+) serves gRPC on \S+ \(bridged to (\S+)\)")
+
+#: a ``sitecustomize`` that makes ``import grpc`` / ``import grpc_health`` fail in a child, as if
+#: grpcio were not installed (put its directory first on the child's PYTHONPATH)
+BLOCK_GRPC = '''
+import importlib.abc
+import sys
+
+
+class _NoGrpc(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("grpc", "grpc_health"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoGrpc())
+'''
+
+
+def front_of(log_text: str) -> tuple[int, Path]:
+    """The (last) Envoy child PID and the bridged socket path from extauthz's log."""
+    found = _SERVES.findall(log_text)
+    assert found, "no 'gRPC front: ... serves' line in the log"
+    pid, socket_path = found[-1]
+    return int(pid), Path(socket_path)
+
+
+def children(pid: int) -> list[int]:
+    """Direct child PIDs of ``pid`` (Linux)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` has exited; False at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def tcp_listen_ports(pids: Iterable[int]) -> set[int]:
+    """The TCP ports (IPv4 and IPv6) the processes ``pids`` listen on."""
+    inodes: set[int] = set()
+    for pid in pids:
+        inodes |= _socket_inodes(pid)
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
