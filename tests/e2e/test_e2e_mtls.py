@@ -58,6 +58,11 @@ from tests.support.envoy_tls import (
     start_tls_stack,
 )
 from tests.support.processes import write_config
+from tests.support.transports import GRPC_TRANSPORTS
+
+#: every test here runs over both gRPC servers: grpc.aio and the Envoy front (conftest.py); the
+#: peer certificate reaches extauthz in attributes.source.certificate through the front too
+STACK_TRANSPORTS = GRPC_TRANSPORTS
 
 ORDERS_ID = "spiffe://example.org/ns/orders/sa/api"
 INVOICER_ID = "spiffe://example.org/ns/billing/sa/invoicer"
@@ -201,14 +206,15 @@ def extauthz_config(e2e_dir: Path, pki: Pki) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(
-    extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path, pki: Pki
+    extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path, pki: Pki, stack_transport: str
 ) -> Iterator[TlsStack]:
     running = start_tls_stack(
         extauthz_config,
         echo_port=echo.port,
-        log_dir=e2e_dir / "logs",
+        log_dir=e2e_dir / f"logs-{stack_transport}",
         cert_dir=pki.dir,
         routes=ENVOY_ROUTES,
+        transport=stack_transport,
     )
     try:
         yield running

@@ -72,7 +72,9 @@ MAX_HEADERS = 40
 CLIENT_HEADERS = ("content-type", "www-authenticate", "retry-after", "content-length")
 #: headers_with_underscores_action: REJECT_REQUEST (HTTP/1.1: 400; HTTP/2: the stream is reset)
 UNDERSCORE_REJECTED = (400, STREAM_RESET)
-TRANSPORTS = ("grpc", "http")
+#: grpc-envoy: the gRPC API through the Envoy front (serve --grpc-server envoy); the proxy's
+#: Envoy configuration is the grpc one, and every outcome must equal grpc's
+TRANSPORTS = ("grpc", "http", "grpc-envoy")
 #: the authenticator whose claims_to_headers name (outside x-auth-) no route uses
 TENANT_HEADER = "x-tenant-id"
 BASIC_MAX_FAILURES = 3
@@ -194,8 +196,21 @@ def http_stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Ite
 
 
 @pytest.fixture(scope="module")
-def stacks(grpc_stack: Stack, http_stack: Stack) -> dict[str, Stack]:
-    return {"grpc": grpc_stack, "http": http_stack}
+def grpc_envoy_stack(extauthz_config: Path, echo: BackgroundApp,
+                     e2e_dir: Path) -> Iterator[Stack]:
+    source = _with_alias_route(ENVOY_GRPC, e2e_dir / "grpc-envoy-source.yaml", grpc=True,
+                               strip_regex=_strip_regex(extauthz_config))
+    running = start_stack(extauthz_config, echo_port=echo.port, log_dir=e2e_dir / "grpc-envoy",
+                          envoy_source=source, transport="grpc-envoy")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def stacks(grpc_stack: Stack, http_stack: Stack, grpc_envoy_stack: Stack) -> dict[str, Stack]:
+    return {"grpc": grpc_stack, "http": http_stack, "grpc-envoy": grpc_envoy_stack}
 
 
 # -- outcomes ----------------------------------------------------------------------------------
@@ -499,6 +514,10 @@ def test_both_transports_give_the_same_result(
     results = {t: _send(stacks[t], scenario, version, idp) for t in TRANSPORTS}
     grpc, http = results["grpc"], results["http"]
     _expect(scenario, grpc, "grpc")
+    # the Envoy front carries the same CheckRequest/CheckResponse: identical in every respect
+    front = results["grpc-envoy"]
+    assert (front.status, front.client_headers, front.body) == \
+        (grpc.status, grpc.client_headers, grpc.body), front.raw.body[:400]
     if scenario.http_refuses:
         # the HTTP transport cannot carry this decision: refused, never silently different
         assert http.status == scenario.http_refuses, (http.status, http.raw.body[:300])
@@ -554,7 +573,7 @@ def test_dynamic_metadata_reaches_envoy_on_both_transports(stacks: dict[str, Sta
         line = _access_log_line(stack, path)
         fields = dict(part.split("=", 1) for part in line.split()[1:])
         assert fields["md0"] == "reports", line
-        if transport == "grpc":
+        if transport != "http":
             assert fields["md1"] == "demo-client", line
         else:  # a JSON string (Envoy's access log quotes nothing; the JSON is compact)
             assert json.loads(fields["md1"])["subject"] == "demo-client", line

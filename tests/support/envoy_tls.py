@@ -47,7 +47,7 @@ import yaml
 from extauthz.demo.envoy import REPO_ROOT, EnvoyPorts, render_config
 from extauthz.demo.httpclient import Response, request
 from extauthz.demo.procs import LOOPBACK, free_ports
-from tests.support.processes import STARTUP_TIMEOUT, Stack, start_pair
+from tests.support.processes import GRPC_SERVER_ARGS, STARTUP_TIMEOUT, Stack, start_pair
 
 #: The documented mTLS Envoy configuration the tests run.
 MTLS_ENVOY_CONFIG = REPO_ROOT / "deploy" / "envoy" / "envoy-mtls.yaml"
@@ -300,8 +300,10 @@ def start_tls_stack(
     cert_dir: Path,
     routes: Sequence[Mapping[str, Any]] = (),
     timeout: float = STARTUP_TIMEOUT,
+    transport: str = "grpc",
 ) -> TlsStack:
     """Start extauthz with ``config`` and Envoy with :func:`render_mtls_config`; wait for both.
+    ``transport``: how extauthz serves gRPC (``grpc`` or ``grpc-envoy``: GRPC_SERVER_ARGS).
 
     ``cert_dir`` must hold ``server.crt``, ``server.key`` and ``client-ca.crt``.
     """
@@ -311,7 +313,9 @@ def start_tls_stack(
     listeners = dict(zip(EXTRA_LISTENERS, extra, strict=True))
     envoy_config = log_dir / "envoy-mtls.yaml"
     envoy_config.write_text(render_mtls_config(ports, listeners, cert_dir, routes))
-    extauthz, envoy = start_pair(config, envoy_config, ports, http_port, log_dir, timeout)
+    extauthz_args = GRPC_SERVER_ARGS[transport]
+    extauthz, envoy = start_pair(config, envoy_config, ports, http_port, log_dir, timeout,
+                                 extauthz_args=extauthz_args)
     return TlsStack(
         config=config,
         ports=ports,
@@ -321,6 +325,7 @@ def start_tls_stack(
         envoy=envoy,
         envoy_config=envoy_config,
         timeout=timeout,
+        extauthz_args=extauthz_args,
         listeners=listeners,
         ca_file=cert_dir / "client-ca.crt",
     )
