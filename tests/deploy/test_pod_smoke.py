@@ -7,11 +7,15 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from .conftest import containers, envoy_binary, extauthz_command, flag, get
@@ -27,6 +31,16 @@ from .podsim import (
     write_kubelet_volume,
 )
 from .test_extauthz_config import DEMO_KEY
+
+#: the extauthz-run emptyDirs of the pods started by a test (removed after it)
+_RUN_DIRS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_run_dirs() -> Iterator[None]:
+    yield
+    while _RUN_DIRS:
+        shutil.rmtree(_RUN_DIRS.pop(), ignore_errors=True)
 
 
 def start_pod(name: str, tmp_path: Path, procs: Processes) -> dict[str, Any]:
@@ -71,7 +85,15 @@ def start_pod(name: str, tmp_path: Path, procs: Processes) -> dict[str, Any]:
             {"/etc/extauthz/extauthz.yaml": str(config_dir / "extauthz.yaml")},
             ports,
         )
-        procs.start(worker["name"], [*extauthz_command(), *args])
+        # its env too (EXTAUTHZ_GRPC_SERVER=envoy: the gRPC front), with the emptyDir that
+        # holds the front's private directory laid out here
+        env = {e["name"]: e["value"] for e in worker.get("env", [])}
+        if "EXTAUTHZ_GRPC_FRONT_RUNTIME_DIR" in env:
+            # (a short path: a Unix socket path has at most 107 bytes, pytest's are long)
+            run = tempfile.mkdtemp(prefix="pod-run-")
+            _RUN_DIRS.append(run)
+            env["EXTAUTHZ_GRPC_FRONT_RUNTIME_DIR"] = run
+        procs.start(worker["name"], [*extauthz_command(), *args], env)
 
     base = f"http://127.0.0.1:{ports[8080]}"
     for worker in workers:
