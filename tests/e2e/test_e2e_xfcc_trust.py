@@ -47,7 +47,11 @@ from tests.e2e.helpers import assert_denied, upstream_headers
 from tests.support.certs import CLIENT_AUTH, DAY, SERVER_AUTH, Issued, TestCA, _utc, url_encode
 from tests.support.envoy_tls import ClientCert, tls_request
 from tests.support.envoy_xfcc import Topology, start_topology
-from tests.support.processes import write_config
+from tests.support.processes import GRPC_SERVER_ARGS, write_config
+from tests.support.transports import GRPC_TRANSPORTS
+
+#: every test here runs over both gRPC servers: grpc.aio and the Envoy front (conftest.py)
+STACK_TRANSPORTS = GRPC_TRANSPORTS
 
 HTTP_AUTHZ_DEPLOY = Path(__file__).resolve().parents[2] / "deploy/envoy/envoy-http-authz.yaml"
 VICTIM_ID = "spiffe://example.org/ns/billing/sa/victim"
@@ -185,9 +189,11 @@ def extauthz_config(e2e_dir: Path, pki: Pki) -> Path:
 
 
 @pytest.fixture(scope="module")
-def topo(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path, pki: Pki) -> Iterator[Topology]:
-    running = start_topology(extauthz_config, echo_port=echo.port, logs=e2e_dir / "logs",
-                             cert_dir=pki.dir)
+def topo(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path, pki: Pki,
+         stack_transport: str) -> Iterator[Topology]:
+    running = start_topology(extauthz_config, echo_port=echo.port,
+                             logs=e2e_dir / f"logs-{stack_transport}", cert_dir=pki.dir,
+                             extra_args=GRPC_SERVER_ARGS[stack_transport])
     try:
         yield running
     finally:

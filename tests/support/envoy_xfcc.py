@@ -26,6 +26,7 @@ when the connection has no certificate). Every TLS listener writes all of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,16 +231,18 @@ class Topology:
             proc.stop()
 
 
-def start_topology(config: Path, *, echo_port: int, logs: Path, cert_dir: Path) -> Topology:
-    """Start extauthz (gRPC + HTTP transport reading :data:`PEER_CERT_HEADER`), the inner Envoy,
-    then the edge Envoy. ``cert_dir`` holds ca.crt, server.crt/key and edgeproxy.crt/key."""
+def start_topology(config: Path, *, echo_port: int, logs: Path, cert_dir: Path,
+                   extra_args: Sequence[str] = ()) -> Topology:
+    """Start extauthz (gRPC + HTTP transport reading :data:`PEER_CERT_HEADER`; ``extra_args``:
+    more serve flags, e.g. ``--grpc-server envoy``), the inner Envoy, then the edge Envoy.
+    ``cert_dir`` holds ca.crt, server.crt/key and edgeproxy.crt/key."""
     logs.mkdir(parents=True, exist_ok=True)
     names = (*EDGE_LISTENERS, *INNER_LISTENERS)
     grpc_port, http_port, authz_http, edge_admin, inner_admin, *rest = free_ports(5 + len(names))
     ports = dict(zip(names, rest, strict=True))
     argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
             "--http-authz-address", f"{LOOPBACK}:{authz_http}",
-            "--http-authz-peer-cert-header", PEER_CERT_HEADER]
+            "--http-authz-peer-cert-header", PEER_CERT_HEADER, *extra_args]
     running = Topology(ports, [], cert_dir / "ca.crt")
     try:
         extauthz = ManagedProcess("extauthz", argv, logs / "extauthz.log").start()
