@@ -60,6 +60,9 @@ def _connection_manager(config: FrontConfig) -> dict[str, Any]:
         # no x-request-id of Envoy's own on the bridged call: extauthz reads the client
         # request's id from the CheckRequest, and generating one costs CPU per call
         "generate_request_id": False,
+        # nothing to add to the bridged call or its answer: no x-forwarded-for (extauthz reads
+        # the client address from the CheckRequest), no x-envoy-* headers from the router
+        "skip_xff_append": True,
         # Header block of one call: as grpc.aio's --grpc-max-metadata-bytes.
         "max_request_headers_kb": max(1, limits.max_metadata_bytes // 1024),
         # A stream that makes no progress (its answer never read: window 0) is reset after
@@ -119,7 +122,8 @@ def _connection_manager(config: FrontConfig) -> dict[str, Any]:
             },
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _TYPE + "filters.http.router.v3.Router"},
+                "typed_config": {"@type": _TYPE + "filters.http.router.v3.Router",
+                                 "suppress_envoy_headers": True},
             },
         ],
     }
