@@ -33,6 +33,10 @@ def _serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"extauthz: {exc}", file=sys.stderr)
             return 2
+    if args.grpc_front_concurrency < 1 or args.grpc_front_drain_seconds < 0:
+        print("extauthz: --grpc-front-concurrency must be at least 1 and "
+              "--grpc-front-drain-seconds not negative", file=sys.stderr)
+        return 2
     try:
         limits = {prefix: _limits(args, prefix, cls) for prefix, cls in _LIMIT_FLAGS.items()}
     except ValueError as exc:
