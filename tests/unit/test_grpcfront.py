@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -167,3 +168,21 @@ def test_private_directory_mode(tmp_path: Path) -> None:
 
     made = tempfile.mkdtemp(prefix="extauthz-grpc-front-", dir=tmp_path)
     assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+
+
+async def test_envoy_log_lines_go_to_extauthz_logging_at_their_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from extauthz.grpcfront.supervisor import EnvoySupervisor
+
+    stream = asyncio.StreamReader()
+    stream.feed_data(b"[warning][main] no connection limit\n[error][upstream] boom\n"
+                     b"[info][config] loading\nnot in Envoy's format\n")
+    stream.feed_eof()
+    supervisor = EnvoySupervisor(["envoy"], "/nonexistent", lambda _: None)
+    with caplog.at_level(logging.DEBUG, logger="extauthz.envoy"):
+        await supervisor._forward(stream)
+    seen = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "extauthz.envoy"]
+    assert seen == [(logging.WARNING, "[main] no connection limit"),
+                    (logging.ERROR, "[upstream] boom"), (logging.INFO, "[config] loading"),
+                    (logging.WARNING, "not in Envoy's format")]
