@@ -74,16 +74,32 @@ async def admin_request(socket_path: str, method: str, target: str,
                          "connection: close\r\ncontent-length: 0\r\n\r\n".encode())
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
-            length = -1
+            fields = {}
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length" and value.strip().isdigit():
-                    length = int(value)
-            body = await (reader.readexactly(length) if length >= 0 else reader.read())
+                fields[name.strip().lower()] = value.strip().lower()
+            length = fields.get(b"content-length", b"")
+            if length.isdigit():
+                body = await reader.readexactly(int(length))
+            elif fields.get(b"transfer-encoding") == b"chunked":
+                body = await _read_chunked(reader)
+            else:
+                body = await reader.read()
         finally:
             writer.close()
     parts = head.split(b" ", 2)
     return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0), body
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked HTTP/1.1 body (Envoy's admin sends ``/stats`` and ``/listeners`` so)."""
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readline()  # the CRLF after the chunk
 
 
 class EnvoySupervisor:
