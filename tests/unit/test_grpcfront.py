@@ -186,3 +186,23 @@ async def test_envoy_log_lines_go_to_extauthz_logging_at_their_level(
     assert seen == [(logging.WARNING, "[main] no connection limit"),
                     (logging.ERROR, "[upstream] boom"), (logging.INFO, "[config] loading"),
                     (logging.WARNING, "not in Envoy's format")]
+
+
+async def test_front_on_port_zero_learns_its_port_and_answers_health() -> None:
+    import grpc
+
+    changes: list[bool] = []
+    front = GrpcFront(Engine(Metrics()), None, health={"": codec.SERVING}.get,
+                      address=("127.0.0.1", 0), limits=GrpcLimits(),
+                      options=FrontOptions(), on_change=changes.append)
+    await front.start()
+    try:
+        assert front.port > 0 and front.ready and changes == [True]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel:
+            call = channel.unary_unary("/grpc.health.v1.Health/Check")
+            answer = await call(health_pb2.HealthCheckRequest().SerializeToString(), timeout=5)
+        assert health_pb2.HealthCheckResponse.FromString(answer).status == codec.SERVING
+        directory = front.directory
+    finally:
+        await front.stop(1.0)
+    assert not os.path.exists(directory) and not front.ready
