@@ -19,7 +19,10 @@ same duration each:
   (grpc: extauthz; grpc-envoy: extauthz + its Envoy child) and of the whole pod (+ the proxy
   Envoy);
 * 1 connection: p50 latency, minus the p50 of ``/static/`` on the same proxy (Envoy alone):
-  the added p50.
+  the added p50;
+* direct: ``h2load`` straight to the gRPC port (one connection, 10 streams, as the proxy's
+  Envoy calls), the same CheckRequest each time: CPU per check of the serving processes alone,
+  without the proxy's Envoy in the measurement.
 
 The result is the median over the rounds of each figure, and the ratios envoy-front / grpc.
 The machine may be shared: compare ratios within one run only.
@@ -40,7 +43,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.loadgen import run_wrk, wrk_script  # noqa: E402
+from bench.grpcframe import CHECK_PATH, check_request, write_frame  # noqa: E402
+from bench.loadgen import run_h2load, run_wrk, wrk_script  # noqa: E402
 from bench.procstat import cpu_seconds  # noqa: E402
 from extauthz.demo.echo import start_echo  # noqa: E402
 from extauthz.demo.idp import DemoIdP  # noqa: E402
@@ -76,8 +80,9 @@ def serving_pids(stack: Stack) -> list[int]:
     return [stack.extauthz.pid, *children(stack.extauthz.pid)]
 
 
-def measure(stack: Stack, script: Path, static: Path, seconds: float) -> dict[str, float]:
-    """One 10-connection and two 1-connection runs on ``stack``."""
+def measure(stack: Stack, script: Path, static: Path, seconds: float,
+            frame: Path) -> dict[str, float]:
+    """One 10-connection and two 1-connection runs through the proxy, one direct h2load run."""
     serving = serving_pids(stack)
     assert stack.envoy.pid is not None
     pod = [*serving, stack.envoy.pid]
@@ -91,7 +96,14 @@ def measure(stack: Stack, script: Path, static: Path, seconds: float) -> dict[st
     alone = run_wrk("wrk", stack.base_url + "/static/x", static, connections=1,
                     duration_s=seconds / 2, threads=1)
     checks = loaded.requests
+    before_direct = {p: cpu_seconds(p) for p in serving}
+    direct = run_h2load("h2load", f"http://127.0.0.1:{stack.ports.extauthz}{CHECK_PATH}", frame,
+                        streams=10, duration_s=seconds, warmup_s=0.5,
+                        log_file=frame.with_suffix(".log"))
+    direct_cpu = sum(cpu_seconds(p) - before_direct[p] for p in serving)
     return {
+        "direct_rps": direct.rps,
+        "direct_us_per_check": direct_cpu / max(1, direct.requests) * 1e6,
         "rps_10": loaded.rps,
         "serving_us_per_check": sum(used[p] for p in serving) / checks * 1e6,
         "extauthz_us_per_check": used[serving[0]] / checks * 1e6,
@@ -122,6 +134,9 @@ def main() -> int:
             script = work / "jwt.lua"
             script.write_text(wrk_script(method="GET", path="/profile/me",
                                          headers={"authorization": f"Bearer {token}"}))
+            frame = write_frame(work / "check.bin", check_request(
+                method="GET", path="/profile/me", host="localhost",
+                headers={"authorization": f"Bearer {token}"}, route="profile"))
             static = work / "static.lua"
             static.write_text(wrk_script(method="GET", path="/static/x", headers={}))
             for stack in stacks.values():  # warm: JWKS fetched, token cached, connections up
@@ -132,7 +147,7 @@ def main() -> int:
                 order = TRANSPORTS if index % 2 == 0 else TRANSPORTS[::-1]
                 for transport in order:
                     rows[transport].append(measure(stacks[transport], script, static,
-                                                   args.seconds))
+                                                   args.seconds, frame))
                     time.sleep(0.5)
     finally:
         for stack in stacks.values():
@@ -146,6 +161,7 @@ def main() -> int:
         "serving_cpu_per_check": front["serving_us_per_check"] / base["serving_us_per_check"],
         "pod_cpu_per_check": front["pod_us_per_check"] / base["pod_us_per_check"],
         "rps_10": front["rps_10"] / base["rps_10"],
+        "direct_cpu_per_check": front["direct_us_per_check"] / base["direct_us_per_check"],
     }
     result["rounds"] = rows
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
