@@ -44,12 +44,13 @@ from tests.e2e.test_e2e_lifecycle import (  # noqa: F401 (fixtures)
     slow_as,
 )
 from tests.e2e.test_e2e_resource_bounds import assert_normal_client_unharmed
-from tests.support.abuse import NormalClient, Server, check_request, start_server
+from tests.support.abuse import NormalClient, Server, check_request, rss_mib, start_server
 from tests.support.grpcfront import (
     BLOCK_GRPC,
     alive,
     children,
     front_of,
+    rss_anon_mib,
     tcp_listen_ports,
     wait_gone,
 )
@@ -330,6 +331,9 @@ def test_front_listener_bounds_under_an_abusive_client(server: Server) -> None:
         conn.close()
     assert settings.get(SettingsFrame.MAX_CONCURRENT_STREAMS) == 64
     message = check_request().SerializeToString()
+    envoy_pid, _ = front_of(server.proc.log_text())
+    before = rss_anon_mib(envoy_pid) + rss_mib(server)
+    peak = before
     with NormalClient(server, http_transport=False) as normal:
         time.sleep(0.5)
         # 1. the connection cap (32, the normal client's channel included)
@@ -359,6 +363,7 @@ def test_front_listener_bounds_under_an_abusive_client(server: Server) -> None:
             sent = sum(500 for _ in range(2) if attacker.send(attacker.calls(500, message)))
             outcome.append(("streams", sent, attacker.goaway(timeout=0.2)))
             idle.append(attacker)
+            peak = max(peak, rss_anon_mib(envoy_pid) + rss_mib(server))
         for _ in range(2):
             reset = RawH2(server.grpc_port)
             reset.server_settings(timeout=2)
@@ -374,6 +379,8 @@ def test_front_listener_bounds_under_an_abusive_client(server: Server) -> None:
             attacker.close()
         time.sleep(1.0)
     print(f"\nfront: {admitted} of 40 idle connections admitted (cap 32); abusive connections "
-          f"(kind, streams sent, GOAWAY code): {outcome}")
+          f"(kind, streams sent, GOAWAY code): {outcome}; extauthz RSS + Envoy anonymous RSS "
+          f"{before:.1f} -> peak {peak:.1f} MiB")
     assert admitted <= 31
+    assert peak - before < 64, (before, peak)  # grpc.aio's bound: 62 MiB
     assert_normal_client_unharmed(normal.samples, http_transport=False, bound=1.0)

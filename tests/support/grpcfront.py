@@ -96,3 +96,12 @@ def tcp_listen_ports(pids: Iterable[int]) -> set[int]:
             if fields[3] == "0A" and int(fields[9]) in inodes:  # 0A: LISTEN
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def rss_anon_mib(pid: int) -> float:
+    """Anonymous resident memory of ``pid`` (MiB): what a flood can grow (the binary's
+    file-backed pages do not count)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
