@@ -44,7 +44,7 @@ def test_the_expiry_heap_stays_bounded_under_lru_churn() -> None:
     for i in range(100_000):  # all live (far expiry), so only the LRU bound evicts
         cache.put(i, i, 1e12)
     assert len(cache) == 100
-    assert len(cache._heap) <= 100 + 25 + 64 + 1
+    assert cache.indexed <= 100 + 25 + 64 + 1
 
 
 def test_the_lru_bound_still_holds_and_zero_disables() -> None:
