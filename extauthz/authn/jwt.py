@@ -62,12 +62,12 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.base import Challenge
 from extauthz.authn.cache import CredentialCache, credential_key
 from extauthz.authn.certbinding import CertBinding
+from extauthz.authn.claimset import Layouts
 from extauthz.authn.jwks import (
     ALGORITHMS,
     JwkKey,
@@ -120,11 +120,17 @@ class _DuplicateName(ValueError):
 _INTERN_MAX = 64
 
 
+#: claims whose value is (nearly) unique per token: interning them would only grow the interpreter's
+#: interned-string table (~90 bytes per cached token, docs/memory.md)
+_UNIQUE_CLAIMS = frozenset({"jti", "sub", "sid", "nonce", "at_hash", "c_hash", "uti"})
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Interning makes 100 000 cached tokens share one copy of each member name and of each
-    # repeated short value instead of holding their own (docs/performance.md: cached_tokens).
+    # repeated short value instead of holding their own (docs/memory.md).
     intern = sys.intern
-    out = {intern(k): intern(v) if type(v) is str and len(v) <= _INTERN_MAX else v
+    out = {intern(k): intern(v) if (type(v) is str and len(v) <= _INTERN_MAX
+                                     and k not in _UNIQUE_CLAIMS) else v
            for k, v in pairs}
     if len(out) != len(pairs):
         raise _DuplicateName("duplicate member name")
@@ -256,6 +262,8 @@ class JwtAuthenticator(SourceCredentials):
         self._subject_name = spec.subject_claim
         self._scope_claims = tuple(spec.scope_claims)
         self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
+        #: one name -> position table per claim shape, shared by the cached tokens
+        self._layouts = Layouts()
         self._claim_headers = tuple(
             (_claim_path(claim), header) for claim, header in spec.claims_to_headers.items()
         )
@@ -565,7 +573,7 @@ class JwtAuthenticator(SourceCredentials):
             subject=subject,
             authenticator=self.name,
             scopes=self._shared_scopes(frozenset(scopes)),
-            claims=MappingProxyType(claims),
+            claims=self._layouts.claims(claims),  # compact and read-only (claimset.py)
             expires_at=float(exp) if exp is not None else None,
             headers=tuple(headers),
             key_id=key.kid,
