@@ -38,13 +38,18 @@ safety properties PyJWT has (and a few more), in this order::
 Every failure raises :class:`~extauthz.errors.AuthenticationError` with a reason code and a short
 public-safe description; the token itself never appears in an error, a log line or a metric.
 
-Verified-token cache: a bounded LRU keyed by the SHA-256 of the token (32 bytes instead of the
-~700-byte token: the key is most of an entry's size). An entry holds the Identity, the
-:class:`~extauthz.authn.jwks.JwkKey` that verified it and the window ``[lo, hi)`` in which a fresh
-verification would also pass (``hi = exp + leeway``). A hit needs: the JWKS not stale, ``lo <= now
-< hi``, and the key still in the current key set — a key removed at a refresh invalidates exactly
-the tokens it signed. So a hit is a dict lookup, two comparisons and a set membership test, and it
-never accepts a token the full path would refuse. Failures are not cached.
+Verified-token cache (:class:`~extauthz.authn.cache.CredentialCache`): a bounded LRU keyed by the
+SHA-256 of the token (never the token). An entry holds the Identity *without claims*, the
+:class:`~extauthz.authn.jwks.JwkKey` that verified it, the window ``[lo, hi)`` in which a fresh
+verification would also pass (``hi = exp + leeway``), and only what the per-request checks read:
+``jti`` (when a revocation list is configured) and ``cnf``. A hit needs: the JWKS not stale,
+``lo <= now < hi``, and the key still in the current key set — a key removed at a refresh
+invalidates exactly the tokens it signed. So a hit is a dict lookup, two comparisons and a set
+membership test, and it never accepts a token the full path would refuse. Failures are not
+cached. The request's Identity gets its claims from the request's own token — the one that was
+verified, byte for byte — decoded only if something reads them
+(:mod:`extauthz.authn.lazyclaims`): ~500 bytes per cached token instead of ~1 KiB
+(docs/memory.md).
 
 Claims to headers: a dotted path (``realm_access.roles``) — a top-level claim whose name contains
 dots (``https://example.com/roles``) is matched first. Strings as is, numbers/booleans as JSON,
@@ -55,19 +60,19 @@ header. A value with control characters is rendered as is: the pipeline denies t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.base import Challenge
 from extauthz.authn.cache import CredentialCache, credential_key
 from extauthz.authn.certbinding import CertBinding
-from extauthz.authn.claimset import Layouts
 from extauthz.authn.jwks import (
     ALGORITHMS,
     JwkKey,
@@ -77,6 +82,7 @@ from extauthz.authn.jwks import (
     b64url_decode,
     jwks_source_from_spec,
 )
+from extauthz.authn.lazyclaims import LazyClaims
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.clock import Clock
@@ -115,23 +121,8 @@ class _DuplicateName(ValueError):
     pass
 
 
-#: string values up to this length are interned: ``iss``, ``aud``, ``scope``, roles... repeat in
-#: every token of an issuer, and a verified token's claims live in the cache until it expires
-_INTERN_MAX = 64
-
-
-#: claims whose value is (nearly) unique per token: interning them would only grow the interpreter's
-#: interned-string table (~90 bytes per cached token, docs/memory.md)
-_UNIQUE_CLAIMS = frozenset({"jti", "sub", "sid", "nonce", "at_hash", "c_hash", "uti"})
-
-
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Interning makes 100 000 cached tokens share one copy of each member name and of each
-    # repeated short value instead of holding their own (docs/memory.md).
-    intern = sys.intern
-    out = {intern(k): intern(v) if (type(v) is str and len(v) <= _INTERN_MAX
-                                     and k not in _UNIQUE_CLAIMS) else v
-           for k, v in pairs}
+    out = dict(pairs)
     if len(out) != len(pairs):
         raise _DuplicateName("duplicate member name")
     return out
@@ -156,13 +147,35 @@ def _json_segment(segment: str) -> Any:
         raise ValueError("too deeply nested") from None
 
 
+#: an _Entry's ``cnf`` when the token has no cnf claim (a cnf of JSON null is not "absent")
+_ABSENT: Any = object()
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """A verified token: valid while ``lo <= now < hi`` and ``key`` is in the current key set."""
+    """A verified token: valid while ``lo <= now < hi`` and ``key`` is in the current key set.
+
+    No claims (each request reads them from its own token, :mod:`extauthz.authn.lazyclaims`):
+    only what the per-request checks need — ``jti`` when a revocation list is configured, the
+    ``cnf`` claim for certificate binding."""
 
     identity: Identity
     key: JwkKey
     lo: float
+    jti: str | None
+    cnf: Any
+
+
+def _claims_of(segment: str) -> dict[str, Any]:
+    """The claims of a payload segment that has already been verified (a cache hit)."""
+    claims: dict[str, Any] = _json_segment(segment)
+    return claims
+
+
+def _payload_segment(token: str) -> str:
+    start = token.index(".") + 1
+    return token[start:token.index(".", start)]
 
 
 # ------------------------------------------------------------------------------------ claim paths
@@ -262,8 +275,6 @@ class JwtAuthenticator(SourceCredentials):
         self._subject_name = spec.subject_claim
         self._scope_claims = tuple(spec.scope_claims)
         self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
-        #: one name -> position table per claim shape, shared by the cached tokens
-        self._layouts = Layouts()
         self._claim_headers = tuple(
             (_claim_path(claim), header) for claim, header in spec.claims_to_headers.items()
         )
@@ -316,22 +327,23 @@ class JwtAuthenticator(SourceCredentials):
 
         entry = await self._cache.through(
             credential_key(token), now, lambda: self._verify(token, now, keyset), fresh)
-        return self._accepted(entry.identity, view)
+        return self._accepted(entry, token, view)
 
-    def _accepted(self, identity: Identity, view: RequestView) -> Identity:
-        """Per-request checks of a verified (or cached) token: revocation, certificate binding."""
-        self._binding.check(identity.claims, view)
-        return self._not_revoked(identity)
+    def _accepted(self, entry: _Entry, token: str, view: RequestView) -> Identity:
+        """Per-request checks of a verified (or cached) token — certificate binding, then
+        revocation — and this request's Identity: the entry's, with the claims of its token."""
+        cnf = entry.cnf
+        self._binding.check(_NO_CLAIMS if cnf is _ABSENT else {"cnf": cnf}, view)
+        self._not_revoked(entry.jti)
+        return dataclasses.replace(
+            entry.identity, claims=LazyClaims(_payload_segment(token), _claims_of))
 
-    def _not_revoked(self, identity: Identity) -> Identity:
+    def _not_revoked(self, jti: str | None) -> None:
         """Refuse a verified (or cached) token whose ``jti`` is revoked: a dict lookup, and a 503
         instead when the shared revocation list is too stale to trust."""
         revocations = self._revocations
-        if revocations is not None:
-            jti = identity.claims.get("jti")
-            if isinstance(jti, str) and revocations.jti_revoked(jti):
-                raise self._fail(Reason.TOKEN_REVOKED)
-        return identity
+        if revocations is not None and jti is not None and revocations.jti_revoked(jti):
+            raise self._fail(Reason.TOKEN_REVOKED)
 
     def adopt_outbound_state(self, candidates: Iterable[object]) -> None:
         """On a reload: take over the last good keys of a previous authenticator that fetched
@@ -388,7 +400,9 @@ class JwtAuthenticator(SourceCredentials):
         # Only signed content from here on.
         claims = self._json_object(payload_seg, "payload")
         lo, hi = self._check_claims(claims, now)
-        return _Entry(self._identity(claims, key), key, lo), hi
+        jti = claims.get("jti") if self._revocations is not None else None
+        return _Entry(self._identity(claims, key), key, lo,
+                      jti if isinstance(jti, str) else None, claims.get("cnf", _ABSENT)), hi
 
     def _segments(self, token: str) -> tuple[str, str, str]:
         if len(token) > MAX_TOKEN_LENGTH:
@@ -573,7 +587,6 @@ class JwtAuthenticator(SourceCredentials):
             subject=subject,
             authenticator=self.name,
             scopes=self._shared_scopes(frozenset(scopes)),
-            claims=self._layouts.claims(claims),  # compact and read-only (claimset.py)
             expires_at=float(exp) if exp is not None else None,
             headers=tuple(headers),
             key_id=key.kid,
