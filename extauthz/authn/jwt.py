@@ -275,6 +275,7 @@ class JwtAuthenticator(SourceCredentials):
         self._subject_name = spec.subject_claim
         self._scope_claims = tuple(spec.scope_claims)
         self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
+        self._times: dict[float, float] = {}
         self._claim_headers = tuple(
             (_claim_path(claim), header) for claim, header in spec.claims_to_headers.items()
         )
@@ -400,6 +401,7 @@ class JwtAuthenticator(SourceCredentials):
         # Only signed content from here on.
         claims = self._json_object(payload_seg, "payload")
         lo, hi = self._check_claims(claims, now)
+        lo, hi = self._shared_time(lo), self._shared_time(hi)
         jti = claims.get("jti") if self._revocations is not None else None
         return _Entry(self._identity(claims, key), key, lo,
                       jti if isinstance(jti, str) else None, claims.get("cnf", _ABSENT)), hi
@@ -553,6 +555,18 @@ class JwtAuthenticator(SourceCredentials):
     def _missing(self, claim: str) -> AuthenticationError:
         return self._fail(Reason.MISSING_CLAIM, claim, f"token lacks the {claim} claim")
 
+    def _shared_time(self, value: float) -> float:
+        """One float object per distinct time: the tokens an issuer mints in the same second
+        share ``exp`` (and so the entry's ``hi`` and ``expires_at``) — 24 bytes each per cached
+        token otherwise (docs/memory.md). Bounded: the table starts over at 4096 times."""
+        times = self._times
+        shared = times.get(value)
+        if shared is None:
+            if len(times) >= 4096:
+                times.clear()
+            shared = times[value] = value
+        return shared
+
     def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
         """One shared frozenset per distinct scope set (a handful per issuer in practice; the
         table stops growing at 1024 sets, after which sets are simply not shared)."""
@@ -587,7 +601,8 @@ class JwtAuthenticator(SourceCredentials):
             subject=subject,
             authenticator=self.name,
             scopes=self._shared_scopes(frozenset(scopes)),
-            expires_at=float(exp) if exp is not None else None,
+            claims=_NO_CLAIMS,  # shared; each request gets its own (_accepted)
+            expires_at=self._shared_time(float(exp)) if exp is not None else None,
             headers=tuple(headers),
             key_id=key.kid,
         )
