@@ -50,6 +50,8 @@ Verified = tuple[V, float | None]
 def credential_key(*parts: str | bytes) -> bytes:
     """The cache key of a credential: SHA-256 of its parts joined by NUL (32 bytes; text is
     UTF-8 with lone surrogates kept, so any ``str`` hashes)."""
+    if len(parts) == 1 and type(parts[0]) is str:  # the common case, on every check
+        return hashlib.sha256(parts[0].encode("utf-8", "surrogatepass")).digest()
     digest = hashlib.sha256()
     for i, part in enumerate(parts):
         if i:

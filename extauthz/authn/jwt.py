@@ -173,6 +173,21 @@ def _claims_of(segment: str) -> dict[str, Any]:
     return claims
 
 
+#: Identity's fields but ``claims``, for :func:`_with_claims`
+_IDENTITY_FIELDS = tuple(f.name for f in dataclasses.fields(Identity) if f.name != "claims")
+_set = object.__setattr__
+
+
+def _with_claims(identity: Identity, claims: Mapping[str, Any]) -> Identity:
+    """A copy of ``identity`` with ``claims`` (what ``dataclasses.replace`` does, at a third of
+    its cost: it runs on every cache hit)."""
+    copy = object.__new__(Identity)
+    for name in _IDENTITY_FIELDS:
+        _set(copy, name, getattr(identity, name))
+    _set(copy, "claims", claims)
+    return copy
+
+
 def _payload_segment(token: str) -> str:
     start = token.index(".") + 1
     return token[start:token.index(".", start)]
@@ -336,8 +351,7 @@ class JwtAuthenticator(SourceCredentials):
         cnf = entry.cnf
         self._binding.check(_NO_CLAIMS if cnf is _ABSENT else {"cnf": cnf}, view)
         self._not_revoked(entry.jti)
-        return dataclasses.replace(
-            entry.identity, claims=LazyClaims(_payload_segment(token), _claims_of))
+        return _with_claims(entry.identity, LazyClaims(_payload_segment(token), _claims_of))
 
     def _not_revoked(self, jti: str | None) -> None:
         """Refuse a verified (or cached) token whose ``jti`` is revoked: a dict lookup, and a 503
