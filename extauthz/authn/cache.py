@@ -39,9 +39,10 @@ from extauthz.authn.lru import TtlLru
 from extauthz.clock import Clock
 from extauthz.metrics import Metrics
 
-__all__ = ["CredentialCache", "credential_key"]
+__all__ = ["CredentialCache", "Shared", "credential_key"]
 
 V = TypeVar("V")
+H = TypeVar("H")
 
 #: what a verification returns: the value to cache and the credential's own end (None: none)
 Verified = tuple[V, float | None]
@@ -58,6 +59,28 @@ def credential_key(*parts: str | bytes) -> bytes:
             digest.update(b"\0")
         digest.update(part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass"))
     return digest.digest()
+
+
+class Shared(Generic[H]):
+    """One object per distinct value among many cached entries: the scope set, the ``exp`` of
+    the tokens minted in one second, an issuer URL... are held once instead of once per entry
+    (tens of bytes each, per cached credential; docs/memory.md). Bounded: the table starts over
+    when it holds ``limit`` values (sharing is an optimisation, never needed for correctness)."""
+
+    __slots__ = ("_limit", "_table")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._table: dict[H, H] = {}
+        self._limit = limit
+
+    def __call__(self, value: H) -> H:
+        table = self._table
+        shared = table.get(value)
+        if shared is None:
+            if len(table) >= self._limit:
+                table.clear()
+            shared = table[value] = value
+        return shared
 
 
 def _never_refused(_value: object) -> bool:

@@ -46,6 +46,7 @@ import json
 import logging
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -56,7 +57,7 @@ import aiohttp
 
 from extauthz import tracing
 from extauthz.authn.base import Challenge
-from extauthz.authn.cache import CredentialCache, credential_key
+from extauthz.authn.cache import CredentialCache, Shared, credential_key
 from extauthz.authn.certbinding import CertBinding
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.secrets import load_secret
@@ -157,6 +158,10 @@ def _text(doc: Mapping[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+#: members whose value is (nearly) unique per token: not worth a shared-value table slot
+_UNIQUE_MEMBERS = frozenset({"sub", "jti", "username", "sid", "exp", "iat", "nbf"})
+
+
 def _is_refusal(result: _Result) -> bool:
     """A refused token (cached for ``negative_cache_ttl_seconds`` only)."""
     return result.identity is None
@@ -220,6 +225,9 @@ class IntrospectionAuthenticator(SourceCredentials):
             negative_ttl=spec.negative_cache_ttl_seconds, refused=_is_refusal,
             metrics=metrics, label="introspection", coalesce=True)
         self._session: aiohttp.ClientSession | None = None
+        self._shared_scopes: Shared[frozenset[str]] = Shared(1024)
+        self._shared_time: Shared[float] = Shared()
+        self._shared_text: Shared[str] = Shared()
         self._init_credentials(Challenge("Bearer", (("realm", realm),)), (self._source,))
 
     @classmethod
@@ -364,15 +372,19 @@ class IntrospectionAuthenticator(SourceCredentials):
                    or (Reason.MISSING_CLAIM if (subject or consumer) is None else None))
         if refused is not None:
             return _Result(None, refused)
-        claims = {k: v for k, v in doc.items() if k != "active"}
+        # The answer is cached until it expires: names and short repeated values (iss, aud,
+        # client_id, scope...) are held once, not once per token (docs/memory.md).
+        share = self._shared_text
+        claims = {sys.intern(k): share(v) if type(v) is str and len(v) <= 64
+                  and k not in _UNIQUE_MEMBERS else v for k, v in doc.items() if k != "active"}
         return _Result(Identity(
             method=self.kind,
             subject=subject or consumer or "",
             authenticator=self.name,
-            consumer=consumer,
-            scopes=scopes,
+            consumer=share(consumer) if consumer is not None else None,
+            scopes=self._shared_scopes(scopes),
             claims=MappingProxyType(claims),
-            expires_at=exp,
+            expires_at=self._shared_time(exp) if exp is not None else None,
         ))
 
     @staticmethod

@@ -71,7 +71,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.base import Challenge
-from extauthz.authn.cache import CredentialCache, credential_key
+from extauthz.authn.cache import CredentialCache, Shared, credential_key
 from extauthz.authn.certbinding import CertBinding
 from extauthz.authn.jwks import (
     ALGORITHMS,
@@ -289,8 +289,9 @@ class JwtAuthenticator(SourceCredentials):
         self._subject = _claim_path(spec.subject_claim)
         self._subject_name = spec.subject_claim
         self._scope_claims = tuple(spec.scope_claims)
-        self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
-        self._times: dict[float, float] = {}
+        #: one object per distinct scope set and per distinct time among the cached tokens
+        self._shared_scopes: Shared[frozenset[str]] = Shared(1024)
+        self._shared_time: Shared[float] = Shared()
         self._claim_headers = tuple(
             (_claim_path(claim), header) for claim, header in spec.claims_to_headers.items()
         )
@@ -568,28 +569,6 @@ class JwtAuthenticator(SourceCredentials):
 
     def _missing(self, claim: str) -> AuthenticationError:
         return self._fail(Reason.MISSING_CLAIM, claim, f"token lacks the {claim} claim")
-
-    def _shared_time(self, value: float) -> float:
-        """One float object per distinct time: the tokens an issuer mints in the same second
-        share ``exp`` (and so the entry's ``hi`` and ``expires_at``) — 24 bytes each per cached
-        token otherwise (docs/memory.md). Bounded: the table starts over at 4096 times."""
-        times = self._times
-        shared = times.get(value)
-        if shared is None:
-            if len(times) >= 4096:
-                times.clear()
-            shared = times[value] = value
-        return shared
-
-    def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
-        """One shared frozenset per distinct scope set (a handful per issuer in practice; the
-        table stops growing at 1024 sets, after which sets are simply not shared)."""
-        shared = self._scope_sets.get(scopes)
-        if shared is not None:
-            return shared
-        if len(self._scope_sets) < 1024:
-            self._scope_sets[scopes] = scopes
-        return scopes
 
     def _identity(self, claims: dict[str, Any], key: JwkKey) -> Identity:
         subject = self._subject(claims)
