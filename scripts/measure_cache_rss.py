@@ -12,6 +12,9 @@ Three measurements:
               distinct EdDSA tokens whose ``exp`` is ``--lifetime`` seconds ahead (leeway 0),
               minted as they are sent, in real time; prints tokens seen, the rate and RSS every
               ``--every`` tokens, and with ``--png`` draws the curve (RSS against tokens seen).
+``entries``   in this process, bytes per cache entry (tracemalloc) of the JWT cache (EdDSA
+              tokens: an entry does not depend on the algorithm) and of the introspection cache
+              (realistic RFC 7662 answers, evaluated and cached as the authenticator does).
 ``simulate``  in this process, the authenticator alone under the project's FixedClock advanced
               by 1 / ``--rate`` per token, so hours of traffic take a minute (docs/state.md).
 
@@ -19,6 +22,7 @@ Three measurements:
     .venv/bin/python scripts/measure_cache_rss.py stream --tokens 300000 --lifetime 5 \\
         --png docs/memory-stream.png
     .venv/bin/python scripts/measure_cache_rss.py simulate --tokens 200000 --lifetime 300
+    .venv/bin/python scripts/measure_cache_rss.py entries --tokens 20000
 
 The machine it runs on may be shared: RSS is not affected much, rates are.
 """
@@ -197,6 +201,66 @@ def simulate(tokens: int, lifetime: float, rate: float, every: int) -> None:
     asyncio.run(run())
 
 
+def entries(count: int) -> None:
+    import tracemalloc
+
+    from extauthz.authn.cache import credential_key
+    from extauthz.authn.introspection import IntrospectionAuthenticator
+    from extauthz.authn.jwt import JwtAuthenticator
+    from extauthz.clock import FixedClock
+    from extauthz.config.schema import IntrospectionSpec, JwtSpec
+    from extauthz.metrics import Metrics
+    from tests.support.builders import NOW, make_ctx, make_view
+
+    def measured(fill: Any) -> float:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        fill()
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        return sum(s.size_diff for s in after.compare_to(before, "filename")) / count
+
+    key = ed25519_key()
+    clock = FixedClock(NOW)
+    jwt_spec = JwtSpec.model_validate({"issuer": ISSUER, "audiences": [AUDIENCE],
+                                       "algorithms": ["EdDSA"], "jwks": {"inline": jwks(key)},
+                                       "cache_size": count})
+    jwt_auth = JwtAuthenticator.from_spec("idp", jwt_spec, make_ctx(clock=clock))
+    views = [make_view("/x", headers={"authorization": "Bearer "
+                                      + mint(key, realistic_claims(NOW, 3600, i))})
+             for i in range(count + 1)]
+    asyncio.run(jwt_auth.authenticate(views[-1]))  # first-use allocations out of the figure
+
+    async def fill_jwt() -> None:
+        for view in views[:count]:
+            await jwt_auth.authenticate(view)
+
+    jwt_bytes = measured(lambda: asyncio.run(fill_jwt()))
+    spec = IntrospectionSpec.model_validate({"endpoint": "http://127.0.0.1:1/introspect",
+                                             "client_id": "c", "client_secret_env": "UNUSED",
+                                             "cache_size": count})
+    intro = IntrospectionAuthenticator("opaque", spec, "s", clock=clock, metrics=Metrics())
+    answers = [json.dumps({"active": True, "sub": f"user-{i:08d}", "client_id": "orders-web",
+                           "scope": "orders:read orders:write", "iss": ISSUER, "aud": AUDIENCE,
+                           "exp": int(NOW) + 3600, "iat": int(NOW), "nbf": int(NOW),
+                           "jti": str(uuid.uuid4()), "token_type": "Bearer",
+                           "username": f"user{i}"}) for i in range(count)]
+
+    def fill_intro() -> None:
+        for i, answer in enumerate(answers):
+            result = intro._evaluate(json.loads(answer))
+            assert result.identity is not None
+            intro._cache.put(credential_key(f"opaque-{i}"), result, result.identity.expires_at)
+
+    intro_bytes = measured(fill_intro)
+    print("| cache | entries | bytes per entry (tracemalloc, key and LRU slot included) |")
+    print("|---|---|---|")
+    print(f"| JWT (9 claims) | {len(jwt_auth._cache)} | {jwt_bytes:.0f} |")
+    print(f"| introspection (12 members) | {len(intro._cache)} | {intro_bytes:.0f} |")
+
+
 # -- a tiny PNG line chart (no plotting library needed) ---------------------------------------
 
 _DIGITS = {  # 3x5 glyphs
@@ -274,6 +338,8 @@ def main() -> None:
     p_stream.add_argument("--lifetime", type=float, default=5)
     p_stream.add_argument("--every", type=int, default=20_000)
     p_stream.add_argument("--png", type=Path, default=None)
+    p_entries = sub.add_parser("entries")
+    p_entries.add_argument("--tokens", type=int, default=20_000)
     p_sim = sub.add_parser("simulate")
     p_sim.add_argument("--tokens", type=int, default=200_000)
     p_sim.add_argument("--lifetime", type=float, default=300)
@@ -282,6 +348,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "warm":
         warm(args.tokens)
+    elif args.mode == "entries":
+        entries(args.tokens)
     elif args.mode == "stream":
         stream(args.tokens, args.lifetime, args.every, args.png)
     else:
