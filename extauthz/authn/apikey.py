@@ -18,8 +18,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from extauthz.authn.base import Challenge
-from extauthz.authn.registry import BuildContext
+from extauthz.authn.base import Authenticator, Challenge
+from extauthz.authn.context import BuildContext
 from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.config.schema import ApiKeySpec
 from extauthz.errors import AuthenticationError, Reason
@@ -144,8 +144,5 @@ class ApiKeyAuthenticator(SourceCredentials):
     def _fail(self, reason: Reason, description: str) -> AuthenticationError:
         return AuthenticationError(reason, description, authenticator=self.name)
 
-    async def start(self) -> None:
-        return None
 
-    async def close(self) -> None:
-        return None
+_: type[Authenticator] = ApiKeyAuthenticator  # static conformance check (mypy)

@@ -91,7 +91,8 @@ from types import MappingProxyType
 from typing import Any
 
 from extauthz import sfv
-from extauthz.authn.base import Challenge
+from extauthz.authn.base import Authenticator, AuthenticatorBase, Challenge, CredentialSurface
+from extauthz.authn.context import BuildContext
 from extauthz.authn.digest import (
     BodyNotForwarded,
     BodyTruncated,
@@ -109,7 +110,6 @@ from extauthz.authn.nonces import (
     NonceUse,
     key_scope,
 )
-from extauthz.authn.registry import BuildContext
 from extauthz.authn.secrets import load_secret
 from extauthz.clock import Clock
 from extauthz.config.schema import HmacSpec
@@ -343,7 +343,7 @@ class _Window:
     ends_at: float
 
 
-class HmacAuthenticator:
+class HmacAuthenticator(AuthenticatorBase):
     """Verifies HMAC request signatures (see the module docstring for the exact rules)."""
 
     kind: AuthMethod = AuthMethod.HMAC
@@ -364,7 +364,9 @@ class HmacAuthenticator:
         self._keys = dict(keys)
         self._clock = clock
         self._nonces = nonces
-        self._owns_nonces = True
+        #: a store kept across reloads by the process's ReloadState: it may have been made
+        #: with an earlier configuration's clock (rebound in start, on the event loop)
+        self._carried_nonces = False
         # Nonces are kept per signing key (id + secret fingerprint), not per authenticator name.
         self._scopes = {kid: key_scope(kid, key.secret) for kid, key in self._keys.items()}
         self._share = spec.nonce_cache_per_key or max(1, spec.nonce_cache_size // len(keys))
@@ -382,6 +384,12 @@ class HmacAuthenticator:
         if listed:
             params += (("headers", listed),)
         self._challenge = Challenge("Signature", params)
+        self.surface = CredentialSurface(
+            headers=("authorization", "signature") if self._cavage
+            else ("signature", "signature-input"),
+            injected_headers=(self._key_header,),
+            signature_components_limited=True,
+        )
 
     @classmethod
     def from_spec(cls, name: str, spec: HmacSpec, ctx: BuildContext) -> HmacAuthenticator:
@@ -409,11 +417,13 @@ class HmacAuthenticator:
                 scopes=frozenset(entry.scopes),
             )
         # Redis (settings.redis) when configured: replay protection across replicas; else the
-        # process's memory store (kept across reloads); standalone: a store of its own.
+        # process's memory store (kept across reloads); without one, a store kept by name in
+        # the ReloadState (a reload that builds this name again takes it over).
         nonces = ctx.state.nonce_store(name) if ctx.state is not None else None
-        owned = nonces is None
+        carried = nonces is None
         if nonces is None:
-            nonces = MemoryNonceStore(ctx.clock)
+            nonces = ctx.reload_state.cell(
+                AuthMethod.HMAC, name, lambda: MemoryNonceStore(ctx.clock), MemoryNonceStore)
         authenticator = cls(
             name,
             spec,
@@ -423,7 +433,7 @@ class HmacAuthenticator:
             realm=ctx.settings.realm,
             header_prefix=ctx.settings.identity_header_prefix,
         )
-        authenticator._owns_nonces = owned  # a shared store belongs to the process
+        authenticator._carried_nonces = carried
         return authenticator
 
     # ----------------------------------------------------------------------------- helpers
@@ -852,43 +862,13 @@ class HmacAuthenticator:
             ("error", "invalid_signature"), ("error_description", error.description)
         )
 
-    def credential_headers(self) -> tuple[str, ...]:
-        if self._cavage:
-            return ("authorization", "signature")
-        return ("signature", "signature-input")
-
-    def credential_query_params(self) -> tuple[str, ...]:
-        return ()
-
-    def credential_cookies(self) -> tuple[str, ...]:
-        return ()
-
     async def start(self) -> None:
-        return None
+        nonces = self._nonces
+        if self._carried_nonces and isinstance(nonces, MemoryNonceStore):
+            nonces.rebind_clock(self._clock)
 
-    async def close(self) -> None:
-        if self._owns_nonces:
-            await self._nonces.close()
 
-    def inherit_state(self, previous: object) -> None:
-        """Take over the replay cache of the authenticator this one replaces on a reload.
-
-        Without it, a reload starts with an empty in-memory nonce store, re-opening a replay
-        window (max_age + skew) for every nonce seen before. Call it before the previous
-        snapshot is closed; the previous authenticator then no longer closes the store.
-        """
-        if (
-            isinstance(previous, HmacAuthenticator)
-            and previous is not self
-            and previous._owns_nonces
-            and self._owns_nonces  # else both use the process's store already
-            and isinstance(previous._nonces, MemoryNonceStore)
-            and isinstance(self._nonces, MemoryNonceStore)
-        ):
-            store = previous._nonces
-            store.rebind_clock(self._clock)
-            self._nonces = store
-            previous._owns_nonces = False
+_: type[Authenticator] = HmacAuthenticator  # static conformance check (mypy)
 
 
 def _http_version(view: RequestView) -> str:

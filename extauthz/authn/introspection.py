@@ -8,7 +8,7 @@ One :class:`IntrospectionAuthenticator` talks to one endpoint::
                active   until min(exp, now + cache_max_ttl_seconds)
                refused  (inactive, wrong aud/iss, ...) for negative_cache_ttl_seconds
              endpoint failures are never cached. A reload keeps the cache when the endpoint,
-             client and checks are unchanged (adopt_outbound_state).
+             client and checks are unchanged (a ReloadState cell, extauthz.authn.reload_state).
     request  POST application/x-www-form-urlencoded ``token`` (+ ``token_type_hint``) with the
              client authenticated by HTTP Basic (RFC 6749 §2.3.1: id and secret form-encoded,
              then base64) or ``client_id``/``client_secret`` form fields (``client_auth: post``).
@@ -48,7 +48,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -57,10 +57,11 @@ from urllib.parse import quote_plus
 import aiohttp
 
 from extauthz import tracing
-from extauthz.authn.base import Challenge
+from extauthz.authn.base import Authenticator, BearerScopeChallenge, Challenge
 from extauthz.authn.certbinding import CertBinding
+from extauthz.authn.context import BuildContext
 from extauthz.authn.lru import TtlLru
-from extauthz.authn.registry import BuildContext
+from extauthz.authn.reload_state import ReloadState
 from extauthz.authn.secrets import load_secret
 from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.clock import Clock
@@ -164,7 +165,22 @@ def _scopes(doc: Mapping[str, Any]) -> frozenset[str]:
     raise _EndpointError("member scope is neither a string nor an array of strings")
 
 
-class IntrospectionAuthenticator(SourceCredentials):
+@dataclass(slots=True)
+class _CarriedAnswers:
+    """The answer cache of the newest authenticator with one binding (a ReloadState cell)."""
+
+    cache: TtlLru[bytes, _Result] | None = None
+
+
+def _binding(spec: IntrospectionSpec) -> Hashable:
+    """What decides what a cached answer means: the cache is carried over a reload only when
+    all of it is unchanged (cache sizes, timeouts and the secret do not matter: an entry is the
+    endpoint's answer about one token, already checked against these)."""
+    audiences = None if spec.audiences is None else tuple(spec.audiences)
+    return (spec.endpoint, spec.client_id, audiences, spec.issuer, spec.token_type_hint)
+
+
+class IntrospectionAuthenticator(BearerScopeChallenge, SourceCredentials):
     """Verifies opaque bearer tokens at an RFC 7662 endpoint (module docstring: exact rules)."""
 
     kind: AuthMethod = AuthMethod.INTROSPECTION
@@ -179,6 +195,7 @@ class IntrospectionAuthenticator(SourceCredentials):
         metrics: Metrics,
         realm: str = "extauthz",
         policy: OutboundPolicy | None = None,
+        reload_state: ReloadState | None = None,
     ) -> None:
         self.name = name
         self._spec = spec
@@ -211,6 +228,9 @@ class IntrospectionAuthenticator(SourceCredentials):
         self._hit = metrics.cache_requests.labels(cache="introspection", result="hit")
         self._miss = metrics.cache_requests.labels(cache="introspection", result="miss")
         self._init_credentials(Challenge("Bearer", (("realm", realm),)), (self._source,))
+        self._init_bearer_scope(realm)
+        state = reload_state if reload_state is not None else ReloadState()
+        self._carried = state.cell(self.kind, _binding(spec), _CarriedAnswers, _CarriedAnswers)
 
     @classmethod
     def from_spec(
@@ -226,7 +246,7 @@ class IntrospectionAuthenticator(SourceCredentials):
             raise ValueError("client secret is not UTF-8 text") from None
         return cls(
             name, spec, secret, clock=ctx.clock, metrics=ctx.metrics, realm=ctx.settings.realm,
-            policy=ctx.outbound,
+            policy=ctx.outbound, reload_state=ctx.reload_state,
         )
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -236,30 +256,25 @@ class IntrospectionAuthenticator(SourceCredentials):
             self._spec.timeout_seconds, limit=self._spec.max_concurrent_requests
         )
 
-    #: spec fields that decide what a cached answer means; the cache is carried over a reload
-    #: only when all of them are unchanged (cache sizes, timeouts and the secret do not matter:
-    #: an entry is the endpoint's answer about one token, already checked against these)
-    _CACHE_BINDING = ("endpoint", "client_id", "audiences", "issuer", "token_type_hint")
-
-    def adopt_outbound_state(self, candidates: Iterable[object]) -> None:
+    def _adopt_answers(self) -> None:
         """On a reload, keep the answers of the authenticator this one replaces (same endpoint,
-        client and checks), so an endpoint outage during a reload does not turn every cached
-        token into a 503. TTLs were set when each answer arrived and are capped to this
-        configuration's (shorter) ones; nothing lives longer than either allows."""
-        for old in candidates:
-            if not isinstance(old, IntrospectionAuthenticator) or old is self:
-                continue
-            if any(getattr(old._spec, f) != getattr(self._spec, f) for f in self._CACHE_BINDING):
-                continue
-            now = self._clock()
-            for key, result, expires in old._cache.items(now):
-                ttl = (self._spec.cache_max_ttl_seconds if result.identity is not None
-                       else self._spec.negative_cache_ttl_seconds)
-                if ttl > 0:
-                    self._cache.put(key, result, min(expires, now + ttl))
+        client and checks, whatever its name: the ReloadState cell of :func:`_binding`), so an
+        endpoint outage during a reload does not turn every cached token into a 503. TTLs were
+        set when each answer arrived and are capped to this configuration's (shorter) ones;
+        nothing lives longer than either allows. From now on this authenticator's answers are
+        the ones a later configuration takes over."""
+        previous, self._carried.cache = self._carried.cache, self._cache
+        if previous is None or previous is self._cache:
             return
+        now = self._clock()
+        for key, result, expires in previous.items(now):
+            ttl = (self._spec.cache_max_ttl_seconds if result.identity is not None
+                   else self._spec.negative_cache_ttl_seconds)
+            if ttl > 0:
+                self._cache.put(key, result, min(expires, now + ttl))
 
     async def start(self) -> None:
+        self._adopt_answers()  # before any await: the old snapshot still serves until the swap
         if self._session is None or self._session.closed:
             self._session = self._new_session()
 
@@ -411,3 +426,5 @@ class IntrospectionAuthenticator(SourceCredentials):
 
     # ----------------------------------------------------------------------------- protocol
 
+
+_: type[Authenticator] = IntrospectionAuthenticator  # static conformance check (mypy)

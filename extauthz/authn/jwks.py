@@ -64,12 +64,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from extauthz import tracing
+from extauthz.authn.reload_state import ReloadState
 from extauthz.clock import Clock
 from extauthz.config.schema import JwtSpec
 from extauthz.errors import DependencyUnavailable, Reason
 from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundError, OutboundPolicy
 from extauthz.tracing import safe_url
+from extauthz.types import AuthMethod
 
 if TYPE_CHECKING:
     import aiohttp
@@ -504,6 +506,21 @@ def _http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+@dataclass(slots=True)
+class LastGoodKeys:
+    """The last keys fetched for one source key, and when (a ReloadState cell: a reload during
+    an IdP outage starts with them instead of with nothing)."""
+
+    keyset: KeySet | None = None
+    fetched_at: float = -math.inf
+    #: the last good discovery result (``jwks_uri``)
+    jwks_uri: str | None = None
+
+    def remember(self, keyset: KeySet, fetched_at: float, jwks_uri: str | None) -> None:
+        """Record a successful fetch."""
+        self.keyset, self.fetched_at, self.jwks_uri = keyset, fetched_at, jwks_uri
+
+
 class RemoteJwks:
     """Keys fetched over HTTP(S) from ``url`` or via OpenID Connect discovery of ``issuer``.
 
@@ -528,6 +545,7 @@ class RemoteJwks:
         clock: Clock,
         metrics: Metrics,
         policy: OutboundPolicy | None = None,
+        carried: LastGoodKeys | None = None,
     ) -> None:
         if (url is None) == (not discovery):
             raise ValueError("set exactly one of url and discovery")
@@ -559,6 +577,8 @@ class RemoteJwks:
         self._inflight: asyncio.Task[bool] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        #: what every source of this :attr:`source_key` fetched last (kept across reloads)
+        self._carried = carried if carried is not None else LastGoodKeys()
 
     # -- identity across reloads --------------------------------------------------------------
 
@@ -567,23 +587,24 @@ class RemoteJwks:
         """What makes two sources interchangeable: same issuer, URL/discovery, algorithms."""
         return (self.issuer, self._url, self._discovery, self._algorithms)
 
-    def adopt(self, previous: RemoteJwks) -> bool:
-        """Take over the last good keys of the source this one replaces on a reload.
+    def _adopt_carried(self) -> bool:
+        """Take over the last good keys of the sources this one replaces on a reload.
 
-        Only from a source with the same :attr:`source_key`, and only when it has keys newer than
-        ours. The staleness deadline is computed from when *those* keys were fetched, with this
-        source's ``max_stale``: a reload never makes old keys live longer. Returns True when
-        keys were taken over. Call before :meth:`start` (which then does not block on a fetch).
+        The process's :class:`~extauthz.authn.reload_state.ReloadState` keeps one
+        :class:`LastGoodKeys` cell per :attr:`source_key`: every source with that key writes its
+        fetches to it, whatever its authenticator's name. Taken only when newer than our own
+        keys. The staleness deadline is computed from when *those* keys were fetched, with this
+        source's ``max_stale``: a reload never makes old keys live longer. Called by
+        :meth:`start` (which then does not block on a fetch).
         """
-        if previous is self or previous.source_key != self.source_key:
+        carried = self._carried
+        if carried.keyset is None or carried.fetched_at <= self._last_success:
             return False
-        if previous._keyset is None or previous._last_success <= self._last_success:
-            return False
-        self._keyset = previous._keyset
-        self._last_success = previous._last_success
-        self._stale_deadline = previous._last_success + self._max_stale
-        self._jwks_uri = previous._jwks_uri
-        self._key_count.set(len(self._keyset.keys))
+        self._keyset = carried.keyset
+        self._last_success = carried.fetched_at
+        self._stale_deadline = carried.fetched_at + self._max_stale
+        self._jwks_uri = carried.jwks_uri
+        self._key_count.set(len(carried.keyset.keys))
         return True
 
     # -- read side (hot path) -----------------------------------------------------------------
@@ -737,6 +758,7 @@ class RemoteJwks:
         self._keyset = keyset
         self._last_success = now
         self._stale_deadline = now + self._max_stale
+        self._carried.remember(keyset, now, self._jwks_uri)
         self._age.set(0)
         self._key_count.set(len(keyset.keys))
         if previous is None or keyset.generation != previous.generation:
@@ -763,11 +785,12 @@ class RemoteJwks:
     async def start(self) -> None:
         """Fetch once (a failure is logged, never raised) and start the refresh loop.
 
-        With keys taken over from the previous configuration (:meth:`adopt`), the first fetch
-        runs in the background instead: a reload during an IdP outage does not wait for it.
+        With keys taken over from the previous configuration (:meth:`_adopt_carried`), the first
+        fetch runs in the background instead: a reload during an IdP outage does not wait for it.
         """
         if self._task is not None or self._closed:
             return
+        self._adopt_carried()
         if self._keyset is not None:
             age = self._clock() - self._last_success
             first = max(0.0, self._refresh_interval - age)
@@ -821,8 +844,12 @@ def jwks_source_from_spec(
     clock: Clock,
     metrics: Metrics,
     policy: OutboundPolicy | None = None,
+    reload_state: ReloadState | None = None,
 ) -> StaticJwks | RemoteJwks:
-    """Build the key source of ``spec``; file reads happen here. ``ValueError`` on bad input."""
+    """Build the key source of ``spec``; file reads happen here. ``ValueError`` on bad input.
+
+    ``reload_state``: the process's carry-over store; a remote source takes the last good keys
+    of its :attr:`RemoteJwks.source_key` from it when it starts."""
     source = spec.jwks
     algorithms = list(spec.algorithms)
     if source.file is not None:
@@ -869,4 +896,7 @@ def jwks_source_from_spec(
         clock=clock,
         metrics=metrics,
         policy=policy,
+        carried=(reload_state or ReloadState()).cell(
+            AuthMethod.JWT, (spec.issuer, source.url, source.discovery, frozenset(algorithms)),
+            LastGoodKeys, LastGoodKeys),
     )
