@@ -879,6 +879,7 @@ def jwks_source_from_spec(
             "(otherwise keys go stale between two refreshes)"
         )
     policy = policy if policy is not None else OutboundPolicy()
+    reload_state = reload_state if reload_state is not None else ReloadState()
     if source.url is not None:
         policy.check_url(source.url, "jwks.url")
     else:
@@ -896,7 +897,7 @@ def jwks_source_from_spec(
         clock=clock,
         metrics=metrics,
         policy=policy,
-        carried=(reload_state or ReloadState()).cell(
+        carried=reload_state.cell(
             AuthMethod.JWT, (spec.issuer, source.url, source.discovery, frozenset(algorithms)),
             LastGoodKeys, LastGoodKeys),
     )

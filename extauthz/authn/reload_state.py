@@ -50,6 +50,3 @@ class ReloadState:
         made = factory()
         self._cells[slot] = made
         return made
-
-    def __len__(self) -> int:
-        return len(self._cells)
