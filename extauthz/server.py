@@ -164,10 +164,10 @@ class Server:
         return self._serving and not self._draining
 
     def _can_serve(self) -> bool:
-        return (self.engine.snapshot is not None and not self._draining and self._keys_warm()
-                and not self.state_hub.problems())
+        return (self.engine.snapshot is not None and not self._draining
+                and self._authenticators_ready() and not self.state_hub.problems())
 
-    def _keys_warm(self) -> bool:
+    def _authenticators_ready(self) -> bool:
         """True once every authenticator of the serving snapshot is ``ready()`` — every remote
         JWKS has loaded keys (latched)."""
         if not self._warm:
