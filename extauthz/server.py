@@ -129,10 +129,11 @@ class Server:
         self.metrics = metrics or Metrics()
         self.engine = Engine(self.metrics)
         #: the process's Redis clients: a reload that keeps settings.redis keeps the pool
-        self.state_hub = StateHub(self.metrics)
-        #: what authenticators keep across reloads (last good JWKS keys, introspection answers,
-        #: in-memory replay caches): one per process, handed to every compile
+        #: what outlives a configuration in this process (last good JWKS keys, introspection
+        #: answers, in-memory replay caches and attempt counters): one place, handed to every
+        #: compile and to the state hub
         self.reload_state = ReloadState()
+        self.state_hub = StateHub(self.metrics, self.reload_state)
         logsetup.attach_dropped_counter(self.metrics.log_dropped)
         self.health = HealthService()
         self._draining = False

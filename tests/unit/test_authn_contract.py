@@ -20,6 +20,7 @@ from extauthz.authn.base import (
 )
 from extauthz.authn.registry import BUILT_IN, default_registry
 from extauthz.authn.reload_state import ReloadState
+from extauthz.clock import FixedClock
 from extauthz.config.schema import AuthnSpec
 from extauthz.decision import GrpcCode, from_error
 from extauthz.errors import (
@@ -33,6 +34,7 @@ from extauthz.errors import (
 )
 from extauthz.metrics import Metrics
 from extauthz.snapshot import Snapshot, load_snapshot
+from extauthz.state.redis import StateHub
 from extauthz.types import AuthMethod, RequestView
 from tests.support.allkinds import write_all_kinds
 from tests.support.builders import make_view
@@ -229,6 +231,19 @@ def test_reload_state_cells_are_shared_by_key_and_typed() -> None:
     assert state.cell(AuthMethod.HMAC, "other", dict, dict) is not first
     replaced = state.cell(AuthMethod.HMAC, "sig", list, list)  # another type: a fresh cell
     assert replaced == [] and state.cell(AuthMethod.HMAC, "sig", list, list) is replaced
+
+
+def test_the_state_hubs_in_memory_state_lives_in_the_reload_state() -> None:
+    """One place per process: the in-memory replay cache and Basic failure counts of the state
+    hub are cells of the same ReloadState the authenticators use (the server passes its own)."""
+    state = ReloadState()
+    first, second = StateHub(Metrics(), state), StateHub(Metrics(), state)
+    clock = FixedClock(0)
+    assert first.local.nonce_store(clock) is second.local.nonce_store(clock)
+    a, b = (hub.local.attempt_limiter("users", max_failures=3, window_seconds=60.0,
+                                      max_keys=10, clock=clock) for hub in (first, second))
+    assert a._failures is b._failures
+    assert StateHub(Metrics()).local.nonce_store(clock) is not first.local.nonce_store(clock)
 
 
 # ------------------------------------------------------------------ no probing
