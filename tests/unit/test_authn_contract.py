@@ -295,3 +295,13 @@ def test_the_generic_pipeline_names_no_authenticator_kind() -> None:
     """Size limits and 403 challenges come from the declared surface / the method itself."""
     for module in ("extauthz/pipeline.py", "extauthz/snapshot.py", "extauthz/server.py"):
         assert "AuthMethod" not in (REPO / module).read_text(), module
+
+
+def test_no_authenticator_imports_the_registry() -> None:
+    """The registry imports the authenticators; BuildContext lives in authn/context.py so
+    nothing imports the registry back (the import cycle of issue 15)."""
+    authn = REPO / "extauthz" / "authn"
+    for file in sorted(authn.rglob("*.py")):
+        if file.name == "registry.py":
+            continue
+        assert "extauthz.authn.registry" not in file.read_text(), file.relative_to(REPO)
