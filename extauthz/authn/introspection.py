@@ -170,6 +170,9 @@ class _CarriedAnswers:
     """The answer cache of the newest authenticator with one binding (a ReloadState cell)."""
 
     cache: TtlLru[bytes, _Result] | None = None
+    #: the cache ``cache`` replaced, until its authenticator closes (a configuration that fails
+    #: to start hands the cell back to it: those answers keep serving)
+    replaced: TtlLru[bytes, _Result] | None = None
 
 
 def _binding(spec: IntrospectionSpec) -> Hashable:
@@ -263,8 +266,12 @@ class IntrospectionAuthenticator(BearerScopeChallenge, SourceCredentials):
         set when each answer arrived and are capped to this configuration's (shorter) ones;
         nothing lives longer than either allows. From now on this authenticator's answers are
         the ones a later configuration takes over."""
-        previous, self._carried.cache = self._carried.cache, self._cache
-        if previous is None or previous is self._cache:
+        carried = self._carried
+        previous = carried.cache
+        if previous is self._cache:
+            return
+        carried.cache, carried.replaced = self._cache, previous
+        if previous is None:
             return
         now = self._clock()
         for key, result, expires in previous.items(now):
@@ -279,6 +286,12 @@ class IntrospectionAuthenticator(BearerScopeChallenge, SourceCredentials):
             self._session = self._new_session()
 
     async def close(self) -> None:
+        carried = self._carried
+        if carried.replaced is self._cache:  # replaced for good: forget these answers
+            carried.replaced = None
+        elif carried.cache is self._cache and carried.replaced is not None:
+            # this configuration failed to start: the answers it replaced keep serving
+            carried.cache, carried.replaced = carried.replaced, None
         for task in list(self._inflight.values()):
             task.cancel()
         self._inflight.clear()
