@@ -216,7 +216,7 @@ class Server:
                 # introspection answers come from self.reload_state when the new snapshot's
                 # authenticators start: a reload during an IdP outage keeps serving them,
                 # within max_stale counted from when they were fetched.)
-                snapshot.adopt_outbound_state(current)
+                snapshot.adopt_external_answers(current)
             try:
                 await snapshot.start()
             except BaseException:

@@ -68,7 +68,7 @@ class Snapshot:
             await self.rate_limits.start()
         await asyncio.gather(*(a.start() for a in self.authenticators.values()))
 
-    def adopt_outbound_state(self, previous: Snapshot) -> None:
+    def adopt_external_answers(self, previous: Snapshot) -> None:
         """Take over what the external stage fetched for the snapshot this one replaces (PDP and
         lookup answers, docs/authzen.md), before :meth:`start`.
 
