@@ -16,7 +16,8 @@ authenticator name for the HMAC replay cache, what was fetched (issuer, URL, alg
 endpoint, client and checks) for outbound state, so a rename keeps it too.
 
 Cells are looked up or created while compiling (in a worker thread, serialized by the server's
-reload lock: ``setdefault`` only) and read or written on the event loop.
+reload lock; the event loop never adds cells) and their contents are read or written on the event
+loop.
 """
 
 from __future__ import annotations
