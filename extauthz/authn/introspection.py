@@ -390,29 +390,29 @@ class IntrospectionAuthenticator(BearerScopeChallenge, SourceCredentials):
         nbf = _number(doc, "nbf")
         audiences = _string_or_list(doc, "aud")
         scopes = _scopes(doc)
-        iss = doc.get("iss")
-        if iss is not None and not isinstance(iss, str):
-            raise _EndpointError("member iss is not a string")
+        iss = _optional_string(doc, "iss")
         subject, consumer = _text(doc, "sub"), _text(doc, "client_id")
         refused = (self._validate_exp(exp, now) or self._validate_nbf(nbf, now)
                    or self._validate_iss(iss) or self._validate_aud(audiences)
-                   or (Reason.MISSING_CLAIM if (subject or consumer) is None else None))
+                   or _validate_subject(subject, consumer))
         if refused is not None:
             return _Result(None, refused)
-        # The answer is cached until it expires: names and short repeated values (iss, aud,
-        # client_id, scope...) are held once, not once per token (docs/memory.md).
-        share = self._shared_text
-        claims = {sys.intern(k): share(v) if type(v) is str and len(v) <= 64
-                  and k not in _UNIQUE_MEMBERS else v for k, v in doc.items() if k != "active"}
         return _Result(Identity(
             method=self.kind,
             subject=subject or consumer or "",
             authenticator=self.name,
-            consumer=share(consumer) if consumer is not None else None,
+            consumer=self._shared_text(consumer) if consumer is not None else None,
             scopes=self._shared_scopes(scopes),
-            claims=MappingProxyType(claims),
+            claims=MappingProxyType(self._shared_claims(doc)),
             expires_at=self._shared_time(exp) if exp is not None else None,
         ))
+
+    def _shared_claims(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The answer's members as cached: names and short repeated values (iss, aud,
+        client_id, scope...) are held once, not once per token (docs/memory.md)."""
+        share = self._shared_text
+        return {sys.intern(k): share(v) if type(v) is str and len(v) <= 64
+                and k not in _UNIQUE_MEMBERS else v for k, v in doc.items() if k != "active"}
 
     @staticmethod
     def _validate_exp(exp: float | None, now: float) -> Reason | None:
@@ -432,6 +432,18 @@ class IntrospectionAuthenticator(BearerScopeChallenge, SourceCredentials):
         return None
 
     # ----------------------------------------------------------------------------- protocol
+
+
+def _optional_string(doc: dict[str, Any], member: str) -> str | None:
+    value = doc.get(member)
+    if value is not None and not isinstance(value, str):
+        raise _EndpointError(f"member {member} is not a string")
+    return value
+
+
+def _validate_subject(subject: str | None, consumer: str | None) -> Reason | None:
+    """An identity needs a subject: ``sub`` or, for client credentials, ``client_id``."""
+    return Reason.MISSING_CLAIM if (subject or consumer) is None else None
 
 
 _: type[Authenticator] = IntrospectionAuthenticator  # static conformance check (mypy)
