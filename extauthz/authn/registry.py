@@ -18,7 +18,7 @@ from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundPolicy
 
 if TYPE_CHECKING:
-    from extauthz.state.base import StateProvider
+    from extauthz.authn.shared_state import StateProvider
 
 
 @dataclass(frozen=True, slots=True)

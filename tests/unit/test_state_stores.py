@@ -29,11 +29,11 @@ from extauthz.authn.nonces import (
     NonceTooOld,
     NonceUse,
 )
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.clock import system_clock
 from extauthz.decision import GrpcCode, from_error
 from extauthz.errors import Reason, TooManyAttempts
 from extauthz.metrics import Metrics
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.redis import RedisClient, RedisTarget, StateHub, client_key
 from extauthz.state.stores import NONCE_SCRIPT, RedisAttemptLimiter, RedisNonceStore
 from tests.support.redis_server import RedisServer, ping
