@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -44,12 +44,9 @@ def fast_target(url: str) -> RedisTarget:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    running = RedisServer(data_dir=tmp_path_factory.mktemp("redis"), persist=False).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+def server(redis_server: RedisServer) -> RedisServer:
+    """The module's Redis (tests/conftest.py)."""
+    return redis_server
 
 
 @pytest.fixture
