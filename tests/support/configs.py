@@ -17,7 +17,18 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.snapshot import Snapshot, compile_config
 
-__all__ = ["api_key_config", "compile_text", "write_config"]
+__all__ = ["OPEN_CONFIG", "api_key_config", "compile_text", "write_config"]
+
+#: one public route matching every path (and an API-key authenticator no route uses): what is
+#: refused there is refused before routing and authentication
+OPEN_CONFIG = """
+authenticators:
+  keys: {api_key: {}}
+routes:
+- name: open
+  match: {prefix: /}
+  public: true
+"""
 
 
 def write_config(directory: Path, text: str, name: str = "c.yaml") -> Path:

@@ -21,7 +21,7 @@ from extauthz.paths import path_problem
 from extauthz.pipeline import Engine
 from extauthz.request import path_is_normalized
 from tests.support.builders import make_view
-from tests.support.configs import compile_text
+from tests.support.configs import OPEN_CONFIG, compile_text
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTE_CONFIGS = [
@@ -159,14 +159,7 @@ def test_the_guard_route_diverts_exactly_the_ambiguous_paths(
         assert not default, "the guard must never divert a path extauthz accepts by default"
 
 
-CONFIG = """
-authenticators:
-  keys: {api_key: {}}
-routes:
-- name: open
-  match: {prefix: /}
-  public: true
-"""
+CONFIG = OPEN_CONFIG
 
 
 def _engine(tmp_path: Path, settings: str = "") -> Engine:
