@@ -148,16 +148,8 @@ class AllowDeny(Model):
         return self
 
 
-class SourceRule(Model):
+class SourceRule(AllowDeny):
     """``source: {allow: [10.0.0.0/8], deny: [10.9.0.0/16]}``: CIDRs of the client address."""
-
-    allow: list[str] | None = None
-    deny: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _list_is_allow(cls, data: Any) -> Any:
-        return {"allow": data} if isinstance(data, list) else data
 
     @field_validator("allow", "deny")
     @classmethod
@@ -168,12 +160,6 @@ class SourceRule(Model):
             except ValueError as exc:
                 raise ValueError(f"[{i}] {cidr!r}: {exc}") from None
         return v
-
-    @model_validator(mode="after")
-    def _something(self) -> SourceRule:
-        if self.allow is None and not self.deny:
-            raise ValueError("set allow and/or deny")
-        return self
 
 
 class EqualRule(Model):
