@@ -25,7 +25,6 @@ CEILING = "C"
 KNOWN_OVER: dict[str, str] = {
     "Engine._allow": "edge: the respond layer (pipeline.py)",
     "Engine._check": "edge: one check edge (pipeline.py)",
-    "JwtAuthenticator._verify": "memory: the cached-verifier helper (authn/jwt.py)",
     "IntrospectionAuthenticator._evaluate": "memory: the cached-verifier helper",
     "HmacAuthenticator._authenticate_cavage": "contract: the hmac_sig.py split",
     "HmacAuthenticator._params": "contract: the hmac_sig.py split",
