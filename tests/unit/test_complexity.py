@@ -25,12 +25,6 @@ CEILING = "C"
 KNOWN_OVER: dict[str, str] = {
     "Engine._allow": "edge: the respond layer (pipeline.py)",
     "Engine._check": "edge: one check edge (pipeline.py)",
-    "IntrospectionAuthenticator._evaluate": "memory: the cached-verifier helper",
-    "HmacAuthenticator._authenticate_cavage": "contract: the hmac_sig.py split",
-    "HmacAuthenticator._params": "contract: the hmac_sig.py split",
-    "_component_value": "contract: the hmac_sig.py split",
-    "_parse_key": "contract: the jwks.py split",
-    "parse_jwks": "contract: the jwks.py split",
 }
 
 

@@ -23,9 +23,6 @@ import importlinter  # noqa: F401  (a test dependency: fail, never skip, when it
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
 
-#: excused imports of the acyclic contract that another change of this session removes; the
-#: lead empties this at merge (lint-imports fails on an excuse that matches no import)
-KNOWN_CYCLE_EXCUSES = {"extauthz.authn.* -> extauthz.authn.registry"}
 
 
 def _lint(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -53,7 +50,7 @@ def test_at_most_two_imports_run_back_up_the_layers() -> None:
     assert all(c["exhaustive"] is True for c in layered)
     assert sum(len(c.get("ignore_imports", [])) for c in layered) <= 2
     assert not contracts["neutral-core"].get("ignore_imports")
-    assert set(contracts["acyclic"].get("ignore_imports", [])) <= KNOWN_CYCLE_EXCUSES
+    assert not contracts["acyclic"].get("ignore_imports")
 
 
 def test_an_upward_import_or_a_cycle_breaks_the_contracts(tmp_path: Path) -> None:
