@@ -81,8 +81,10 @@ one is closed at once), the time to send a request (head and body) and to stay i
 body bytes of a request (431/413 and closed) and of all requests held together (503 and
 closed), the answers a client leaves unread and the requests it pipelines ahead of them (its
 socket is no longer read: TCP flow control pushes back on it). Each check runs in an asyncio
-task of its own. Envoy sends one request at a time per connection; pipelined requests are still
-answered in order.
+task of its own: the check edge (:class:`~extauthz.edge.CheckEdge` with :class:`HttpAdapter`)
+reads it, decides, renders the answer (:func:`extauthz.respond.http.render`) and records it,
+like every other transport. Envoy sends one request at a time per connection; pipelined
+requests are still answered in order.
 """
 
 from __future__ import annotations
