@@ -104,7 +104,7 @@ import httptools
 from extauthz.authz.rules import parse_address
 from extauthz.decision import Decision
 from extauthz.decisionlog import DecisionLog
-from extauthz.edge import CheckEdge
+from extauthz.edge import Adapter, CheckEdge
 from extauthz.errors import BadRequestError, Reason
 from extauthz.metrics import CheckRecorder
 from extauthz.netlimits import ConnectionGuard, DeadlineSweeper, Refused
@@ -594,7 +594,15 @@ class HttpAdapter:
 
 
 class HttpAuthzServer:
-    """Serves Envoy's HTTP ext_authz protocol from an :class:`Engine`."""
+    """Serves Envoy's HTTP ext_authz protocol from an :class:`Engine`.
+
+    ``adapter``: another protocol carried over the same bounded HTTP/1.1 server (default:
+    :class:`HttpAdapter`, the HTTP ext_authz protocol; the header options above configure
+    it). Its ``read`` gets each parsed request (``method``, ``url`` bytes, ``headers`` with
+    lower-case names, ``body``, ``keep_alive``) and its ``render`` must return the whole
+    HTTP/1.1 response, closing the connection when ``keep_alive`` is false — e.g. a serialized
+    CheckRequest body answered with a serialized CheckResponse (:data:`extauthz.edge.GRPC_BYTES`).
+    """
 
     def __init__(
         self,
@@ -608,14 +616,17 @@ class HttpAuthzServer:
         route_header: str | None = None,
         cookie_forwarded: bool = False,
         metadata: bool = False,
+        adapter: Adapter[Any, bytes] | None = None,
     ) -> None:
         self.engine = engine
-        self.adapter = HttpAdapter(
-            engine, path_prefix.rstrip("/"),
-            source_header=source_header.lower() if source_header else None,
-            peer_cert_header=peer_cert_header.lower() if peer_cert_header else None,
-            route_header=route_header.lower() if route_header else None,
-            cookie_forwarded=cookie_forwarded, metadata=metadata)
+        if adapter is None:
+            adapter = HttpAdapter(
+                engine, path_prefix.rstrip("/"),
+                source_header=source_header.lower() if source_header else None,
+                peer_cert_header=peer_cert_header.lower() if peer_cert_header else None,
+                route_header=route_header.lower() if route_header else None,
+                cookie_forwarded=cookie_forwarded, metadata=metadata)
+        self.adapter = adapter
         #: read -> decide -> render -> record, shared with every other transport
         self.edge = CheckEdge(engine, self.adapter, CheckRecorder(engine.metrics, decision_log))
         self.limits = limits or HttpLimits()

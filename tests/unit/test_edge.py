@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from extauthz.decision import Decision, Outcome
 from extauthz.edge import DECISIONS, GRPC, GRPC_BYTES, CheckEdge, decide
 from extauthz.errors import BadRequestError, Reason
 from extauthz.explain import Trace
+from extauthz.http_authz import HttpAuthzServer
 from extauthz.keys import hash_api_key
 from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder, Metrics
 from extauthz.pipeline import Engine
@@ -138,3 +140,45 @@ async def test_the_offline_tools_get_the_decision_of_the_grpc_path(engine: Engin
     same = await CheckEdge(engine, DECISIONS).answer(allowed_request())
     assert same.upstream_headers == decision.upstream_headers
     assert counted(engine, "api", "allow", "ok") == 0  # the tools record nothing
+
+
+class GrpcOverHttp:
+    """A third transport in a few lines: a serialized CheckRequest as the body of an HTTP/1.1
+    request, answered with the serialized CheckResponse, over the bounded httptools server."""
+
+    @staticmethod
+    def read(message: Any) -> RequestView:
+        return GRPC_BYTES.read(bytes(message.body))
+
+    @staticmethod
+    def render(decision: Decision, message: Any) -> bytes:
+        body = GRPC_BYTES.render(decision, b"")
+        close = b"" if message.keep_alive else b"connection: close\r\n"
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+                + close + b"content-length: %d\r\n\r\n" % len(body) + body)
+
+
+async def test_the_http_server_carries_another_protocol_through_an_adapter(
+    engine: Engine,
+) -> None:
+    server = HttpAuthzServer(engine, adapter=GrpcOverHttp())
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for body in (allowed_request().SerializeToString(), b"\xff\xff\xff"):
+            writer.write(b"POST /envoy.service.auth.v3.Authorization/Check HTTP/1.1\r\n"
+                         b"host: extauthz\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            answers = external_auth_pb2.CheckResponse.FromString(
+                await asyncio.wait_for(reader.readexactly(length), 10))
+            if body[:1] == b"\xff":
+                assert answers.denied_response.status.code == 400
+            else:
+                assert answers.status.code == 0 and answers.HasField("ok_response")
+        writer.close()
+        assert counted(engine, "api", "allow", "ok") == 1
+        assert counted(engine, NO_ROUTE_LABEL, "deny", "bad_request") == 1
+    finally:
+        await server.stop(1)
