@@ -80,8 +80,10 @@ class Engine:
         return await self._decide(view, trace)
 
     async def _decide(self, view: RequestView, trace: Trace | None) -> Decision:
-        """The check's one guard: whatever a stage raises becomes the deny of its error, under
-        the route's name once one was selected (fail closed)."""
+        """Route, authenticate, then authorize (:meth:`_authorize`), in the check's one guard:
+        whatever a stage raises becomes the deny of its error, under the route's name once one
+        was selected (fail closed). One coroutine per stage that may wait, no more: this is the
+        hot path."""
         snapshot = self.snapshot
         if snapshot is None:
             return deny(503, GrpcCode.UNAVAILABLE, Reason.DEPENDENCY_UNAVAILABLE, NO_ROUTE_LABEL,
@@ -92,7 +94,21 @@ class Engine:
             if match is None:
                 return self._unmatched(snapshot, view, trace)
             route = match.route
-            return await self._check(snapshot, match, view, trace)
+            if route.public:
+                return await _limited(snapshot, allow(snapshot, route, None, view,
+                                                      self._reserved(snapshot)),
+                                      view, match.params, trace)
+            _check_credential_size(route, view, snapshot.settings.limits, trace)
+            if route.require_all:
+                identity, missing = await self._authenticate_all(route, view, trace)
+            else:
+                identity = await self._authenticate(route, view, trace)
+                missing = route.authenticators
+            if identity is None:
+                return deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL,
+                            route.name, "credentials required",
+                            challenges=missing_challenges(missing), request_id=view.request_id)
+            return await self._authorize(snapshot, match, identity, view, trace)
         except AuthenticationError as exc:
             return from_error(exc, _label(route), request_id=view.request_id,
                               challenges=invalid_challenges(route, exc))
@@ -113,27 +129,6 @@ class Engine:
             return allow(snapshot, None, None, view, self._reserved(snapshot))
         return deny(403, GrpcCode.PERMISSION_DENIED, Reason.NO_ROUTE, NO_ROUTE_LABEL,
                     "no route for this request", request_id=view.request_id)
-
-    async def _check(
-        self, snapshot: Snapshot, match: RouteMatch, view: RequestView, trace: Trace | None
-    ) -> Decision:
-        """A matched route: authenticate, then authorize (public routes: neither)."""
-        route = match.route
-        if route.public:
-            return await _limited(snapshot, allow(snapshot, route, None, view,
-                                                  self._reserved(snapshot)),
-                                  view, match.params, trace)
-        _check_credential_size(route, view, snapshot.settings.limits, trace)
-        if route.require_all:
-            identity, missing = await self._authenticate_all(route, view, trace)
-        else:
-            identity = await self._authenticate(route, view, trace)
-            missing = route.authenticators
-        if identity is None:
-            return deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL,
-                        route.name, "credentials required",
-                        challenges=missing_challenges(missing), request_id=view.request_id)
-        return await self._authorize(snapshot, match, identity, view, trace)
 
     async def _authorize(
         self, snapshot: Snapshot, match: RouteMatch, identity: Identity, view: RequestView,
