@@ -60,19 +60,25 @@ def _metadata_lines(metadata: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _carriable(decision: Decision, cookie_forwarded: bool) -> Decision:
-    """``decision``, or a 503 when this protocol cannot carry it out (logged)."""
+def _sets_cookie(headers: tuple[tuple[str, str], ...]) -> bool:
+    """Whether ``headers`` rewrite the ``cookie`` header (a loop: no generator per check)."""
+    for name, _ in headers:  # noqa: SIM110 (any() would build a generator per check)
+        if name == "cookie":
+            return True
+    return False
+
+
+def _refused(decision: Decision) -> Decision:
+    """The 503 of an allow this protocol cannot carry out (logged): never half of it."""
     if decision.remove_query:
         # HTTP mode cannot drop query parameters: refuse rather than leak the credential
         log.error("route %s strips a query-string credential, which the HTTP transport cannot "
                   "do (use gRPC for this route); refused", decision.route)
-        return from_error(RuntimeError(), decision.route)
-    if not cookie_forwarded and any(k == "cookie" for k, _ in decision.upstream_headers):
+    else:
         log.error("route %s strips a credential cookie, which needs Envoy to forward the "
                   "rewritten cookie header (allowed_upstream_headers: cookie) and "
                   "--http-authz-cookie-forwarded; refused", decision.route)
-        return from_error(RuntimeError(), decision.route)
-    return decision
+    return from_error(RuntimeError(), decision.route)
 
 
 def render(decision: Decision, keep_alive: bool, head: bool = False,
@@ -89,8 +95,9 @@ def render(decision: Decision, keep_alive: bool, head: bool = False,
     included. ``metadata``: send the dynamic metadata as ``x-extauthz-md-*`` headers (about
     3 us per allowed check; only useful with Envoy's ``dynamic_metadata_from_headers``).
     """
-    if decision.allowed and (decision.remove_query or decision.upstream_headers):
-        decision = _carriable(decision, cookie_forwarded)
+    if decision.allowed and (decision.remove_query or (
+            not cookie_forwarded and _sets_cookie(decision.upstream_headers))):
+        decision = _refused(decision)
     lines: list[str]
     if decision.allowed:
         payload = b""

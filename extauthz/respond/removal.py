@@ -8,13 +8,17 @@ both encodings of one decision say the same thing (docs/envoy-wire-facts.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 __all__ = ["removable"]
 
 _UNREMOVABLE = frozenset({"host"})
 
 
-def removable(names: Iterable[str]) -> Iterator[str]:
-    """``names`` without the ones Envoy refuses to remove (pseudo-headers and ``host``)."""
-    return (n for n in names if not n.startswith(":") and n not in _UNREMOVABLE)
+def removable(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` without the ones Envoy refuses to remove (pseudo-headers and ``host``).
+
+    ``names`` itself when there are none (the usual case: no copy, nothing allocated).
+    """
+    for name in names:
+        if name.startswith(":") or name in _UNREMOVABLE:
+            return tuple(n for n in names if not n.startswith(":") and n not in _UNREMOVABLE)
+    return names
