@@ -93,7 +93,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
@@ -473,7 +473,7 @@ class _Connection(asyncio.Protocol):
         while self.pending and not self.closing and not self.write_paused:
             message = self.pending.popleft()
             # the check edge reads, decides, renders and records (never raises)
-            task = _start_check(self.server.edge.answer(message))
+            task = _start_check(self.server.answer(message))
             if task.done():
                 self._answer(message, self._payload(task, message))
                 continue
@@ -602,6 +602,9 @@ class HttpAuthzServer:
     lower-case names, ``body``, ``keep_alive``) and its ``render`` must return the whole
     HTTP/1.1 response, closing the connection when ``keep_alive`` is false — e.g. a serialized
     CheckRequest body answered with a serialized CheckResponse (:data:`extauthz.edge.GRPC_BYTES`).
+    A server that also answers requests that are no check (health, a wrong path) replaces
+    :attr:`answer` with a function that answers those itself and passes checks to
+    ``self.edge.answer``.
     """
 
     def __init__(
@@ -629,6 +632,11 @@ class HttpAuthzServer:
         self.adapter = adapter
         #: read -> decide -> render -> record, shared with every other transport
         self.edge = CheckEdge(engine, self.adapter, CheckRecorder(engine.metrics, decision_log))
+        #: what each parsed request is answered with, run in a task of its own: the check
+        #: edge's answer. A server carrying another protocol may replace it (e.g. to answer
+        #: requests that are no check without counting them as checks); a bound method stored
+        #: once, so the hot path builds none per request
+        self.answer: Callable[[_Message], Coroutine[Any, Any, bytes]] = self.edge.answer
         self.limits = limits or HttpLimits()
         self.limits.check()
         self.connections: set[_Connection] = set()
