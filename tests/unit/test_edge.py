@@ -162,9 +162,21 @@ async def test_the_http_server_carries_another_protocol_through_an_adapter(
     engine: Engine,
 ) -> None:
     server = HttpAuthzServer(engine, adapter=GrpcOverHttp())
+    checks = server.answer
+
+    async def not_a_check() -> bytes:
+        return b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+
+    def answer(message: Any) -> Any:  # requests that are no check: answered, not counted
+        return checks(message) if message.url.endswith(b"/Check") else not_a_check()
+
+    server.answer = answer
     port = await server.start("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /other HTTP/1.1\r\nhost: extauthz\r\ncontent-length: 0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 404 ")
         for body in (allowed_request().SerializeToString(), b"\xff\xff\xff"):
             writer.write(b"POST /envoy.service.auth.v3.Authorization/Check HTTP/1.1\r\n"
                          b"host: extauthz\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
@@ -180,5 +192,8 @@ async def test_the_http_server_carries_another_protocol_through_an_adapter(
         writer.close()
         assert counted(engine, "api", "allow", "ok") == 1
         assert counted(engine, NO_ROUTE_LABEL, "deny", "bad_request") == 1
+        total = engine.metrics.registry.get_sample_value("extauthz_check_duration_seconds_count",
+                                                         {"route": NO_ROUTE_LABEL})
+        assert total == 1  # the 404 was not counted as a check
     finally:
         await server.stop(1)
