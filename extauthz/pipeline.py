@@ -39,7 +39,8 @@ from extauthz.hygiene import ReservedHeaders
 from extauthz.metrics import NO_ROUTE_LABEL, Metrics
 from extauthz.paths import path_problem
 from extauthz.request import signature_components
-from extauthz.respond import allow, invalid_challenges, missing_challenges
+from extauthz.respond.allow import allow
+from extauthz.respond.challenges import invalid_challenges, missing_challenges
 from extauthz.routing import Route, RouteMatch
 from extauthz.snapshot import Snapshot
 from extauthz.types import AuthMethod, Identity, RequestView

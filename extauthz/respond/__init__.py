@@ -11,15 +11,8 @@ credential and spoofed-header stripping, cookie rewriting, query stripping, meta
 
 tests/unit/test_respond.py renders one table of decisions through both and states what each
 must say once. docs/respond.md describes the layer.
+
+The package imports none of its modules: the neutral core (:mod:`extauthz.pipeline`) imports
+``allow`` and ``challenges`` only, and never loads an encoding (protobuf, HTTP framing).
 """
 
-from __future__ import annotations
-
-from extauthz.respond.allow import allow, identity_headers
-from extauthz.respond.challenges import invalid_challenges, missing_challenges
-from extauthz.respond.grpc import to_check_response
-from extauthz.respond.http import render
-from extauthz.respond.removal import removable
-
-__all__ = ["allow", "identity_headers", "invalid_challenges", "missing_challenges", "removable",
-           "render", "to_check_response"]
