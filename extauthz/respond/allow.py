@@ -83,7 +83,7 @@ def allow(
     rule = ""
     waived: Mapping[str, str] | None = None
     if shadow is not None:
-        reason, rule = shadow.reason, getattr(shadow, "rule", "")
+        reason, rule = shadow.reason, shadow.rule
         waived = {"reason": reason.value, "rule": rule}
     return Decision(
         outcome=Outcome.ALLOW if shadow is None else Outcome.SHADOW_DENY,

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from extauthz import tracing
+from extauthz.authn.reload_state import ReloadState
 from extauthz.metrics import Metrics
 from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.local import LocalState
@@ -435,10 +436,11 @@ class StateHub:
     enforces the lists the old one had even if Redis is down at that moment.
     """
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, reload_state: ReloadState | None = None) -> None:
         self.metrics = metrics
-        #: in-memory replay cache and attempt counters of the process (kept across reloads)
-        self.local = LocalState()
+        #: in-memory replay cache and attempt counters of the process (kept across reloads, in
+        #: ``reload_state``: the server's carry-over store)
+        self.local = LocalState(reload_state)
         self._objects: dict[Hashable, Shared] = {}
         self._users: Counter[Hashable] = Counter()
 

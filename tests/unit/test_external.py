@@ -527,8 +527,8 @@ async def test_a_reload_keeps_the_cached_pdp_answers(fake: tuple[FakePdp, str],
     try:
         assert (await Engine(Metrics(), first).check(view)).http_status == 200
         asked = len(server.seen)
-        second.adopt_outbound_state(first)
-        changed.adopt_outbound_state(first)
+        second.adopt_external_answers(first)
+        changed.adopt_external_answers(first)
         assert (await Engine(Metrics(), second).check(view)).http_status == 200
         assert len(server.seen) == asked  # answered from the adopted cache
         assert (await Engine(Metrics(), changed).check(view)).http_status == 200
