@@ -40,7 +40,11 @@ from extauthz.metrics import NO_ROUTE_LABEL, Metrics
 from extauthz.paths import path_problem
 from extauthz.request import signature_components
 from extauthz.respond.allow import allow
-from extauthz.respond.challenges import invalid_challenges, missing_challenges
+from extauthz.respond.challenges import (
+    forbidden_challenges,
+    invalid_challenges,
+    missing_challenges,
+)
 from extauthz.routing import Route, RouteMatch
 from extauthz.snapshot import Snapshot
 from extauthz.types import Identity, RequestView
@@ -267,7 +271,7 @@ def _forbidden(snapshot: Snapshot, route_name: str, identity: Identity, view: Re
     """The 403 of a policy denial, naming the rule that denied (and a bearer scope challenge)."""
     rule = exc.rule
     denied = from_error(exc, route_name, request_id=view.request_id, identity=identity,
-                        challenges=_forbidden_challenges(snapshot, identity, exc))
+                        challenges=forbidden_challenges(snapshot, identity, exc))
     return dataclasses.replace(denied, rule=rule) if rule else denied
 
 
@@ -359,15 +363,3 @@ def _oversized(surface: CredentialSurface, view: RequestView, longest: int) -> b
         if cookie is not None and len(cookie) > longest:
             return True
     return False
-
-
-def _forbidden_challenges(
-    snapshot: Snapshot, identity: Identity, error: AuthorizationError
-) -> list[str]:
-    """The 403 challenge of the method that verified ``identity`` (e.g. RFC 6750 §3.1
-    ``insufficient_scope`` for bearer tokens), if it has one."""
-    authenticator = snapshot.authenticators.get(identity.authenticator)
-    if authenticator is None:
-        return []
-    challenge = authenticator.forbidden_challenge(error)
-    return [] if challenge is None else [challenge]

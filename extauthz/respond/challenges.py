@@ -1,19 +1,24 @@
 """The ``WWW-Authenticate`` challenges of a 401: which authenticators speak, and how.
 
 Each authenticator renders its own challenge (``Authenticator.challenge``); this module decides
-which of them a denial carries. The 403 challenge (RFC 6750 ``insufficient_scope``) is built by
-the pipeline (``_forbidden_challenges``).
+which of them a denial carries: a 401's (:func:`missing_challenges`, :func:`invalid_challenges`)
+and a 403's (:func:`forbidden_challenges`, e.g. RFC 6750 ``insufficient_scope``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from extauthz.authn.base import Authenticator
-from extauthz.errors import AuthenticationError
+from extauthz.errors import AuthenticationError, AuthorizationError
 from extauthz.routing import Route
+from extauthz.types import Identity
 
-__all__ = ["invalid_challenges", "missing_challenges"]
+if TYPE_CHECKING:
+    from extauthz.snapshot import Snapshot
+
+__all__ = ["forbidden_challenges", "invalid_challenges", "missing_challenges"]
 
 
 def missing_challenges(missing: Iterable[Authenticator]) -> list[str]:
@@ -34,3 +39,15 @@ def invalid_challenges(route: Route | None, error: AuthenticationError) -> list[
         else:
             out.append(authenticator.challenge())
     return out
+
+
+def forbidden_challenges(
+    snapshot: Snapshot, identity: Identity, error: AuthorizationError
+) -> list[str]:
+    """The 403 challenge of the method that verified ``identity`` (e.g. RFC 6750 §3.1
+    ``insufficient_scope`` for bearer tokens), if it has one."""
+    authenticator = snapshot.authenticators.get(identity.authenticator)
+    if authenticator is None:
+        return []
+    challenge = authenticator.forbidden_challenge(error)
+    return [] if challenge is None else [challenge]
