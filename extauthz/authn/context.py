@@ -17,7 +17,7 @@ from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundPolicy
 
 if TYPE_CHECKING:
-    from extauthz.state.base import StateProvider
+    from extauthz.authn.shared_state import StateProvider
 
 __all__ = ["BuildContext"]
 

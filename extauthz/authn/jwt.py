@@ -91,7 +91,7 @@ from extauthz.metrics import Metrics
 from extauthz.types import AuthMethod, Identity, RequestView
 
 if TYPE_CHECKING:
-    from extauthz.state.base import Revocations
+    from extauthz.authn.shared_state import Revocations
 
 log = logging.getLogger("extauthz.jwt")
 

@@ -9,10 +9,10 @@
   0 and from then on calls fail at once (no request waits for a dead Redis, so the 503 reaches Envoy
   well inside its own ext_authz timeout) until the background probe (``PING`` every
   ``health_check_interval_seconds``) succeeds again. Any failure raises
-  :class:`~extauthz.state.base.SharedStateUnavailable` (503 ``shared_state_unavailable``) and
-  counts ``extauthz_redis_errors_total{op}``. A timeout fails only its own operation and wakes
-  the probe: the bound includes event-loop delay, so one late reply on a busy replica is not
-  taken for an outage (a PING that also cannot make it is).
+  :class:`~extauthz.authn.shared_state.SharedStateUnavailable` (503
+  ``shared_state_unavailable``) and counts ``extauthz_redis_errors_total{op}``. A timeout fails
+  only its own operation and wakes the probe: the bound includes event-loop delay, so one late
+  reply on a busy replica is not taken for an outage (a PING that also cannot make it is).
 * Reconnection is redis-py's: a connection that broke is dropped and the next command opens a
   new one. redis-py retries a command **once**, without backoff, on a connection error — so the
   first command after a Redis restart (on a pooled connection the restart killed) still succeeds.
@@ -42,8 +42,8 @@ from urllib.parse import urlsplit
 
 from extauthz import tracing
 from extauthz.authn.reload_state import ReloadState
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.metrics import Metrics
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.local import LocalState
 
 if TYPE_CHECKING:
