@@ -2,13 +2,14 @@
 
 One :class:`BridgeServer` is the httptools server of the HTTP ext_authz transport
 (:class:`~extauthz.http_authz.HttpAuthzServer`: its connection handling, bounds and metrics)
-reading another request format: what Envoy's ``grpc_http1_reverse_bridge`` sends (see
+carrying another protocol: what Envoy's ``grpc_http1_reverse_bridge`` sends (see
 :mod:`extauthz.grpcfront.codec`). Per method path:
 
-* ``Authorization/Check``: bytes -> CheckRequest (:func:`extauthz.request.from_check_request`)
-  -> :meth:`Engine.check` -> CheckResponse (:func:`extauthz.wire.to_check_response`) -> bytes,
-  ``200`` with :data:`~extauthz.grpcfront.codec.CONTENT_TYPE`; counted and logged like a gRPC
-  check;
+* ``Authorization/Check``: the check edge (:class:`~extauthz.edge.CheckEdge`) with the
+  :data:`~extauthz.edge.GRPC_BYTES` adapter: bytes -> CheckRequest -> ``Engine.check`` ->
+  CheckResponse -> bytes, sent ``200`` with :data:`~extauthz.grpcfront.codec.CONTENT_TYPE`;
+  counted and logged like every check. A body that is not a CheckRequest is the edge's 400
+  ``bad_request`` deny, as any unreadable request;
 * ``Health/Check``: the serving status of the service asked about (the same state the grpc.aio
   server's health service answers from); an unknown service is answered ``404``, which Envoy
   turns into ``UNIMPLEMENTED`` (there is no HTTP status it maps to ``NOT_FOUND``);
@@ -28,21 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from extauthz import tracing
-from extauthz.decision import Decision, GrpcCode, Outcome, from_error
-from extauthz.errors import CheckError, Reason
+from extauthz.decision import Decision
+from extauthz.edge import GRPC_BYTES
 from extauthz.grpcfront import codec
 from extauthz.http_authz import HttpAuthzServer, _Message
-from extauthz.metrics import NO_ROUTE_LABEL
-from extauthz.request import from_check_request
 from extauthz.types import RequestView
-from extauthz.wire import to_check_response
 
 log = logging.getLogger("extauthz.grpcfront")
 
@@ -51,24 +49,9 @@ HealthLookup = Callable[[str], int | None]
 
 _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 400: b"HTTP/1.1 400 Bad Request\r\n",
                  404: b"HTTP/1.1 404 Not Found\r\n",
-                 503: b"HTTP/1.1 503 Service Unavailable\r\n",
-                 415: b"HTTP/1.1 415 Unsupported Media Type\r\n"}
+                 415: b"HTTP/1.1 415 Unsupported Media Type\r\n",
+                 503: b"HTTP/1.1 503 Service Unavailable\r\n"}
 _CONTENT_TYPE_LINE = f"content-type: {codec.CONTENT_TYPE}\r\n".encode("ascii")
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply(Decision):
-    """An answer that is no check decision (health, a refused request): sent as is, not
-    counted or logged as a check."""
-
-    status: int = 200
-    payload: bytes = b""
-
-
-def _reply(status: int, payload: bytes = b"") -> _Reply:
-    return _Reply(outcome=Outcome.DENY, http_status=status, grpc_code=GrpcCode.OK,
-                  reason=Reason.BAD_REQUEST, route=NO_ROUTE_LABEL, status=status,
-                  payload=payload)
 
 
 def http_response(status: int, payload: bytes, keep_alive: bool) -> bytes:
@@ -84,79 +67,64 @@ def http_response(status: int, payload: bytes, keep_alive: bool) -> bytes:
     return b"".join(head) + payload
 
 
-async def _with_parent(traceparent: str | None,
-                       check: Coroutine[Any, Any, Decision]) -> Decision:
-    """Run ``check`` with Envoy's ext_authz span (the call's ``traceparent``) as its parent;
-    inside the check's own task, so it does not leak into the next check of the connection."""
-    tracing.set_transport_parent(traceparent)
-    return await check
+@dataclass(frozen=True, slots=True)
+class BridgeAdapter:
+    """The check edge's adapter of the bridge: a parsed HTTP/1.1 request whose body is a
+    serialized CheckRequest in (:data:`~extauthz.edge.GRPC_BYTES`), the whole HTTP/1.1 answer
+    with the serialized CheckResponse out."""
+
+    def read(self, message: _Message) -> RequestView:
+        """The view of the CheckRequest in the body (BadRequestError when it is none)."""
+        return GRPC_BYTES.read(bytes(message.body))
+
+    def render(self, decision: Decision, message: _Message) -> bytes:
+        """``200`` with the serialized CheckResponse of ``decision``."""
+        return http_response(200, GRPC_BYTES.render(decision, b""), message.keep_alive)
 
 
 class BridgeServer(HttpAuthzServer):
     """Serves the bridged gRPC methods (Check, Health) on a Unix socket."""
 
     def __init__(self, *args: Any, health: HealthLookup, **kwargs: Any) -> None:
-        super().__init__(*args, path_prefix="", **kwargs)
+        super().__init__(*args, adapter=BridgeAdapter(), **kwargs)
         self.health = health
         #: set on SIGTERM: a check that arrives now is refused (503: Envoy answers UNAVAILABLE,
         #: the client's Envoy fails it closed), as grpc.aio refuses new calls once stopping;
         #: checks already in flight finish
         self.draining = False
+        # checks go to the edge; health and everything else is answered here, not counted
+        self.answer = self._answer
+        self._check = self.edge.answer
 
-    def begin(self, message: _Message) -> tuple[RequestView | None,
-                                                Decision | Coroutine[Any, Any, Decision]]:
-        """The view and the check coroutine of one bridged call (or a reply at once)."""
+    async def _answer(self, message: _Message) -> bytes:
+        """The answer to one bridged call (run in a task of its own by the connection)."""
+        keep_alive = message.keep_alive
         if message.method != "POST":
-            return None, _reply(404)
+            return http_response(404, b"", keep_alive)
         if message.headers.get("content-type") != codec.CONTENT_TYPE:
-            return None, _reply(415)
+            return http_response(415, b"", keep_alive)
         path = message.url.decode("latin-1")
-        body = bytes(message.body)
         if path == codec.CHECK_PATH:
             if self.draining:
-                return None, _reply(503)
-            return self._check(message, body)
+                return http_response(503, b"", keep_alive)
+            if tracing.state.tracer is not None:
+                # Envoy's ext_authz span comes as the call's traceparent: the check's parent
+                # (set inside this check's own task: it does not leak into the next one)
+                tracing.set_transport_parent(message.headers.get("traceparent"))
+            return await self._check(message)
         if path in (codec.HEALTH_CHECK_PATH, codec.HEALTH_WATCH_PATH):
-            return None, self._health(body)
-        return None, _reply(404)  # Envoy: UNIMPLEMENTED
+            return self._health(message)
+        return http_response(404, b"", keep_alive)  # Envoy: UNIMPLEMENTED
 
-    def _check(self, message: _Message, body: bytes) -> tuple[
-            RequestView | None, Decision | Coroutine[Any, Any, Decision]]:
+    def _health(self, message: _Message) -> bytes:
         try:
-            view = from_check_request(codec.decode_check_request(body))
+            service = codec.decode_health_service(bytes(message.body))
         except DecodeError:
-            return None, _reply(400)  # not a CheckRequest: Envoy answers a gRPC error
-        except CheckError as exc:
-            return None, from_error(exc, NO_ROUTE_LABEL)
-        except Exception:
-            log.exception("could not read a CheckRequest (denied)")
-            return None, from_error(RuntimeError(), NO_ROUTE_LABEL)
-        check = self.engine.check(view)
-        if tracing.state.tracer is not None:
-            return view, _with_parent(message.headers.get("traceparent"), check)
-        return view, check
-
-    def _health(self, body: bytes) -> _Reply:
-        try:
-            service = codec.decode_health_service(body)
-        except DecodeError:
-            return _reply(400)
+            return http_response(400, b"", message.keep_alive)
         status = self.health(service)
         if status is None:
-            return _reply(404)
-        return _reply(200, codec.encode_health_response(status))
-
-    def render(self, decision: Decision, keep_alive: bool, head: bool = False) -> bytes:
-        """The HTTP/1.1 response of ``decision``: a serialized CheckResponse with 200."""
-        if isinstance(decision, _Reply):
-            return http_response(decision.status, decision.payload, keep_alive)
-        payload = to_check_response(decision).SerializeToString()
-        return http_response(200, payload, keep_alive)
-
-    def record(self, view: RequestView | None, decision: Decision, elapsed: float) -> None:
-        """Count and log checks; health answers and refused requests are not checks."""
-        if not isinstance(decision, _Reply):
-            super().record(view, decision, elapsed)
+            return http_response(404, b"", message.keep_alive)
+        return http_response(200, codec.encode_health_response(status), message.keep_alive)
 
     async def start_unix(self, path: str) -> None:
         """Listen on the Unix socket ``path`` (its directory must be private: see the module

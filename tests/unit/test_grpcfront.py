@@ -135,16 +135,19 @@ async def test_bridged_endpoint_answers_check_health_and_refuses_the_rest(
         unknown = health_pb2.HealthCheckRequest(service="x").SerializeToString()
         assert (await _exchange(sock, _post(codec.HEALTH_CHECK_PATH, unknown))).startswith(
             b"HTTP/1.1 404")
-        assert (await _exchange(sock, _post(codec.CHECK_PATH, b"\xff\xff"))).startswith(
-            b"HTTP/1.1 400")
+        garbage = await _exchange(sock, _post(codec.CHECK_PATH, b"\xff\xff"))
+        assert garbage.startswith(b"HTTP/1.1 200")  # the edge's deny of an unreadable request
+        denied = external_auth_pb2.CheckResponse.FromString(garbage.partition(b"\r\n\r\n")[2])
+        assert denied.denied_response.status.code == 400
         assert (await _exchange(sock, _post("/x.Y/Z", b""))).startswith(b"HTTP/1.1 404")
         assert (await _exchange(sock, _post(codec.CHECK_PATH, b"", "application/grpc"))
                 ).startswith(b"HTTP/1.1 415")
         server.draining = True
         assert (await _exchange(sock, _post(codec.CHECK_PATH, request.SerializeToString()))
                 ).startswith(b"HTTP/1.1 503")
-        # only checks are counted as checks
+        # only checks are counted as checks (the allowed one and the unreadable one)
         assert metrics.checks.labels("public", "allow", "public")._value.get() == 1
+        assert metrics.checks.labels("_no_route_", "deny", "bad_request")._value.get() == 1
     finally:
         await server.stop(1.0)
         await snapshot.close()
