@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     micro = sub.add_parser("micro", help="per-stage cost of one check, in process")
     micro.add_argument("--iterations", type=int, default=20000)
     micro.add_argument("--out", help="directory for fixtures (default: a temporary one)")
+    micro.add_argument("--transport", choices=("grpc", "http"), default="grpc",
+                       help="grpc: the stages of the servicer's Check; http: the HTTP "
+                            "transport's whole path (data_received -> answer) in process")
+    micro.add_argument("--scenarios", help="comma-separated (--transport http)")
+    micro.add_argument("--profile", action="store_true",
+                       help="--transport http: also print a cProfile of the loop")
     micro.set_defaults(func=lambda a: __import__("bench.micro").micro.main(a))
 
     servers = sub.add_parser("servers", help="server models compared on the same decisions")
