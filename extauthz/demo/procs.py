@@ -313,11 +313,13 @@ def start_extauthz(
     timeout: float = 15.0,
     log_level: str = "INFO",
     env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> ManagedProcess:
-    """Start ``extauthz serve`` and wait until ``/readyz`` answers 200."""
+    """Start ``extauthz serve`` (with ``extra_args``) and wait until ``/readyz`` answers 200."""
     proc = ManagedProcess(
         "extauthz",
-        extauthz_argv(config, f"{host}:{grpc_port}", f"{host}:{http_port}", log_level=log_level),
+        [*extauthz_argv(config, f"{host}:{grpc_port}", f"{host}:{http_port}",
+                        log_level=log_level), *extra_args],
         log_path,
         env=env,
     ).start()

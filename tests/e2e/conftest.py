@@ -10,6 +10,10 @@ Scopes (a module gets one Envoy + extauthz pair; nothing listens on a fixed port
                                overrides this fixture to run another configuration
 ``stack``            module    the running :class:`~tests.support.processes.Stack`
                                (``stack.get(path, headers)`` goes through Envoy)
+``stack_transport``  module    how that stack serves gRPC: ``grpc`` (grpc.aio) by default; a
+                               module with ``STACK_TRANSPORTS = GRPC_TRANSPORTS`` runs every test
+                               that uses ``stack`` once per gRPC server, ``grpc-envoy`` included
+                               (the supervised Envoy front, docs/grpc-front.md)
 
 When a test that uses a :class:`Stack` fixture fails, the tails of its extauthz and Envoy logs
 are attached to the report ("stack: extauthz/envoy logs" section).
@@ -36,7 +40,8 @@ def echo() -> Iterator[BackgroundApp]:
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[DemoIdP]:
+def idp(stack_transport: str) -> Iterator[DemoIdP]:
+    # one per transport too: a test that rotates keys must not change the next stack's IdP
     with DemoIdP() as provider:
         yield provider
 
@@ -51,9 +56,23 @@ def extauthz_config(e2e_dir: Path, idp: DemoIdP) -> Path:
     return render_policies(e2e_dir / "policies", issuer=idp.issuer)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    transports = getattr(metafunc.module, "STACK_TRANSPORTS", None)
+    if transports and "stack_transport" in metafunc.fixturenames:
+        metafunc.parametrize("stack_transport", transports, scope="module")
+
+
 @pytest.fixture(scope="module")
-def stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path) -> Iterator[Stack]:
-    running = start_stack(extauthz_config, echo_port=echo.port, log_dir=e2e_dir / "logs")
+def stack_transport() -> str:
+    """``grpc`` unless the module sets ``STACK_TRANSPORTS`` (then parametrized over them)."""
+    return "grpc"
+
+
+@pytest.fixture(scope="module")
+def stack(extauthz_config: Path, echo: BackgroundApp, e2e_dir: Path,
+          stack_transport: str) -> Iterator[Stack]:
+    running = start_stack(extauthz_config, echo_port=echo.port,
+                          log_dir=e2e_dir / f"logs-{stack_transport}", transport=stack_transport)
     try:
         yield running
     finally:

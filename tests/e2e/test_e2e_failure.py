@@ -18,6 +18,10 @@ from extauthz.demo import DEMO_API_KEY
 from extauthz.demo.idp import DemoIdP
 from tests.e2e.helpers import PROBLEM_JSON, assert_denied, upstream_headers, wait_for_status
 from tests.support.processes import Stack, render_policies
+from tests.support.transports import GRPC_TRANSPORTS
+
+#: every test here runs over both gRPC servers: grpc.aio and the Envoy front (conftest.py)
+STACK_TRANSPORTS = GRPC_TRANSPORTS
 
 REFRESH = 1.0
 MAX_STALE = 3.0

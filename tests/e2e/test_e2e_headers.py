@@ -10,6 +10,10 @@ from extauthz.demo import DEMO_API_KEY
 from extauthz.demo.idp import DemoIdP
 from tests.e2e.helpers import upstream_headers
 from tests.support.processes import Stack
+from tests.support.transports import GRPC_TRANSPORTS
+
+#: every test here runs over both gRPC servers: grpc.aio and the Envoy front (conftest.py)
+STACK_TRANSPORTS = GRPC_TRANSPORTS
 
 SPOOFS = [
     ("x-auth-subject", "root"),

@@ -16,6 +16,10 @@ from extauthz.demo.idp import DemoIdP, unsigned_token
 from tests.e2e.helpers import assert_denied, upstream_headers, wait_for_status
 from tests.support.processes import Stack
 from tests.support.tokens import bearer, hmac_token, tamper
+from tests.support.transports import GRPC_TRANSPORTS
+
+#: every test here runs over both gRPC servers: grpc.aio and the Envoy front (conftest.py)
+STACK_TRANSPORTS = GRPC_TRANSPORTS
 
 PROFILE = "/profile/me"
 ORDERS = "/v1/users/alice/orders"

@@ -16,7 +16,7 @@ Typical use (what ``tests/e2e/conftest.py`` does once per module)::
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from extauthz.demo.procs import (
 from tests.support.envoy import EnvoyPorts, start_envoy, write_envoy_config
 
 __all__ = [
+    "GRPC_SERVER_ARGS",
     "LOOPBACK",
     "POLICIES",
     "ManagedProcess",
@@ -65,6 +66,12 @@ __all__ = [
 POLICIES = REPO_ROOT / "policies"
 #: How long a child may take to become ready before the fixture fails (with its log).
 STARTUP_TIMEOUT = 20.0
+#: the gRPC transports and the ``serve`` flags that select them: ``grpc`` (grpc.aio in
+#: extauthz) and ``grpc-envoy`` (the supervised Envoy front, docs/grpc-front.md)
+GRPC_SERVER_ARGS: dict[str, tuple[str, ...]] = {
+    "grpc": ("--grpc-server", "grpcio"),
+    "grpc-envoy": ("--grpc-server", "envoy"),
+}
 
 
 def write_config(path: Path, data: Mapping[str, Any]) -> Path:
@@ -112,6 +119,8 @@ class Stack:
     envoy_config: Path
     timeout: float = STARTUP_TIMEOUT
     _extra: dict[str, Any] = field(default_factory=dict)
+    #: more ``serve`` flags (kept for :meth:`start_extauthz`), e.g. ``--grpc-server envoy``
+    extauthz_args: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -167,6 +176,7 @@ class Stack:
             http_port=self.http_port,
             log_path=self.log_dir / "extauthz.log",
             timeout=self.timeout,
+            extra_args=self.extauthz_args,
         )
 
     def stop(self) -> None:
@@ -186,6 +196,7 @@ def start_pair(
     log_dir: Path,
     timeout: float,
     env: Mapping[str, str] | None = None,
+    extauthz_args: Sequence[str] = (),
 ) -> tuple[ManagedProcess, ManagedProcess]:
     """Start extauthz, then Envoy, each waited ready; logs go to ``log_dir``.
 
@@ -199,6 +210,7 @@ def start_pair(
         log_path=log_dir / "extauthz.log",
         timeout=timeout,
         env=env,
+        extra_args=extauthz_args,
     )
     try:
         envoy = start_envoy(
@@ -218,6 +230,7 @@ def start_stack(
     envoy_source: Path | None = None,
     ext_authz_timeout: str | None = None,
     timeout: float = STARTUP_TIMEOUT,
+    transport: str = "grpc",
 ) -> Stack:
     """Start extauthz with ``config`` and Envoy (deploy/envoy/envoy.yaml on free ports, its
     upstream pointed at ``echo_port``); wait for both to be ready; return the :class:`Stack`.
@@ -229,7 +242,9 @@ def start_stack(
     if envoy_source is not None:
         kwargs["source"] = envoy_source
     envoy_config = write_envoy_config(log_dir / "envoy.yaml", ports, **kwargs)
-    extauthz, envoy = start_pair(config, envoy_config, ports, http_port, log_dir, timeout)
+    extauthz_args = GRPC_SERVER_ARGS[transport]
+    extauthz, envoy = start_pair(config, envoy_config, ports, http_port, log_dir, timeout,
+                                 extauthz_args=extauthz_args)
     return Stack(
         config=config,
         ports=ports,
@@ -239,4 +254,5 @@ def start_stack(
         envoy=envoy,
         envoy_config=envoy_config,
         timeout=timeout,
+        extauthz_args=extauthz_args,
     )

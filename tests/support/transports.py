@@ -1,4 +1,6 @@
-"""An extauthz + Envoy pair on either transport: ``grpc`` (deploy/envoy/envoy.yaml) or ``http``
+"""An extauthz + Envoy pair on any transport: ``grpc`` (deploy/envoy/envoy.yaml), ``grpc-envoy``
+(the same Envoy file, its ext_authz gRPC cluster pointed at the gRPC front extauthz supervises:
+``serve --grpc-server envoy``) or ``http``
 (deploy/envoy/envoy-http-authz.yaml with ``serve --http-authz-address``, and
 ``--http-authz-source-header`` for the client-address header that file makes Envoy set, so
 ``source`` rules and Basic's per-address limit work as documented).
@@ -22,10 +24,12 @@ import yaml
 from extauthz.demo.envoy import ENVOY_CONFIG, EnvoyPorts, render_config, start_envoy
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, extauthz_argv, free_ports, http_ok
 from extauthz.http_authz import SOURCE_HEADER
-from tests.support.processes import STARTUP_TIMEOUT, Stack
+from tests.support.processes import GRPC_SERVER_ARGS, STARTUP_TIMEOUT, Stack
 
 ENVOY_HTTP_CONFIG = ENVOY_CONFIG.parent / "envoy-http-authz.yaml"
 TRANSPORTS = ("grpc", "http")
+#: both ways to serve the gRPC API: grpc.aio, and the supervised Envoy front
+GRPC_TRANSPORTS = ("grpc", "grpc-envoy")
 
 
 def start_transport_stack(
@@ -44,14 +48,15 @@ def start_transport_stack(
     listener, admin, authz, grpc_port, http_port = free_ports(5)
     ports = EnvoyPorts(listener=listener, admin=admin, extauthz=authz, echo=upstream_port)
     if source is None:
-        source = ENVOY_CONFIG if transport == "grpc" else ENVOY_HTTP_CONFIG
+        source = ENVOY_HTTP_CONFIG if transport == "http" else ENVOY_CONFIG
     rendered = yaml.safe_load(render_config(ports, source))
     if envoy_edit is not None:
         envoy_edit(rendered)
     envoy_config = log_dir / "envoy.yaml"
     envoy_config.write_text(yaml.safe_dump(rendered, sort_keys=False))
-    if transport == "grpc":
-        argv = extauthz_argv(config, f"{LOOPBACK}:{authz}", f"{LOOPBACK}:{http_port}")
+    if transport in GRPC_SERVER_ARGS:  # the proxy's ext_authz gRPC cluster points at it
+        argv = [*extauthz_argv(config, f"{LOOPBACK}:{authz}", f"{LOOPBACK}:{http_port}"),
+                *GRPC_SERVER_ARGS[transport]]
     else:
         argv = [*extauthz_argv(config, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{http_port}"),
                 "--http-authz-address", f"{LOOPBACK}:{authz}",
@@ -67,7 +72,8 @@ def start_transport_stack(
         extauthz.stop()
         raise
     stack = Stack(config=config, ports=ports, http_port=http_port, log_dir=log_dir,
-                  extauthz=extauthz, envoy=envoy, envoy_config=envoy_config)
+                  extauthz=extauthz, envoy=envoy, envoy_config=envoy_config,
+                  extauthz_args=(*GRPC_SERVER_ARGS.get(transport, ()), *extra_args))
     if transport == "http":
         stack._extra["grpc_port"] = grpc_port
     return stack
