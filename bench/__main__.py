@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     def run_args(p: argparse.ArgumentParser) -> None:
         speed = p.add_mutually_exclusive_group()
         speed.add_argument("--quick", action="store_true",
-                           help="shorter runs and a smaller sweep (~3 min)")
+                           help="shorter runs and a smaller sweep (~8 min)")
         speed.add_argument("--smoke", action="store_true",
                            help="seconds: one scenario, one concurrency, no sweep (CI)")
         p.add_argument("--out", help="output directory (default .bench/<timestamp>)")
@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Envoy worker threads (default 1)")
         p.add_argument("--no-direct", action="store_true", help="skip the h2load gRPC runs")
         p.add_argument("--no-sweep", action="store_true", help="skip the scaling sweep")
-        p.add_argument("--transports", metavar="grpc,http",
-                       help="Envoy -> extauthz transports to measure end to end (default: "
-                            "both; --smoke: grpc)")
+        p.add_argument("--transports", metavar="grpc,grpc-envoy,http",
+                       help="Envoy -> extauthz transports to measure end to end (default: all "
+                            "three): grpc.aio, the Envoy-fronted gRPC server (serve --grpc-server "
+                            "envoy; its Envoy counted as extauthz), Envoy's HTTP ext_authz")
         p.add_argument("--sweep-points", metavar="DIM=N,..;..",
                        help="sweep only these points, e.g. 'api_keys=10,100000;routes=1,1000' "
                             "(dimensions: routes, api_keys, issuers, cached_tokens)")
