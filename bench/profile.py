@@ -46,7 +46,8 @@ _SYSCALLS = ("sock_send", "sock_recv", "sock_call", "select_epoll_poll", "getpid
 #: our entry points: on every stack of the main thread, so they say nothing about the cost
 _ENTRY = ("extauthz/__main__.py", "extauthz/cli.py", "extauthz/server.py")
 #: the transports: a stage label is the first of our frames below these
-_TRANSPORT = ("extauthz/servicer.py", "extauthz/http_authz.py")
+_TRANSPORT = ("extauthz/servicer.py", "extauthz/http_authz.py", "extauthz/eager.py",
+              "extauthz/grpcfront/")
 
 
 def _ours(frame: str) -> bool:
