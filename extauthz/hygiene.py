@@ -22,6 +22,7 @@ identity has one is denied (``identity_not_representable``).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from urllib.parse import unquote_plus
@@ -126,10 +127,17 @@ def header_spellings(client: Iterable[tuple[str, str]], wanted: Iterable[str]) -
     """The client's header names whose canonical form is one of ``wanted``'s (e.g. every
     spelling of a credential header: ``x_api_key`` for ``x-api-key``). ``client``: the output
     of :func:`canonical_names`."""
-    targets = {canonical_header(n) for n in wanted}
+    targets = _canonical_headers(wanted if isinstance(wanted, tuple) else tuple(wanted))
     if not targets:
         return []
     return [n for n, c in client if c in targets]
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical_headers(names: tuple[str, ...]) -> frozenset[str]:
+    """The canonical forms of an authenticator's credential headers: the same few tuples (one
+    per authenticator of the configuration) on every allowed check."""
+    return frozenset(canonical_header(n) for n in names)
 
 
 def query_spellings(raw_query: str, params: Iterable[str],
