@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from pathlib import Path
 
 from extauthz.authn.base import Challenge
+from extauthz.authn.keyfile import KeyFileError, read_key_file
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.config.schema import ApiKeySpec
@@ -40,6 +42,51 @@ class _StoredKey:
     disabled: bool
 
 
+class _KeyTable:
+    """The keys being loaded: duplicates refused, identical scope sets shared."""
+
+    def __init__(self) -> None:
+        self.keys: list[_StoredKey] = []
+        #: digest -> the key that has it; (consumer, id) of every key
+        self._by_digest: dict[bytes, _StoredKey] = {}
+        self._ids: set[tuple[str, str]] = set()
+        #: one frozenset per distinct scope list, shared by every key that has it
+        self._scope_sets: dict[tuple[str, ...], frozenset[str]] = {}
+
+    def scopes(self, scopes: tuple[str, ...]) -> frozenset[str]:
+        return self._scope_sets.setdefault(scopes, frozenset(scopes))
+
+    def add(self, key: _StoredKey, where: str, *, unique_id: bool = False) -> None:
+        """Keep ``key``; ValueError (naming ``where``, never the key) for a duplicate."""
+        other = self._by_digest.get(key.digest)
+        if other is not None:
+            raise ValueError(
+                f"key {where} has the same hash as key {other.consumer}/{other.key_id}")
+        ident = (key.consumer, key.key_id)
+        if unique_id and ident in self._ids:
+            raise ValueError(f"key {where}: consumer {key.consumer} already has a key "
+                             f"with id {key.key_id}")
+        self._ids.add(ident)
+        self._by_digest[key.digest] = key
+        self.keys.append(key)
+
+    def add_file(self, path: Path, wanted: set[str] | None) -> None:
+        """Stream the keys of a JSON Lines file (extauthz.authn.keyfile) into the table."""
+        try:
+            for line in read_key_file(path):
+                if wanted is not None and line.consumer not in wanted:
+                    continue
+                self.add(_StoredKey(
+                    consumer=line.consumer, key_id=line.key_id, digest=line.digest,
+                    scopes=self.scopes(line.scopes), expires_at=line.expires_at,
+                    disabled=line.disabled,
+                ), f"{path}:{line.line}", unique_id=True)
+        except OSError as exc:
+            raise ValueError(f"keys_file: cannot read {path}: {exc.strerror or exc}") from None
+        except KeyFileError as exc:
+            raise ValueError(f"keys_file: {exc}") from None
+
+
 class ApiKeyAuthenticator(SourceCredentials):
     """Verifies API keys of the configured consumers."""
 
@@ -51,9 +98,11 @@ class ApiKeyAuthenticator(SourceCredentials):
         sources: tuple[Source, ...],
         keys: list[_StoredKey],
         ctx: BuildContext,
+        keys_file: Path | None = None,
     ) -> None:
         self.name = name
         self._sources = sources
+        self._keys_file = keys_file
         self._clock = ctx.clock
         #: revoked keys (``extauthz revoke key``); None when no revocation list is configured
         self._revocations = ctx.state.revocations if ctx.state is not None else None
@@ -72,37 +121,32 @@ class ApiKeyAuthenticator(SourceCredentials):
 
     @classmethod
     def from_spec(cls, name: str, spec: ApiKeySpec, ctx: BuildContext) -> ApiKeyAuthenticator:
-        """Build from configuration; raises ValueError naming an unknown consumer or a clash."""
+        """Build from configuration; raises ValueError naming an unknown consumer, a clash, or
+        the file and line of a bad ``keys_file`` line."""
         wanted = None if spec.consumers is None else set(spec.consumers)
         known = {c.name for c in ctx.consumers}
         if wanted is not None and (missing := sorted(wanted - known)):
             raise ValueError(f"unknown consumer(s): {', '.join(missing)}")
-        keys: list[_StoredKey] = []
-        seen: dict[bytes, str] = {}
-        #: one frozenset per distinct scope list, shared by every key that has it
-        scope_sets: dict[tuple[str, ...], frozenset[str]] = {}
+        table = _KeyTable()
         for consumer in ctx.consumers:
             if wanted is not None and consumer.name not in wanted:
                 continue
             for entry in consumer.keys:
-                digest = bytes.fromhex(entry.hash.removeprefix("sha256:"))
-                where = f"{consumer.name}/{entry.id}"
-                if digest in seen:
-                    raise ValueError(f"key {where} has the same hash as key {seen[digest]}")
-                seen[digest] = where
-                keys.append(
-                    _StoredKey(
-                        consumer=consumer.name,
-                        key_id=entry.id,
-                        digest=digest,
-                        scopes=scope_sets.setdefault(tuple(entry.scopes),
-                                                     frozenset(entry.scopes)),
-                        expires_at=entry.expires_at.timestamp() if entry.expires_at else None,
-                        disabled=entry.disabled,
-                    )
-                )
+                table.add(_StoredKey(
+                    consumer=consumer.name,
+                    key_id=entry.id,
+                    digest=bytes.fromhex(entry.hash.removeprefix("sha256:")),
+                    scopes=table.scopes(tuple(entry.scopes)),
+                    expires_at=entry.expires_at.timestamp() if entry.expires_at else None,
+                    disabled=entry.disabled,
+                ), f"{consumer.name}/{entry.id}")
+        keys_file: Path | None = None
+        if spec.keys_file is not None:
+            keys_file = Path(spec.keys_file)
+            keys_file = keys_file if keys_file.is_absolute() else ctx.base_dir / keys_file
+            table.add_file(keys_file, wanted)
         sources = tuple(Source.from_spec(s) for s in spec.sources)
-        return cls(name, sources, keys, ctx)
+        return cls(name, sources, table.keys, ctx, keys_file)
 
     async def authenticate(self, view: RequestView) -> Identity | None:
         for source in self._sources:
@@ -143,6 +187,10 @@ class ApiKeyAuthenticator(SourceCredentials):
 
     def _fail(self, reason: Reason, description: str) -> AuthenticationError:
         return AuthenticationError(reason, description, authenticator=self.name)
+
+    def source_files(self) -> tuple[Path, ...]:
+        """The keys file (watched for hot reload)."""
+        return (self._keys_file,) if self._keys_file is not None else ()
 
     async def start(self) -> None:
         return None

@@ -45,8 +45,8 @@ from pathlib import Path
 
 from extauthz.authn.attempts import AttemptLimiter, InMemoryAttemptLimiter, enforce, reserve_all
 from extauthz.authn.base import Challenge
+from extauthz.authn.cache import CredentialCache
 from extauthz.authn.htpasswd import HtpasswdEntry, check_bcrypt, dummy_bcrypt_hash, load_htpasswd
-from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.clock import Clock
 from extauthz.config.schema import BasicSpec
@@ -92,24 +92,6 @@ def parse_basic_credentials(token: str) -> tuple[str, str]:
     return user, password
 
 
-class _TtlSet:
-    """A bounded LRU set of byte strings whose members expire (expired ones are dropped, see
-    :class:`~extauthz.authn.lru.TtlLru`)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: TtlLru[bytes, bool] = TtlLru(max(0, maxsize))
-
-    def has(self, key: bytes, now: float) -> bool:
-        return self._data.get(key, now) is not None
-
-    def add(self, key: bytes, expires_at: float) -> None:
-        self._data.put(key, True, expires_at)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 class BasicAuthenticator:
     """Verifies ``Authorization: Basic`` credentials against htpasswd entries."""
 
@@ -133,8 +115,9 @@ class BasicAuthenticator:
         self._users = users
         self._clock: Clock = ctx.clock
         self._limiter = limiter
-        self._cache_ttl = cache_ttl_seconds
-        self._cache = _TtlSet(cache_size if cache_ttl_seconds > 0 else 0)
+        #: recent successes by keyed HMAC of user and password (cache_ttl_seconds 0: none)
+        self._cache: CredentialCache[bool] = CredentialCache(
+            cache_size, clock=ctx.clock, max_ttl=cache_ttl_seconds)
         self._cache_secret = secrets.token_bytes(32)
         self._dummy = dummy_bcrypt_hash(users)
         self._workers = hash_workers
@@ -196,14 +179,13 @@ class BasicAuthenticator:
         digest = hmac.new(
             self._cache_secret, user.encode() + b"\0" + password.encode(), hashlib.sha256
         ).digest()
-        if self._cache.has(digest, self._clock()):
+        if self._cache.get(digest, self._clock()):
             await self._limiter.reset(keys[0])
             return self._identity(user)
         task, held = await self._verification(digest, keys, user, password)
         if not await asyncio.shield(task):
             raise self._fail(Reason.INVALID_CREDENTIALS, "invalid username or password")
-        if self._cache_ttl > 0:
-            self._cache.add(digest, self._clock() + self._cache_ttl)
+        self._cache.put(digest, True)
         await self._limiter.reset(keys[0])
         for key in held[1:]:
             await self._limiter.release(key)

@@ -39,15 +39,14 @@ right verifier.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import functools
-import hashlib
 import json
 import logging
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -58,8 +57,8 @@ import aiohttp
 
 from extauthz import tracing
 from extauthz.authn.base import Challenge
+from extauthz.authn.cache import CredentialCache, Shared, credential_key
 from extauthz.authn.certbinding import CertBinding
-from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.secrets import load_secret
 from extauthz.authn.sources import Source, SourceCredentials
@@ -153,6 +152,21 @@ def _string_or_list(doc: Mapping[str, Any], name: str) -> list[str] | None:
     raise _EndpointError(f"member {name} is neither a string nor an array of strings")
 
 
+def _text(doc: Mapping[str, Any], name: str) -> str | None:
+    """A non-empty string member, else None."""
+    value = doc.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+#: members whose value is (nearly) unique per token: not worth a shared-value table slot
+_UNIQUE_MEMBERS = frozenset({"sub", "jti", "username", "sid", "exp", "iat", "nbf"})
+
+
+def _is_refusal(result: _Result) -> bool:
+    """A refused token (cached for ``negative_cache_ttl_seconds`` only)."""
+    return result.identity is None
+
+
 def _scopes(doc: Mapping[str, Any]) -> frozenset[str]:
     value = doc.get("scope")
     if value is None:
@@ -205,11 +219,15 @@ class IntrospectionAuthenticator(SourceCredentials):
             self._form["client_id"] = spec.client_id
             self._form["client_secret"] = client_secret
         self._audiences = frozenset(spec.audiences or ())
-        self._cache: TtlLru[bytes, _Result] = TtlLru(spec.cache_size)
-        self._inflight: dict[bytes, asyncio.Task[_Result]] = {}
+        #: answers by SHA-256 of the token; concurrent checks of one token share one request
+        self._cache: CredentialCache[_Result] = CredentialCache(
+            spec.cache_size, clock=clock, max_ttl=spec.cache_max_ttl_seconds,
+            negative_ttl=spec.negative_cache_ttl_seconds, refused=_is_refusal,
+            metrics=metrics, label="introspection", coalesce=True)
         self._session: aiohttp.ClientSession | None = None
-        self._hit = metrics.cache_requests.labels(cache="introspection", result="hit")
-        self._miss = metrics.cache_requests.labels(cache="introspection", result="miss")
+        self._shared_scopes: Shared[frozenset[str]] = Shared(1024)
+        self._shared_time: Shared[float] = Shared()
+        self._shared_text: Shared[str] = Shared()
         self._init_credentials(Challenge("Bearer", (("realm", realm),)), (self._source,))
 
     @classmethod
@@ -251,12 +269,7 @@ class IntrospectionAuthenticator(SourceCredentials):
                 continue
             if any(getattr(old._spec, f) != getattr(self._spec, f) for f in self._CACHE_BINDING):
                 continue
-            now = self._clock()
-            for key, result, expires in old._cache.items(now):
-                ttl = (self._spec.cache_max_ttl_seconds if result.identity is not None
-                       else self._spec.negative_cache_ttl_seconds)
-                if ttl > 0:
-                    self._cache.put(key, result, min(expires, now + ttl))
+            self._cache.adopt(old._cache)
             return
 
     async def start(self) -> None:
@@ -264,9 +277,8 @@ class IntrospectionAuthenticator(SourceCredentials):
             self._session = self._new_session()
 
     async def close(self) -> None:
-        for task in list(self._inflight.values()):
-            task.cancel()
-        self._inflight.clear()
+        # The answers stay: the authenticator that replaces this one may adopt them.
+        self._cache.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -284,28 +296,12 @@ class IntrospectionAuthenticator(SourceCredentials):
             return None
         if not token or len(token) > MAX_TOKEN_LENGTH or not _VISIBLE_ASCII.match(token):
             raise self._fail(Reason.MALFORMED_TOKEN)
-        key = hashlib.sha256(token.encode("ascii")).digest()
-        result = self._cache.get(key, self._clock())
-        if result is not None:
-            self._hit.inc()
-        else:
-            self._miss.inc()
-            task = self._inflight.get(key)
-            if task is None:
-                task = asyncio.ensure_future(self._introspect(token, key))
-                self._inflight[key] = task
-                task.add_done_callback(functools.partial(self._finished, key))
-            # shield: a cancelled check (Envoy gave up) must not cancel the shared request.
-            result = await asyncio.shield(task)
+        key = credential_key(token)
+        result = await self._cache.through(
+            key, self._clock(), functools.partial(self._introspect, token, key))
         identity = self._apply(result)
         self._binding.check(identity.claims, view)
         return identity
-
-    def _finished(self, key: bytes, task: asyncio.Task[_Result]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: no "exception was never retrieved" if all waiters left
 
     def _apply(self, result: _Result) -> Identity:
         identity = result.identity
@@ -315,19 +311,19 @@ class IntrospectionAuthenticator(SourceCredentials):
             raise self._fail(Reason.TOKEN_EXPIRED)
         return identity
 
-    async def _introspect(self, token: str, key: bytes) -> _Result:
+    async def _introspect(self, token: str, key: bytes) -> tuple[_Result, float | None]:
+        """Ask the endpoint; returns the outcome and the token's own end (for the cache)."""
         tag = key.hex()[:12]  # correlates log lines of one token without revealing it
         try:
             doc = await self._post(token)
-            result, cache_until = self._evaluate(doc)
+            result = self._evaluate(doc)
         except _EndpointError as exc:
             log.warning("introspection %s (token %s): %s", self.name, tag, exc)
             raise DependencyUnavailable(
                 Reason.INTROSPECTION_UNAVAILABLE, "token introspection unavailable"
             ) from None
-        if cache_until is not None:
-            self._cache.put(key, result, cache_until)
-        return result
+        identity = result.identity
+        return result, identity.expires_at if identity is not None else None
 
     @tracing.outbound_span("introspection",
                            lambda self, _token: {"url.full": tracing.safe_url(self._endpoint)})
@@ -355,19 +351,14 @@ class IntrospectionAuthenticator(SourceCredentials):
             raise _EndpointError("response is not a JSON object")
         return doc
 
-    def _evaluate(self, doc: dict[str, Any]) -> tuple[_Result, float | None]:
-        """The outcome for one response, and until when it may be cached (None: not at all)."""
+    def _evaluate(self, doc: dict[str, Any]) -> _Result:
+        """The outcome for one response (``_EndpointError`` when it is not a usable answer)."""
         now = self._clock()
         active = doc.get("active")
         if not isinstance(active, bool):
             raise _EndpointError("member active is not a boolean")
-        negative_until = (
-            now + self._spec.negative_cache_ttl_seconds
-            if self._spec.negative_cache_ttl_seconds > 0
-            else None
-        )
         if not active:
-            return _Result(None, Reason.INACTIVE_TOKEN), negative_until
+            return _Result(None, Reason.INACTIVE_TOKEN)
         exp = _number(doc, "exp")
         nbf = _number(doc, "nbf")
         audiences = _string_or_list(doc, "aud")
@@ -375,39 +366,43 @@ class IntrospectionAuthenticator(SourceCredentials):
         iss = doc.get("iss")
         if iss is not None and not isinstance(iss, str):
             raise _EndpointError("member iss is not a string")
-        refused: Reason | None = None
-        if exp is not None and now >= exp:
-            refused = Reason.TOKEN_EXPIRED
-        elif nbf is not None and now < nbf:
-            refused = Reason.TOKEN_NOT_YET_VALID
-        elif self._spec.issuer is not None and iss != self._spec.issuer:
-            refused = Reason.WRONG_ISSUER
-        elif self._audiences and not self._audiences.intersection(audiences or ()):
-            refused = Reason.WRONG_AUDIENCE
-        sub = doc.get("sub")
-        client_id = doc.get("client_id")
-        subject = sub if isinstance(sub, str) and sub else None
-        consumer = client_id if isinstance(client_id, str) and client_id else None
-        if refused is None and (subject or consumer) is None:
-            refused = Reason.MISSING_CLAIM
+        subject, consumer = _text(doc, "sub"), _text(doc, "client_id")
+        refused = (self._validate_exp(exp, now) or self._validate_nbf(nbf, now)
+                   or self._validate_iss(iss) or self._validate_aud(audiences)
+                   or (Reason.MISSING_CLAIM if (subject or consumer) is None else None))
         if refused is not None:
-            return _Result(None, refused), negative_until
-        claims = {k: v for k, v in doc.items() if k != "active"}
-        identity = Identity(
+            return _Result(None, refused)
+        # The answer is cached until it expires: names and short repeated values (iss, aud,
+        # client_id, scope...) are held once, not once per token (docs/memory.md).
+        share = self._shared_text
+        claims = {sys.intern(k): share(v) if type(v) is str and len(v) <= 64
+                  and k not in _UNIQUE_MEMBERS else v for k, v in doc.items() if k != "active"}
+        return _Result(Identity(
             method=self.kind,
             subject=subject or consumer or "",
             authenticator=self.name,
-            consumer=consumer,
-            scopes=scopes,
+            consumer=share(consumer) if consumer is not None else None,
+            scopes=self._shared_scopes(scopes),
             claims=MappingProxyType(claims),
-            expires_at=exp,
-        )
-        cache_until: float | None = None
-        if self._spec.cache_max_ttl_seconds > 0:
-            cache_until = now + self._spec.cache_max_ttl_seconds
-            if exp is not None:
-                cache_until = min(cache_until, exp)
-        return _Result(identity), cache_until
+            expires_at=self._shared_time(exp) if exp is not None else None,
+        ))
+
+    @staticmethod
+    def _validate_exp(exp: float | None, now: float) -> Reason | None:
+        return Reason.TOKEN_EXPIRED if exp is not None and now >= exp else None
+
+    @staticmethod
+    def _validate_nbf(nbf: float | None, now: float) -> Reason | None:
+        return Reason.TOKEN_NOT_YET_VALID if nbf is not None and now < nbf else None
+
+    def _validate_iss(self, iss: str | None) -> Reason | None:
+        issuer = self._spec.issuer
+        return Reason.WRONG_ISSUER if issuer is not None and iss != issuer else None
+
+    def _validate_aud(self, audiences: list[str] | None) -> Reason | None:
+        if self._audiences and not self._audiences.intersection(audiences or ()):
+            return Reason.WRONG_AUDIENCE
+        return None
 
     # ----------------------------------------------------------------------------- protocol
 

@@ -38,13 +38,18 @@ safety properties PyJWT has (and a few more), in this order::
 Every failure raises :class:`~extauthz.errors.AuthenticationError` with a reason code and a short
 public-safe description; the token itself never appears in an error, a log line or a metric.
 
-Verified-token cache: a bounded LRU keyed by the SHA-256 of the token (32 bytes instead of the
-~700-byte token: the key is most of an entry's size). An entry holds the Identity, the
-:class:`~extauthz.authn.jwks.JwkKey` that verified it and the window ``[lo, hi)`` in which a fresh
-verification would also pass (``hi = exp + leeway``). A hit needs: the JWKS not stale, ``lo <= now
-< hi``, and the key still in the current key set — a key removed at a refresh invalidates exactly
-the tokens it signed. So a hit is a dict lookup, two comparisons and a set membership test, and it
-never accepts a token the full path would refuse. Failures are not cached.
+Verified-token cache (:class:`~extauthz.authn.cache.CredentialCache`): a bounded LRU keyed by the
+SHA-256 of the token (never the token). An entry holds the Identity *without claims*, the
+:class:`~extauthz.authn.jwks.JwkKey` that verified it, the window ``[lo, hi)`` in which a fresh
+verification would also pass (``hi = exp + leeway``), and only what the per-request checks read:
+``jti`` (when a revocation list is configured) and ``cnf``. A hit needs: the JWKS not stale,
+``lo <= now < hi``, and the key still in the current key set — a key removed at a refresh
+invalidates exactly the tokens it signed. So a hit is a dict lookup, two comparisons and a set
+membership test, and it never accepts a token the full path would refuse. Failures are not
+cached. The request's Identity gets its claims from the request's own token — the one that was
+verified, byte for byte — decoded only if something reads them
+(:mod:`extauthz.authn.lazyclaims`): ~500 bytes per cached token instead of ~1 KiB
+(docs/memory.md).
 
 Claims to headers: a dotted path (``realm_access.roles``) — a top-level claim whose name contains
 dots (``https://example.com/roles``) is matched first. Strings as is, numbers/booleans as JSON,
@@ -55,18 +60,18 @@ header. A value with control characters is rendered as is: the pipeline denies t
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import math
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.base import Challenge
+from extauthz.authn.cache import CredentialCache, Shared, credential_key
 from extauthz.authn.certbinding import CertBinding
 from extauthz.authn.jwks import (
     ALGORITHMS,
@@ -77,7 +82,7 @@ from extauthz.authn.jwks import (
     b64url_decode,
     jwks_source_from_spec,
 )
-from extauthz.authn.lru import TtlLru
+from extauthz.authn.lazyclaims import LazyClaims
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.clock import Clock
@@ -116,17 +121,8 @@ class _DuplicateName(ValueError):
     pass
 
 
-#: string values up to this length are interned: ``iss``, ``aud``, ``scope``, roles... repeat in
-#: every token of an issuer, and a verified token's claims live in the cache until it expires
-_INTERN_MAX = 64
-
-
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Interning makes 100 000 cached tokens share one copy of each member name and of each
-    # repeated short value instead of holding their own (docs/performance.md: cached_tokens).
-    intern = sys.intern
-    out = {intern(k): intern(v) if type(v) is str and len(v) <= _INTERN_MAX else v
-           for k, v in pairs}
+    out = dict(pairs)
     if len(out) != len(pairs):
         raise _DuplicateName("duplicate member name")
     return out
@@ -151,13 +147,50 @@ def _json_segment(segment: str) -> Any:
         raise ValueError("too deeply nested") from None
 
 
+#: an _Entry's ``cnf`` when the token has no cnf claim (a cnf of JSON null is not "absent")
+_ABSENT: Any = object()
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """A verified token: valid while ``lo <= now < hi`` and ``key`` is in the current key set."""
+    """A verified token: valid while ``lo <= now < hi`` and ``key`` is in the current key set.
+
+    No claims (each request reads them from its own token, :mod:`extauthz.authn.lazyclaims`):
+    only what the per-request checks need — ``jti`` when a revocation list is configured, the
+    ``cnf`` claim for certificate binding."""
 
     identity: Identity
     key: JwkKey
     lo: float
+    jti: str | None
+    cnf: Any
+
+
+def _claims_of(segment: str) -> dict[str, Any]:
+    """The claims of a payload segment that has already been verified (a cache hit)."""
+    claims: dict[str, Any] = _json_segment(segment)
+    return claims
+
+
+#: Identity's fields but ``claims``, for :func:`_with_claims`
+_IDENTITY_FIELDS = tuple(f.name for f in dataclasses.fields(Identity) if f.name != "claims")
+_set = object.__setattr__
+
+
+def _with_claims(identity: Identity, claims: Mapping[str, Any]) -> Identity:
+    """A copy of ``identity`` with ``claims`` (what ``dataclasses.replace`` does, at a third of
+    its cost: it runs on every cache hit)."""
+    copy = object.__new__(Identity)
+    for name in _IDENTITY_FIELDS:
+        _set(copy, name, getattr(identity, name))
+    _set(copy, "claims", claims)
+    return copy
+
+
+def _payload_segment(token: str) -> str:
+    start = token.index(".") + 1
+    return token[start:token.index(".", start)]
 
 
 # ------------------------------------------------------------------------------------ claim paths
@@ -256,7 +289,9 @@ class JwtAuthenticator(SourceCredentials):
         self._subject = _claim_path(spec.subject_claim)
         self._subject_name = spec.subject_claim
         self._scope_claims = tuple(spec.scope_claims)
-        self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
+        #: one object per distinct scope set and per distinct time among the cached tokens
+        self._shared_scopes: Shared[frozenset[str]] = Shared(1024)
+        self._shared_time: Shared[float] = Shared()
         self._claim_headers = tuple(
             (_claim_path(claim), header) for claim, header in spec.claims_to_headers.items()
         )
@@ -264,9 +299,9 @@ class JwtAuthenticator(SourceCredentials):
         #: them even when a token lacks the claim (else a client could spoof them)
         self.injected_headers: tuple[str, ...] = tuple(spec.claims_to_headers.values())
         self._source = Source.from_spec(spec.source)
-        self._cache: TtlLru[bytes, _Entry] | None = (
-            TtlLru(spec.cache_size) if spec.cache_size > 0 else None
-        )
+        #: verified tokens by SHA-256 (module docstring); hit/miss in cache_requests{cache="jwt"}
+        self._cache: CredentialCache[_Entry] = CredentialCache(
+            spec.cache_size, clock=clock, metrics=metrics, label="jwt")
         #: revoked ``jti`` values, checked after verification and on every cache hit
         self._revocations = revocations
         #: RFC 8705: a token with cnf x5t#S256 must come with that client certificate
@@ -274,8 +309,6 @@ class JwtAuthenticator(SourceCredentials):
             spec.certificate_binding,
             lambda reason, description, detail: self._fail(reason, detail, description),
         )
-        self._hit = metrics.cache_requests.labels(cache="jwt", result="hit")
-        self._miss = metrics.cache_requests.labels(cache="jwt", result="miss")
 
         self._init_credentials(
             Challenge(spec.source.authorization or "Bearer", (("realm", realm),)), (self._source,)
@@ -304,35 +337,29 @@ class JwtAuthenticator(SourceCredentials):
             raise self._malformed("empty credential")
         now = self._clock()
         keyset = self.jwks.keys_at(now)  # DependencyUnavailable when none or stale
-        cache = self._cache
-        if cache is None:
-            return self._accepted((await self._verify(token, now, keyset))[0], view)
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        entry = cache.get(digest, now)
-        if entry is not None:
-            if entry.lo <= now and entry.key in keyset.live:
-                self._hit.inc()
-                return self._accepted(entry.identity, view)
-            cache.discard(digest)
-        self._miss.inc()
-        identity, entry, hi = await self._verify(token, now, keyset)
-        cache.put(digest, entry, hi)
-        return self._accepted(identity, view)
 
-    def _accepted(self, identity: Identity, view: RequestView) -> Identity:
-        """Per-request checks of a verified (or cached) token: revocation, certificate binding."""
-        self._binding.check(identity.claims, view)
-        return self._not_revoked(identity)
+        def fresh(entry: _Entry) -> bool:
+            # a key removed at a refresh invalidates exactly the tokens it signed
+            return entry.lo <= now and entry.key in keyset.live
 
-    def _not_revoked(self, identity: Identity) -> Identity:
+        entry = await self._cache.through(
+            credential_key(token), now, lambda: self._verify(token, now, keyset), fresh)
+        return self._accepted(entry, token, view)
+
+    def _accepted(self, entry: _Entry, token: str, view: RequestView) -> Identity:
+        """Per-request checks of a verified (or cached) token — certificate binding, then
+        revocation — and this request's Identity: the entry's, with the claims of its token."""
+        cnf = entry.cnf
+        self._binding.check(_NO_CLAIMS if cnf is _ABSENT else {"cnf": cnf}, view)
+        self._not_revoked(entry.jti)
+        return _with_claims(entry.identity, LazyClaims(_payload_segment(token), _claims_of))
+
+    def _not_revoked(self, jti: str | None) -> None:
         """Refuse a verified (or cached) token whose ``jti`` is revoked: a dict lookup, and a 503
         instead when the shared revocation list is too stale to trust."""
         revocations = self._revocations
-        if revocations is not None:
-            jti = identity.claims.get("jti")
-            if isinstance(jti, str) and revocations.jti_revoked(jti):
-                raise self._fail(Reason.TOKEN_REVOKED)
-        return identity
+        if revocations is not None and jti is not None and revocations.jti_revoked(jti):
+            raise self._fail(Reason.TOKEN_REVOKED)
 
     def adopt_outbound_state(self, candidates: Iterable[object]) -> None:
         """On a reload: take over the last good keys of a previous authenticator that fetched
@@ -350,8 +377,7 @@ class JwtAuthenticator(SourceCredentials):
 
     async def close(self) -> None:
         await self.jwks.close()
-        if self._cache is not None:
-            self._cache.clear()
+        self._cache.clear()
 
     # -- verification ----------------------------------------------------------------------------
 
@@ -366,78 +392,62 @@ class JwtAuthenticator(SourceCredentials):
     def _malformed(self, detail: str) -> AuthenticationError:
         return self._fail(Reason.MALFORMED_TOKEN, detail)
 
-    async def _verify(
-        self, token: str, now: float, keyset: KeySet
-    ) -> tuple[Identity, _Entry, float]:
-        """Fully verify ``token``; returns the identity, its cache entry and the entry's end."""
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise self._malformed("token too long")
-        match = _TOKEN.fullmatch(token)
-        if match is None:
-            raise self._malformed("not a compact JWS")
-        header_seg, payload_seg, signature_seg = match.groups()
-        try:
-            header = _json_segment(header_seg)
-        except ValueError as err:
-            raise self._malformed(f"header: {err}") from None
-        if not isinstance(header, dict):
-            raise self._malformed("header is not a JSON object")
-
+    async def _verify(self, token: str, now: float, keyset: KeySet) -> tuple[_Entry, float]:
+        """Fully verify ``token`` (module docstring, in that order); returns its cache entry and
+        the end of the window in which a fresh verification would also pass."""
+        header_seg, payload_seg, signature_seg = self._segments(token)
+        header = self._json_object(header_seg, "header")
         # The algorithm is pinned before anything else touches a key.
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._algorithms:
-            raise self._fail(
-                Reason.DISALLOWED_ALGORITHM,
-                f"alg {str(alg)[:32]!r} not in {sorted(self._algorithms)}",
-            )
-        self._check_typ(header.get("typ"))
-        if "crit" in header:
-            raise self._malformed("unsupported critical header parameters")
-        if header.get("b64", True) is not True:
-            raise self._malformed("unencoded payload (b64) not supported")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise self._malformed("kid is not a string")
+        alg = self._validate_alg(header.get("alg"))
+        self._validate_typ(header.get("typ"))
+        self._validate_extensions(header)
+        kid = self._validate_kid(header.get("kid"))
         try:
             signature = b64url_decode(signature_seg)
         except ValueError:
             raise self._malformed("signature is not base64url") from None
-
-        keys = keyset.candidates(kid, alg)
-        if not keys:
-            if kid is None and keyset.count(alg) > 1:
-                raise self._fail(
-                    Reason.UNKNOWN_KEY,
-                    f"token has no kid and {keyset.count(alg)} keys can verify {alg}",
-                    "token has no key id",
-                )
-            # Bounded wait (refetch_wait_seconds): answer from the keys we have rather than
-            # let Envoy's ext_authz timeout answer for us; the fetch goes on in the background.
-            await self.jwks.refetch()
-            keyset = self.jwks.keys_at(self._clock())
-            keys = keyset.candidates(kid, alg)
-            if not keys:
-                raise self._fail(Reason.UNKNOWN_KEY, f"no key for kid {str(kid)[:64]!r} {alg}")
-
+        keys = await self._candidates(kid, alg, keyset)
         signing_input = token[: len(header_seg) + 1 + len(payload_seg)].encode("ascii")
         # Several keys only for a kid the issuer published more than once (jwks.py).
         key = next((k for k in keys if signature and k.verify(alg, signing_input, signature)),
                    None)
         if key is None:
             raise self._fail(Reason.BAD_SIGNATURE, f"kid {keys[0].kid!r} {alg}")
-
         # Only signed content from here on.
-        try:
-            claims = _json_segment(payload_seg)
-        except ValueError as err:
-            raise self._malformed(f"payload: {err}") from None
-        if not isinstance(claims, dict):
-            raise self._malformed("payload is not a JSON object")
+        claims = self._json_object(payload_seg, "payload")
         lo, hi = self._check_claims(claims, now)
-        identity = self._identity(claims, key)
-        return identity, _Entry(identity, key, lo), hi
+        lo, hi = self._shared_time(lo), self._shared_time(hi)
+        jti = claims.get("jti") if self._revocations is not None else None
+        return _Entry(self._identity(claims, key), key, lo,
+                      jti if isinstance(jti, str) else None, claims.get("cnf", _ABSENT)), hi
 
-    def _check_typ(self, typ: object) -> None:
+    def _segments(self, token: str) -> tuple[str, str, str]:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise self._malformed("token too long")
+        match = _TOKEN.fullmatch(token)
+        if match is None:
+            raise self._malformed("not a compact JWS")
+        header_seg, payload_seg, signature_seg = match.groups()
+        return header_seg, payload_seg, signature_seg
+
+    def _json_object(self, segment: str, what: str) -> dict[str, Any]:
+        try:
+            value = _json_segment(segment)
+        except ValueError as err:
+            raise self._malformed(f"{what}: {err}") from None
+        if not isinstance(value, dict):
+            raise self._malformed(f"{what} is not a JSON object")
+        return value
+
+    def _validate_alg(self, alg: object) -> str:
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise self._fail(
+                Reason.DISALLOWED_ALGORITHM,
+                f"alg {str(alg)[:32]!r} not in {sorted(self._algorithms)}",
+            )
+        return alg
+
+    def _validate_typ(self, typ: object) -> None:
         """RFC 8725 §3.11: a token of another type (``JWE``, ``secevent+jwt``, an ID token
         typed ``id+jwt``...) must not pass as an access token. RFC 7515 §4.1.9: compared
         case-insensitively, ``application/`` implied when there is no ``/``."""
@@ -449,14 +459,59 @@ class JwtAuthenticator(SourceCredentials):
             raise self._fail(Reason.INVALID_TOKEN, f"typ {str(typ)[:32]!r} not accepted",
                              "token type not accepted")
 
+    def _validate_extensions(self, header: dict[str, Any]) -> None:
+        """We implement no JWS extension: ``crit`` is refused, and so is an unencoded payload."""
+        if "crit" in header:
+            raise self._malformed("unsupported critical header parameters")
+        if header.get("b64", True) is not True:
+            raise self._malformed("unencoded payload (b64) not supported")
+
+    def _validate_kid(self, kid: object) -> str | None:
+        if kid is not None and not isinstance(kid, str):
+            raise self._malformed("kid is not a string")
+        return kid
+
+    async def _candidates(self, kid: str | None, alg: str, keyset: KeySet) -> list[JwkKey]:
+        """The keys that may have signed the token; one bounded refetch when none is known."""
+        keys = keyset.candidates(kid, alg)
+        if keys:
+            return list(keys)
+        if kid is None and keyset.count(alg) > 1:
+            raise self._fail(
+                Reason.UNKNOWN_KEY,
+                f"token has no kid and {keyset.count(alg)} keys can verify {alg}",
+                "token has no key id",
+            )
+        # Bounded wait (refetch_wait_seconds): answer from the keys we have rather than
+        # let Envoy's ext_authz timeout answer for us; the fetch goes on in the background.
+        await self.jwks.refetch()
+        keys = self.jwks.keys_at(self._clock()).candidates(kid, alg)
+        if not keys:
+            raise self._fail(Reason.UNKNOWN_KEY, f"no key for kid {str(kid)[:64]!r} {alg}")
+        return list(keys)
+
     def _check_claims(self, claims: dict[str, Any], now: float) -> tuple[float, float]:
         """Registered claims; returns the window ``[lo, hi)`` in which they hold."""
-        iss = claims.get("iss")
+        self._validate_iss(claims.get("iss"))
+        self._validate_aud(claims.get("aud"))
+        try:
+            exp = _number(claims, "exp")
+            nbf = _number(claims, "nbf")
+            iat = _number(claims, "iat")
+        except (ValueError, OverflowError) as err:
+            raise self._malformed(str(err)) from None
+        hi = self._validate_exp(exp, now)
+        lo = max(self._validate_nbf(nbf, now), self._validate_iat(iat, now),
+                 self._validate_lifetime(exp, now))
+        return lo, hi
+
+    def _validate_iss(self, iss: object) -> None:
         if iss is None:
             raise self._missing("iss")
         if iss != self.issuer:
             raise self._fail(Reason.WRONG_ISSUER, "iss does not match")
-        aud = claims.get("aud")
+
+    def _validate_aud(self, aud: object) -> None:
         if aud is None:
             raise self._missing("aud")
         if isinstance(aud, str):
@@ -468,56 +523,52 @@ class JwtAuthenticator(SourceCredentials):
         if not audience_ok:
             raise self._fail(Reason.WRONG_AUDIENCE, "no accepted audience")
 
-        try:
-            exp = _number(claims, "exp")
-            nbf = _number(claims, "nbf")
-            iat = _number(claims, "iat")
-        except (ValueError, OverflowError) as err:
-            raise self._malformed(str(err)) from None
-        leeway = self._leeway
-        lo = -math.inf
-        hi = math.inf
+    def _validate_exp(self, exp: float | None, now: float) -> float:
+        """The end of the window (exp + leeway; infinite without exp)."""
         if exp is None:
             if self._require_exp:
                 raise self._missing("exp")
-        else:
-            hi = exp + leeway
-            if now >= hi:
-                raise self._fail(Reason.TOKEN_EXPIRED, f"expired {now - exp:.0f}s ago")
-        if nbf is not None:
-            lo = nbf - leeway
-            if now < lo:
-                raise self._fail(Reason.TOKEN_NOT_YET_VALID, f"valid in {nbf - now:.0f}s")
-        if iat is not None:
-            start = iat - leeway
-            if now < start:
-                raise self._fail(
-                    Reason.TOKEN_ISSUED_IN_FUTURE, f"issued {iat - now:.0f}s in the future"
-                )
-            lo = max(lo, start)
-        if self._max_lifetime > 0 and exp is not None:
-            start = exp - self._max_lifetime - leeway
-            if now < start:
-                raise self._fail(
-                    Reason.INVALID_TOKEN,
-                    f"expires in {exp - now:.0f}s, over max lifetime {self._max_lifetime:.0f}s",
-                    "token lifetime exceeds the allowed maximum",
-                )
-            lo = max(lo, start)
-        return lo, hi
+            return math.inf
+        hi = exp + self._leeway
+        if now >= hi:
+            raise self._fail(Reason.TOKEN_EXPIRED, f"expired {now - exp:.0f}s ago")
+        return hi
+
+    def _validate_nbf(self, nbf: float | None, now: float) -> float:
+        """The start of the window nbf sets (nbf - leeway)."""
+        if nbf is None:
+            return -math.inf
+        lo = nbf - self._leeway
+        if now < lo:
+            raise self._fail(Reason.TOKEN_NOT_YET_VALID, f"valid in {nbf - now:.0f}s")
+        return lo
+
+    def _validate_iat(self, iat: float | None, now: float) -> float:
+        """The start of the window iat sets (iat - leeway)."""
+        if iat is None:
+            return -math.inf
+        start = iat - self._leeway
+        if now < start:
+            raise self._fail(
+                Reason.TOKEN_ISSUED_IN_FUTURE, f"issued {iat - now:.0f}s in the future"
+            )
+        return start
+
+    def _validate_lifetime(self, exp: float | None, now: float) -> float:
+        """The start of the window ``max_lifetime_seconds`` sets (exp - max lifetime - leeway)."""
+        if self._max_lifetime <= 0 or exp is None:
+            return -math.inf
+        start = exp - self._max_lifetime - self._leeway
+        if now < start:
+            raise self._fail(
+                Reason.INVALID_TOKEN,
+                f"expires in {exp - now:.0f}s, over max lifetime {self._max_lifetime:.0f}s",
+                "token lifetime exceeds the allowed maximum",
+            )
+        return start
 
     def _missing(self, claim: str) -> AuthenticationError:
         return self._fail(Reason.MISSING_CLAIM, claim, f"token lacks the {claim} claim")
-
-    def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
-        """One shared frozenset per distinct scope set (a handful per issuer in practice; the
-        table stops growing at 1024 sets, after which sets are simply not shared)."""
-        shared = self._scope_sets.get(scopes)
-        if shared is not None:
-            return shared
-        if len(self._scope_sets) < 1024:
-            self._scope_sets[scopes] = scopes
-        return scopes
 
     def _identity(self, claims: dict[str, Any], key: JwkKey) -> Identity:
         subject = self._subject(claims)
@@ -543,8 +594,8 @@ class JwtAuthenticator(SourceCredentials):
             subject=subject,
             authenticator=self.name,
             scopes=self._shared_scopes(frozenset(scopes)),
-            claims=MappingProxyType(claims),
-            expires_at=float(exp) if exp is not None else None,
+            claims=_NO_CLAIMS,  # shared; each request gets its own (_accepted)
+            expires_at=self._shared_time(float(exp)) if exp is not None else None,
             headers=tuple(headers),
             key_id=key.kid,
         )

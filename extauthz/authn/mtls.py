@@ -75,8 +75,8 @@ from cryptography.x509.verification import (
 )
 
 from extauthz.authn.base import Challenge
+from extauthz.authn.cache import CredentialCache, credential_key
 from extauthz.authn.certpolicy import CertPolicyError, check_leaf_key_and_names, check_svid_leaf
-from extauthz.authn.lru import TtlLru
 from extauthz.authn.registry import BuildContext
 from extauthz.authn.xfcc_trust import XfccMismatch, XfccModel, has_delimiters
 from extauthz.config.schema import MtlsSpec
@@ -174,11 +174,13 @@ class MtlsAuthenticator:
             for domain, certs in (domain_anchors or {}).items()
         }
         #: leaf fingerprint -> (identity, valid until): a verified chain costs a dict hit
-        self._cache: TtlLru[bytes, tuple[Identity, float]] = TtlLru(spec.cache_size)
+        self._cache: CredentialCache[tuple[Identity, float]] = CredentialCache(
+            spec.cache_size, clock=ctx.clock, max_ttl=spec.cache_ttl_seconds)
         #: SHA-256 of exactly what Envoy presented (peer certificate text, XFCC header) -> the
         #: same entry: a repeated presentation skips PEM parsing and DER re-encoding too, which
         #: cost far more than the lookup (docs/performance.md). Same bytes, same answer.
-        self._presentations: TtlLru[bytes, tuple[Identity, float]] = TtlLru(spec.cache_size)
+        self._presentations: CredentialCache[tuple[Identity, float]] = CredentialCache(
+            spec.cache_size, clock=ctx.clock, max_ttl=spec.cache_ttl_seconds)
         self._cache_ttl = spec.cache_ttl_seconds
         self._allowed_ids = frozenset(spec.allowed_spiffe_ids)
         self._trust_domains = frozenset(spec.trust_domains)
@@ -236,7 +238,7 @@ class MtlsAuthenticator:
             if presented is None:
                 return None
             entry = self._verified(presented.leaf, presented.intermediates)
-            self._presentations.put(key, entry, entry[1])
+            self._presentations.put(key, entry, entry[1])  # never past the chain's entry
         identity = entry[0]
         if not self.principal_allowed(identity):
             raise AuthorizationError(
@@ -256,11 +258,17 @@ class MtlsAuthenticator:
     ) -> tuple[Identity, float]:
         """(identity, time until which the verification stands), from the cache if there."""
         der = leaf.public_bytes(serialization.Encoding.DER)
-        fingerprint = hashlib.sha256(der).digest()
+        fingerprint = credential_key(der)
         now = self._clock()
-        cached = self._cache.get(fingerprint, now)
-        if cached is not None:
-            return cached
+        return self._cache.through_sync(
+            fingerprint, now,
+            lambda: self._verify_chain(leaf, intermediates, der, fingerprint, now))
+
+    def _verify_chain(
+        self, leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ...], der: bytes,
+        fingerprint: bytes, now: float,
+    ) -> tuple[tuple[Identity, float], float]:
+        """Verify the chain at ``now``: the entry (identity, valid until) and that end."""
         self._precheck(leaf, now)
         identity = self._identity(leaf, der, fingerprint)
         policy = self._policy_for(identity)  # its chain depth is max_intermediates
@@ -277,9 +285,8 @@ class MtlsAuthenticator:
             raise self._fail(Reason.CERT_INVALID, "malformed client certificate chain",
                              str(exc)) from None
         chain_end = min(c.not_valid_after_utc.timestamp() for c in verified.chain)
-        entry = (identity, min(chain_end, now + self._cache_ttl))
-        self._cache.put(fingerprint, entry, entry[1])
-        return entry
+        until = min(chain_end, now + self._cache_ttl)
+        return (identity, until), until
 
     def _policy_for(self, identity: Identity) -> PolicyBuilder:
         """The store the leaf must chain to: its own trust domain's bundle when it has one.
@@ -334,11 +341,9 @@ class MtlsAuthenticator:
             return None
         if len(peer) > MAX_PEER_CERT_LENGTH:  # bounded before it is hashed (XFCC: by the limits)
             raise self._fail(Reason.CERT_INVALID, "client certificate too large")
-        digest = hashlib.sha256(peer.encode("utf-8", "surrogatepass"))
         if xfcc is not None:  # it can supply the chain (or the certificate): part of the key
-            digest.update(b"\0")
-            digest.update(xfcc.encode("utf-8", "surrogatepass"))
-        return digest.digest()
+            return credential_key(peer, xfcc)
+        return credential_key(peer)
 
     def _presented(self, view: RequestView) -> _Presented | None:
         peer = view.peer_certificate

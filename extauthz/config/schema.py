@@ -88,6 +88,9 @@ class ApiKeySpec(Model):
     )
     #: restrict to these consumers (default: every consumer in the configuration)
     consumers: list[Name] | None = None
+    #: more keys, one JSON object per line, read as a stream and watched for hot reload
+    #: (relative to the main file; format: extauthz/authn/keyfile.py, docs/memory.md)
+    keys_file: str | None = None
 
 
 class JwksSpec(Model):

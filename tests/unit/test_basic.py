@@ -249,7 +249,7 @@ async def test_cache_disabled_with_zero_ttl(tmp_path: Path, bcrypt_calls: Bcrypt
 async def test_cache_keys_are_hmacs_not_passwords(tmp_path: Path) -> None:
     auth = make(tmp_path)
     await auth.authenticate(view(basic("alice", "alice-pw")))
-    [key] = list(auth._cache._data)
+    [key] = list(auth._cache)
     assert len(key) == 32
     assert b"alice-pw" not in key
     assert key != hashlib.sha256(b"alice\0alice-pw").digest()  # keyed, not a plain hash

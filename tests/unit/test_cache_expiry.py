@@ -9,13 +9,14 @@ The RSS curve is measured by ``scripts/measure_cache_rss.py`` (numbers in docs/s
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from extauthz.authn.attempts import InMemoryAttemptLimiter
 from extauthz.authn.lru import TtlLru
 from extauthz.clock import FixedClock
 from tests.support.builders import NOW, make_view
-from tests.support.tokens import claims, mint, rsa_key
+from tests.support.tokens import claims, ed25519_key, mint, rsa_key
 from tests.unit.test_jwt import build
 
 
@@ -44,7 +45,7 @@ def test_the_expiry_heap_stays_bounded_under_lru_churn() -> None:
     for i in range(100_000):  # all live (far expiry), so only the LRU bound evicts
         cache.put(i, i, 1e12)
     assert len(cache) == 100
-    assert len(cache._heap) <= 100 + 25 + 64 + 1
+    assert cache.indexed <= 100 + 25 + 64 + 1
 
 
 def test_the_lru_bound_still_holds_and_zero_disables() -> None:
@@ -90,3 +91,34 @@ async def test_the_basic_limiter_forgets_keys_whose_window_is_over() -> None:
     clock.advance(31)
     assert await limiter.check("user:other") == 0
     assert len(limiter) == 1  # only the late one is left
+
+
+async def test_a_cached_jwt_costs_under_700_bytes() -> None:
+    """docs/memory.md: ~450 bytes per entry (no claims, no token text; shared scope sets and
+    times). A generous bound: tracemalloc counts are deterministic, not timing."""
+    import tracemalloc
+    import uuid
+
+    clock = FixedClock(NOW)
+    key = ed25519_key()
+    auth = build([key], clock=clock, algorithms=["EdDSA"])
+    count = 2000
+    views = [bearer_view(mint(key, claims(now=NOW, ttl=3600, subject=f"user-{i:08d}",
+                                          jti=str(uuid.uuid4()), nbf=int(NOW),
+                                          scope="orders:read orders:write", azp="web")))
+             for i in range(count + 1)]
+    try:
+        await auth.authenticate(views[-1])
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for view in views[:count]:
+            assert await auth.authenticate(view) is not None
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        per_entry = sum(s.size_diff for s in after.compare_to(before, "filename")) / count
+        assert len(auth._cache) == count + 1
+        assert per_entry < 700, per_entry
+    finally:
+        await auth.close()

@@ -762,9 +762,48 @@ async def test_cache_hit_on_second_verify() -> None:
     token = mint(key, claims(now=NOW))
     first = await auth(authn, token)
     second = await auth(authn, token)
-    assert second is first
+    # a hit: the same verified identity (each request gets its own Identity, with the claims
+    # of its own token — byte for byte the verified one; docs/memory.md)
+    assert second == first and second.claims == first.claims
+    assert second.scopes is first.scopes and second.headers is first.headers
     assert sample(metrics, "extauthz_cache_requests_total", cache="jwt", result="miss") == 1
     assert sample(metrics, "extauthz_cache_requests_total", cache="jwt", result="hit") == 1
+
+
+async def test_cache_entries_hold_no_claims_and_no_token_text() -> None:
+    key = rsa_key()
+    authn = build([key], claims_to_headers={"email": "x-email"})
+    token = mint(key, claims(now=NOW, jti="jti-1", email="a@example.com", roles=["admin"]))
+    await auth(authn, token)
+    [digest] = list(authn._cache)
+    assert len(digest) == 32 and digest not in token.encode()
+    entry = authn._cache.get(digest, NOW)
+    assert entry is not None and not entry.identity.claims  # claims: read from each request
+    assert entry.identity.headers == (("x-email", "a@example.com"),)  # rendered once
+    fields = [getattr(entry, name) for name in entry.__slots__]
+    assert not any(isinstance(v, str) and (v in token or token in v) and len(v) > 40
+                   for v in fields)
+
+
+async def test_a_cached_token_with_a_null_cnf_is_still_refused_on_a_hit() -> None:
+    key = rsa_key()
+    authn = build([key])
+    payload = claims(now=NOW)
+    payload["cnf"] = None  # present, but null: not the same as absent
+    token = mint(key, payload)
+    for _ in range(2):  # the miss and the hit
+        await rejects(authn, token, Reason.INVALID_TOKEN)
+
+
+async def test_claims_are_decoded_only_when_read() -> None:
+    key = rsa_key()
+    authn = build([key])
+    token = mint(key, claims(now=NOW, roles=["a", "b"]))
+    await auth(authn, token)
+    identity = await auth(authn, token)  # a hit
+    assert identity.claims._claims is None  # type: ignore[attr-defined]
+    assert identity.claims["roles"] == ["a", "b"] and "sub" in identity.claims
+    assert dict(identity.claims)["iss"] == ISSUER
 
 
 async def test_cached_token_still_expires() -> None:

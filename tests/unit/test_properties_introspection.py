@@ -67,7 +67,7 @@ def _introspection(running: Running) -> IntrospectionAuthenticator:
 def test_any_document_is_an_outcome_or_an_endpoint_error(running: Running,
                                                          doc: dict[str, Any]) -> None:
     try:
-        result, _until = _introspection(running)._evaluate(doc)
+        result = _introspection(running)._evaluate(doc)
     except _EndpointError:
         return
     if result.identity is not None:
