@@ -70,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         extauthz_args=args.extauthz_arg or None,
         sweep_points=_sweep_points(args.sweep_points) if args.sweep_points else None,
         transports=args.transports.split(",") if args.transports else None,
+        api_keys_memory=0 if args.no_api_keys_memory else None,
     )
     print(f"bench: {mode} run -> {out}", flush=True)
     doc = runner.run(found, opts)
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sweep only these points, e.g. 'api_keys=10,100000;routes=1,1000' "
                             "(dimensions: routes, api_keys, issuers, cached_tokens)")
         p.add_argument("--no-plot", action="store_true")
+        p.add_argument("--no-api-keys-memory", action="store_true",
+                       help="skip scripts/measure_apikeys.py (100 000 API keys: load time, RSS)")
         p.add_argument("--extauthz-arg", action="append", metavar="ARG",
                        help="extra argument for `extauthz serve` (repeatable), e.g. "
                             "--extauthz-arg=--no-decision-log")

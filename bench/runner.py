@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import envoyconf, fixtures, grpcframe, loadgen, procstat
+from bench import apikeys, envoyconf, fixtures, grpcframe, loadgen, procstat
 from bench.tools import Tools
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, ProcessError, free_ports, http_ok
 from extauthz.http_authz import SOURCE_HEADER
@@ -137,6 +137,8 @@ class Options:
     #: extra ``extauthz serve`` arguments (e.g. ``--no-decision-log``)
     extauthz_args: Sequence[str] = ()
     sweep_points: dict[str, list[int]] = field(default_factory=dict)
+    #: keys for scripts/measure_apikeys.py (load time and memory of many API keys; 0: skip)
+    api_keys_memory: int = 0
     sweep_duration_s: float = 5.0
     log: Callable[[str], None] = print
 
@@ -145,11 +147,12 @@ class Options:
         base: dict[str, Any] = {"out": out, "mode": mode}
         if mode == "full":
             # two transports x 8 scenarios x 3 concurrencies: 6 s per point keeps it ~13 min
-            base.update(transports=TRANSPORTS, duration_s=6.0,
+            base.update(transports=TRANSPORTS, duration_s=6.0, api_keys_memory=100_000,
                         sweep_points={"routes": [1, 100, 1000], "api_keys": [10, 10_000, 100_000],
                                       "issuers": [1, 10, 100], "cached_tokens": [1, 100_000]})
         elif mode == "quick":
             base.update(transports=TRANSPORTS, duration_s=3.0, warmup_s=0.5,
+                        api_keys_memory=100_000,
                         direct_duration_s=2.0, new_tokens=500, sweep_duration_s=2.0,
                         sweep_points={"routes": [1, 1000], "api_keys": [10, 10_000],
                                       "issuers": [1, 100], "cached_tokens": [1, 10_000]})
@@ -589,6 +592,16 @@ def run(tools: Tools, opts: Options) -> dict[str, Any]:
             if index == len(opts.transports) - 1 and opts.sweep and opts.sweep_points:
                 log(f"scaling sweep (wrk, 10 connections, {transport})")
                 result["sweep"] = run_sweep(stack, tools, fx, opts)
+    if opts.api_keys_memory and apikeys.available():
+        log(f"API keys at scale: scripts/measure_apikeys.py --keys {opts.api_keys_memory}")
+        try:
+            rows, heading = apikeys.measure(opts.api_keys_memory)
+            result["api_keys_memory"] = {"keys": opts.api_keys_memory, "heading": heading,
+                                         "rows": rows}
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            result["skipped"]["api_keys_memory"] = str(exc)
+    elif opts.api_keys_memory:
+        result["skipped"]["api_keys_memory"] = "scripts/measure_apikeys.py is not in this tree"
     if opts.direct and not set(GRPC_TRANSPORTS) & set(opts.transports):
         result["skipped"]["direct"] = "no gRPC transport was measured (--transports)"
     result["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
