@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from bench import report, runner, tools
@@ -27,19 +26,6 @@ EXIT_MISSING_TOOL = 3
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
-
-
-def output_dir(given: str | None, prefix: str) -> Path:
-    """``given``, else ``.bench/<prefix><timestamp>`` (a directory git ignores by itself)."""
-    if given:
-        out = Path(given).resolve()
-    else:
-        root = REPO / ".bench"
-        root.mkdir(exist_ok=True)
-        (root / ".gitignore").write_text("*\n")
-        out = root / (prefix + time.strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _sweep_points(text: str) -> dict[str, list[int]]:
@@ -54,7 +40,7 @@ def _sweep_points(text: str) -> dict[str, list[int]]:
 
 def _run(args: argparse.Namespace) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    out = output_dir(args.out, "")
+    out = runner.output_dir(args.out, "")
     found = tools.locate(install=args.install_tools)
     if found.wrk is None or found.envoy is None or (found.h2load is None and not args.no_direct):
         print("bench: " + found.missing_message(), file=sys.stderr)

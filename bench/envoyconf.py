@@ -27,6 +27,10 @@ from typing import Any
 
 import yaml
 
+from extauthz.http_authz import SOURCE_HEADER
+
+#: the path Envoy's ``http_service`` puts before the request's (bench.httpauthz strips it)
+PATH_PREFIX = "/check"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 
 #: extauthz route names that get a ``/s/<name>/`` Envoy route
@@ -121,3 +125,41 @@ def render(*, listener_port: int, admin_port: int, extauthz_ports: Sequence[int]
         },
     }
     return str(yaml.safe_dump(config, sort_keys=False))
+
+
+def envoy_http_config(*, listener_port: int, admin_port: int,
+                      authz_ports: Sequence[int]) -> str:
+    """The benchmark Envoy config with the ext_authz filter switched to ``http_service``
+    (deploy/envoy/envoy-http-authz.yaml's settings; one cluster endpoint per worker)."""
+    authz_port = authz_ports[0]
+    data = yaml.safe_load(render(listener_port=listener_port, admin_port=admin_port,
+                                 extauthz_ports=list(authz_ports)))
+    hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    for f in hcm["typed_config"]["http_filters"]:
+        if f["name"] == "envoy.filters.http.ext_authz":
+            cfg = f["typed_config"]
+            cfg.pop("grpc_service")
+            cfg.pop("include_peer_certificate", None)
+            cfg["http_service"] = {
+                "server_uri": {"uri": f"http://127.0.0.1:{authz_port}", "cluster": "extauthz",
+                               "timeout": "5s"},
+                "path_prefix": PATH_PREFIX,
+                "authorization_request": {"headers_to_add": [
+                    {"key": SOURCE_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]},
+                "authorization_response": {
+                    "allowed_upstream_headers": {"patterns": [{"prefix": "x-auth-"}]},
+                    "allowed_client_headers": {"patterns": [
+                        {"exact": "www-authenticate"}, {"exact": "content-type"},
+                        {"exact": "retry-after"}]},
+                },
+            }
+            cfg["allowed_headers"] = {"patterns": [{"safe_regex": {"regex": ".*"}}]}
+            cfg["status_on_error"] = {"code": "ServiceUnavailable"}
+    for route in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
+        per = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz")
+        if per and "check_settings" in per:
+            # context_extensions do not exist in HTTP mode; the body setting does
+            per["check_settings"].pop("context_extensions", None)
+    cluster = data["static_resources"]["clusters"][0]
+    cluster.pop("typed_extension_protocol_options")
+    return str(yaml.safe_dump(data, sort_keys=False))

@@ -30,15 +30,14 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from functools import partial
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from extauthz.http_authz import SOURCE_HEADER
+from bench.envoyconf import PATH_PREFIX, envoy_http_config
 
-PATH_PREFIX = "/check"
 MAX_HEAD = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             429: "Too Many Requests", 503: "Service Unavailable"}
@@ -181,57 +180,12 @@ def serve_main(argv: list[str]) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------- Envoy config
-
-
-def envoy_http_config(*, listener_port: int, admin_port: int,
-                      authz_ports: Sequence[int]) -> str:
-    """The benchmark Envoy config with the ext_authz filter switched to ``http_service``
-    (deploy/envoy/envoy-http-authz.yaml's settings; one cluster endpoint per worker)."""
-    import yaml
-
-    from bench import envoyconf
-
-    authz_port = authz_ports[0]
-    data = yaml.safe_load(envoyconf.render(listener_port=listener_port, admin_port=admin_port,
-                                           extauthz_ports=list(authz_ports)))
-    hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    for f in hcm["typed_config"]["http_filters"]:
-        if f["name"] == "envoy.filters.http.ext_authz":
-            cfg = f["typed_config"]
-            cfg.pop("grpc_service")
-            cfg.pop("include_peer_certificate", None)
-            cfg["http_service"] = {
-                "server_uri": {"uri": f"http://127.0.0.1:{authz_port}", "cluster": "extauthz",
-                               "timeout": "5s"},
-                "path_prefix": PATH_PREFIX,
-                "authorization_request": {"headers_to_add": [
-                    {"key": SOURCE_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]},
-                "authorization_response": {
-                    "allowed_upstream_headers": {"patterns": [{"prefix": "x-auth-"}]},
-                    "allowed_client_headers": {"patterns": [
-                        {"exact": "www-authenticate"}, {"exact": "content-type"},
-                        {"exact": "retry-after"}]},
-                },
-            }
-            cfg["allowed_headers"] = {"patterns": [{"safe_regex": {"regex": ".*"}}]}
-            cfg["status_on_error"] = {"code": "ServiceUnavailable"}
-    for route in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
-        per = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz")
-        if per and "check_settings" in per:
-            # context_extensions do not exist in HTTP mode; the body setting does
-            per["check_settings"].pop("context_extensions", None)
-    cluster = data["static_resources"]["clusters"][0]
-    cluster.pop("typed_extension_protocol_options")
-    return str(yaml.safe_dump(data, sort_keys=False))
-
-
 # ------------------------------------------------------------------------------------- driver
 
 
 def main(args: argparse.Namespace) -> int:
     from bench import fixtures, runner, tools
-    from bench.__main__ import output_dir
+    from bench.runner import output_dir
     from extauthz.demo.procs import LOOPBACK, ManagedProcess, free_ports, http_ok, tcp_open
 
     out = output_dir(args.out, "http-")

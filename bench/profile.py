@@ -133,7 +133,7 @@ def py_spy() -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     from bench import fixtures, runner, tools
-    from bench.__main__ import output_dir
+    from bench.runner import output_dir
 
     out = output_dir(args.out, "profile-")
     found = tools.locate()

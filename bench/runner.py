@@ -56,6 +56,19 @@ TRANSPORTS = ("grpc", "grpc-envoy", "http")
 GRPC_TRANSPORTS = ("grpc", "grpc-envoy")
 
 
+def output_dir(given: str | None, prefix: str) -> Path:
+    """``given``, else ``.bench/<prefix><timestamp>`` (a directory git ignores by itself)."""
+    if given:
+        out = Path(given).resolve()
+    else:
+        root = REPO / ".bench"
+        root.mkdir(exist_ok=True)
+        (root / ".gitignore").write_text("*\n")
+        out = root / (prefix + time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 # --------------------------------------------------------------------------------- scenarios
 
 
@@ -240,10 +253,8 @@ class Stack:
         assert self.tools.envoy is not None
         config = self.work / "envoy.yaml"
         if self.transport == "http":
-            from bench.httpauthz import envoy_http_config
-
-            text = envoy_http_config(listener_port=self.listener, admin_port=self.admin,
-                                     authz_ports=self.authz_ports)
+            text = envoyconf.envoy_http_config(listener_port=self.listener, admin_port=self.admin,
+                                               authz_ports=self.authz_ports)
         else:
             text = envoyconf.render(listener_port=self.listener, admin_port=self.admin,
                                     extauthz_ports=self.grpc_ports)

@@ -161,8 +161,8 @@ def serve_main(argv: list[str]) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from bench import envoyconf, fixtures, grpcframe, report, runner, tools
-    from bench.__main__ import output_dir
     from bench.micro import message_for
+    from bench.runner import output_dir
     from extauthz.demo.procs import LOOPBACK, ManagedProcess, free_ports, http_ok, tcp_open
 
     out = output_dir(args.out, "servers-")

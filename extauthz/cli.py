@@ -222,9 +222,9 @@ def _revoke(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from extauthz.authn.shared_state import SharedStateUnavailable
     from extauthz.config.loader import load_config
     from extauthz.metrics import Metrics
-    from extauthz.state.base import SharedStateUnavailable
     from extauthz.state.provision import resolve_target
     from extauthz.state.redis import RedisClient
     from extauthz.state.revocation import (

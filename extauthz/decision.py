@@ -2,7 +2,8 @@
 
 A :class:`Decision` is protocol-neutral: :mod:`extauthz.wire` turns it into a CheckResponse.
 
-Mapping (the only one in the code base)::
+Mapping (the only one in the code base; each error class carries its row, see
+:mod:`extauthz.errors`)::
 
     no route (unless unmatched: allow)      403  PERMISSION_DENIED  no_route
     no credential for any accepted method   401  UNAUTHENTICATED    missing_credential
@@ -25,15 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from extauthz.errors import (
-    AuthenticationError,
-    AuthorizationError,
-    BadRequestError,
-    CheckError,
-    DependencyUnavailable,
-    Reason,
-    TooManyAttempts,
-)
+from extauthz.errors import CheckError, Reason
 from extauthz.types import Identity
 
 
@@ -154,29 +147,18 @@ def from_error(
     request_id: str = "",
     identity: Identity | None = None,
 ) -> Decision:
-    """Map any exception raised during a check to its deny decision (fail closed)."""
-    if isinstance(error, AuthenticationError):
-        return deny(401, GrpcCode.UNAUTHENTICATED, error.reason, route, error.description,
-                    challenges=challenges, request_id=request_id)
-    if isinstance(error, AuthorizationError):
-        return deny(403, GrpcCode.PERMISSION_DENIED, error.reason, route, error.description,
-                    challenges=challenges, request_id=request_id, identity=identity)
-    if isinstance(error, BadRequestError):
-        return deny(400, GrpcCode.INVALID_ARGUMENT, error.reason, route, error.description,
-                    request_id=request_id)
-    if isinstance(error, TooManyAttempts):
-        limited = deny(429, GrpcCode.RESOURCE_EXHAUSTED, error.reason, route, error.description,
-                       request_id=request_id)
-        retry_after = ("retry-after", str(error.retry_after))
-        return dataclasses.replace(
-            limited, response_headers=(*limited.response_headers, retry_after)
-        )
-    if isinstance(error, DependencyUnavailable):
-        return deny(503, GrpcCode.UNAVAILABLE, error.reason, route, error.description,
-                    request_id=request_id)
+    """Map any exception raised during a check to its deny decision (fail closed).
+
+    A :class:`CheckError` says its own status (``http_status``, ``grpc_status``) and extra
+    headers; ``challenges`` and ``identity`` are the caller's (401/403). Anything else is a 503.
+    """
     if isinstance(error, CheckError):
-        # A CheckError subclass nobody mapped: deny, and do not guess a friendlier status.
-        return deny(403, GrpcCode.PERMISSION_DENIED, error.reason, route, error.description,
-                    request_id=request_id)
+        denied = deny(error.http_status, GrpcCode(error.grpc_status), error.reason, route,
+                      error.description, challenges=challenges, request_id=request_id,
+                      identity=identity)
+        extra = error.response_headers()
+        if not extra:
+            return denied
+        return dataclasses.replace(denied, response_headers=(*denied.response_headers, *extra))
     return deny(503, GrpcCode.UNAVAILABLE, Reason.INTERNAL_ERROR, route,
                 "authorization service error", request_id=request_id)

@@ -11,8 +11,10 @@
         ├── TooManyAttempts         brute-force limit reached                     -> 429
         └── DependencyUnavailable   a dependency we need is down (JWKS, ...)      -> 503
 
-Every :class:`CheckError` maps to exactly one outcome in :func:`extauthz.decision.from_error`;
-any other exception raised during a check is a fail-closed 503 (``internal_error``).
+Every :class:`CheckError` carries its outcome (h11's ``error_status_hint``): ``http_status`` and
+``grpc_status`` (a google.rpc code) are class attributes, so :func:`extauthz.decision.from_error`
+is a lookup, not a chain of ``isinstance``; any other exception raised during a check is a
+fail-closed 503 (``internal_error``).
 ``description`` is public-safe text (it reaches the client); ``detail`` is for logs only and must
 never contain a credential.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 
 class Reason(enum.StrEnum):
@@ -141,6 +144,16 @@ class ConfigError(ExtAuthzError):
 class CheckError(ExtAuthzError):
     """An expected failure while checking one request."""
 
+    #: the HTTP status of the deny this error becomes. A subclass nobody mapped is denied with
+    #: 403, never a friendlier status guessed from its name.
+    http_status: ClassVar[int] = 403
+    #: the google.rpc.Code of that deny (``extauthz.decision.GrpcCode``; 7 PERMISSION_DENIED)
+    grpc_status: ClassVar[int] = 7
+
+    def response_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers the deny adds after content-type and challenges (e.g. ``retry-after``)."""
+        return ()
+
     def __init__(self, reason: Reason, description: str = "", detail: str = "") -> None:
         self.reason = reason
         self.description = description or reason.value.replace("_", " ")
@@ -150,6 +163,9 @@ class CheckError(ExtAuthzError):
 
 class AuthenticationError(CheckError):
     """A credential was present but is invalid. Never falls through to another method."""
+
+    http_status = 401
+    grpc_status = 16  # UNAUTHENTICATED
 
     def __init__(
         self,
@@ -166,25 +182,49 @@ class AuthenticationError(CheckError):
 class AuthorizationError(CheckError):
     """The identity is known but the route's policy denies the request."""
 
+    http_status = 403
+    grpc_status = 7  # PERMISSION_DENIED
+
     def __init__(
-        self, reason: Reason, description: str = "", detail: str = "", *, scope: str = ""
+        self,
+        reason: Reason,
+        description: str = "",
+        detail: str = "",
+        *,
+        scope: str = "",
+        rule: str = "",
     ) -> None:
         super().__init__(reason, description, detail)
         #: the scope(s) that would have been needed, for ``insufficient_scope`` challenges
         self.scope = scope
+        #: the policy rule that denied (its configuration path, e.g. ``rules[2]``); "" when the
+        #: denial came from no rule (e.g. ``identity_not_representable``)
+        self.rule = rule
 
 
 class BadRequestError(CheckError):
     """The request is malformed (e.g. two credentials of one kind) or over a limit."""
 
+    http_status = 400
+    grpc_status = 3  # INVALID_ARGUMENT
+
 
 class TooManyAttempts(CheckError):
     """Too many failed attempts (per user or source); checked *before* any expensive verify."""
+
+    http_status = 429
+    grpc_status = 8  # RESOURCE_EXHAUSTED
 
     def __init__(self, reason: Reason, description: str = "", *, retry_after: int = 1) -> None:
         super().__init__(reason, description)
         self.retry_after = max(1, int(retry_after))
 
+    def response_headers(self) -> tuple[tuple[str, str], ...]:
+        return (("retry-after", str(self.retry_after)),)
+
 
 class DependencyUnavailable(CheckError):
     """Something the check needs (JWKS, an introspection endpoint, ...) is unavailable."""
+
+    http_status = 503
+    grpc_status = 14  # UNAVAILABLE

@@ -23,7 +23,7 @@ from typing import Any
 
 from extauthz import tracing
 from extauthz.authn import dispatch
-from extauthz.authn.base import Authenticator
+from extauthz.authn.base import Authenticator, CredentialSurface
 from extauthz.config.schema import Limits
 from extauthz.decision import Decision, GrpcCode, Outcome, deny, from_error
 from extauthz.errors import (
@@ -49,7 +49,7 @@ from extauthz.paths import path_problem
 from extauthz.request import signature_components
 from extauthz.routing import Route
 from extauthz.snapshot import Snapshot
-from extauthz.types import AuthMethod, Identity, RequestView
+from extauthz.types import Identity, RequestView
 
 log = logging.getLogger("extauthz.check")
 
@@ -146,7 +146,7 @@ class Engine:
                 route.policy.evaluate(view, identity, match.params,
                                       None if trace is None else trace.rules, resolved)
             except AuthorizationError as exc:
-                rule = getattr(exc, "rule", "")
+                rule = exc.rule
                 if route.policy.shadow:
                     return _with_pdp(await _limited(
                         snapshot, self._allow(snapshot, route, identity, view, shadow=exc),
@@ -333,7 +333,7 @@ class Engine:
         metadata = _metadata(route, identity)
         rule = ""
         if shadow is not None:
-            reason, rule = shadow.reason, getattr(shadow, "rule", "")
+            reason, rule = shadow.reason, shadow.rule
             metadata = {**metadata, "shadow_deny": {"reason": reason.value, "rule": rule}}
         return Decision(
             outcome=Outcome.ALLOW if shadow is None else Outcome.SHADOW_DENY,
@@ -369,8 +369,7 @@ def reserved_headers(snapshot: Snapshot) -> ReservedHeaders:
     """The identity namespace, the identity header names of *every* authenticator in
     ``snapshot`` (reserved on every route, not only on the routes that use them) and
     ``x-envoy-auth-partial-body``."""
-    names = [h for a in snapshot.authenticators.values()
-             for h in getattr(a, "injected_headers", ())]
+    names = [h for a in snapshot.authenticators.values() for h in a.surface.injected_headers]
     if snapshot.identity_tokens is not None:  # the signed identity token's header
         names.append(snapshot.identity_tokens.header)
     # Envoy overwrites this header in the CheckRequest but forwards the client's own copy
@@ -403,37 +402,42 @@ def _credential_length(header: str, value: str) -> int:
 def _check_credential_size(
     route: Route, view: RequestView, limits: Limits, trace: Trace | None
 ) -> None:
-    """``settings.limits`` on the credentials the route's methods read (401 when over).
-
-    Client certificates (peer certificate, XFCC) are bounded by mTLS itself and the header
-    limits, not by ``max_token_bytes``: a chain is legitimately larger than any token.
+    """``settings.limits`` on the credentials the route's methods read (401 when over), as each
+    method's :class:`~extauthz.authn.base.CredentialSurface` declares them: its headers, query
+    parameters and cookies bounded by ``max_token_bytes`` (unless ``token_size_limited`` is
+    off, as for client certificates), the components a signature covers by
+    ``max_signature_components`` (when ``signature_components_limited``).
     """
-    longest = limits.max_token_bytes
     for authenticator in route.authenticators:
-        kind = authenticator.kind
-        if kind is AuthMethod.MTLS:
-            continue
+        surface = authenticator.surface
         description = ""
-        for header in authenticator.credential_headers():
-            value = view.headers.value(header)
-            if value is not None and _credential_length(header, value) > longest:
-                description = "credential too large"
-        for param in authenticator.credential_query_params():
-            value = view.query.get(param)
-            if value is not None and len(value) > longest:
-                description = "credential too large"
-        for name in authenticator.credential_cookies():
-            cookie = view.cookie(name)
-            if cookie is not None and len(cookie) > longest:
-                description = "credential too large"
-        if (not description and kind is AuthMethod.HMAC
-                and signature_components(view.headers) > limits.max_signature_components):
+        if surface.token_size_limited and _oversized(surface, view, limits.max_token_bytes):
+            description = "credential too large"
+        elif (surface.signature_components_limited
+              and signature_components(view.headers) > limits.max_signature_components):
             description = "signature covers too many components"
         if description:
             if trace is not None:
                 trace.notes.append(f"settings.limits: {description} ({authenticator.name})")
             raise AuthenticationError(Reason.CREDENTIAL_TOO_LARGE, description,
                                       authenticator=authenticator.name)
+
+
+def _oversized(surface: CredentialSurface, view: RequestView, longest: int) -> bool:
+    """Whether a credential value ``surface`` names is longer than ``longest``."""
+    for header in surface.headers:
+        value = view.headers.value(header)
+        if value is not None and _credential_length(header, value) > longest:
+            return True
+    for param in surface.query_params:
+        value = view.query.get(param)
+        if value is not None and len(value) > longest:
+            return True
+    for name in surface.cookies:
+        cookie = view.cookie(name)
+        if cookie is not None and len(cookie) > longest:
+            return True
+    return False
 
 
 def _metadata(route: Route | None, identity: Identity | None) -> Mapping[str, Any]:
@@ -464,11 +468,10 @@ def _invalid_challenges(route: Route, error: AuthenticationError) -> list[str]:
 def _forbidden_challenges(
     snapshot: Snapshot, identity: Identity, error: AuthorizationError
 ) -> list[str]:
-    """RFC 6750 §3.1: a bearer token lacking scope gets ``error="insufficient_scope"``."""
-    if identity.method not in (AuthMethod.JWT, AuthMethod.INTROSPECTION):
+    """The 403 challenge of the method that verified ``identity`` (e.g. RFC 6750 §3.1
+    ``insufficient_scope`` for bearer tokens), if it has one."""
+    authenticator = snapshot.authenticators.get(identity.authenticator)
+    if authenticator is None:
         return []
-    if error.reason is not Reason.INSUFFICIENT_SCOPE:
-        return []
-    realm = snapshot.settings.realm.replace("\\", "\\\\").replace('"', '\\"')
-    scope = error.scope.replace('"', "")
-    return [f'Bearer realm="{realm}", error="insufficient_scope", scope="{scope}"']
+    challenge = authenticator.forbidden_challenge(error)
+    return [] if challenge is None else [challenge]

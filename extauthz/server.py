@@ -2,19 +2,21 @@
 
 Reload: the configuration files (and key material the authenticators read) are polled for
 changes (see :mod:`extauthz.reload`), and SIGHUP reloads at once. A configuration that fails
-validation is refused whole and the previous one keeps serving. The new snapshot takes over what
-outbound calls fetched for the old one (last good JWKS keys and discovery result, introspection
-answers; :meth:`Snapshot.adopt_outbound_state`) before it starts, so a reload during an IdP
+validation is refused whole and the previous one keeps serving. The new snapshot's
+authenticators take over what outbound calls fetched for the old one (last good JWKS keys and
+discovery result, introspection answers) from the server's
+:class:`~extauthz.authn.reload_state.ReloadState` when they start, so a reload during an IdP
 outage keeps serving within ``max_stale_seconds`` of the last successful fetch.
 
 Readiness (``/readyz`` 200, gRPC health SERVING, ``extauthz_ready`` 1) needs a valid
 configuration loaded and, when it verifies JWTs with remote keys (``jwks.url``/``discovery``), the
-first successful JWKS fetch of every such issuer: a pod whose IdP is unreachable at start stays
-unready (and keeps retrying in the background) instead of answering 503 ``jwks_unavailable``. This
-holds for the first readiness only; a later IdP outage is the per-route ``max_stale_seconds``
-business, not a reason to pull every replica out of service at once. A configuration that fails
-validation at start is fatal (exit code 1): there is nothing to serve. Liveness (``/healthz``)
-depends on nothing but the event loop answering.
+first successful JWKS fetch of every such issuer (every authenticator is ``ready()``): a pod
+whose IdP is unreachable at start stays unready (and keeps retrying in the background) instead
+of answering 503 ``jwks_unavailable``. This holds for the first readiness only; a later IdP
+outage is the per-route ``max_stale_seconds`` business, not a reason to pull every replica out
+of service at once. A configuration that fails validation at start is fatal (exit code 1):
+there is nothing to serve. Liveness (``/healthz``) depends on nothing but the event loop
+answering.
 
 Stop sequence on SIGTERM/SIGINT: health -> NOT_SERVING and ``/readyz`` -> 503 first (so Envoy and
 Kubernetes stop sending), then the gRPC server stops accepting and waits up to the grace period
@@ -34,6 +36,7 @@ from aiohttp import web
 
 from extauthz import logsetup
 from extauthz.admin import make_admin_app
+from extauthz.authn.reload_state import ReloadState
 from extauthz.config.schema import GRPC_MAX_RECEIVE_BYTES, MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
@@ -131,7 +134,11 @@ class Server:
         self.metrics = metrics or Metrics()
         self.engine = Engine(self.metrics)
         #: the process's Redis clients: a reload that keeps settings.redis keeps the pool
-        self.state_hub = StateHub(self.metrics)
+        #: what outlives a configuration in this process (last good JWKS keys, introspection
+        #: answers, in-memory replay caches and attempt counters): one place, handed to every
+        #: compile and to the state hub
+        self.reload_state = ReloadState()
+        self.state_hub = StateHub(self.metrics, self.reload_state)
         logsetup.attach_dropped_counter(self.metrics.log_dropped)
         self.health = HealthService()
         self._draining = False
@@ -166,19 +173,18 @@ class Server:
         return self._serving and not self._draining and (self.front is None or self.front.ready)
 
     def _can_serve(self) -> bool:
-        return (self.engine.snapshot is not None and not self._draining and self._keys_warm()
-                and not self.state_hub.problems())
+        return (self.engine.snapshot is not None and not self._draining
+                and self._authenticators_ready() and not self.state_hub.problems())
 
-    def _keys_warm(self) -> bool:
-        """True once every remote JWKS of the serving snapshot has loaded keys (latched)."""
+    def _authenticators_ready(self) -> bool:
+        """True once every authenticator of the serving snapshot is ``ready()`` — every remote
+        JWKS has loaded keys (latched)."""
         if not self._warm:
             snapshot = self.engine.snapshot
             if snapshot is None:
                 return False
-            for authenticator in snapshot.authenticators.values():
-                source = getattr(authenticator, "jwks", None)
-                if source is not None and getattr(source, "keyset", True) is None:
-                    return False
+            if not all(a.ready() for a in snapshot.authenticators.values()):
+                return False
             self._warm = True
         return True
 
@@ -207,17 +213,18 @@ class Server:
             try:
                 snapshot = await asyncio.to_thread(
                     load_snapshot, self.options.config_path, self.metrics,
-                    state_hub=self.state_hub,
+                    state_hub=self.state_hub, reload_state=self.reload_state,
                 )
             except Exception:
                 self.metrics.config_loads.labels("failure").inc()
                 raise
             current = self.engine.snapshot
             if current is not None:
-                # The last good JWKS keys / discovery result / introspection answers: a reload
-                # during an IdP outage keeps serving them (within max_stale, counted from when
-                # they were fetched) instead of answering 503 until the IdP is back.
-                snapshot.adopt_outbound_state(current)
+                # The external stage's PDP / lookup answers. (The last good JWKS keys and
+                # introspection answers come from self.reload_state when the new snapshot's
+                # authenticators start: a reload during an IdP outage keeps serving them,
+                # within max_stale counted from when they were fetched.)
+                snapshot.adopt_external_answers(current)
             try:
                 await snapshot.start()
             except BaseException:
@@ -227,9 +234,9 @@ class Server:
                 raise
             current = self.engine.snapshot
             if current is not None:
-                # State that must outlive a reload (the in-memory HMAC nonce cache: without it
-                # every nonce seen before the reload could be replayed). No await between this
-                # and the swap, so the old snapshot records nothing the new one misses.
+                # Rate-limit state that must outlive a reload. No await between this and the
+                # swap, so the old snapshot records nothing the new one misses. (Replay caches
+                # are shared through the state hub / self.reload_state, not handed over.)
                 snapshot.inherit_from(current)
             self._warn_if_grpc_refuses(snapshot)
             previous = self.engine.swap(snapshot)

@@ -16,8 +16,10 @@ from pathlib import Path
 from types import MappingProxyType
 
 from extauthz.authn.base import Authenticator
+from extauthz.authn.context import BuildContext
 from extauthz.authn.dispatch import needs_dispatch
-from extauthz.authn.registry import BuildContext, Factory, default_registry
+from extauthz.authn.registry import Factory, default_registry
+from extauthz.authn.reload_state import ReloadState
 from extauthz.authz.policy import Policy, PolicyError
 from extauthz.clock import Clock, system_clock
 from extauthz.config.idtoken_schema import RouteIdentityTokenSpec
@@ -66,35 +68,21 @@ class Snapshot:
             await self.rate_limits.start()
         await asyncio.gather(*(a.start() for a in self.authenticators.values()))
 
-    def adopt_outbound_state(self, previous: Snapshot) -> None:
-        """Take over what outbound calls fetched for the snapshot this one replaces (last good
-        JWKS keys and discovery result, introspection answers), before :meth:`start`.
+    def adopt_external_answers(self, previous: Snapshot) -> None:
+        """Take over what the external stage fetched for the snapshot this one replaces (PDP and
+        lookup answers, docs/authzen.md), before :meth:`start`.
 
-        Matched by what was fetched (issuer, URL, endpoint), not by authenticator name, so a
-        rename keeps it too. Without this, a reload during an IdP outage starts with no keys.
-        An authenticator opts in with ``adopt_outbound_state(candidates)``.
+        Authenticators need no hand-over: what they must keep across a reload (last good JWKS
+        keys, introspection answers, the in-memory replay cache) lives in the process's
+        :class:`~extauthz.authn.reload_state.ReloadState`, which they read when built/started.
         """
-        candidates = tuple(previous.authenticators.values())
-        for authenticator in self.authenticators.values():
-            adopt = getattr(authenticator, "adopt_outbound_state", None)
-            if callable(adopt):
-                adopt(candidates)
         if self.external is not None and previous.external is not None:
-            self.external.adopt(previous.external)  # PDP / lookup answers (docs/authzen.md)
+            self.external.adopt(previous.external)
 
     def inherit_from(self, previous: Snapshot) -> None:
-        """Carry state that must survive a reload (e.g. HMAC nonce replay caches).
-
-        An authenticator that defines ``inherit_state(previous)`` receives the authenticator of
-        the same name and kind from the snapshot it replaces. Called before the old one closes.
-        """
+        """Carry the rate limiters' state over (called before the old snapshot closes)."""
         if self.rate_limits is not None and previous.rate_limits is not None:
             self.rate_limits.inherit(previous.rate_limits)
-        for name, authenticator in self.authenticators.items():
-            old = previous.authenticators.get(name)
-            inherit = getattr(authenticator, "inherit_state", None)
-            if old is not None and old.kind == authenticator.kind and callable(inherit):
-                inherit(old)
 
     async def close(self) -> None:
         """Stop background work; errors are logged, never raised (closing must finish)."""
@@ -146,6 +134,7 @@ class _Compiler:
         clock: Clock,
         registry: Mapping[str, Factory],
         state_hub: StateHub | None = None,
+        reload_state: ReloadState | None = None,
     ) -> None:
         self.loaded = loaded
         self.settings = loaded.main.settings
@@ -164,6 +153,7 @@ class _Compiler:
             clock=clock,
             state=self.state,
             outbound=self._outbound(loaded.path.parent),
+            reload_state=reload_state if reload_state is not None else ReloadState(),
         )
         self.authenticators: dict[str, Authenticator] = {}
         self.external = ExternalHub.build(self.settings, self.ctx.outbound,
@@ -280,16 +270,9 @@ class _Compiler:
         )
 
     def _authenticator_files(self) -> tuple[Path, ...]:
-        """Key material files (JWKS, htpasswd, secrets, trust bundles) the authenticators read.
-
-        An authenticator may expose ``source_files()``; those are watched for hot reload too.
-        """
-        files: list[Path] = []
-        for authenticator in self.authenticators.values():
-            getter = getattr(authenticator, "source_files", None)
-            if callable(getter):
-                files.extend(Path(p) for p in getter())
-        return tuple(files)
+        """Key material files (htpasswd, trust bundles) the authenticators declare in their
+        :class:`~extauthz.authn.base.CredentialSurface`: watched for hot reload too."""
+        return tuple(p for a in self.authenticators.values() for p in a.surface.source_files)
 
     def _route(self, spec: RouteSpec, where: str) -> Route | None:
         ok = True
@@ -360,14 +343,17 @@ def compile_config(
     clock: Clock = system_clock,
     registry: Mapping[str, Factory] | None = None,
     state_hub: StateHub | None = None,
+    reload_state: ReloadState | None = None,
 ) -> Snapshot:
     """Compile ``loaded`` into a Snapshot; raises ConfigError listing every problem.
 
     ``state_hub``: the process's Redis clients (the server passes one so a reload keeps the
-    connection pool); without it the snapshot gets a private one.
+    connection pool); without it the snapshot gets a private one. ``reload_state``: what
+    outlives one configuration in this process (the server passes its own, so a reload keeps
+    last good keys, introspection answers and replay caches); without it, nothing is carried.
     """
     return _Compiler(
-        loaded, metrics, clock, registry or default_registry(), state_hub
+        loaded, metrics, clock, registry or default_registry(), state_hub, reload_state
     ).compile()
 
 
@@ -378,6 +364,7 @@ def load_snapshot(
     clock: Clock = system_clock,
     registry: Mapping[str, Factory] | None = None,
     state_hub: StateHub | None = None,
+    reload_state: ReloadState | None = None,
 ) -> Snapshot:
     """Read, validate and compile the configuration at ``path``.
 
@@ -386,7 +373,8 @@ def load_snapshot(
     loaded = load_config(path)
     try:
         return compile_config(
-            loaded, metrics, clock=clock, registry=registry, state_hub=state_hub
+            loaded, metrics, clock=clock, registry=registry, state_hub=state_hub,
+            reload_state=reload_state,
         )
     except ConfigError as exc:
         exc.files = loaded.files + referenced_files(loaded)

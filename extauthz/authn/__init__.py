@@ -1,5 +1,8 @@
-"""Authentication methods: each turns a request's credential into an Identity (or refuses it)."""
+"""Authentication methods: each turns a request's credential into an Identity (or refuses it).
 
-from extauthz.authn.base import Authenticator, Challenge
+The contract every method implements is :mod:`extauthz.authn.base` (docs/authenticators.md).
+"""
 
-__all__ = ["Authenticator", "Challenge"]
+from extauthz.authn.base import Authenticator, AuthenticatorBase, Challenge, CredentialSurface
+
+__all__ = ["Authenticator", "AuthenticatorBase", "Challenge", "CredentialSurface"]

@@ -19,9 +19,9 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
-from extauthz.authn.base import Challenge
+from extauthz.authn.base import Authenticator, Challenge
+from extauthz.authn.context import BuildContext
 from extauthz.authn.keyfile import KeyFileError, read_key_file
-from extauthz.authn.registry import BuildContext
 from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.config.schema import ApiKeySpec
 from extauthz.errors import AuthenticationError, Reason
@@ -102,7 +102,6 @@ class ApiKeyAuthenticator(SourceCredentials):
     ) -> None:
         self.name = name
         self._sources = sources
-        self._keys_file = keys_file
         self._clock = ctx.clock
         #: revoked keys (``extauthz revoke key``); None when no revocation list is configured
         self._revocations = ctx.state.revocations if ctx.state is not None else None
@@ -116,7 +115,9 @@ class ApiKeyAuthenticator(SourceCredentials):
                 index[prefix] = (*(found if isinstance(found, tuple) else (found,)), key)
         self._index = index
         self._init_credentials(
-            Challenge("ApiKey", (("realm", ctx.settings.realm), sources[0].describe())), sources
+            Challenge("ApiKey", (("realm", ctx.settings.realm), sources[0].describe())), sources,
+            # the keys file, watched for hot reload
+            source_files=(keys_file,) if keys_file is not None else (),
         )
 
     @classmethod
@@ -188,12 +189,5 @@ class ApiKeyAuthenticator(SourceCredentials):
     def _fail(self, reason: Reason, description: str) -> AuthenticationError:
         return AuthenticationError(reason, description, authenticator=self.name)
 
-    def source_files(self) -> tuple[Path, ...]:
-        """The keys file (watched for hot reload)."""
-        return (self._keys_file,) if self._keys_file is not None else ()
 
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
+_: type[Authenticator] = ApiKeyAuthenticator  # static conformance check (mypy)

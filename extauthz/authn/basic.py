@@ -44,10 +44,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from extauthz.authn.attempts import AttemptLimiter, InMemoryAttemptLimiter, enforce, reserve_all
-from extauthz.authn.base import Challenge
+from extauthz.authn.base import Authenticator, AuthenticatorBase, Challenge, CredentialSurface
 from extauthz.authn.cache import CredentialCache
+from extauthz.authn.context import BuildContext
 from extauthz.authn.htpasswd import HtpasswdEntry, check_bcrypt, dummy_bcrypt_hash, load_htpasswd
-from extauthz.authn.registry import BuildContext
 from extauthz.clock import Clock
 from extauthz.config.schema import BasicSpec
 from extauthz.errors import AuthenticationError, Reason
@@ -92,7 +92,7 @@ def parse_basic_credentials(token: str) -> tuple[str, str]:
     return user, password
 
 
-class BasicAuthenticator:
+class BasicAuthenticator(AuthenticatorBase):
     """Verifies ``Authorization: Basic`` credentials against htpasswd entries."""
 
     kind = AuthMethod.BASIC
@@ -111,7 +111,6 @@ class BasicAuthenticator:
         source: Path | None = None,
     ) -> None:
         self.name = name
-        self._source = source
         self._users = users
         self._clock: Clock = ctx.clock
         self._limiter = limiter
@@ -125,6 +124,11 @@ class BasicAuthenticator:
         self._pending: dict[bytes, asyncio.Future[bool]] = {}
         self._challenge = Challenge(
             "Basic", (("realm", ctx.settings.realm), ("charset", "UTF-8"))
+        )
+        self.surface = CredentialSurface(
+            headers=("authorization",),
+            # the htpasswd file, watched for hot reload
+            source_files=(source,) if source is not None else (),
         )
 
     @classmethod
@@ -259,24 +263,11 @@ class BasicAuthenticator:
         # RFC 7617 defines no error parameter: the same challenge either way.
         return self._challenge.render()
 
-    def credential_headers(self) -> tuple[str, ...]:
-        return ("authorization",)
-
-    def source_files(self) -> tuple[Path, ...]:
-        """The htpasswd file (watched for hot reload)."""
-        return (self._source,) if self._source is not None else ()
-
-    def credential_query_params(self) -> tuple[str, ...]:
-        return ()
-
-    def credential_cookies(self) -> tuple[str, ...]:
-        return ()
-
-    async def start(self) -> None:
-        return None
-
     async def close(self) -> None:
         # Let running and queued verifications finish (their requests are still waiting).
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+
+_: type[Authenticator] = BasicAuthenticator  # static conformance check (mypy)

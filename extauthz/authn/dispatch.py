@@ -64,7 +64,7 @@ def select(authenticators: Sequence[Authenticator], view: RequestView) -> Sequen
     jwts = [a for a in kept if a.kind is AuthMethod.JWT]
     if len(jwts) > 1:
         issuer = _unverified_issuer(token)
-        matching = [a for a in jwts if getattr(a, "issuer", None) == issuer]
+        matching = [a for a in jwts if a.surface.issuer == issuer]
         if matching:
             kept = [a for a in kept if a.kind is not AuthMethod.JWT or a in matching]
     return kept

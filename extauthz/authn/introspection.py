@@ -8,7 +8,7 @@ One :class:`IntrospectionAuthenticator` talks to one endpoint::
                active   until min(exp, now + cache_max_ttl_seconds)
                refused  (inactive, wrong aud/iss, ...) for negative_cache_ttl_seconds
              endpoint failures are never cached. A reload keeps the cache when the endpoint,
-             client and checks are unchanged (adopt_outbound_state).
+             client and checks are unchanged (a ReloadState cell, extauthz.authn.reload_state).
     request  POST application/x-www-form-urlencoded ``token`` (+ ``token_type_hint``) with the
              client authenticated by HTTP Basic (RFC 6749 §2.3.1: id and secret form-encoded,
              then base64) or ``client_id``/``client_secret`` form fields (``client_auth: post``).
@@ -47,7 +47,7 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -56,10 +56,11 @@ from urllib.parse import quote_plus
 import aiohttp
 
 from extauthz import tracing
-from extauthz.authn.base import Challenge
+from extauthz.authn.base import Authenticator, BearerScopeChallenge, Challenge
 from extauthz.authn.cache import CredentialCache, Shared, credential_key
 from extauthz.authn.certbinding import CertBinding
-from extauthz.authn.registry import BuildContext
+from extauthz.authn.context import BuildContext
+from extauthz.authn.reload_state import ReloadState
 from extauthz.authn.secrets import load_secret
 from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.clock import Clock
@@ -178,7 +179,25 @@ def _scopes(doc: Mapping[str, Any]) -> frozenset[str]:
     raise _EndpointError("member scope is neither a string nor an array of strings")
 
 
-class IntrospectionAuthenticator(SourceCredentials):
+@dataclass(slots=True)
+class _CarriedAnswers:
+    """The answer cache of the newest authenticator with one binding (a ReloadState cell)."""
+
+    cache: CredentialCache[_Result] | None = None
+    #: the cache ``cache`` replaced, until its authenticator closes (a configuration that fails
+    #: to start hands the cell back to it: those answers keep serving)
+    replaced: CredentialCache[_Result] | None = None
+
+
+def _binding(spec: IntrospectionSpec) -> Hashable:
+    """What decides what a cached answer means: the cache is carried over a reload only when
+    all of it is unchanged (cache sizes, timeouts and the secret do not matter: an entry is the
+    endpoint's answer about one token, already checked against these)."""
+    audiences = None if spec.audiences is None else tuple(spec.audiences)
+    return (spec.endpoint, spec.client_id, audiences, spec.issuer, spec.token_type_hint)
+
+
+class IntrospectionAuthenticator(BearerScopeChallenge, SourceCredentials):
     """Verifies opaque bearer tokens at an RFC 7662 endpoint (module docstring: exact rules)."""
 
     kind: AuthMethod = AuthMethod.INTROSPECTION
@@ -193,6 +212,7 @@ class IntrospectionAuthenticator(SourceCredentials):
         metrics: Metrics,
         realm: str = "extauthz",
         policy: OutboundPolicy | None = None,
+        reload_state: ReloadState | None = None,
     ) -> None:
         self.name = name
         self._spec = spec
@@ -229,6 +249,9 @@ class IntrospectionAuthenticator(SourceCredentials):
         self._shared_time: Shared[float] = Shared()
         self._shared_text: Shared[str] = Shared()
         self._init_credentials(Challenge("Bearer", (("realm", realm),)), (self._source,))
+        self._init_bearer_scope(realm)
+        state = reload_state if reload_state is not None else ReloadState()
+        self._carried = state.cell(self.kind, _binding(spec), _CarriedAnswers, _CarriedAnswers)
 
     @classmethod
     def from_spec(
@@ -244,7 +267,7 @@ class IntrospectionAuthenticator(SourceCredentials):
             raise ValueError("client secret is not UTF-8 text") from None
         return cls(
             name, spec, secret, clock=ctx.clock, metrics=ctx.metrics, realm=ctx.settings.realm,
-            policy=ctx.outbound,
+            policy=ctx.outbound, reload_state=ctx.reload_state,
         )
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -254,29 +277,33 @@ class IntrospectionAuthenticator(SourceCredentials):
             self._spec.timeout_seconds, limit=self._spec.max_concurrent_requests
         )
 
-    #: spec fields that decide what a cached answer means; the cache is carried over a reload
-    #: only when all of them are unchanged (cache sizes, timeouts and the secret do not matter:
-    #: an entry is the endpoint's answer about one token, already checked against these)
-    _CACHE_BINDING = ("endpoint", "client_id", "audiences", "issuer", "token_type_hint")
-
-    def adopt_outbound_state(self, candidates: Iterable[object]) -> None:
+    def _adopt_answers(self) -> None:
         """On a reload, keep the answers of the authenticator this one replaces (same endpoint,
-        client and checks), so an endpoint outage during a reload does not turn every cached
-        token into a 503. TTLs were set when each answer arrived and are capped to this
-        configuration's (shorter) ones; nothing lives longer than either allows."""
-        for old in candidates:
-            if not isinstance(old, IntrospectionAuthenticator) or old is self:
-                continue
-            if any(getattr(old._spec, f) != getattr(self._spec, f) for f in self._CACHE_BINDING):
-                continue
-            self._cache.adopt(old._cache)
+        client and checks, whatever its name: the ReloadState cell of :func:`_binding`), so an
+        endpoint outage during a reload does not turn every cached token into a 503. TTLs were
+        set when each answer arrived and are capped to this configuration's (shorter) ones;
+        nothing lives longer than either allows. From now on this authenticator's answers are
+        the ones a later configuration takes over."""
+        carried = self._carried
+        previous = carried.cache
+        if previous is self._cache:
             return
+        carried.cache, carried.replaced = self._cache, previous
+        if previous is not None:
+            self._cache.adopt(previous)
 
     async def start(self) -> None:
+        self._adopt_answers()  # before any await: the old snapshot still serves until the swap
         if self._session is None or self._session.closed:
             self._session = self._new_session()
 
     async def close(self) -> None:
+        carried = self._carried
+        if carried.replaced is self._cache:  # replaced for good: forget these answers
+            carried.replaced = None
+        elif carried.cache is self._cache and carried.replaced is not None:
+            # this configuration failed to start: the answers it replaced keep serving
+            carried.cache, carried.replaced = carried.replaced, None
         # The answers stay: the authenticator that replaces this one may adopt them.
         self._cache.cancel()
         if self._session is not None:
@@ -363,29 +390,29 @@ class IntrospectionAuthenticator(SourceCredentials):
         nbf = _number(doc, "nbf")
         audiences = _string_or_list(doc, "aud")
         scopes = _scopes(doc)
-        iss = doc.get("iss")
-        if iss is not None and not isinstance(iss, str):
-            raise _EndpointError("member iss is not a string")
+        iss = _optional_string(doc, "iss")
         subject, consumer = _text(doc, "sub"), _text(doc, "client_id")
         refused = (self._validate_exp(exp, now) or self._validate_nbf(nbf, now)
                    or self._validate_iss(iss) or self._validate_aud(audiences)
-                   or (Reason.MISSING_CLAIM if (subject or consumer) is None else None))
+                   or _validate_subject(subject, consumer))
         if refused is not None:
             return _Result(None, refused)
-        # The answer is cached until it expires: names and short repeated values (iss, aud,
-        # client_id, scope...) are held once, not once per token (docs/memory.md).
-        share = self._shared_text
-        claims = {sys.intern(k): share(v) if type(v) is str and len(v) <= 64
-                  and k not in _UNIQUE_MEMBERS else v for k, v in doc.items() if k != "active"}
         return _Result(Identity(
             method=self.kind,
             subject=subject or consumer or "",
             authenticator=self.name,
-            consumer=share(consumer) if consumer is not None else None,
+            consumer=self._shared_text(consumer) if consumer is not None else None,
             scopes=self._shared_scopes(scopes),
-            claims=MappingProxyType(claims),
+            claims=MappingProxyType(self._shared_claims(doc)),
             expires_at=self._shared_time(exp) if exp is not None else None,
         ))
+
+    def _shared_claims(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The answer's members as cached: names and short repeated values (iss, aud,
+        client_id, scope...) are held once, not once per token (docs/memory.md)."""
+        share = self._shared_text
+        return {sys.intern(k): share(v) if type(v) is str and len(v) <= 64
+                and k not in _UNIQUE_MEMBERS else v for k, v in doc.items() if k != "active"}
 
     @staticmethod
     def _validate_exp(exp: float | None, now: float) -> Reason | None:
@@ -406,3 +433,17 @@ class IntrospectionAuthenticator(SourceCredentials):
 
     # ----------------------------------------------------------------------------- protocol
 
+
+def _optional_string(doc: dict[str, Any], member: str) -> str | None:
+    value = doc.get(member)
+    if value is not None and not isinstance(value, str):
+        raise _EndpointError(f"member {member} is not a string")
+    return value
+
+
+def _validate_subject(subject: str | None, consumer: str | None) -> Reason | None:
+    """An identity needs a subject: ``sub`` or, for client credentials, ``client_id``."""
+    return Reason.MISSING_CLAIM if (subject or consumer) is None else None
+
+
+_: type[Authenticator] = IntrospectionAuthenticator  # static conformance check (mypy)

@@ -65,25 +65,24 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from extauthz.authn.base import Challenge
+from extauthz.authn.base import Authenticator, BearerScopeChallenge, Challenge
 from extauthz.authn.cache import CredentialCache, Shared, credential_key
 from extauthz.authn.certbinding import CertBinding
+from extauthz.authn.context import BuildContext
 from extauthz.authn.jwks import (
     ALGORITHMS,
     JwkKey,
     JwksSource,
     KeySet,
-    RemoteJwks,
     b64url_decode,
     jwks_source_from_spec,
 )
 from extauthz.authn.lazyclaims import LazyClaims
-from extauthz.authn.registry import BuildContext
 from extauthz.authn.sources import Source, SourceCredentials
 from extauthz.clock import Clock
 from extauthz.config.schema import JwtSpec
@@ -92,7 +91,7 @@ from extauthz.metrics import Metrics
 from extauthz.types import AuthMethod, Identity, RequestView
 
 if TYPE_CHECKING:
-    from extauthz.state.base import Revocations
+    from extauthz.authn.shared_state import Revocations
 
 log = logging.getLogger("extauthz.jwt")
 
@@ -252,7 +251,7 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
 # ----------------------------------------------------------------------------------- authenticator
 
 
-class JwtAuthenticator(SourceCredentials):
+class JwtAuthenticator(BearerScopeChallenge, SourceCredentials):
     """Verifies bearer JWTs of one issuer; see the module docstring for the exact rules.
 
     Build with :meth:`from_spec` (or directly, with a :class:`~extauthz.authn.jwks.JwksSource`,
@@ -295,9 +294,6 @@ class JwtAuthenticator(SourceCredentials):
         self._claim_headers = tuple(
             (_claim_path(claim), header) for claim, header in spec.claims_to_headers.items()
         )
-        #: headers this authenticator may inject; the pipeline removes client-sent values of
-        #: them even when a token lacks the claim (else a client could spoof them)
-        self.injected_headers: tuple[str, ...] = tuple(spec.claims_to_headers.values())
         self._source = Source.from_spec(spec.source)
         #: verified tokens by SHA-256 (module docstring); hit/miss in cache_requests{cache="jwt"}
         self._cache: CredentialCache[_Entry] = CredentialCache(
@@ -311,8 +307,13 @@ class JwtAuthenticator(SourceCredentials):
         )
 
         self._init_credentials(
-            Challenge(spec.source.authorization or "Bearer", (("realm", realm),)), (self._source,)
+            Challenge(spec.source.authorization or "Bearer", (("realm", realm),)), (self._source,),
+            # the pipeline removes client-sent values of the claim headers even when a token
+            # lacks the claim (else a client could spoof them)
+            injected_headers=tuple(spec.claims_to_headers.values()),
+            issuer=spec.issuer,
         )
+        self._init_bearer_scope(realm)
 
     @classmethod
     def from_spec(cls, name: str, spec: JwtSpec, ctx: BuildContext) -> JwtAuthenticator:
@@ -320,7 +321,7 @@ class JwtAuthenticator(SourceCredentials):
         unreadable JWKS file or a JWKS without a usable key."""
         jwks = jwks_source_from_spec(
             spec, base_dir=ctx.base_dir, clock=ctx.clock, metrics=ctx.metrics,
-            policy=ctx.outbound,
+            policy=ctx.outbound, reload_state=ctx.reload_state,
         )
         revocations = ctx.state.revocations if ctx.state is not None else None
         return cls(name, spec, jwks, realm=ctx.settings.realm, metrics=ctx.metrics, clock=ctx.clock,
@@ -361,16 +362,9 @@ class JwtAuthenticator(SourceCredentials):
         if revocations is not None and jti is not None and revocations.jti_revoked(jti):
             raise self._fail(Reason.TOKEN_REVOKED)
 
-    def adopt_outbound_state(self, candidates: Iterable[object]) -> None:
-        """On a reload: take over the last good keys of a previous authenticator that fetched
-        from the same place (issuer, URL or discovery, algorithms), whatever its name."""
-        jwks = self.jwks
-        if not isinstance(jwks, RemoteJwks):
-            return
-        for old in candidates:
-            if (isinstance(old, JwtAuthenticator) and isinstance(old.jwks, RemoteJwks)
-                    and jwks.adopt(old.jwks)):
-                return
+    def ready(self) -> bool:
+        """Not before the key set was loaded once (a remote JWKS fetches in ``start``)."""
+        return self.jwks.keyset is not None
 
     async def start(self) -> None:
         await self.jwks.start()
@@ -599,3 +593,6 @@ class JwtAuthenticator(SourceCredentials):
             headers=tuple(headers),
             key_id=key.kid,
         )
+
+
+_: type[Authenticator] = JwtAuthenticator  # static conformance check (mypy)

@@ -74,10 +74,10 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from extauthz.authn.base import Challenge
+from extauthz.authn.base import Authenticator, AuthenticatorBase, Challenge, CredentialSurface
 from extauthz.authn.cache import CredentialCache, credential_key
 from extauthz.authn.certpolicy import CertPolicyError, check_leaf_key_and_names, check_svid_leaf
-from extauthz.authn.registry import BuildContext
+from extauthz.authn.context import BuildContext
 from extauthz.authn.xfcc_trust import XfccMismatch, XfccModel, has_delimiters
 from extauthz.config.schema import MtlsSpec
 from extauthz.errors import AuthenticationError, AuthorizationError, Reason
@@ -144,7 +144,7 @@ class _Presented:
     intermediates: tuple[x509.Certificate, ...]
 
 
-class MtlsAuthenticator:
+class MtlsAuthenticator(AuthenticatorBase):
     """Verifies client certificates presented through Envoy (see the module docstring)."""
 
     kind = AuthMethod.MTLS
@@ -190,6 +190,14 @@ class MtlsAuthenticator:
             self._allowed_ids or self._trust_domains or self._globs or self._dns_names
         )
         self._challenge = Challenge("ClientCert", (("realm", ctx.settings.realm),))
+        self.surface = CredentialSurface(
+            headers=(XFCC_HEADER,) if self._xfcc else (),
+            injected_headers=(self._prefix + "spiffe-id", self._prefix + "cert-sha256"),
+            source_files=sources,
+            # a chain is legitimately larger than any token: bounded by mTLS itself and the
+            # header limits, not by max_token_bytes
+            token_size_limited=False,
+        )
 
     @classmethod
     def from_spec(cls, name: str, spec: MtlsSpec, ctx: BuildContext) -> MtlsAuthenticator:
@@ -503,7 +511,7 @@ class MtlsAuthenticator:
     def _fail(self, reason: Reason, description: str, detail: str = "") -> AuthenticationError:
         return AuthenticationError(reason, description, detail, authenticator=self.name)
 
-    # -- the rest of the Authenticator protocol ------------------------------------------------
+    # -- challenge ---------------------------------------------------------------------------
 
     def challenge(self, error: AuthenticationError | None = None) -> str:
         if error is None:
@@ -512,24 +520,8 @@ class MtlsAuthenticator:
             ("error", "invalid_certificate"), ("error_description", error.description)
         )
 
-    def credential_headers(self) -> tuple[str, ...]:
-        return (XFCC_HEADER,) if self._xfcc else ()
 
-    def source_files(self) -> tuple[Path, ...]:
-        """The trust bundles (watched for hot reload)."""
-        return self._sources
-
-    def credential_query_params(self) -> tuple[str, ...]:
-        return ()
-
-    def credential_cookies(self) -> tuple[str, ...]:
-        return ()
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
+_: type[Authenticator] = MtlsAuthenticator  # static conformance check (mypy)
 
 
 def _extension(extensions: x509.Extensions, kind: type[Any]) -> Any:

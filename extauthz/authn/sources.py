@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from extauthz.authn.base import Challenge
+from extauthz.authn.base import AuthenticatorBase, Challenge, CredentialSurface
 from extauthz.config.schema import CredentialSource
 from extauthz.errors import AuthenticationError
 from extauthz.types import RequestView
@@ -72,27 +73,30 @@ class Source:
         return ("cookie", self.cookie or "")
 
 
-class SourceCredentials:
+class SourceCredentials(AuthenticatorBase):
     """Shared part of authenticators whose credential comes from :class:`Source` locations.
 
     Supplies the challenge (``error="invalid_token"`` with a public-safe description when the
-    credential was invalid) and the header/query/cookie names to strip on allow, all computed
-    once at build time. Call :meth:`_init_credentials` from ``__init__``.
+    credential was invalid) and the :class:`~extauthz.authn.base.CredentialSurface` of those
+    locations, all computed once at build time. Call :meth:`_init_credentials` from
+    ``__init__`` (``extra``: the other surface fields, e.g. injected headers).
     """
 
     _challenge: Challenge
     _challenge_plain: str
-    _strip_headers: tuple[str, ...]
-    _strip_query: tuple[str, ...]
-    _strip_cookies: tuple[str, ...]
 
-    def _init_credentials(self, challenge: Challenge, sources: Iterable[Source]) -> None:
+    def _init_credentials(
+        self, challenge: Challenge, sources: Iterable[Source], **extra: Any
+    ) -> None:
         sources = tuple(sources)
         self._challenge = challenge
         self._challenge_plain = challenge.render()
-        self._strip_headers = tuple(h for s in sources if (h := s.strip_header))
-        self._strip_query = tuple(s.query for s in sources if s.query)
-        self._strip_cookies = tuple(s.cookie for s in sources if s.cookie)
+        self.surface = CredentialSurface(
+            headers=tuple(h for s in sources if (h := s.strip_header)),
+            query_params=tuple(s.query for s in sources if s.query),
+            cookies=tuple(s.cookie for s in sources if s.cookie),
+            **extra,
+        )
 
     def challenge(self, error: AuthenticationError | None = None) -> str:
         """``WWW-Authenticate`` for a 401; with ``error``, the RFC 6750 invalid_token form."""
@@ -101,12 +105,3 @@ class SourceCredentials:
         return self._challenge.render(
             ("error", "invalid_token"), ("error_description", error.description)
         )
-
-    def credential_headers(self) -> tuple[str, ...]:
-        return self._strip_headers
-
-    def credential_query_params(self) -> tuple[str, ...]:
-        return self._strip_query
-
-    def credential_cookies(self) -> tuple[str, ...]:
-        return self._strip_cookies

@@ -11,13 +11,17 @@ as :class:`PolicyError`.
 
 ``shadow: true`` does not change evaluation: the pipeline reads :attr:`Policy.shadow` and turns a
 denial into an allowed ``shadow_deny`` decision.
+
+The configured PDPs and metadata lookups (:mod:`extauthz.external`) build their rules on this
+package's :class:`~extauthz.authz.rules.Rule`, so they sit above it: the compiler is handed them
+as :class:`ExternalSources` and never imports them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from extauthz.authz.rules import (
     AllOf,
@@ -41,13 +45,53 @@ from extauthz.authz.rules import (
     Source,
     Subjects,
 )
+from extauthz.config.external import AuthzenRule
 from extauthz.config.schema import AuthzSpec, RuleSpec
 from extauthz.types import Identity, RequestView
 
-if TYPE_CHECKING:
-    from extauthz.external.stage import ExternalHub, RouteExternal
+__all__ = [
+    "ExternalSources",
+    "ExternalStage",
+    "Policy",
+    "PolicyError",
+    "RuleDenied",
+    "RuleResult",
+]
 
-__all__ = ["Policy", "PolicyError", "RuleDenied", "RuleResult"]
+
+class ExternalStage(Protocol):
+    """What a route runs before its rules, once per request: its metadata lookups and PDP calls
+    (:class:`~extauthz.external.stage.RouteExternal`)."""
+
+    async def resolve(self, view: RequestView, identity: Identity, params: Mapping[str, str],
+                      route: str, notes: list[str] | None = None) -> Any:
+        """What the rules read (``Context.external``): lookup values and PDP answers."""
+        ...
+
+
+class ExternalSources(Protocol):
+    """The PDPs and lookups of one configuration, as the policy compiler sees them
+    (:class:`~extauthz.external.stage.ExternalHub`)."""
+
+    @property
+    def pdps(self) -> Mapping[str, object]:
+        """The PDPs by name (``settings.pdps``)."""
+        ...
+
+    @property
+    def lookups(self) -> Mapping[str, object]:
+        """The metadata lookups by name (``settings.lookups``)."""
+        ...
+
+    def authzen_rule(self, label: str, spec: AuthzenRule) -> Rule:
+        """The rule asking the PDP ``spec.pdp`` (a name in :attr:`pdps`); a ``ValueError``
+        says what is wrong with its templates."""
+        ...
+
+    def route_stage(self, lookups: Sequence[str], checks: Sequence[Rule]) -> ExternalStage:
+        """The stage running ``lookups`` (names in :attr:`lookups`) and asking for ``checks``
+        (rules made by :meth:`authzen_rule`)."""
+        ...
 
 
 class PolicyError(ValueError):
@@ -68,7 +112,7 @@ class Policy:
     #: the variables and members the policy's CEL expressions mention
     cel_names: frozenset[str] = frozenset()
     #: metadata lookups and AuthZEN rules, run before :meth:`evaluate` (docs/authzen.md)
-    external: RouteExternal | None = None
+    external: ExternalStage | None = None
 
     @classmethod
     def from_spec(
@@ -78,7 +122,7 @@ class Policy:
         route: str = "",
         consumers: Collection[str] | None = None,
         params: Collection[str] | None = None,
-        external: ExternalHub | None = None,
+        external: ExternalSources | None = None,
     ) -> Policy:
         """Compile ``spec``.
 
@@ -152,14 +196,17 @@ class Policy:
 
 
 class _Compiler:
+    """Builds the rules of one policy, collecting located problems in :attr:`issues`."""
+
     def __init__(self, consumers: frozenset[str] | None, params: frozenset[str] | None,
-                 external: ExternalHub | None = None) -> None:
+                 external: ExternalSources | None = None) -> None:
         self.consumers = consumers
         self.params = params
         self.issues: list[tuple[str, str]] = []
         self.cel_names: frozenset[str] = frozenset()
         self.external = external
-        self.checks: list[Any] = []
+        #: the ``authzen`` rules made so far (nested ones too): the route stage asks for them
+        self.checks: list[Rule] = []
         #: the lookups the route runs (``authz.metadata``): what metadata rules may name
         self.lookups: frozenset[str] = frozenset()
 
@@ -172,42 +219,18 @@ class _Compiler:
         self.issues.append((at, f"{name!r} is not a lookup of this route ({listed})"))
         return False
 
-    def external_stage(self, metadata: list[str]) -> RouteExternal | None:
+    def external_stage(self, metadata: list[str]) -> ExternalStage | None:
         """The route's lookups and AuthZEN rules (None when it has neither)."""
         if not metadata and not self.checks:
             return None
-        from extauthz.external.stage import RouteExternal
-
-        lookups = []
         known = self.external.lookups if self.external is not None else {}
         for i, name in enumerate(metadata):
             if name not in known:
                 listed = ", ".join(sorted(known)) or "none in settings.lookups"
                 self.issues.append((f"metadata[{i}]", f"unknown lookup {name!r} ({listed})"))
-            else:
-                lookups.append(known[name])
-        names: set[str] = {"identity", "metadata"}
-        for item in [*lookups, *self.checks]:
-            names |= item.names
-        return RouteExternal(tuple(lookups), tuple(self.checks), frozenset(names))
-
-    def _authzen(self, spec: Any, path: str) -> Rule | None:
-        from extauthz.external.authzen import AuthzenCheck
-        from extauthz.external.mapping import TemplateError
-
-        pdps = self.external.pdps if self.external is not None else {}
-        pdp = pdps.get(spec.pdp)
-        if pdp is None:
-            listed = ", ".join(sorted(pdps)) or "none in settings.pdps"
-            self.issues.append((f"{path}.authzen.pdp", f"unknown PDP {spec.pdp!r} ({listed})"))
-            return None
-        try:
-            check = AuthzenCheck(path, spec, pdp)
-        except TemplateError as exc:
-            self.issues.append((f"{path}.authzen", str(exc)))
-            return None
-        self.checks.append(check)
-        return check
+        if self.issues or self.external is None:
+            return None  # the policy is not built: nothing runs it
+        return self.external.route_stage(metadata, self.checks)
 
     def known_consumers(self, names: Collection[str], path: str) -> None:
         if self.consumers is None:
@@ -217,69 +240,71 @@ class _Compiler:
                 self.issues.append((f"{path}[{k}]", f"unknown consumer {name!r}"))
 
     def rule(self, spec: RuleSpec, path: str) -> Rule | None:
+        """The rule ``spec`` at ``path`` (``rules[1]``); None after recording a problem."""
         kind = spec.kind
-        at = f"{path}.{kind}"
-        if spec.scopes_all is not None:
-            return ScopesAll(path, spec.scopes_all)
-        if spec.scopes_any is not None:
-            return ScopesAny(path, spec.scopes_any)
-        if spec.roles is not None:
-            roles = spec.roles
-            require_all = roles.all_of is not None
-            return Roles(path, roles.claim, roles.all_of or roles.any_of or [],
-                         require_all=require_all)
-        if spec.claim is not None:
-            c = spec.claim
-            return ClaimMatch(path, c.path, c.matcher, getattr(c, c.matcher))
-        if spec.consumers is not None:
-            self.known_consumers(spec.consumers.allow or [], f"{at}.allow")
-            self.known_consumers(spec.consumers.deny, f"{at}.deny")
-            return Consumers(path, spec.consumers.allow, spec.consumers.deny)
-        if spec.subjects is not None:
-            return Subjects(path, spec.subjects.allow, spec.subjects.deny, prefixes=True)
-        if spec.principal is not None:
-            return Principal(path, spec.principal.allow, spec.principal.deny)
-        if spec.methods is not None:
-            return Methods(path, spec.methods)
-        if spec.source is not None:
-            return Source(path, spec.source.allow, spec.source.deny)
-        if spec.header is not None:
-            h = spec.header
-            return HeaderMatch(path, h.name, h.matcher, getattr(h, h.matcher))
-        if spec.query is not None:
-            q = spec.query
-            return QueryMatch(path, q.name, q.matcher, getattr(q, q.matcher))
-        if spec.equal is not None:
-            operands = spec.equal.operands
-            for side, name in operands:
-                if side == "metadata" and not self.known_lookup(name, f"{at}.metadata"):
-                    return None
-                if side == "param" and self.params is not None and name not in self.params:
-                    known = ", ".join(sorted(self.params)) or "none: the route has no template"
-                    self.issues.append((f"{at}.param",
-                                        f"unknown path parameter {name!r} (known: {known})"))
-                    return None
-            return Equal(path, operands)
-        if spec.any_of is not None or spec.all_of is not None:
-            members = spec.any_of if spec.any_of is not None else spec.all_of
-            built = [self.rule(r, f"{at}[{j}]") for j, r in enumerate(members or [])]
-            if any(b is None for b in built):
-                return None
-            children = [b for b in built if b is not None]
-            return AnyOf(path, children) if spec.any_of is not None else AllOf(path, children)
-        if spec.cel is not None:
-            return self._cel(spec.cel, at)
-        if spec.metadata is not None:
-            m = spec.metadata
-            if not self.known_lookup(m.path, f"{at}.path"):
-                return None
-            return MetadataMatch(path, m.path, m.matcher, getattr(m, m.matcher))
-        if spec.authzen is not None:
-            return self._authzen(spec.authzen, path)
-        self.issues.append((path, f"unsupported rule kind {kind}"))
-        return None
+        build = _BUILDERS.get(kind)
+        if build is None:
+            self.issues.append((path, f"unsupported rule kind {kind}"))
+            return None
+        return build(self, getattr(spec, kind), path, f"{path}.{kind}")
 
-    def _cel(self, source: str, at: str) -> Rule | None:
+    # One builder per rule kind: (compiler, the kind's spec, the rule's path, path.kind).
+
+    def _roles(self, roles: Any, path: str, at: str) -> Rule:
+        return Roles(path, roles.claim, roles.all_of or roles.any_of or [],
+                     require_all=roles.all_of is not None)
+
+    def _consumers(self, spec: Any, path: str, at: str) -> Rule:
+        self.known_consumers(spec.allow or [], f"{at}.allow")
+        self.known_consumers(spec.deny, f"{at}.deny")
+        return Consumers(path, spec.allow, spec.deny)
+
+    def _equal(self, spec: Any, path: str, at: str) -> Rule | None:
+        operands = spec.operands
+        for side, name in operands:
+            if side == "metadata" and not self.known_lookup(name, f"{at}.metadata"):
+                return None
+            if side == "param" and self.params is not None and name not in self.params:
+                known = ", ".join(sorted(self.params)) or "none: the route has no template"
+                self.issues.append((f"{at}.param",
+                                    f"unknown path parameter {name!r} (known: {known})"))
+                return None
+        return Equal(path, operands)
+
+    def _group(self, members: list[RuleSpec], path: str, at: str) -> list[Rule] | None:
+        """The members of ``any_of`` / ``all_of``; None when one of them is wrong."""
+        built = [self.rule(r, f"{at}[{j}]") for j, r in enumerate(members)]
+        children = [b for b in built if b is not None]
+        return children if len(children) == len(built) else None
+
+    def _any_of(self, members: list[RuleSpec], path: str, at: str) -> Rule | None:
+        children = self._group(members, path, at)
+        return None if children is None else AnyOf(path, children)
+
+    def _all_of(self, members: list[RuleSpec], path: str, at: str) -> Rule | None:
+        children = self._group(members, path, at)
+        return None if children is None else AllOf(path, children)
+
+    def _metadata(self, m: Any, path: str, at: str) -> Rule | None:
+        if not self.known_lookup(m.path, f"{at}.path"):
+            return None
+        return MetadataMatch(path, m.path, m.matcher, getattr(m, m.matcher))
+
+    def _authzen(self, spec: AuthzenRule, path: str, at: str) -> Rule | None:
+        pdps = self.external.pdps if self.external is not None else {}
+        if self.external is None or spec.pdp not in pdps:
+            listed = ", ".join(sorted(pdps)) or "none in settings.pdps"
+            self.issues.append((f"{path}.authzen.pdp", f"unknown PDP {spec.pdp!r} ({listed})"))
+            return None
+        try:
+            check = self.external.authzen_rule(path, spec)
+        except ValueError as exc:  # a template that does not compile
+            self.issues.append((f"{path}.authzen", str(exc)))
+            return None
+        self.checks.append(check)
+        return check
+
+    def _cel(self, source: str, path: str, at: str) -> Rule | None:
         from extauthz.authz.cel import CelCompileError, compile_expression
 
         try:
@@ -291,4 +316,26 @@ class _Compiler:
             self.issues.append((at, "CEL rules need the cel-expr-python package"))
             return None
         self.cel_names |= program.names
-        return Cel(at.rsplit(".", 1)[0], program)
+        return Cel(path, program)
+
+
+#: the builder of every rule kind (the keys of :class:`~extauthz.config.schema.RuleSpec`)
+_BUILDERS: dict[str, Callable[[_Compiler, Any, str, str], Rule | None]] = {
+    "scopes_all": lambda c, v, path, at: ScopesAll(path, v),
+    "scopes_any": lambda c, v, path, at: ScopesAny(path, v),
+    "roles": _Compiler._roles,
+    "claim": lambda c, v, path, at: ClaimMatch(path, v.path, v.matcher, getattr(v, v.matcher)),
+    "consumers": _Compiler._consumers,
+    "subjects": lambda c, v, path, at: Subjects(path, v.allow, v.deny, prefixes=True),
+    "principal": lambda c, v, path, at: Principal(path, v.allow, v.deny),
+    "methods": lambda c, v, path, at: Methods(path, v),
+    "source": lambda c, v, path, at: Source(path, v.allow, v.deny),
+    "header": lambda c, v, path, at: HeaderMatch(path, v.name, v.matcher, getattr(v, v.matcher)),
+    "query": lambda c, v, path, at: QueryMatch(path, v.name, v.matcher, getattr(v, v.matcher)),
+    "equal": _Compiler._equal,
+    "any_of": _Compiler._any_of,
+    "all_of": _Compiler._all_of,
+    "cel": _Compiler._cel,
+    "metadata": _Compiler._metadata,
+    "authzen": _Compiler._authzen,
+}

@@ -182,33 +182,60 @@ def build_matcher(kind: str, expected: Any, *, header: bool = False) -> tuple[Ma
     ``header``: the value is a header (comma-joined when repeated) or query string — expected
     scalars compare as strings and ``contains`` looks for one comma-separated element.
     """
+    build = _MATCHERS.get(kind)
+    if build is None:
+        raise ValueError(f"unknown matcher {kind!r}")
     if header and kind in ("equals", "contains"):
         expected = _as_text(expected)
     if header and kind == "one_of":
         expected = [_as_text(e) for e in expected]
-    if kind == "exists":
-        return (lambda v: v is not None), "exists"
-    if kind == "absent":
-        return (lambda v: v is None), "absent"
-    if kind == "equals":
-        return (lambda v: _is_scalar(v) and json_equal(v, expected)), f"equals {shown(expected)}"
-    if kind == "one_of":
-        options = tuple(expected)
-        return ((lambda v: _is_scalar(v) and any(json_equal(v, o) for o in options)),
-                f"one of [{', '.join(shown(o) for o in options)}]")
-    if kind == "contains":
-        if header:
-            return ((lambda v: isinstance(v, str)
-                     and any(p.strip() == expected for p in v.split(","))),
-                    f"contains {shown(expected)}")
-        return ((lambda v: any(json_equal(e, expected) for e in _elements(v))),
+    return build(expected, header)
+
+
+# One builder per matcher kind: (expected value, header?) -> (matcher, summary).
+
+def _exists(expected: Any, header: bool) -> tuple[Matcher, str]:
+    return (lambda v: v is not None), "exists"
+
+
+def _absent(expected: Any, header: bool) -> tuple[Matcher, str]:
+    return (lambda v: v is None), "absent"
+
+
+def _equals(expected: Any, header: bool) -> tuple[Matcher, str]:
+    return (lambda v: _is_scalar(v) and json_equal(v, expected)), f"equals {shown(expected)}"
+
+
+def _one_of(expected: Any, header: bool) -> tuple[Matcher, str]:
+    options = tuple(expected)
+    return ((lambda v: _is_scalar(v) and any(json_equal(v, o) for o in options)),
+            f"one of [{', '.join(shown(o) for o in options)}]")
+
+
+def _contains(expected: Any, header: bool) -> tuple[Matcher, str]:
+    if header:  # one element of a comma-separated header or query value
+        return ((lambda v: isinstance(v, str)
+                 and any(p.strip() == expected for p in v.split(","))),
                 f"contains {shown(expected)}")
-    if kind == "regex":
-        pattern = re.compile(expected)
-        return ((lambda v: isinstance(v, str) and len(v) <= MAX_REGEX_INPUT
-                 and pattern.fullmatch(v) is not None),
-                f"matches /{expected}/")
-    raise ValueError(f"unknown matcher {kind!r}")
+    return ((lambda v: any(json_equal(e, expected) for e in _elements(v))),
+            f"contains {shown(expected)}")
+
+
+def _regex(expected: Any, header: bool) -> tuple[Matcher, str]:
+    pattern = re.compile(expected)
+    return ((lambda v: isinstance(v, str) and len(v) <= MAX_REGEX_INPUT
+             and pattern.fullmatch(v) is not None),
+            f"matches /{expected}/")
+
+
+_MATCHERS: dict[str, Callable[[Any, bool], tuple[Matcher, str]]] = {
+    "exists": _exists,
+    "absent": _absent,
+    "equals": _equals,
+    "one_of": _one_of,
+    "contains": _contains,
+    "regex": _regex,
+}
 
 
 def _as_text(value: Any) -> str:

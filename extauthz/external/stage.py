@@ -16,11 +16,12 @@ Each call has its own deadline (at most 0.45 s), so the two phases finish before
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from extauthz.authz.cel import activation_data
+from extauthz.authz.rules import Rule
 from extauthz.errors import DependencyUnavailable, Reason
 from extauthz.external.authzen import AuthzenCheck, Pdp, PdpAnswer
 from extauthz.external.cache import CallFailed
@@ -31,6 +32,7 @@ from extauthz.outbound import OutboundPolicy
 from extauthz.types import Identity, RequestView
 
 if TYPE_CHECKING:
+    from extauthz.config.external import AuthzenRule
     from extauthz.config.schema import Settings
     from extauthz.errors import ConfigIssue
 
@@ -74,6 +76,29 @@ class ExternalHub:
             except (ValueError, TemplateError) as exc:
                 issues.append(ConfigIssue(f"settings.lookups.{name}", str(exc)))
         return cls(pdps, lookups)
+
+    def authzen_rule(self, label: str, spec: AuthzenRule) -> AuthzenCheck:
+        """The ``authzen`` rule ``label`` asking the PDP ``spec.pdp`` (a name in :attr:`pdps`);
+        :class:`~extauthz.external.mapping.TemplateError` (a ``ValueError``) for a template that
+        does not compile. The policy compiler calls this
+        (:class:`~extauthz.authz.policy.ExternalSources`)."""
+        return AuthzenCheck(label, spec, self.pdps[spec.pdp])
+
+    def route_stage(self, lookups: Sequence[str], checks: Sequence[Rule]) -> RouteExternal:
+        """What one route runs before its rules: the lookups named in its ``authz.metadata``
+        (names in :attr:`lookups`) and its ``authzen`` rules (made by :meth:`authzen_rule`)."""
+        chosen = tuple(self.lookups[name] for name in lookups)
+        asks: list[AuthzenCheck] = []
+        for check in checks:
+            if not isinstance(check, AuthzenCheck):  # the compiler's contract: a bug, not config
+                raise TypeError(f"{check.label}: not a rule made by authzen_rule")
+            asks.append(check)
+        names: set[str] = {"identity", "metadata"}
+        for lookup in chosen:
+            names |= lookup.names
+        for ask in asks:
+            names |= ask.names
+        return RouteExternal(chosen, tuple(asks), frozenset(names))
 
     def adopt(self, previous: ExternalHub) -> None:
         """Keep the cached answers of ``previous`` (the snapshot being replaced) for every PDP

@@ -170,9 +170,14 @@ def _selected_claims(identity: Identity, names: tuple[str, ...]) -> dict[str, An
     return selected
 
 
+#: (route name, config path, public, the route's ``identity_token``) per route
+RouteEntry = tuple[str, str, bool, RouteIdentityTokenSpec | None]
+_WHERE = "settings.identity_token"
+
+
 def build_identity_tokens(
     spec: IdentityTokenSpec | None,
-    routes: list[tuple[str, str, bool, RouteIdentityTokenSpec | None]],
+    routes: list[RouteEntry],
     base_dir: Path,
     issues: list[ConfigIssue],
     *,
@@ -186,32 +191,49 @@ def build_identity_tokens(
     ``settings.identity_header_prefix``. Problems are appended to
     ``issues`` (located); returns None when the feature is off or a problem was found.
     """
-    where = "settings.identity_token"
-    if spec is not None and identity_prefix and spec.header in {
-            identity_prefix + h for h in _IDENTITY_HEADERS}:
-        issues.append(ConfigIssue(f"{where}.header",
-                                  f"{spec.header} is an identity header extauthz sets itself"))
     if spec is None:
         for _, at, _, route_spec in routes:
             if route_spec is not None and route_spec.enabled:
                 issues.append(ConfigIssue(f"{at}.identity_token",
-                                          f"needs {where} (issuer and signing keys)"))
+                                          f"needs {_WHERE} (issuer and signing keys)"))
         return None
+    before = len(issues)
+    if identity_prefix and spec.header in {identity_prefix + h for h in _IDENTITY_HEADERS}:
+        issues.append(ConfigIssue(f"{_WHERE}.header",
+                                  f"{spec.header} is an identity header extauthz sets itself"))
+    keys, files = _load_keys(spec, base_dir, issues)
+    policies = _route_policies(spec, routes, issues)
+    if len(issues) > before:
+        return None
+    return IdentityTokens(spec, keys, policies, clock=clock, files=files, metrics=metrics)
+
+
+def _load_keys(spec: IdentityTokenSpec, base_dir: Path, issues: list[ConfigIssue]
+               ) -> tuple[tuple[SigningKey, ...], tuple[Path, ...]]:
+    """The signing keys (the first signs; the others are only published) and the files they
+    were read from (watched for a reload)."""
     keys: list[SigningKey] = []
     files: list[Path] = []
-    before = len(issues)
     for i, key_spec in enumerate(spec.keys):
         try:
             key, path = load_key(key_spec.file, key_spec.env, base_dir, key_spec.kid)
         except ValueError as exc:
-            issues.append(ConfigIssue(f"{where}.keys[{i}]", str(exc)))
+            issues.append(ConfigIssue(f"{_WHERE}.keys[{i}]", str(exc)))
             continue
         if any(k.kid == key.kid for k in keys):
-            issues.append(ConfigIssue(f"{where}.keys[{i}]", f"the same key as another ({key.kid})"))
+            issues.append(ConfigIssue(f"{_WHERE}.keys[{i}]",
+                                      f"the same key as another ({key.kid})"))
             continue
         keys.append(key)
         if path is not None:
             files.append(path)
+    return tuple(keys), tuple(files)
+
+
+def _route_policies(spec: IdentityTokenSpec, routes: list[RouteEntry],
+                    issues: list[ConfigIssue]) -> dict[str, RouteTokenPolicy]:
+    """The token policy of every route that mints one (``all_routes`` or its own
+    ``identity_token.enabled``); a public route cannot."""
     policies: dict[str, RouteTokenPolicy] = {}
     for name, at, public, route_spec in routes:
         enabled = spec.all_routes if route_spec is None else route_spec.enabled
@@ -226,7 +248,4 @@ def build_identity_tokens(
         claims = route_spec.claims if route_spec is not None else None
         policies[name] = RouteTokenPolicy(
             audience=audience, claims=tuple(spec.claims if claims is None else claims))
-    if len(issues) > before:
-        return None
-    return IdentityTokens(spec, tuple(keys), policies, clock=clock, files=tuple(files),
-                          metrics=metrics)
+    return policies

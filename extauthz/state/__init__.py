@@ -11,13 +11,14 @@ only contributes the file-based revocation list (``settings.revocation_file``)::
                                                           └─ RedisRevocations (synced mirror)
     StateHub (one per process) ── RedisClient (one pool per target; bounded calls; health flag)
 
-Modules: :mod:`~extauthz.state.base` (the provider protocol, :class:`SharedStateUnavailable`),
+The provider protocol and :class:`SharedStateUnavailable` are declared on the authenticators'
+side (:mod:`~extauthz.authn.shared_state`) and implemented here. Modules:
 :mod:`~extauthz.state.redis` (client and hub), :mod:`~extauthz.state.stores` (nonces,
 attempts), :mod:`~extauthz.state.revocation` (lists, file format, ``extauthz revoke``),
 :mod:`~extauthz.state.provision` (building it from the configuration). redis-py is imported only
 when a Redis client is started.
 """
 
-from extauthz.state.base import Revocations, SharedStateUnavailable, StateProvider
+from extauthz.authn.shared_state import Revocations, SharedStateUnavailable, StateProvider
 
 __all__ = ["Revocations", "SharedStateUnavailable", "StateProvider"]

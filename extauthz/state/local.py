@@ -13,7 +13,9 @@ and every snapshot's authenticators draw from it:
 * the failure counts of each Basic authenticator (by name); each configuration's
   :class:`~extauthz.authn.attempts.InMemoryAttemptLimiter` applies its own limits to them.
 
-Single event loop, like the stores themselves. (Objects are *built* in the compile worker thread,
+The objects are cells of the process's :class:`~extauthz.authn.reload_state.ReloadState` (the
+server's), next to what the authenticators themselves carry across reloads. Single event loop,
+like the stores themselves. (Objects are *built* in the compile worker thread,
 but compiles are serialized by the server's reload lock and only look objects up or create them.)
 """
 
@@ -23,7 +25,12 @@ from collections import OrderedDict, deque
 
 from extauthz.authn.attempts import InMemoryAttemptLimiter
 from extauthz.authn.nonces import MemoryNonceStore
+from extauthz.authn.reload_state import ReloadState
 from extauthz.clock import Clock
+from extauthz.types import AuthMethod
+
+#: the process's replay cache: one, whatever the authenticator (scoped by signing key inside)
+_PROCESS_NONCES = "process nonce store"
 
 
 class LocalState:
@@ -33,15 +40,15 @@ class LocalState:
     ``setdefault``, atomic), never changes one the event loop is using.
     """
 
-    def __init__(self) -> None:
-        self._nonces: MemoryNonceStore | None = None
-        self._failures: dict[str, OrderedDict[str, deque[float]]] = {}
+    def __init__(self, reload_state: ReloadState | None = None) -> None:
+        #: where the objects live: the process's carry-over store (the server's), so the
+        #: process has one place for what outlives a configuration
+        self._state = reload_state if reload_state is not None else ReloadState()
 
     def nonce_store(self, clock: Clock) -> MemoryNonceStore:
         """The process's replay cache (created on first use, with that clock)."""
-        if self._nonces is None:
-            self._nonces = MemoryNonceStore(clock)
-        return self._nonces
+        return self._state.cell(AuthMethod.HMAC, _PROCESS_NONCES,
+                                lambda: MemoryNonceStore(clock), MemoryNonceStore)
 
     def attempt_limiter(
         self, owner: str, *, max_failures: int, window_seconds: float, max_keys: int,
@@ -49,7 +56,8 @@ class LocalState:
     ) -> InMemoryAttemptLimiter:
         """A limiter with this configuration's limits over the failure counts of the Basic
         authenticator ``owner`` (shared with the limiters of earlier configurations)."""
-        failures = self._failures.setdefault(owner, OrderedDict())
+        failures: OrderedDict[str, deque[float]] = self._state.cell(
+            AuthMethod.BASIC, owner, OrderedDict, OrderedDict)
         return InMemoryAttemptLimiter(
             max_failures, window_seconds, max_keys=max_keys, clock=clock, failures=failures
         )

@@ -81,7 +81,7 @@ def resolve_target(
 
 
 class SnapshotState:
-    """Implements :class:`~extauthz.state.base.StateProvider` for one snapshot.
+    """Implements :class:`~extauthz.authn.shared_state.StateProvider` for one snapshot.
 
     ``client`` and the revocation mirror belong to the :class:`StateHub` (shared with the other
     snapshots of the process); :meth:`start` / :meth:`close` acquire and release them.

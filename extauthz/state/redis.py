@@ -9,10 +9,10 @@
   0 and from then on calls fail at once (no request waits for a dead Redis, so the 503 reaches Envoy
   well inside its own ext_authz timeout) until the background probe (``PING`` every
   ``health_check_interval_seconds``) succeeds again. Any failure raises
-  :class:`~extauthz.state.base.SharedStateUnavailable` (503 ``shared_state_unavailable``) and
-  counts ``extauthz_redis_errors_total{op}``. A timeout fails only its own operation and wakes
-  the probe: the bound includes event-loop delay, so one late reply on a busy replica is not
-  taken for an outage (a PING that also cannot make it is).
+  :class:`~extauthz.authn.shared_state.SharedStateUnavailable` (503
+  ``shared_state_unavailable``) and counts ``extauthz_redis_errors_total{op}``. A timeout fails
+  only its own operation and wakes the probe: the bound includes event-loop delay, so one late
+  reply on a busy replica is not taken for an outage (a PING that also cannot make it is).
 * Reconnection is redis-py's: a connection that broke is dropped and the next command opens a
   new one. redis-py retries a command **once**, without backoff, on a connection error — so the
   first command after a Redis restart (on a pooled connection the restart killed) still succeeds.
@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from extauthz import tracing
+from extauthz.authn.reload_state import ReloadState
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.metrics import Metrics
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.local import LocalState
 
 if TYPE_CHECKING:
@@ -435,10 +436,11 @@ class StateHub:
     enforces the lists the old one had even if Redis is down at that moment.
     """
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, reload_state: ReloadState | None = None) -> None:
         self.metrics = metrics
-        #: in-memory replay cache and attempt counters of the process (kept across reloads)
-        self.local = LocalState()
+        #: in-memory replay cache and attempt counters of the process (kept across reloads, in
+        #: ``reload_state``: the server's carry-over store)
+        self.local = LocalState(reload_state)
         self._objects: dict[Hashable, Shared] = {}
         self._users: Counter[Hashable] = Counter()
 

@@ -44,9 +44,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.clock import Clock
 from extauthz.metrics import Metrics
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.redis import RedisClient, cancel_requested, raise_if_cancelled, stop_task
 
 if TYPE_CHECKING:

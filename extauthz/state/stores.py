@@ -46,8 +46,8 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from extauthz.authn.nonces import NonceStoreFull, NonceStoreUnavailable, NonceTooOld, NonceUse
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.clock import Clock
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.redis import RedisClient
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ class RedisAttemptLimiter:
     """An :class:`~extauthz.authn.attempts.AttemptLimiter` shared by every replica
     (``INCR`` + expiry; module docstring).
 
-    Failures raise :class:`~extauthz.state.base.SharedStateUnavailable` (503): the limiter
+    Failures raise :class:`~extauthz.authn.shared_state.SharedStateUnavailable` (503): the limiter
     cannot tell whether the key is blocked, so the attempt is refused before any password work.
     """
 

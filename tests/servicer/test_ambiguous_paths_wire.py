@@ -15,15 +15,9 @@ import pytest
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from extauthz.server import Server, ServerOptions
+from tests.support.configs import OPEN_CONFIG
 
-CONFIG = """
-authenticators:
-  keys: {api_key: {}}
-routes:
-- name: open
-  match: {prefix: /}
-  public: true
-"""
+CONFIG = OPEN_CONFIG
 AMBIGUOUS = ["/public/..;/admin", "/admin;x=1/secret", "/static/%252e%252e/admin",
              "/static/%c0%ae%c0%ae/admin", "/a%zz", "/files/100%25.txt"]
 

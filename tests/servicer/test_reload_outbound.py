@@ -192,3 +192,54 @@ async def test_introspection_answers_survive_a_reload_for_the_same_endpoint(
         assert isinstance(snapshot.authenticators["opaque"], IntrospectionAuthenticator)
     finally:
         await srv.stop()
+
+
+async def test_introspection_answers_survive_a_reload_that_failed_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configuration whose start fails (after its authenticators took the answers over) hands
+    them back: the next reload still finds the answers of the configuration that kept serving."""
+    from aiohttp import web
+
+    from extauthz.snapshot import Snapshot
+
+    async def introspect(request: web.Request) -> web.Response:
+        return web.json_response({"active": True, "sub": "alice", "exp": time.time() + 600})
+
+    app = web.Application()
+    app.router.add_post("/introspect", introspect)
+    runner, port = await serve_app(app)
+    (tmp_path / "secret").write_text("client-secret")
+
+    def write(marker: str) -> Path:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "version": 1, "settings": {"realm": marker},
+            "authenticators": {"opaque": {"introspection": {
+                "endpoint": f"http://127.0.0.1:{port}/introspect", "client_id": "c",
+                "client_secret_file": "secret"}}},
+            "routes": [{"name": "api", "match": {"prefix": "/"}, "authn": ["opaque"]}],
+        }))  # fmt: skip
+        return config
+
+    srv = await _server(write("before"))
+    try:
+        real_start = Snapshot.start
+
+        async def failing_start(self: Snapshot) -> None:
+            await real_start(self)  # the authenticators take the answers over ...
+            raise RuntimeError("... and then something else cannot start")
+
+        monkeypatch.setattr(Snapshot, "start", failing_start)
+        write("refused")
+        assert await srv.reload() is False
+        monkeypatch.setattr(Snapshot, "start", real_start)
+        # answered (and cached) by the configuration that kept serving, after the failed reload
+        view = make_view(headers=bearer("opaque-token-2"))
+        assert (await srv.engine.check(view)).allowed
+        await runner.cleanup()  # the endpoint goes away
+        write("after")
+        assert await srv.reload() is True
+        assert (await srv.engine.check(view)).allowed  # answered from the carried cache
+    finally:
+        await srv.stop()

@@ -14,7 +14,7 @@ import asyncio
 import base64
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,6 @@ from extauthz.types import RequestView
 from tests.support.builders import make_view
 from tests.support.redis_server import RedisServer
 from tests.unit.test_hmac_sig import FULL, KEY_ID, RFC_SECRET_B64, request, sign_view
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    running = RedisServer(data_dir=tmp_path_factory.mktemp("redis"), persist=False).start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])

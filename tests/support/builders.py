@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import MappingProxyType
 
-from extauthz.authn.registry import BuildContext
+from extauthz.authn.context import BuildContext
 from extauthz.clock import FixedClock
 from extauthz.config.schema import Consumer, Settings
 from extauthz.metrics import Metrics

@@ -423,4 +423,4 @@ async def test_pipeline_statuses(tmp_path: Path) -> None:
 
 
 def test_htpasswd_file_is_watched_for_reload(tmp_path: Path) -> None:
-    assert make(tmp_path).source_files() == (tmp_path / "users.htpasswd",)
+    assert make(tmp_path).surface.source_files == (tmp_path / "users.htpasswd",)

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import bcrypt
@@ -33,15 +33,6 @@ from tests.support.redis_server import RedisServer
 
 MAX_FAILURES = 5
 GUESSES = 40
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    running = RedisServer(data_dir=tmp_path_factory.mktemp("redis"), persist=False).start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -20,16 +20,15 @@ from extauthz.authz.cel import (
 )
 from extauthz.authz.policy import Policy
 from extauthz.authz.rules import RuleDenied
-from extauthz.config.loader import load_config
 from extauthz.config.schema import AuthzSpec
 from extauthz.decision import GrpcCode, Outcome, from_error
 from extauthz.errors import ConfigError, Reason
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
-from extauthz.snapshot import compile_config
 from extauthz.types import AuthMethod, Headers, Identity, RequestView
 from tests.support.builders import make_view
+from tests.support.configs import compile_text
 
 ALICE = Identity(
     method=AuthMethod.JWT, subject="alice", authenticator="idp",
@@ -162,11 +161,8 @@ routes:
 
 
 def test_bad_expression_is_a_config_error_naming_its_path(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(CONFIG)
     with pytest.raises(ConfigError) as info:
-        compile_config(load_config(path), Metrics(),
-                       registry={"api_key": ApiKeyAuthenticator.from_spec})
+        compile_text(tmp_path, CONFIG, registry={"api_key": ApiKeyAuthenticator.from_spec})
     text = [str(i) for i in info.value.issues]
     assert len(text) == 3, text
     assert text[0].startswith("routes[3].authz.rules[1].cel: 1:19: Syntax error")
@@ -183,10 +179,7 @@ async def test_policy_error_through_the_pipeline_is_403(tmp_path: Path) -> None:
     rules:
     - cel: 'request.headers["x-tenant"] == "acme"'
 """
-    path = tmp_path / "c.yaml"
-    path.write_text(config)
-    snapshot = compile_config(load_config(path), Metrics(),
-                              registry={"api_key": ApiKeyAuthenticator.from_spec})
+    snapshot = compile_text(tmp_path, config, registry={"api_key": ApiKeyAuthenticator.from_spec})
     engine = Engine(Metrics(), snapshot)
     d = await engine.check(make_view("/d/x", headers={"x-api-key": key}))
     assert d.outcome is Outcome.DENY and d.http_status == 403

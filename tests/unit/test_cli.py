@@ -12,19 +12,10 @@ import yaml
 from extauthz.cli import main
 from extauthz.config.loader import load_config
 from extauthz.keys import hash_api_key
+from tests.support.configs import api_key_config
 
 KEY = "eak_cli-test-key-abcdefghijklmnop"
-CONFIG = f"""
-authenticators:
-  keys: {{api_key: {{}}}}
-consumers:
-- name: alice
-  keys: [{{id: k1, hash: "{hash_api_key(KEY)}", scopes: [read]}}]
-routes:
-- name: api
-  match: {{prefix: /api/}}
-  authn: [keys]
-"""
+CONFIG = api_key_config(KEY)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from extauthz.authn.base import CredentialSurface
 from extauthz.authn.dispatch import needs_dispatch, select
 from extauthz.config.loader import load_config
 from extauthz.errors import Reason
@@ -19,7 +20,8 @@ from tests.support.builders import make_view
 
 class Fake:
     def __init__(self, name: str, kind: AuthMethod, issuer: str | None = None) -> None:
-        self.name, self.kind, self.issuer = name, kind, issuer
+        self.name, self.kind = name, kind
+        self.surface = CredentialSurface(issuer=issuer)  # dispatch reads only the declaration
 
 
 A = Fake("a", AuthMethod.JWT, "https://a.example")

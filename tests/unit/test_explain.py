@@ -10,13 +10,12 @@ import yaml
 
 from extauthz.authn.apikey import ApiKeyAuthenticator
 from extauthz.cli import main
-from extauthz.config.loader import load_config
 from extauthz.explain import Trace
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
-from extauthz.snapshot import compile_config
 from tests.support.builders import make_view
+from tests.support.configs import compile_text
 
 KEY = "eak_explain-test-key-0000000000000"
 OTHER = "eak_explain-other-key-000000000000"
@@ -52,10 +51,8 @@ routes:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    path = tmp_path / "c.yaml"
-    path.write_text(CONFIG)
-    return Engine(Metrics(), compile_config(load_config(path), Metrics(),
-                                            registry={"api_key": ApiKeyAuthenticator.from_spec}))
+    return Engine(Metrics(), compile_text(tmp_path, CONFIG,
+                                          registry={"api_key": ApiKeyAuthenticator.from_spec}))
 
 
 async def test_trace_of_a_denied_request(engine: Engine) -> None:

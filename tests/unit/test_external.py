@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry
 
 from extauthz.cli import main
 from extauthz.config.external import PdpSpec
-from extauthz.config.loader import load_config
 from extauthz.decisionlog import record
 from extauthz.errors import ConfigError
 from extauthz.explain import Trace
@@ -31,8 +30,8 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.outbound import OutboundPolicy
 from extauthz.pipeline import Engine
-from extauthz.snapshot import compile_config
 from tests.support.builders import make_view
+from tests.support.configs import compile_text
 
 KEY = "eak_external-test-key-000000000000"
 VARS = {"identity": {"subject": "alice", "scopes": ["a", "b"], "claims": {"n": 3}},
@@ -196,12 +195,6 @@ consumers:
 - name: alice
   keys: [{{id: k1, hash: "{hash_api_key(KEY)}", scopes: [user]}}]
 """
-
-
-def compile_text(tmp_path: Path, text: str) -> Any:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    return compile_config(load_config(path), Metrics())
 
 
 @pytest.mark.parametrize(("extra", "where", "message"), [
@@ -444,9 +437,7 @@ def test_the_configuration_in_the_docs_compiles(tmp_path: Path) -> None:
     block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     data = yaml.safe_load(block)
     data["authenticators"] = {"idp": {"api_key": {}}}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(data))
-    snapshot = compile_config(load_config(path), Metrics())
+    snapshot = compile_text(tmp_path, yaml.safe_dump(data))
     [route] = snapshot.routes.routes
     assert route.policy.external is not None
     assert [lk.name for lk in route.policy.external.lookups] == ["doc"]
@@ -527,8 +518,8 @@ async def test_a_reload_keeps_the_cached_pdp_answers(fake: tuple[FakePdp, str],
     try:
         assert (await Engine(Metrics(), first).check(view)).http_status == 200
         asked = len(server.seen)
-        second.adopt_outbound_state(first)
-        changed.adopt_outbound_state(first)
+        second.adopt_external_answers(first)
+        changed.adopt_external_answers(first)
         assert (await Engine(Metrics(), second).check(view)).http_status == 200
         assert len(server.seen) == asked  # answered from the adopted cache
         assert (await Engine(Metrics(), changed).check(view)).http_status == 200

@@ -20,6 +20,7 @@ from extauthz import sfv
 from extauthz.authn.digest import content_digest, legacy_digest
 from extauthz.authn.hmac_sig import HmacAuthenticator, HmacKey, signature_base
 from extauthz.authn.nonces import MemoryNonceStore
+from extauthz.authn.reload_state import ReloadState
 from extauthz.clock import FixedClock
 from extauthz.config.loader import load_config
 from extauthz.config.schema import AuthnSpec, HmacSpec
@@ -148,6 +149,7 @@ def make_auth(
     clock: FixedClock | None = None,
     *,
     key_id: str = KEY_ID,
+    reload_state: ReloadState | None = None,
     **spec: Any,
 ) -> HmacAuthenticator:
     write_secret(tmp_path, RFC_SECRET_B64.encode() + b"\n", "rfc.key")
@@ -155,6 +157,8 @@ def make_auth(
                                "secret_encoding": "base64"}])
     parsed = HmacSpec.model_validate({"keys": keys, **spec})
     ctx = make_ctx(clock=clock or FixedClock(CREATED), base_dir=tmp_path)
+    if reload_state is not None:
+        ctx = dataclasses.replace(ctx, reload_state=reload_state)
     return HmacAuthenticator.from_spec("sig", parsed, ctx)
 
 
@@ -520,13 +524,21 @@ async def test_full_nonce_store_fails_closed_with_503(tmp_path: Path) -> None:
 
 
 async def test_replay_cache_survives_a_reload(tmp_path: Path) -> None:
+    carried = ReloadState()  # the process's: both configurations are built with it
+    old = make_auth(tmp_path, reload_state=carried)
+    view = sign_view(request(), FULL, nonce="n-1")
+    assert await old.authenticate(view)
+    new = make_auth(tmp_path, reload_state=carried)
+    await new.start()
+    await old.close()  # the previous snapshot closes after the swap
+    await denied(new, view, Reason.REPLAYED)
+
+
+async def test_replay_cache_is_not_shared_without_a_common_reload_state(tmp_path: Path) -> None:
     old = make_auth(tmp_path)
     view = sign_view(request(), FULL, nonce="n-1")
     assert await old.authenticate(view)
-    new = make_auth(tmp_path)
-    new.inherit_state(old)
-    await old.close()  # the previous snapshot closes after the swap
-    await denied(new, view, Reason.REPLAYED)
+    assert await make_auth(tmp_path).authenticate(view)  # separate compiles share nothing
 
 
 # ---------------------------------------------------------------------- body digests

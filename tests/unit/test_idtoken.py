@@ -19,16 +19,16 @@ from extauthz.admin import make_admin_app
 from extauthz.authn.apikey import ApiKeyAuthenticator
 from extauthz.cli import main
 from extauthz.clock import FixedClock
-from extauthz.config.loader import load_config
 from extauthz.decision import Decision, GrpcCode, Outcome
 from extauthz.errors import ConfigError
 from extauthz.idtoken.keys import generate_pem, parse_private_key, thumbprint
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
-from extauthz.snapshot import Snapshot, compile_config
+from extauthz.snapshot import Snapshot
 from extauthz.types import AuthMethod, Identity
 from tests.support.builders import make_view
+from tests.support.configs import compile_text
 
 KEY = "eak_idtoken-test-key-0123456789ab"
 OTHER = "eak_idtoken-other-key-0123456789a"
@@ -81,10 +81,7 @@ def write_key(tmp_path: Path, name: str, alg: str = "ES256") -> str:
 
 
 def build(tmp_path: Path, text: str, clock: FixedClock | None = None) -> Snapshot:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    return compile_config(load_config(path), Metrics(), registry=REGISTRY,
-                          clock=clock or FixedClock(NOW))
+    return compile_text(tmp_path, text, registry=REGISTRY, clock=clock or FixedClock(NOW))
 
 
 def verify(token: str, snapshot: Snapshot, audience: str, now: float = NOW) -> dict[str, Any]:
@@ -249,10 +246,8 @@ def test_jwks_has_no_private_member_and_kid_is_the_thumbprint(snap: Snapshot) ->
 def test_route_token_without_settings_is_a_located_error(
     tmp_path: Path, text: str, where: str, message: str
 ) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        compile_config(load_config(path), Metrics(), registry=REGISTRY)
+        compile_text(tmp_path, text, registry=REGISTRY)
     assert f"{where}: {message}" in str(err.value)
 
 

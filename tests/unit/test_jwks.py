@@ -578,3 +578,13 @@ async def test_discovery_failing_later_refreshes_from_the_last_good_jwks_uri(
         assert await authn.jwks.refresh()
         assert idp.discovery_hits == 2 and idp.jwks_hits == 2
         assert (await verify(authn, token(K2, idp.issuer))).key_id == "k2"
+
+
+async def test_a_remote_key_set_is_ready_once_keys_were_loaded(idp: FakeIdP) -> None:
+    """The contract's ``ready()`` (what the server waits for before reporting ready)."""
+    metrics, clock = Metrics(), FixedClock(NOW)
+    spec = remote_spec(idp.issuer, {"url": idp.jwks_url})
+    unstarted = JwtAuthenticator.from_spec("idp", spec, make_ctx(clock=clock, metrics=metrics))
+    assert not unstarted.ready()  # nothing fetched yet
+    async with running(spec, clock, metrics) as authn:
+        assert authn.ready()

@@ -559,4 +559,4 @@ _SHARED = _shared()
 
 
 def test_trust_bundles_are_watched_for_reload(tmp_path: Path) -> None:
-    assert make(tmp_path).source_files() == (tmp_path / "ca.pem",)
+    assert make(tmp_path).surface.source_files == (tmp_path / "ca.pem",)

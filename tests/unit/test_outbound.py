@@ -20,9 +20,9 @@ import pytest
 import yaml
 from aiohttp import web
 
+from extauthz.authn.context import BuildContext
 from extauthz.authn.introspection import IntrospectionAuthenticator
 from extauthz.authn.jwt import JwtAuthenticator
-from extauthz.authn.registry import BuildContext
 from extauthz.clock import FixedClock, system_clock
 from extauthz.config.loader import load_config
 from extauthz.config.schema import IntrospectionSpec, JwtSpec, OutboundSpec, Settings

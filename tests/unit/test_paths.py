@@ -20,8 +20,8 @@ from extauthz.metrics import Metrics
 from extauthz.paths import path_problem
 from extauthz.pipeline import Engine
 from extauthz.request import path_is_normalized
-from extauthz.snapshot import compile_config
 from tests.support.builders import make_view
+from tests.support.configs import OPEN_CONFIG, compile_text
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTE_CONFIGS = [
@@ -159,21 +159,12 @@ def test_the_guard_route_diverts_exactly_the_ambiguous_paths(
         assert not default, "the guard must never divert a path extauthz accepts by default"
 
 
-CONFIG = """
-authenticators:
-  keys: {api_key: {}}
-routes:
-- name: open
-  match: {prefix: /}
-  public: true
-"""
+CONFIG = OPEN_CONFIG
 
 
 def _engine(tmp_path: Path, settings: str = "") -> Engine:
-    path = tmp_path / "c.yaml"
-    path.write_text(CONFIG + settings)
-    return Engine(Metrics(), compile_config(load_config(path), Metrics(),
-                                            registry={"api_key": ApiKeyAuthenticator.from_spec}))
+    return Engine(Metrics(), compile_text(tmp_path, CONFIG + settings,
+                                          registry={"api_key": ApiKeyAuthenticator.from_spec}))
 
 
 async def test_engine_refuses_ambiguous_paths_with_400_before_routing(tmp_path: Path) -> None:

@@ -23,11 +23,11 @@ import yaml
 from redis.asyncio import Redis
 
 from extauthz.authn.nonces import NonceTooOld, NonceUse
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.cli import main
 from extauthz.clock import system_clock
 from extauthz.metrics import Metrics
 from extauthz.server import Server, ServerOptions
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.redis import RedisClient, RedisTarget
 from extauthz.state.revocation import RedisRevocations, revoke_in_redis
 from extauthz.state.stores import RedisNonceStore

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.metrics import Metrics
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.redis import RedisClient, RedisTarget
 from extauthz.state.stores import RedisAttemptLimiter
 from tests.support.redis_server import RedisServer

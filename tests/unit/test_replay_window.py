@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-from collections.abc import Iterator
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,15 +86,6 @@ def test_a_nonce_is_never_accepted_twice(events: list[tuple[float, float, float,
 
 
 # -- the Redis script decides exactly as this module (differential, on a real server) ------------
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    running = RedisServer(data_dir=tmp_path_factory.mktemp("redis"), persist=False).start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 int_events = st.lists(

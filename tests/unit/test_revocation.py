@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
 from extauthz.authn.nonces import MemoryNonceStore
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.cli import main
 from extauthz.clock import FixedClock
 from extauthz.config.schema import RedisSpec
@@ -34,7 +35,6 @@ from extauthz.pipeline import Engine
 from extauthz.servicer import decide
 from extauthz.snapshot import Snapshot, load_snapshot
 from extauthz.state import revocation as revocation_module
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.provision import resolve_target
 from extauthz.state.redis import RedisClient, RedisTarget, StateHub
 from extauthz.state.revocation import (

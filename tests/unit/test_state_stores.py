@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -29,11 +29,11 @@ from extauthz.authn.nonces import (
     NonceTooOld,
     NonceUse,
 )
+from extauthz.authn.shared_state import SharedStateUnavailable
 from extauthz.clock import system_clock
 from extauthz.decision import GrpcCode, from_error
 from extauthz.errors import Reason, TooManyAttempts
 from extauthz.metrics import Metrics
-from extauthz.state.base import SharedStateUnavailable
 from extauthz.state.redis import RedisClient, RedisTarget, StateHub, client_key
 from extauthz.state.stores import NONCE_SCRIPT, RedisAttemptLimiter, RedisNonceStore
 from tests.support.redis_server import RedisServer, ping
@@ -44,12 +44,9 @@ def fast_target(url: str) -> RedisTarget:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    running = RedisServer(data_dir=tmp_path_factory.mktemp("redis"), persist=False).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+def server(redis_server: RedisServer) -> RedisServer:
+    """The module's Redis (tests/conftest.py)."""
+    return redis_server
 
 
 @pytest.fixture

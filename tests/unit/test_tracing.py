@@ -17,7 +17,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from extauthz import tracing
 from extauthz.authn.apikey import ApiKeyAuthenticator
-from extauthz.config.loader import load_config
 from extauthz.decision import GrpcCode, Outcome
 from extauthz.errors import ConfigError
 from extauthz.http_authz import _start_check
@@ -25,9 +24,9 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.otel import OtelCheckTracer
 from extauthz.pipeline import Engine
-from extauthz.snapshot import compile_config
 from extauthz.tracecontext import transport_parent
 from tests.support.builders import make_view
+from tests.support.configs import compile_text
 
 KEY = "eak_tracing-test-key-0123456789abc"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -106,8 +105,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    path = tmp_path / "c.yaml"
-    path.write_text(f"""
+    text = f"""
 authenticators:
   keys: {{api_key: {{sources: [{{header: x-api-key}}]}}}}
 consumers:
@@ -115,9 +113,8 @@ consumers:
   keys: [{{id: k1, hash: "{hash_api_key(KEY)}"}}]
 routes:
 - {{name: orders, match: {{prefix: /v1/}}, authn: [keys]}}
-""")
-    snapshot = compile_config(load_config(path), Metrics(),
-                              registry={"api_key": ApiKeyAuthenticator.from_spec})
+"""
+    snapshot = compile_text(tmp_path, text, registry={"api_key": ApiKeyAuthenticator.from_spec})
     return Engine(Metrics(), snapshot)
 
 

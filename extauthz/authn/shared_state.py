@@ -1,6 +1,9 @@
 """What authenticators see of the shared state: the provider handed to them in ``BuildContext``.
 
-Kept free of Redis imports, so the in-memory path never loads redis-py.
+The port is declared here, on the authenticators' side, and implemented by
+:mod:`extauthz.state` (which sits above authn: it builds Redis and file stores for these
+protocols), so authn never imports the state package. Kept free of Redis imports, so the
+in-memory path never loads redis-py.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from typing import Protocol
 from extauthz.authn.attempts import AttemptLimiter
 from extauthz.authn.nonces import NonceStore
 from extauthz.errors import DependencyUnavailable, Reason
+
+__all__ = ["Revocations", "SharedStateUnavailable", "StateProvider"]
 
 
 class SharedStateUnavailable(DependencyUnavailable):
