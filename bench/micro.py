@@ -6,7 +6,7 @@ servicer runs per Check, plus the whole ``AuthorizationServicer.Check`` coroutin
     parse        CheckRequest.FromString(bytes)              (grpcio does this before Check)
     view         request.from_check_request
     engine       Engine.check(view)                          (route, authn, authz, Decision)
-    response     wire.to_check_response(decision)
+    response     respond.grpc.to_check_response(decision)
     serialize    CheckResponse.SerializeToString()          (grpcio does this after Check)
     metrics      checks_total.labels(...).inc() + check_duration.labels(...).observe()
     declog       DecisionLog.write (enqueue; the JSON line is built on its thread)
@@ -80,9 +80,9 @@ async def measure(work: Path, iterations: int, names: list[str] | None) -> list[
     from extauthz.metrics import Metrics
     from extauthz.pipeline import Engine
     from extauthz.request import from_check_request
+    from extauthz.respond.grpc import to_check_response
     from extauthz.servicer import AuthorizationServicer
     from extauthz.snapshot import load_snapshot
-    from extauthz.wire import to_check_response
 
     fx = fixtures.build(work, new_tokens=50)
     metrics = Metrics()

@@ -28,8 +28,8 @@ from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.request import from_check_request
+from extauthz.respond.grpc import to_check_response
 from extauthz.snapshot import Snapshot, compile_config
-from extauthz.wire import to_check_response
 
 KEY = "eak_bench-ratelimit-key-0123456789"
 BASE = f"""

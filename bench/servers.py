@@ -61,7 +61,7 @@ def _engine(config: str, decision_log: bool) -> tuple[Any, Any]:
 def _noop_response() -> Any:
     from extauthz.decision import Decision, GrpcCode, Outcome
     from extauthz.errors import Reason
-    from extauthz.wire import to_check_response
+    from extauthz.respond.grpc import to_check_response
 
     return to_check_response(Decision(outcome=Outcome.ALLOW, http_status=200,
                                       grpc_code=GrpcCode.OK, reason=Reason.OK, route="noop"))

@@ -1,7 +1,8 @@
 """``extauthz check``: decide one request described in a YAML/JSON file, offline.
 
 The request file is turned into a real CheckRequest, so the decision goes through exactly the
-code path Envoy's calls take. Fields::
+code path Envoy's calls take (:func:`extauthz.edge.decide`: the check edge of the gRPC
+transport, rendering the Decision itself). Fields::
 
     method: GET                     # default GET
     path: /v1/orders?limit=5        # default /; may include the query string
@@ -28,12 +29,7 @@ from urllib.parse import quote, unquote
 import yaml
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
-from extauthz.decision import Decision, from_error
-from extauthz.errors import CheckError
-from extauthz.explain import Trace
-from extauthz.metrics import NO_ROUTE_LABEL
-from extauthz.pipeline import Engine
-from extauthz.request import from_check_request
+from extauthz.decision import Decision
 
 #: the fields of a request description (``extauthz test`` files use the same ones, plus ``jwt``)
 REQUEST_FIELDS = frozenset({"method", "path", "host", "scheme", "headers", "body", "client_cert",
@@ -57,17 +53,6 @@ def check_request_data(data: dict[str, Any], extra: frozenset[str] = frozenset()
     for key in ("headers", "context_extensions"):
         if key in data and not isinstance(data[key], dict):
             raise ValueError(f"{key} must be a mapping")
-
-
-async def decide_traced(engine: Engine, request: Any, trace: Trace | None) -> Decision:
-    """Like :func:`extauthz.servicer.decide`, recording into ``trace`` when given."""
-    try:
-        view = from_check_request(request)
-    except CheckError as exc:
-        if trace is not None:
-            trace.notes.append(f"the CheckRequest could not be read: {exc.reason.value}")
-        return from_error(exc, NO_ROUTE_LABEL)
-    return await engine.check(view, trace)
 
 
 def build_check_request(data: dict[str, Any]) -> Any:

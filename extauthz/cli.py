@@ -153,12 +153,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from extauthz.checktool import (
-        build_check_request,
-        decide_traced,
-        decision_to_json,
-        load_request_file,
-    )
+    from extauthz.checktool import build_check_request, decision_to_json, load_request_file
+    from extauthz.edge import decide
     from extauthz.explain import Trace
     from extauthz.metrics import Metrics
     from extauthz.pipeline import Engine
@@ -181,8 +177,7 @@ def _check(args: argparse.Namespace) -> int:
     async def run() -> dict[str, object]:
         await snapshot.start()
         try:
-            decision = await decide_traced(Engine(metrics, snapshot), build_check_request(data),
-                                           trace)
+            decision = await decide(Engine(metrics, snapshot), build_check_request(data), trace)
         finally:
             await snapshot.close()
         return decision_to_json(decision)

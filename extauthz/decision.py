@@ -1,6 +1,7 @@
 """Decisions: the outcome of one check, and the single place where errors become outcomes.
 
-A :class:`Decision` is protocol-neutral: :mod:`extauthz.wire` turns it into a CheckResponse.
+A :class:`Decision` is protocol-neutral: :mod:`extauthz.respond` renders it (a gRPC CheckResponse,
+an HTTP ext_authz answer).
 
 Mapping (the only one in the code base; each error class carries its row, see
 :mod:`extauthz.errors`)::

@@ -81,65 +81,57 @@ one is closed at once), the time to send a request (head and body) and to stay i
 body bytes of a request (431/413 and closed) and of all requests held together (503 and
 closed), the answers a client leaves unread and the requests it pipelines ahead of them (its
 socket is no longer read: TCP flow control pushes back on it). Each check starts eagerly
-(:mod:`extauthz.eager`): one that decides without awaiting is answered at once, one that awaits
-continues in an asyncio task of its own. Envoy sends one request at a time per connection;
-pipelined requests are still answered in order.
+(:mod:`extauthz.eager`: one that completes without awaiting is answered at once, one that awaits
+continues in an asyncio task of its own): the check edge (:class:`~extauthz.edge.CheckEdge`
+with :class:`HttpAdapter`) reads it, decides, renders the answer
+(:func:`extauthz.respond.http.render`) and records it, like every other transport. Envoy sends
+one request at a time per connection; pipelined requests are still answered in order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import httptools
 
 from extauthz import eager
 from extauthz.authz.rules import parse_address
-from extauthz.decision import Decision, from_error
+from extauthz.decision import Decision
 from extauthz.decisionlog import DecisionLog
-from extauthz.errors import BadRequestError, CheckError, Reason
-from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder
+from extauthz.edge import Adapter, CheckEdge
+from extauthz.errors import BadRequestError, Reason
+from extauthz.metrics import CheckRecorder
 from extauthz.netlimits import ConnectionGuard, DeadlineSweeper, Refused
 from extauthz.pipeline import Engine
 from extauthz.request import _parse_query, split_host
+from extauthz.respond.http import REASONS, render
 from extauthz.types import Headers, RequestView
 
 log = logging.getLogger("extauthz.http_authz")
+T = TypeVar("T")
 
 DEFAULT_PATH_PREFIX = "/check"
 #: request line + headers; Envoy's own default header limit is 60 KiB
 DEFAULT_MAX_HEAD_BYTES = 96 * 1024
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-#: the header through which Envoy removes headers from the upstream request on allow
-REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 #: the header the example Envoy configuration sets to ``%ROUTE_NAME%``, for
 #: ``--http-authz-route-header``
 ROUTE_HEADER = "x-extauthz-route-name"
-#: response headers carrying the decision's dynamic metadata (Envoy:
-#: ``authorization_response.dynamic_metadata_from_headers``), one per top-level member
-METADATA_PREFIX = "x-extauthz-md-"
 _NO_CONTEXT: MappingProxyType[str, str] = MappingProxyType({})
-#: one encoder: json.dumps with non-default arguments builds a new one per call (~3 us)
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            413: "Content Too Large", 429: "Too Many Requests", 431:
-            "Request Header Fields Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
 
 
 class _Message:
     """One request as the parser delivers it."""
 
-    __slots__ = ("body", "head_bytes", "headers", "method", "size", "url")
+    __slots__ = ("body", "head_bytes", "headers", "keep_alive", "method", "size", "url")
 
     def __init__(self) -> None:
         self.url = bytearray()
@@ -151,6 +143,8 @@ class _Message:
         self.head_bytes = 0
         #: bytes of this message held in memory (head + body), charged to the server's budget
         self.size = 0
+        #: the connection stays open after the answer (set when the message is complete)
+        self.keep_alive = True
 
 
 class _TooLarge(Exception):
@@ -291,71 +285,9 @@ def to_view(method: str, target: str, headers: dict[str, str], body: bytes,
     )
 
 
-def _metadata_lines(metadata: Any) -> list[str]:
-    """The decision's dynamic metadata as ``x-extauthz-md-<member>`` lines (ASCII JSON)."""
-    lines = []
-    for key, value in metadata.items():
-        text = value if isinstance(value, str) else _COMPACT_JSON.encode(value)
-        name = METADATA_PREFIX + key.replace("_", "-")
-        # ensure_ascii JSON has no control characters; a plain string member is checked here
-        if text.isprintable() and text.isascii():
-            lines.append(f"{name}: {text}")
-        else:
-            lines.append(f"{name}: {_COMPACT_JSON.encode(text)}")
-    return lines
-
-
-def render(decision: Decision, keep_alive: bool, head: bool = False,
-           cookie_forwarded: bool = False, metadata: bool = False) -> bytes:
-    """The HTTP/1.1 response that makes Envoy carry out ``decision``.
-
-    ``head``: the check request was a HEAD, so the response has no body (its
-    ``content-length`` still says how long the body would be, as HTTP specifies for HEAD).
-    Header values are UTF-8 (what Envoy sends upstream for gRPC's protobuf strings); the
-    pipeline has already refused identity values with control characters.
-    ``cookie_forwarded``: Envoy's ``allowed_upstream_headers`` matches ``cookie``, so a
-    rewritten Cookie header (a credential cookie removed) is applied; without it such a
-    decision is refused, since Envoy would silently keep the client's cookie, credential
-    included. ``metadata``: send the dynamic metadata as ``x-extauthz-md-*`` headers (about
-    3 us per allowed check; only useful with Envoy's ``dynamic_metadata_from_headers``).
-    """
-    if decision.allowed and decision.remove_query:
-        # HTTP mode cannot drop query parameters: refuse rather than leak the credential
-        log.error("route %s strips a query-string credential, which the HTTP transport cannot "
-                  "do (use gRPC for this route); refused", decision.route)
-        decision = from_error(RuntimeError(), decision.route)
-    elif (decision.allowed and not cookie_forwarded
-          and any(k == "cookie" for k, _ in decision.upstream_headers)):
-        log.error("route %s strips a credential cookie, which needs Envoy to forward the "
-                  "rewritten cookie header (allowed_upstream_headers: cookie) and "
-                  "--http-authz-cookie-forwarded; refused", decision.route)
-        decision = from_error(RuntimeError(), decision.route)
-    lines: list[str]
-    if decision.allowed:
-        payload = b""
-        lines = ["HTTP/1.1 200 OK"]
-        lines.extend(f"{k}: {v}" for k, v in decision.upstream_headers)
-        if decision.remove_headers:
-            lines.append(f"{REMOVE_HEADER}: " + ",".join(decision.remove_headers))
-        # for the client's response (RateLimit fields): allowed_client_headers_on_success
-        lines.extend(f"{k}: {v}" for k, v in decision.response_headers)
-        if metadata and decision.dynamic_metadata:
-            lines.extend(_metadata_lines(decision.dynamic_metadata))
-    else:
-        payload = decision.body.encode()
-        status = decision.http_status
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Denied')}"]
-        lines.extend(f"{k}: {v}" for k, v in decision.response_headers)
-    lines.append(f"content-length: {len(payload)}")
-    if not keep_alive:
-        lines.append("connection: close")
-    head_block = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
-    return head_block if head else head_block + payload
-
-
-def _start_check(coro: Coroutine[Any, Any, Decision],
-                 loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Decision]:
-    """Run one check: a finished future when it decided without awaiting, else its task.
+def _start_check(coro: Coroutine[Any, Any, T],
+                 loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[T]:
+    """Run one check: a finished future when it completed without awaiting, else its task.
 
     A check must run as (or on behalf of) a task: ``asyncio.timeout`` (every Redis call, the
     outbound fetches) needs ``current_task()`` (issue 13.5: driving the coroutine by hand with
@@ -375,7 +307,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.current = _Message()
-        self.pending: deque[tuple[_Message, bool]] = deque()
+        self.pending: deque[_Message] = deque()
         self.busy = False
         self.closing = False
         #: a message has begun and is not complete (the head timeout runs)
@@ -549,28 +481,24 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.receiving = False
-        self.pending.append((self.current, self.parser.should_keep_alive()))
+        message = self.current
+        message.keep_alive = self.parser.should_keep_alive()
+        self.pending.append(message)
         if not self.busy:
             self._next()
 
     # -- answering
     def _next(self) -> None:
         while self.pending and not self.closing and not self.write_paused:
-            message, keep_alive = self.pending.popleft()
-            started = time.perf_counter()
-            view, coro_or_decision = self.server.begin(message)
-            head = message.method == "HEAD"  # the answer must have no body
-            if isinstance(coro_or_decision, Decision):
-                self._answer(message, view, coro_or_decision, keep_alive, started, head)
-                continue
-            task = _start_check(coro_or_decision, self.server.loop)
+            message = self.pending.popleft()
+            # the check edge reads, decides, renders and records (never raises)
+            task = _start_check(self.server.answer(message), self.server.loop)
             if task.done():
-                self._answer(message, view, self._outcome(task), keep_alive, started, head)
+                self._answer(message, self._payload(task, message))
                 continue
             self.busy = True
             self.server.tasks.add(task)
-            task.add_done_callback(partial(self._finished, message=message, view=view,
-                                           keep_alive=keep_alive, started=started, head=head))
+            task.add_done_callback(partial(self._finished, message=message))
             return
 
     @property
@@ -589,41 +517,31 @@ class _Connection(asyncio.Protocol):
             return self.begun_at + limits.head_timeout
         return self.since + limits.idle_timeout  # keep-alive, waiting for a request
 
-    @staticmethod
-    def _outcome(task: asyncio.Future[Decision]) -> Decision:
+    def _payload(self, task: asyncio.Future[bytes], message: _Message) -> bytes:
+        """The answer of a finished check task; one that did not run to its end (cancelled at
+        shutdown) is refused with a 503."""
         if task.cancelled():
-            return from_error(RuntimeError(), NO_ROUTE_LABEL)
+            return self.server.edge.refused(message)
         exc = task.exception()
-        if exc is not None:
+        if exc is not None:  # the edge never raises; should it ever, fail closed
             log.error("check failed (denied): %s", type(exc).__name__)
-            return from_error(exc, NO_ROUTE_LABEL)
+            return self.server.edge.refused(message)
         return task.result()
 
-    def _finished(self, task: asyncio.Future[Decision], *, message: _Message,
-                  view: RequestView | None, keep_alive: bool, started: float,
-                  head: bool = False) -> None:
+    def _finished(self, task: asyncio.Future[bytes], *, message: _Message) -> None:
         self.server.tasks.discard(task)
         self.busy = False
-        self._answer(message, view, self._outcome(task), keep_alive, started, head)
+        self._answer(message, self._payload(task, message))
         self._continue()
 
-    def _answer(self, message: _Message, view: RequestView | None, decision: Decision,
-                keep_alive: bool, started: float, head: bool = False) -> None:
-        server = self.server
-        try:
-            payload = server.render(decision, keep_alive, head)
-        except Exception:
-            log.exception("could not render a response (denied)")
-            decision = from_error(RuntimeError(), NO_ROUTE_LABEL)
-            payload = render(decision, keep_alive, head)
-        self.server.record(view, decision, time.perf_counter() - started)
+    def _answer(self, message: _Message, payload: bytes) -> None:
         released = min(message.size, self.held)
         self.held -= released
         self.server.release(released)
         self.since = time.monotonic()
         if self.transport is not None and not self.closing:
             self.transport.write(payload)  # may call pause_writing() at once
-            if not keep_alive:
+            if not message.keep_alive:
                 self._close()
 
     def _close(self) -> None:
@@ -638,7 +556,7 @@ class _Connection(asyncio.Protocol):
         """A request we cannot read: answer ``status`` and close (no decision to log)."""
         self.server.closed.labels(PORT_LABEL, reason).inc()
         if self.transport is not None and not self.closing:
-            line = f"HTTP/1.1 {status} {_REASONS.get(status, 'Bad Request')}\r\n"
+            line = f"HTTP/1.1 {status} {REASONS.get(status, 'Bad Request')}\r\n"
             self.transport.write(
                 (line + "content-length: 0\r\nconnection: close\r\n\r\n").encode())
         self._close()
@@ -658,8 +576,55 @@ class _Connection(asyncio.Protocol):
         return reason
 
 
+@dataclass(frozen=True, slots=True)
+class HttpAdapter:
+    """This transport's half of the check edge (:class:`~extauthz.edge.CheckEdge`): an
+    authorization request in (:func:`to_view`), an HTTP/1.1 answer out
+    (:func:`~extauthz.respond.http.render`)."""
+
+    engine: Engine
+    #: stripped from every request target (without a trailing ``/``)
+    path_prefix: str
+    #: the header Envoy sets to the client address (lower case); None: no client address
+    source_header: str | None = None
+    #: the header Envoy sets to the client certificate (lower case); None: no certificate
+    peer_cert_header: str | None = None
+    #: the header Envoy sets to ``%ROUTE_NAME%`` (lower case); None: extauthz's own matchers
+    route_header: str | None = None
+    #: Envoy's allowed_upstream_headers matches ``cookie`` (see :func:`render`)
+    cookie_forwarded: bool = False
+    #: send dynamic metadata as x-extauthz-md-* response headers
+    metadata: bool = False
+
+    def read(self, message: _Message) -> RequestView:
+        """The view of ``message`` (raises BadRequestError when it is not a check request)."""
+        target = message.url.decode("utf-8", "surrogateescape")
+        snapshot = self.engine.snapshot
+        context = route_context(message.headers, self.route_header,
+                                snapshot.settings.route_key if snapshot else "route")
+        return to_view(message.method, target, message.headers, bytes(message.body),
+                       self.path_prefix, message.head_bytes, self.source_header,
+                       self.peer_cert_header, context)
+
+    def render(self, decision: Decision, message: _Message) -> bytes:
+        """The answer to ``message`` (a HEAD check gets no body)."""
+        return render(decision, message.keep_alive, message.method == "HEAD",
+                      self.cookie_forwarded, self.metadata)
+
+
 class HttpAuthzServer:
-    """Serves Envoy's HTTP ext_authz protocol from an :class:`Engine`."""
+    """Serves Envoy's HTTP ext_authz protocol from an :class:`Engine`.
+
+    ``adapter``: another protocol carried over the same bounded HTTP/1.1 server (default:
+    :class:`HttpAdapter`, the HTTP ext_authz protocol; the header options above configure
+    it). Its ``read`` gets each parsed request (``method``, ``url`` bytes, ``headers`` with
+    lower-case names, ``body``, ``keep_alive``) and its ``render`` must return the whole
+    HTTP/1.1 response, closing the connection when ``keep_alive`` is false — e.g. a serialized
+    CheckRequest body answered with a serialized CheckResponse (:data:`extauthz.edge.GRPC_BYTES`).
+    A server that also answers requests that are no check (health, a wrong path) replaces
+    :attr:`answer` with a function that answers those itself and passes checks to
+    ``self.edge.answer``.
+    """
 
     def __init__(
         self,
@@ -673,27 +638,31 @@ class HttpAuthzServer:
         route_header: str | None = None,
         cookie_forwarded: bool = False,
         metadata: bool = False,
+        adapter: Adapter[Any, bytes] | None = None,
     ) -> None:
         self.engine = engine
-        #: send dynamic metadata as x-extauthz-md-* response headers
-        self.metadata = metadata
-        #: Envoy's allowed_upstream_headers matches ``cookie`` (see :func:`render`)
-        self.cookie_forwarded = cookie_forwarded
-        #: the header Envoy sets to the client address (lower case); None: no client address
-        self.source_header = source_header.lower() if source_header else None
-        #: the header Envoy sets to the client certificate (lower case); None: no certificate
-        self.peer_cert_header = peer_cert_header.lower() if peer_cert_header else None
-        #: the header Envoy sets to ``%ROUTE_NAME%`` (lower case); None: extauthz's own matchers
-        self.route_header = route_header.lower() if route_header else None
-        self.path_prefix = path_prefix.rstrip("/")
+        if adapter is None:
+            adapter = HttpAdapter(
+                engine, path_prefix.rstrip("/"),
+                source_header=source_header.lower() if source_header else None,
+                peer_cert_header=peer_cert_header.lower() if peer_cert_header else None,
+                route_header=route_header.lower() if route_header else None,
+                cookie_forwarded=cookie_forwarded, metadata=metadata)
+        self.adapter = adapter
+        #: read -> decide -> render -> record, shared with every other transport
+        self.edge = CheckEdge(engine, self.adapter, CheckRecorder(engine.metrics, decision_log))
+        #: what each parsed request is answered with, run in a task of its own: the check
+        #: edge's answer. A server carrying another protocol may replace it (e.g. to answer
+        #: requests that are no check without counting them as checks); a bound method stored
+        #: once, so the hot path builds none per request
+        self.answer: Callable[[_Message], Coroutine[Any, Any, bytes]] = self.edge.answer
         self.limits = limits or HttpLimits()
         self.limits.check()
         self.connections: set[_Connection] = set()
-        self.tasks: set[asyncio.Future[Decision]] = set()
+        self.tasks: set[asyncio.Future[bytes]] = set()
         #: the loop serving this listener (set by start; checks are started on it)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
-        self._recorder = CheckRecorder(engine.metrics, decision_log)
         metrics = engine.metrics
         self.guard = ConnectionGuard(PORT_LABEL, self.limits.max_connections,
                                      metrics.connections, metrics.connections_refused)
@@ -728,33 +697,6 @@ class HttpAuthzServer:
         if not self.guard.admit():
             return Refused()
         return _Connection(self)
-
-    def begin(self, message: _Message) -> tuple[RequestView | None,
-                                                Decision | Coroutine[Any, Any, Decision]]:
-        """The view and the check coroutine of ``message`` (or a deny when it is unreadable)."""
-        try:
-            target = message.url.decode("utf-8", "surrogateescape")
-            snapshot = self.engine.snapshot
-            context = route_context(message.headers, self.route_header,
-                                    snapshot.settings.route_key if snapshot else "route")
-            view = to_view(message.method, target, message.headers, bytes(message.body),
-                           self.path_prefix, message.head_bytes, self.source_header,
-                           self.peer_cert_header, context)
-        except CheckError as exc:
-            return None, from_error(exc, NO_ROUTE_LABEL)
-        except Exception:
-            log.exception("could not read an authorization request (denied)")
-            return None, from_error(RuntimeError(), NO_ROUTE_LABEL)
-        return view, self.engine.check(view)
-
-    def render(self, decision: Decision, keep_alive: bool, head: bool = False) -> bytes:
-        """The response bytes of ``decision`` (:func:`render`; the gRPC front's bridge
-        endpoint, :mod:`extauthz.grpcfront.handler`, answers in its own format)."""
-        return render(decision, keep_alive, head, self.cookie_forwarded, self.metadata)
-
-    def record(self, view: RequestView | None, decision: Decision, elapsed: float) -> None:
-        """Metrics and decision log, through the same recorder as the gRPC servicer."""
-        self._recorder.finished(view, decision, elapsed)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); returns the port."""

@@ -25,7 +25,7 @@ from extauthz import tracing
 from extauthz.authn import dispatch
 from extauthz.authn.base import Authenticator, CredentialSurface
 from extauthz.config.schema import Limits
-from extauthz.decision import Decision, GrpcCode, Outcome, deny, from_error
+from extauthz.decision import Decision, GrpcCode, deny, from_error
 from extauthz.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -35,19 +35,17 @@ from extauthz.errors import (
     Reason,
 )
 from extauthz.explain import AuthnStep, Trace
-from extauthz.hygiene import (
-    ReservedHeaders,
-    canonical_names,
-    header_spellings,
-    identity_value_safe,
-    query_hides,
-    query_spellings,
-    without_cookies,
-)
+from extauthz.hygiene import ReservedHeaders
 from extauthz.metrics import NO_ROUTE_LABEL, Metrics
 from extauthz.paths import path_problem
 from extauthz.request import signature_components
-from extauthz.routing import Route
+from extauthz.respond.allow import allow
+from extauthz.respond.challenges import (
+    forbidden_challenges,
+    invalid_challenges,
+    missing_challenges,
+)
+from extauthz.routing import Route, RouteMatch
 from extauthz.snapshot import Snapshot
 from extauthz.types import Identity, RequestView
 
@@ -87,88 +85,79 @@ class Engine:
         return await self._decide(view, trace)
 
     async def _decide(self, view: RequestView, trace: Trace | None) -> Decision:
+        """Route, authenticate, then authorize (:meth:`_authorize`), in the check's one guard:
+        whatever a stage raises becomes the deny of its error, under the route's name once one
+        was selected (fail closed). One coroutine per stage that may wait, no more: this is the
+        hot path."""
         snapshot = self.snapshot
         if snapshot is None:
             return deny(503, GrpcCode.UNAVAILABLE, Reason.DEPENDENCY_UNAVAILABLE, NO_ROUTE_LABEL,
                         "authorization service not ready", request_id=view.request_id)
+        route: Route | None = None
         try:
-            return await self._check(snapshot, view, trace)
-        except CheckError as exc:
-            return from_error(exc, NO_ROUTE_LABEL, request_id=view.request_id)
-        except Exception:
-            log.exception("unexpected error while checking a request (denied)")
-            return from_error(RuntimeError(), NO_ROUTE_LABEL, request_id=view.request_id)
-
-    async def _check(
-        self, snapshot: Snapshot, view: RequestView, trace: Trace | None
-    ) -> Decision:
-        limits = snapshot.settings.limits
-        _check_size(view, limits, trace)
-        paths = snapshot.settings.paths
-        problem = path_problem(view.path, allow_semicolon=paths.allow_semicolon,
-                               allow_encoded_percent=paths.allow_encoded_percent)
-        if problem is not None:
-            if trace is not None:
-                trace.notes.append(f"the path is not normalized or is ambiguous ({problem}): "
-                                   "refused before routing (settings.paths, docs/paths.md)")
-            raise BadRequestError(Reason.BAD_REQUEST, f"path is not normalized: {problem}")
-        match = snapshot.routes.match(view)
-        if trace is not None:
-            trace.select_route(snapshot.routes, snapshot.settings.route_key, view, match)
-        if match is None:
-            if trace is not None:
-                trace.notes.append(f"settings.unmatched is {snapshot.settings.unmatched!r}")
-            if snapshot.settings.unmatched == "allow":
-                return self._allow(snapshot, None, None, view)
-            return deny(403, GrpcCode.PERMISSION_DENIED, Reason.NO_ROUTE, NO_ROUTE_LABEL,
-                        "no route for this request", request_id=view.request_id)
-        route = match.route
-        try:
+            match = _select(snapshot, view, trace)
+            if match is None:
+                return self._unmatched(snapshot, view, trace)
+            route = match.route
             if route.public:
-                return await _limited(snapshot, self._allow(snapshot, route, None, view), view,
-                                      match.params, trace)
-            _check_credential_size(route, view, limits, trace)
+                return await _limited(snapshot, allow(snapshot, route, None, view,
+                                                      self._reserved(snapshot)),
+                                      view, match.params, trace)
+            _check_credential_size(route, view, snapshot.settings.limits, trace)
             if route.require_all:
                 identity, missing = await self._authenticate_all(route, view, trace)
             else:
                 identity = await self._authenticate(route, view, trace)
-                missing = route.authenticators if identity is None else ()
+                missing = route.authenticators
             if identity is None:
                 return deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL,
                             route.name, "credentials required",
-                            # identical challenges (e.g. JWT + introspection) are sent once
-                            challenges=list(dict.fromkeys(a.challenge() for a in missing)),
-                            request_id=view.request_id)
-            external = route.policy.external  # lookups and PDP calls (docs/authzen.md)
-            resolved = None if external is None else await external.resolve(
-                view, identity, match.params, route.name, None if trace is None else trace.notes)
-            try:
-                route.policy.evaluate(view, identity, match.params,
-                                      None if trace is None else trace.rules, resolved)
-            except AuthorizationError as exc:
-                rule = exc.rule
-                if route.policy.shadow:
-                    return _with_pdp(await _limited(
-                        snapshot, self._allow(snapshot, route, identity, view, shadow=exc),
-                        view, match.params, trace), resolved)
-                denied = from_error(exc, route.name, request_id=view.request_id,
-                                    identity=identity,
-                                    challenges=_forbidden_challenges(snapshot, identity, exc))
-                return _with_pdp(dataclasses.replace(denied, rule=rule) if rule else denied,
-                                 resolved)
-            except DependencyUnavailable as exc:  # a PDP that could not answer (fail closed)
-                return _with_pdp(from_error(exc, route.name, request_id=view.request_id),
-                                 resolved)
-            return _with_pdp(await _limited(snapshot, self._allow(snapshot, route, identity, view),
-                                            view, match.params, trace), resolved)
+                            challenges=missing_challenges(missing), request_id=view.request_id)
+            return await self._authorize(snapshot, match, identity, view, trace)
         except AuthenticationError as exc:
-            return from_error(exc, route.name, request_id=view.request_id,
-                              challenges=_invalid_challenges(route, exc))
+            return from_error(exc, _label(route), request_id=view.request_id,
+                              challenges=invalid_challenges(route, exc))
         except CheckError as exc:
-            return from_error(exc, route.name, request_id=view.request_id)
+            return from_error(exc, _label(route), request_id=view.request_id)
         except Exception:
-            log.exception("unexpected error on route %s (denied)", route.name)
-            return from_error(RuntimeError(), route.name, request_id=view.request_id)
+            if route is None:
+                log.exception("unexpected error while checking a request (denied)")
+            else:
+                log.exception("unexpected error on route %s (denied)", route.name)
+            return from_error(RuntimeError(), _label(route), request_id=view.request_id)
+
+    def _unmatched(self, snapshot: Snapshot, view: RequestView, trace: Trace | None) -> Decision:
+        """No route matched: ``settings.unmatched`` decides (allow, or 403 ``no_route``)."""
+        if trace is not None:
+            trace.notes.append(f"settings.unmatched is {snapshot.settings.unmatched!r}")
+        if snapshot.settings.unmatched == "allow":
+            return allow(snapshot, None, None, view, self._reserved(snapshot))
+        return deny(403, GrpcCode.PERMISSION_DENIED, Reason.NO_ROUTE, NO_ROUTE_LABEL,
+                    "no route for this request", request_id=view.request_id)
+
+    async def _authorize(
+        self, snapshot: Snapshot, match: RouteMatch, identity: Identity, view: RequestView,
+        trace: Trace | None,
+    ) -> Decision:
+        """The route's policy (external lookups and PDP calls first, docs/authzen.md), then the
+        allow and its rate limits; shadow mode turns a policy denial into a logged allow."""
+        route = match.route
+        external = route.policy.external
+        resolved = None if external is None else await external.resolve(
+            view, identity, match.params, route.name, None if trace is None else trace.notes)
+        try:
+            route.policy.evaluate(view, identity, match.params,
+                                  None if trace is None else trace.rules, resolved)
+        except AuthorizationError as exc:
+            if not route.policy.shadow:
+                return _with_pdp(_forbidden(snapshot, route.name, identity, view, exc), resolved)
+            waived = allow(snapshot, route, identity, view, self._reserved(snapshot), shadow=exc)
+            return _with_pdp(await _limited(snapshot, waived, view, match.params, trace),
+                             resolved)
+        except DependencyUnavailable as exc:  # a PDP that could not answer (fail closed)
+            return _with_pdp(from_error(exc, route.name, request_id=view.request_id), resolved)
+        allowed = allow(snapshot, route, identity, view, self._reserved(snapshot))
+        return _with_pdp(await _limited(snapshot, allowed, view, match.params, trace), resolved)
 
     async def _authenticate(
         self, route: Route, view: RequestView, trace: Trace | None
@@ -254,100 +243,36 @@ class Engine:
         self._reserved_cache = (snapshot, reserved)
         return reserved
 
-    def _allow(
-        self,
-        snapshot: Snapshot,
-        route: Route | None,
-        identity: Identity | None,
-        view: RequestView,
-        *,
-        shadow: AuthorizationError | None = None,
-    ) -> Decision:
-        """Allow (or, with ``shadow``, allow and record the policy denial that was waived).
 
-        Raises AuthorizationError (``identity_not_representable``) when an identity value cannot
-        be a header, and BadRequestError when a credential cookie cannot be cut out.
-        """
-        settings = snapshot.settings
-        prefix = settings.identity_header_prefix
-        upstream: list[tuple[str, str]] = []
-        if identity is not None:
-            upstream.append((prefix + "subject", identity.subject))
-            upstream.append((prefix + "method", identity.method.value))
-            if len(identity.all_methods) > 1:
-                upstream.append(
-                    (prefix + "methods", ",".join(m.value for m in identity.all_methods)))
-            if identity.consumer:
-                upstream.append((prefix + "consumer", identity.consumer))
-            if identity.scopes:
-                upstream.append((prefix + "scopes", " ".join(sorted(identity.scopes))))
-            upstream.extend(identity.headers)
-            unsafe = [k for k, v in upstream if not identity_value_safe(v)]
-            if unsafe:
-                # Never allow without the identity (the upstream would see an authenticated
-                # request with no subject), never send a value that splits or differs by
-                # transport. Raised, not returned: the caller's `except CheckError` makes the
-                # 403, and nothing that post-processes allowed decisions ever sees it.
-                log.warning("route %s: identity header %s has a value that cannot be sent "
-                            "(control character, surrounding space or invalid Unicode): denied",
-                            route.name if route is not None else NO_ROUTE_LABEL, unsafe[0])
-                raise AuthorizationError(Reason.IDENTITY_NOT_REPRESENTABLE,
-                                         "the identity cannot be passed to the upstream")
-        tokens = snapshot.identity_tokens
-        if tokens is not None and identity is not None and route is not None:
-            # the signed identity token (docs/identity-token.md): base64url, header-safe
-            minted = tokens.header_for(route.name, identity)
-            if minted is not None:
-                upstream.append(minted)
-        upstream_names = {k for k, _ in upstream}
-        client_names = canonical_names(view.headers)
-        # Clients must never be able to send identity headers themselves, in any spelling an
-        # upstream may read as the same name, on any route (public ones included).
-        remove = self._reserved(snapshot).spoofed(client_names, upstream_names)
-        remove_query: list[str] = []
-        # (a client-sent identity token is in the reserved set too: removed on every route,
-        # minted or not, in every spelling)
-        if route is not None and route.strip_credentials:
-            for authenticator in route.authenticators:
-                remove.extend(n for n in header_spellings(
-                    client_names, authenticator.credential_headers()) if n not in upstream_names)
-                params = authenticator.credential_query_params()
-                if params and query_hides(view.raw_query, params):
-                    raise BadRequestError(Reason.BAD_REQUEST, "a credential parameter after "
-                                          "';' in the query cannot be removed")
-                remove_query.extend(query_spellings(view.raw_query, params, view.query))
-                cookies = authenticator.credential_cookies()
-                raw_cookie = view.headers.value("cookie")
-                if cookies and raw_cookie:
-                    rewritten = without_cookies(raw_cookie, cookies)
-                    if rewritten == "":
-                        remove.append("cookie")
-                    elif rewritten is not None:
-                        if not identity_value_safe(rewritten):
-                            # bytes that are not UTF-8 cannot be sent back (gRPC strings,
-                            # the HTTP transport's UTF-8): refuse rather than forward the key
-                            raise BadRequestError(Reason.BAD_REQUEST, "the Cookie header cannot "
-                                                  "be rewritten without the credential")
-                        upstream.append(("cookie", rewritten))
-        reason = Reason.OK if identity is not None else Reason.PUBLIC
-        metadata = _metadata(route, identity)
-        rule = ""
-        if shadow is not None:
-            reason, rule = shadow.reason, shadow.rule
-            metadata = {**metadata, "shadow_deny": {"reason": reason.value, "rule": rule}}
-        return Decision(
-            outcome=Outcome.ALLOW if shadow is None else Outcome.SHADOW_DENY,
-            http_status=200,
-            grpc_code=GrpcCode.OK,
-            reason=reason,
-            route=route.name if route is not None else NO_ROUTE_LABEL,
-            identity=identity,
-            upstream_headers=tuple(upstream),
-            remove_headers=tuple(dict.fromkeys(remove)),
-            remove_query=tuple(dict.fromkeys(remove_query)),
-            dynamic_metadata=metadata,
-            rule=rule,
-        )
+def _select(snapshot: Snapshot, view: RequestView, trace: Trace | None) -> RouteMatch | None:
+    """The request's route, after what needs none: the size limits and the path's shape (400)."""
+    _check_size(view, snapshot.settings.limits, trace)
+    paths = snapshot.settings.paths
+    problem = path_problem(view.path, allow_semicolon=paths.allow_semicolon,
+                           allow_encoded_percent=paths.allow_encoded_percent)
+    if problem is not None:
+        if trace is not None:
+            trace.notes.append(f"the path is not normalized or is ambiguous ({problem}): "
+                               "refused before routing (settings.paths, docs/paths.md)")
+        raise BadRequestError(Reason.BAD_REQUEST, f"path is not normalized: {problem}")
+    match = snapshot.routes.match(view)
+    if trace is not None:
+        trace.select_route(snapshot.routes, snapshot.settings.route_key, view, match)
+    return match
+
+
+def _label(route: Route | None) -> str:
+    """The route label of a decision (metrics, logs)."""
+    return route.name if route is not None else NO_ROUTE_LABEL
+
+
+def _forbidden(snapshot: Snapshot, route_name: str, identity: Identity, view: RequestView,
+               exc: AuthorizationError) -> Decision:
+    """The 403 of a policy denial, naming the rule that denied (and a bearer scope challenge)."""
+    rule = exc.rule
+    denied = from_error(exc, route_name, request_id=view.request_id, identity=identity,
+                        challenges=forbidden_challenges(snapshot, identity, exc))
+    return dataclasses.replace(denied, rule=rule) if rule else denied
 
 
 async def _limited(snapshot: Snapshot, decision: Decision, view: RequestView,
@@ -438,40 +363,3 @@ def _oversized(surface: CredentialSurface, view: RequestView, longest: int) -> b
         if cookie is not None and len(cookie) > longest:
             return True
     return False
-
-
-def _metadata(route: Route | None, identity: Identity | None) -> Mapping[str, Any]:
-    meta: dict[str, Any] = {"route": route.name if route is not None else NO_ROUTE_LABEL}
-    if identity is not None:
-        meta["identity"] = {
-            "subject": identity.subject,
-            "method": identity.method.value,
-            "methods": [m.value for m in identity.all_methods],
-            "authenticator": identity.authenticator,
-            "consumer": identity.consumer or "",
-            "scopes": sorted(identity.scopes),
-        }
-    return meta
-
-
-def _invalid_challenges(route: Route, error: AuthenticationError) -> list[str]:
-    """On an invalid credential: the failing method's challenge with the error, others plain."""
-    out = []
-    for authenticator in route.authenticators:
-        if authenticator.name == error.authenticator:
-            out.append(authenticator.challenge(error))
-        else:
-            out.append(authenticator.challenge())
-    return out
-
-
-def _forbidden_challenges(
-    snapshot: Snapshot, identity: Identity, error: AuthorizationError
-) -> list[str]:
-    """The 403 challenge of the method that verified ``identity`` (e.g. RFC 6750 §3.1
-    ``insufficient_scope`` for bearer tokens), if it has one."""
-    authenticator = snapshot.authenticators.get(identity.authenticator)
-    if authenticator is None:
-        return []
-    challenge = authenticator.forbidden_challenge(error)
-    return [] if challenge is None else [challenge]

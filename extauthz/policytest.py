@@ -38,9 +38,10 @@ stored in a file, and a configuration's real key source is never contacted for t
 authenticators. API keys are simply written in the request headers.
 
 Each test runs through the same code path as a real Check (:func:`~extauthz.checktool
-.build_check_request` -> :class:`~extauthz.pipeline.Engine`); a failing test prints what differed
-and the explain trace. The last line is ``N passed, M failed``; the exit status is 0 when every
-test passed, 1 otherwise, 2 for a usage error (no such path, no test files).
+.build_check_request` -> the check edge, :class:`~extauthz.edge.CheckEdge`, reading it as the
+gRPC transport does); a failing test prints what differed and the explain trace. The last line
+is ``N passed, M failed``; the exit status is 0 when every test passed, 1 otherwise, 2 for a
+usage error (no such path, no test files).
 """
 
 from __future__ import annotations
@@ -61,15 +62,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from extauthz.checktool import (
-    REQUEST_FIELDS,
-    build_check_request,
-    check_request_data,
-    decide_traced,
-)
+from extauthz.checktool import REQUEST_FIELDS, build_check_request, check_request_data
 from extauthz.config.loader import LoadedConfig, issues_from_validation, load_config
 from extauthz.config.schema import AuthnSpec, CredentialSource, JwksSpec, JwtSpec
 from extauthz.decision import Decision
+from extauthz.edge import DECISIONS, CheckEdge
 from extauthz.errors import ConfigError
 from extauthz.explain import Trace
 from extauthz.metrics import Metrics
@@ -322,7 +319,7 @@ async def run_file(path: Path, name_filter: re.Pattern[str] | None = None) -> Fi
         return result
     await snapshot.start()
     try:
-        engine = Engine(metrics, snapshot)
+        edge = CheckEdge(Engine(metrics, snapshot), DECISIONS)
         for i, case in enumerate(spec.tests):
             if name_filter is not None and not name_filter.search(case.name):
                 continue
@@ -333,9 +330,9 @@ async def run_file(path: Path, name_filter: re.Pattern[str] | None = None) -> Fi
                 continue
             check_request = build_check_request(request)
             for _ in range(case.repeat - 1):
-                await decide_traced(engine, check_request, None)
+                await edge.answer(check_request)
             trace = Trace()
-            decision = await decide_traced(engine, check_request, trace)
+            decision = await edge.answer(check_request, trace)
             failures = compare(case.expect, decision)
             result.cases.append(CaseResult(case.name, failures,
                                            trace.render() if failures else ""))

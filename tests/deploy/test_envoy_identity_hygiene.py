@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from extauthz.http_authz import METADATA_PREFIX, ROUTE_HEADER
+from extauthz.http_authz import ROUTE_HEADER
+from extauthz.respond.http import METADATA_PREFIX
 
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "envoy"
 CONFIGS = sorted(ENVOY_DIR.glob("*.yaml"))

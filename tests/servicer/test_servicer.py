@@ -126,9 +126,9 @@ async def test_graceful_stop_finishes_in_flight_and_goes_not_serving(tmp_path: P
     gate = asyncio.Event()
     original = srv.engine.check
 
-    async def slow_check(view):  # type: ignore[no-untyped-def]
+    async def slow_check(view, trace=None):  # type: ignore[no-untyped-def]
         await gate.wait()
-        return await original(view)
+        return await original(view, trace)
 
     srv.engine.check = slow_check  # type: ignore[method-assign]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as channel:

@@ -15,8 +15,9 @@ import pytest
 
 from extauthz.decision import Decision, GrpcCode, Outcome, deny
 from extauthz.errors import Reason
-from extauthz.http_authz import REMOVE_HEADER, ROUTE_HEADER, render, route_context, to_view
+from extauthz.http_authz import ROUTE_HEADER, route_context, to_view
 from extauthz.keys import hash_api_key
+from extauthz.respond.http import REMOVE_HEADER, render
 from extauthz.server import Server, ServerOptions
 
 KEY = "eak_http-authz-test-key-0000000000"
@@ -473,13 +474,14 @@ async def test_many_tiny_chunks_reach_the_engine_whole_and_in_order(server: Serv
     from extauthz.http_authz import _Connection
 
     seen: list[bytes] = []
-    begin = server.http_authz.begin  # type: ignore[union-attr]
+    engine = server.http_authz.edge.engine  # type: ignore[union-attr]
+    check = engine.check
 
-    def spy(message: Any) -> Any:
-        seen.append(bytes(message.body))
-        return begin(message)
+    def spy(view: Any, trace: Any = None) -> Any:
+        seen.append(bytes(view.body))
+        return check(view, trace)
 
-    server.http_authz.begin = spy  # type: ignore[union-attr, method-assign]
+    engine.check = spy  # type: ignore[method-assign]
     body = bytes(range(256)) * 40  # 10 240 one-byte chunks
     head = (f"POST /check/api/x HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\n"
             "transfer-encoding: chunked\r\n\r\n").encode()

@@ -22,16 +22,16 @@ from extauthz.authn.hmac_sig import sign, signature_base
 from extauthz.config.loader import load_config
 from extauthz.config.schema import MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decision import Decision, GrpcCode, Outcome
+from extauthz.edge import decide
 from extauthz.errors import ConfigError, Reason
 from extauthz.explain import Trace
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.request import from_check_request, signature_components
+from extauthz.respond.grpc import to_check_response
 from extauthz.server import Server, ServerOptions
-from extauthz.servicer import decide
 from extauthz.snapshot import load_snapshot
 from extauthz.types import Headers
-from extauthz.wire import to_check_response
 from tests.support.allkinds import (
     API_KEY,
     BASIC_PASSWORD,

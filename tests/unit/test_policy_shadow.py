@@ -18,8 +18,8 @@ from extauthz.errors import Reason
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.respond.grpc import to_check_response
 from extauthz.snapshot import Snapshot, compile_config
-from extauthz.wire import to_check_response
 from tests.support.builders import make_view
 
 KEY = "eak_shadow-test-key-00000000000000"

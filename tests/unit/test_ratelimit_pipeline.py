@@ -17,8 +17,8 @@ from extauthz.explain import Trace
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
+from extauthz.respond.grpc import to_check_response
 from extauthz.snapshot import Snapshot, compile_config
-from extauthz.wire import to_check_response
 from tests.support.builders import make_view
 
 GOLD = "eak_ratelimit-gold-key-0123456789"

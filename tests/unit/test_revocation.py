@@ -28,11 +28,12 @@ from extauthz.cli import main
 from extauthz.clock import FixedClock
 from extauthz.config.schema import RedisSpec
 from extauthz.decision import Decision, GrpcCode, Outcome
+from extauthz.edge import decide
 from extauthz.errors import ConfigError, Reason
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
-from extauthz.servicer import decide
+from extauthz.respond.grpc import to_check_response
 from extauthz.snapshot import Snapshot, load_snapshot
 from extauthz.state import revocation as revocation_module
 from extauthz.state.provision import resolve_target
@@ -48,7 +49,6 @@ from extauthz.state.revocation import (
     redis_keys,
     revoke_in_redis,
 )
-from extauthz.wire import to_check_response
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import AUDIENCE, ISSUER, claims, ec_key, jwks, mint
 

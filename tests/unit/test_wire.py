@@ -5,7 +5,7 @@ from __future__ import annotations
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
 from extauthz.decision import Decision, GrpcCode, Outcome, deny
 from extauthz.errors import Reason
-from extauthz.wire import to_check_response
+from extauthz.respond.grpc import to_check_response
 
 
 def test_allow_sets_overwrite_headers_and_removals() -> None:

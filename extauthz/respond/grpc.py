@@ -1,4 +1,7 @@
-"""The only builder of CheckResponse protos: Decision -> ``envoy.service.auth.v3.CheckResponse``.
+"""The gRPC encoding of a decision: Decision -> ``envoy.service.auth.v3.CheckResponse``.
+
+The only builder of CheckResponse protos; :mod:`extauthz.respond.http` renders the same decision
+into Envoy's HTTP ext_authz answer, and tests/unit/test_respond.py holds both to one table.
 
 Envoy facts this relies on (verified against Envoy 1.40, see DESIGN.md §4):
 
@@ -6,7 +9,8 @@ Envoy facts this relies on (verified against Envoy 1.40, see DESIGN.md §4):
   without the latter Envoy answers 403 even for UNAUTHENTICATED.
 * ``ok_response.headers`` ignores ``append_action`` in 1.40: the deprecated ``append`` BoolValue is
   set explicitly (``false`` = overwrite-or-add).
-* ``headers_to_remove`` cannot remove pseudo-headers or ``host``; those are never listed.
+* ``headers_to_remove`` cannot remove pseudo-headers or ``host``; those are never listed
+  (:func:`~extauthz.respond.removal.removable`, shared with the HTTP renderer).
 * ``denied_response.headers``: a header with ``append: true`` is dropped by Envoy 1.40; a repeated
   header (several ``WWW-Authenticate`` challenges) is sent with ``append`` unset, which makes Envoy
   apply ``append_action``'s default, APPEND_IF_EXISTS_OR_ADD (verified end to end).
@@ -22,9 +26,11 @@ from extauthz._proto.envoy.config.core.v3 import base_pb2
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
 from extauthz._proto.google.rpc import status_pb2
 from extauthz.decision import Decision
+from extauthz.respond.removal import removable
+
+__all__ = ["to_check_response"]
 
 _OVERWRITE = wrappers_pb2.BoolValue(value=False)
-_UNREMOVABLE = frozenset({"host"})
 
 
 def _header(key: str, value: str, *, append: bool) -> Any:
@@ -44,9 +50,7 @@ def to_check_response(decision: Decision) -> Any:
     if decision.allowed:
         ok = response.ok_response
         ok.headers.extend(_header(k, v, append=False) for k, v in decision.upstream_headers)
-        ok.headers_to_remove.extend(
-            h for h in decision.remove_headers if not h.startswith(":") and h not in _UNREMOVABLE
-        )
+        ok.headers_to_remove.extend(removable(decision.remove_headers))
         ok.query_parameters_to_remove.extend(decision.remove_query)
         # RateLimit fields for the client: append_action is honoured here, and its default
         # (APPEND_IF_EXISTS_OR_ADD) keeps an upstream's own RateLimit items next to ours
