@@ -56,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         extauthz_args=args.extauthz_arg or None,
         sweep_points=_sweep_points(args.sweep_points) if args.sweep_points else None,
         transports=args.transports.split(",") if args.transports else None,
+        api_keys_memory=0 if args.no_api_keys_memory else None,
     )
     print(f"bench: {mode} run -> {out}", flush=True)
     doc = runner.run(found, opts)
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     def run_args(p: argparse.ArgumentParser) -> None:
         speed = p.add_mutually_exclusive_group()
         speed.add_argument("--quick", action="store_true",
-                           help="shorter runs and a smaller sweep (~3 min)")
+                           help="shorter runs and a smaller sweep (~8 min)")
         speed.add_argument("--smoke", action="store_true",
                            help="seconds: one scenario, one concurrency, no sweep (CI)")
         p.add_argument("--out", help="output directory (default .bench/<timestamp>)")
@@ -95,13 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Envoy worker threads (default 1)")
         p.add_argument("--no-direct", action="store_true", help="skip the h2load gRPC runs")
         p.add_argument("--no-sweep", action="store_true", help="skip the scaling sweep")
-        p.add_argument("--transports", metavar="grpc,http",
-                       help="Envoy -> extauthz transports to measure end to end (default: "
-                            "both; --smoke: grpc)")
+        p.add_argument("--transports", metavar="grpc,grpc-envoy,http",
+                       help="Envoy -> extauthz transports to measure end to end (default: all "
+                            "three): grpc.aio, the Envoy-fronted gRPC server (serve --grpc-server "
+                            "envoy; its Envoy counted as extauthz), Envoy's HTTP ext_authz")
         p.add_argument("--sweep-points", metavar="DIM=N,..;..",
                        help="sweep only these points, e.g. 'api_keys=10,100000;routes=1,1000' "
                             "(dimensions: routes, api_keys, issuers, cached_tokens)")
         p.add_argument("--no-plot", action="store_true")
+        p.add_argument("--no-api-keys-memory", action="store_true",
+                       help="skip scripts/measure_apikeys.py (100 000 API keys: load time, RSS)")
         p.add_argument("--extauthz-arg", action="append", metavar="ARG",
                        help="extra argument for `extauthz serve` (repeatable), e.g. "
                             "--extauthz-arg=--no-decision-log")
@@ -116,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     micro = sub.add_parser("micro", help="per-stage cost of one check, in process")
     micro.add_argument("--iterations", type=int, default=20000)
     micro.add_argument("--out", help="directory for fixtures (default: a temporary one)")
+    micro.add_argument("--transport", choices=("grpc", "http"), default="grpc",
+                       help="grpc: the stages of the servicer's Check; http: the HTTP "
+                            "transport's whole path (data_received -> answer) in process")
+    micro.add_argument("--scenarios", help="comma-separated (--transport http)")
+    micro.add_argument("--profile", action="store_true",
+                       help="--transport http: also print a cProfile of the loop")
     micro.set_defaults(func=lambda a: __import__("bench.micro").micro.main(a))
 
     servers = sub.add_parser("servers", help="server models compared on the same decisions")

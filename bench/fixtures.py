@@ -274,28 +274,49 @@ def sweep_routes_config(root: Path, count: int, fx: Fixtures) -> Path:
     return _dump(root / f"sweep-routes-{count}.yaml", cfg)
 
 
-def sweep_keys_config(root: Path, count: int, fx: Fixtures) -> Path:
-    """``count`` API keys (10 per consumer); the benchmark's key is the last one."""
-    consumers = []
+def sweep_keys_config(root: Path, count: int, fx: Fixtures) -> tuple[Path, str]:
+    """``count`` API keys (10 per consumer); the benchmark's key is the last one. Returns the
+    configuration and its layout: a streamed JSON Lines ``api_key.keys_file`` when the
+    checked-out extauthz has one (validated on a small file first), else ``consumers:`` in the
+    configuration itself."""
+    entries = []
     per = 10
-    for c in range((count + per - 1) // per):
-        keys = []
-        for k in range(per):
-            n = c * per + k
-            if n >= count - 1:
-                break
-            keys.append({"id": f"k{k}", "hash": sha256_hash(f"eak_sweep_{n:08d}"),
-                         "scopes": ["orders:read"]})
-        if keys:
-            consumers.append({"name": f"c{c:06d}", "keys": keys})
-    consumers.append({"name": "bench-client", "keys": [
-        {"id": "k1", "hash": sha256_hash(fx.api_key), "scopes": ["orders:read"]}]})
+    for n in range(count - 1):
+        entries.append((f"c{n // per:06d}", f"k{n % per}", sha256_hash(f"eak_sweep_{n:08d}")))
+    entries.append(("bench-client", "k1", sha256_hash(fx.api_key)))
+    route = [{"name": "target", "match": {"prefix": "/sweep/target/"}, "authn": ["keys"],
+              "authz": {"scopes_all": ["orders:read"]}}]
+    if keys_file_supported(root):
+        keys = root / f"sweep-keys-{count}.jsonl"
+        with keys.open("w") as out:
+            out.writelines(json.dumps({"consumer": c, "id": k, "hash": h,
+                                       "scopes": ["orders:read"]}) + "\n"
+                           for c, k, h in entries)
+        cfg: dict[str, Any] = {
+            "version": 1, "routes": route,
+            "authenticators": {"keys": {"api_key": {"sources": [{"header": "x-api-key"}],
+                                                    "keys_file": keys.name}}}}
+        return _dump(root / f"sweep-keys-{count}.yaml", cfg), "keys_file"
+    consumers: dict[str, list[dict[str, Any]]] = {}
+    for c, k, h in entries:
+        consumers.setdefault(c, []).append({"id": k, "hash": h, "scopes": ["orders:read"]})
     cfg = {"version": 1,
            "authenticators": {"keys": {"api_key": {"sources": [{"header": "x-api-key"}]}}},
-           "consumers": consumers,
-           "routes": [{"name": "target", "match": {"prefix": "/sweep/target/"},
-                       "authn": ["keys"], "authz": {"scopes_all": ["orders:read"]}}]}
-    return _dump(root / f"sweep-keys-{count}.yaml", cfg)
+           "consumers": [{"name": c, "keys": keys} for c, keys in consumers.items()],
+           "routes": route}
+    return _dump(root / f"sweep-keys-{count}.yaml", cfg), "consumers"
+
+
+def keys_file_supported(root: Path) -> bool:
+    """Whether this extauthz reads API keys from a JSON Lines ``keys_file`` (issue 16)."""
+    keys = root / "probe-keys.jsonl"
+    keys.write_text(json.dumps({"consumer": "probe", "id": "k1", "hash": sha256_hash("probe"),
+                                "scopes": ["orders:read"]}) + "\n")
+    cfg = {"version": 1,
+           "authenticators": {"keys": {"api_key": {"keys_file": keys.name}}},
+           "routes": [{"name": "all", "match": {"prefix": "/"}, "authn": ["keys"]}]}
+    ok, _ = config_is_valid(_dump(root / "probe-keys.yaml", cfg))
+    return ok
 
 
 def sweep_issuers_config(root: Path, count: int, fx: Fixtures) -> Path:

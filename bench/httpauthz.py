@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import sys
 import time
@@ -203,6 +204,10 @@ def main(args: argparse.Namespace) -> int:
     variants = [("grpc (extauthz serve)", "grpc"),
                 ("http (extauthz serve --http-authz-address, --grpc-address off)", "http"),
                 ("http experiment (bench.httpauthz, uvloop)", "http-uvloop")]
+    if importlib.util.find_spec("uvloop") is None:  # not a dependency of extauthz
+        print("bench: uvloop is not installed: the experiment's variant is skipped "
+              "(pip install uvloop to measure it)", file=sys.stderr)
+        variants = variants[:2]
     for label, kind in variants:
         listener, admin, port, hport = free_ports(4)
         if kind in ("grpc", "http"):

@@ -152,6 +152,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="extauthz-micro-") as tmp:
         work = Path(args.out) if args.out else Path(tmp)
+        if getattr(args, "transport", "grpc") == "http":
+            from bench import hotloop
+
+            return hotloop.run(work, args.iterations,
+                               args.scenarios.split(",") if args.scenarios else None,
+                               args.profile)
         rows = asyncio.run(measure(work, args.iterations, None))
     print("microseconds per call (median of 5 batches); 'total' = parse + Check + serialize")
     print(table(rows))

@@ -50,6 +50,27 @@ class CpuWindow:
         return self.seconds
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (from every ``/proc/<n>/stat``'s parent PID)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        parents.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out.extend(children)
+        todo.extend(children)
+    return out
+
+
 def total_rss_mib(pids: Sequence[int]) -> float:
     return sum(memory_kib(p)[0] for p in pids) / 1024
 

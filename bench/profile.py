@@ -11,12 +11,18 @@ loaded with wrk (10 connections) while ``py-spy record --native`` samples the ex
 ``httptools``   the HTTP/1.1 parser of the HTTP transport (``--transport http``)
 ``grpc``        grpcio: the Cython core (``cygrpc``), ``grpc/aio``, the C core (``grpc_core``...)
 ``asyncio``     the event loop itself (selectors, ``_run_once``, tasks/futures)
+``syscalls``    socket and epoll system calls (``send``, ``recv``, ``epoll_wait``), kernel included
 ``other``
 
 and the share of each bucket times the measured CPU per check (``/proc``, same run) gives
-microseconds per check per bucket. The raw collapsed stacks (``*.folded``) and a flame graph
-(``*.svg``) are kept for anyone who wants to look closer. py-spy comes from PyPI (installed into
-.venv when missing); it needs ptrace rights (root, or ``kernel.yama.ptrace_scope=0``).
+microseconds per check per bucket. Samples of a thread that is *waiting* (for a lock, the GIL, a
+timer, or for events in ``epoll_wait``) are not CPU and are left out (:func:`idle`): with
+``--native`` py-spy records every thread all the time, and the decision log's and the log
+handler's threads, asleep nearly always, would otherwise be a third of the samples. py-spy
+samples wall-clock time: on a busy machine a thread preempted inside a system call (``send``)
+is still counted there. The raw collapsed stacks (``*.folded``) are kept for anyone who wants to
+look closer. py-spy comes from PyPI (installed into .venv when missing); it needs ptrace rights
+(root, or ``kernel.yama.ptrace_scope=0``).
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ from pathlib import Path
 from typing import Any
 
 BUCKETS = ("ours", "protobuf", "prometheus", "decisionlog", "httptools", "grpc", "asyncio",
-           "other")
+           "syscalls", "other")
+#: the C functions of the socket and selector system calls (the kernel's work is in them)
+_SYSCALLS = ("sock_send", "sock_recv", "sock_call", "select_epoll_poll", "getpid")
 
 
 #: our entry points: on every stack of the main thread, so they say nothing about the cost
 _ENTRY = ("extauthz/__main__.py", "extauthz/cli.py", "extauthz/server.py")
 #: the transports: a stage label is the first of our frames below these
-_TRANSPORT = ("extauthz/servicer.py", "extauthz/http_authz.py")
+_TRANSPORT = ("extauthz/servicer.py", "extauthz/http_authz.py", "extauthz/eager.py",
+              "extauthz/grpcfront/")
 
 
 def _ours(frame: str) -> bool:
@@ -47,11 +56,28 @@ def _ours(frame: str) -> bool:
             and not any(e in frame for e in _ENTRY))
 
 
+#: leaf frames of a thread that waits rather than runs
+_WAITING = ("PyThread_acquire_lock_timed", "pthread_cond_timedwait", "pthread_cond_wait",
+            "clock_nanosleep", "sem_wait", "sem_timedwait", "__futex", "futex_wait")
+
+
+def idle(stack: str) -> bool:
+    """A sample of a waiting thread: its innermost frames are a wait (a lock, the GIL, a sleep,
+    ``epoll_wait`` under the event loop's select), not work."""
+    frames = stack.split(";")
+    inner = ";".join(frames[-4:])
+    if any(w in inner for w in _WAITING):
+        return True
+    return frames[-1].startswith("epoll_wait") and "select_epoll_poll" in inner
+
+
 def classify(stack: str) -> str:
     """The bucket of one collapsed stack (``frame;frame;...`` root first)."""
     frames = stack.split(";")
     if any("decisionlog.py" in f and "_run" in f for f in frames):
         return "decisionlog"
+    if any(c in f for f in frames[-4:] for c in _SYSCALLS):
+        return "syscalls"
     for frame in reversed(frames):  # leaf first
         if "prometheus_client" in frame:
             return "prometheus"
@@ -145,6 +171,8 @@ def main(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 1
             stacks = parse_folded(folded)
+            waiting = sum(n for st, n in stacks.items() if idle(st))
+            stacks = Counter({st: n for st, n in stacks.items() if not idle(st)})
             total = sum(stacks.values()) or 1
             buckets: Counter[str] = Counter()
             for stack_line, n in stacks.items():
@@ -152,6 +180,7 @@ def main(args: argparse.Namespace) -> int:
             cpu = row["extauthz_cpu_us_per_check"]
             summary[name] = {
                 "rps": row["rps"], "cpu_us_per_check": cpu, "samples": total,
+                "waiting_samples_left_out": waiting,
                 "buckets": {b: {"share": round(buckets[b] / total, 3),
                                 "us_per_check": round(buckets[b] / total * cpu, 1)}
                             for b in BUCKETS},

@@ -39,12 +39,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import envoyconf, fixtures, grpcframe, loadgen, procstat
+from bench import apikeys, envoyconf, fixtures, grpcframe, loadgen, procstat
 from bench.tools import Tools
 from extauthz.demo.procs import LOOPBACK, ManagedProcess, ProcessError, free_ports, http_ok
 from extauthz.http_authz import SOURCE_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: Envoy -> extauthz transports, in the order a run measures them: ``grpc`` (ext_authz
+#: grpc_service, served by grpc.aio in the extauthz process), ``grpc-envoy`` (the same gRPC API
+#: served by the Envoy that ``extauthz serve --grpc-server envoy`` starts and supervises, bridged
+#: to extauthz's httptools server: extauthz.grpcfront) and ``http`` (http_service, served by
+#: ``extauthz serve --http-authz-address``)
+TRANSPORTS = ("grpc", "grpc-envoy", "http")
+#: the transports that serve the gRPC Check API (h2load can load them directly)
+GRPC_TRANSPORTS = ("grpc", "grpc-envoy")
 
 
 def output_dir(given: str | None, prefix: str) -> Path:
@@ -134,14 +143,15 @@ class Options:
     sweep: bool = True
     workers: int = 1
     envoy_concurrency: int = 1
-    #: Envoy -> extauthz transports measured end to end, each against its own Envoy-alone
-    #: baseline: ``grpc`` (ext_authz grpc_service) and/or ``http`` (http_service, served by
-    #: ``extauthz serve --http-authz-address``). The direct h2load runs and the sweep use gRPC.
+    #: Envoy -> extauthz transports measured end to end (see TRANSPORTS), each against its own
+    #: Envoy-alone baseline. The direct h2load runs load the gRPC ones; the sweep uses the last.
     transports: Sequence[str] = ("grpc",)
     new_tokens: int = 2000
     #: extra ``extauthz serve`` arguments (e.g. ``--no-decision-log``)
     extauthz_args: Sequence[str] = ()
     sweep_points: dict[str, list[int]] = field(default_factory=dict)
+    #: keys for scripts/measure_apikeys.py (load time and memory of many API keys; 0: skip)
+    api_keys_memory: int = 0
     sweep_duration_s: float = 5.0
     log: Callable[[str], None] = print
 
@@ -150,16 +160,17 @@ class Options:
         base: dict[str, Any] = {"out": out, "mode": mode}
         if mode == "full":
             # two transports x 8 scenarios x 3 concurrencies: 6 s per point keeps it ~13 min
-            base.update(transports=("grpc", "http"), duration_s=6.0,
+            base.update(transports=TRANSPORTS, duration_s=6.0, api_keys_memory=100_000,
                         sweep_points={"routes": [1, 100, 1000], "api_keys": [10, 10_000, 100_000],
                                       "issuers": [1, 10, 100], "cached_tokens": [1, 100_000]})
         elif mode == "quick":
-            base.update(transports=("grpc", "http"), duration_s=3.0, warmup_s=0.5,
+            base.update(transports=TRANSPORTS, duration_s=3.0, warmup_s=0.5,
+                        api_keys_memory=100_000,
                         direct_duration_s=2.0, new_tokens=500, sweep_duration_s=2.0,
                         sweep_points={"routes": [1, 1000], "api_keys": [10, 10_000],
                                       "issuers": [1, 100], "cached_tokens": [1, 10_000]})
         elif mode == "smoke":
-            base.update(transports=("grpc", "http"), duration_s=1.0, warmup_s=1.0,
+            base.update(transports=TRANSPORTS, duration_s=1.0, warmup_s=1.0,
                         direct_duration_s=1.0, concurrency=(10,),
                         scenarios=("apikey",), new_tokens=10, sweep=False)
         else:
@@ -172,11 +183,16 @@ class Options:
 
 
 class Stack:
-    """extauthz worker processes + Envoy, all on 127.0.0.1, stopped by PID."""
+    """extauthz worker processes + Envoy, all on 127.0.0.1, stopped by PID.
+
+    What "extauthz" costs is every process serving the check: with ``grpc-envoy`` each worker is
+    the extauthz process *and* the Envoy it supervises (its child, found after start-up), and
+    their CPU is counted together (:attr:`serving_pids`); RSS per worker is their sum.
+    """
 
     def __init__(self, tools: Tools, work: Path, workers: int, envoy_concurrency: int,
                  extauthz_args: Sequence[str] = (), transport: str = "grpc") -> None:
-        if transport not in ("grpc", "http"):
+        if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
         self.tools = tools
         self.transport = transport
@@ -190,11 +206,18 @@ class Stack:
         self.authz_ports = ports[2 + 2 * workers:]
         self.envoy_concurrency = envoy_concurrency
         self.extauthz: list[ManagedProcess] = []
+        #: per worker: the extauthz process and its descendants (the gRPC front's Envoy)
+        self.worker_groups: list[list[int]] = []
         self.envoy: ManagedProcess | None = None
 
     @property
     def extauthz_pids(self) -> list[int]:
         return [p.pid for p in self.extauthz if p.pid is not None]
+
+    @property
+    def serving_pids(self) -> list[int]:
+        """Every process serving checks (the CPU counted as "extauthz CPU")."""
+        return [pid for group in self.worker_groups for pid in group]
 
     def start_extauthz(self, config: Path, timeout: float = 180.0) -> None:
         self.stop_extauthz()
@@ -211,6 +234,9 @@ class Stack:
                 argv[argv.index("--grpc-address") + 1] = "off"
                 argv += ["--http-authz-address", f"{LOOPBACK}:{aport}",
                          "--http-authz-source-header", SOURCE_HEADER]
+            elif self.transport == "grpc-envoy":
+                # the gRPC port served by the Envoy extauthz supervises (extauthz.grpcfront)
+                argv += ["--grpc-server", "envoy"]
             # The decision log stays on (the default) but goes to /dev/null: a log collector's
             # cost is not ours, the JSON encoding is. exec keeps the PID that we measure.
             shell = ["/bin/sh", "-c", 'exec "$@" >/dev/null', "sh", *argv]
@@ -219,6 +245,9 @@ class Stack:
         self.extauthz = procs
         for proc, hport in zip(procs, self.http_ports, strict=True):
             proc.wait_ready(http_ok(f"http://{LOOPBACK}:{hport}/readyz"), timeout)
+        # /readyz includes the gRPC front's Envoy: it runs by now
+        self.worker_groups = [[p.pid, *procstat.descendants(p.pid)]
+                              for p in procs if p.pid is not None]
 
     def start_envoy(self) -> None:
         assert self.tools.envoy is not None
@@ -240,6 +269,7 @@ class Stack:
         for proc in self.extauthz:
             proc.stop()
         self.extauthz = []
+        self.worker_groups = []
 
     def stop(self) -> None:
         self.stop_extauthz()
@@ -310,18 +340,30 @@ def measure_wrk(stack: Stack, tools: Tools, sc: Scenario, conns: int, opts: Opti
     if warm and opts.warmup_s > 0:
         loadgen.run_wrk(tools.wrk, url, script, connections=conns, duration_s=opts.warmup_s,
                         threads=threads)
-    ext = procstat.CpuWindow(stack.extauthz_pids).start()
+    groups = worker_groups(stack)
+    ext = procstat.CpuWindow([pid for group in groups for pid in group]).start()
     env = procstat.CpuWindow([stack.envoy.pid] if stack.envoy and stack.envoy.pid else []).start()
     result = loadgen.run_wrk(tools.wrk, url, script, connections=conns,
                              duration_s=opts.duration_s, threads=threads)
     ext_cpu, env_cpu = ext.stop(), env.stop()
-    return _row(sc.name, result, ext_cpu, env_cpu, stack.extauthz_pids, expect=sc.expect)
+    return _row(sc.name, result, ext_cpu, env_cpu, groups, expect=sc.expect)
+
+
+def worker_groups(stack: Any) -> list[list[int]]:
+    """The processes of each worker: a :class:`Stack`'s groups, or one process per PID of the
+    minimal stacks ``scripts/bench servers`` and ``http`` build (``extauthz_pids`` only)."""
+    groups = getattr(stack, "worker_groups", None)
+    return groups if groups else [[pid] for pid in stack.extauthz_pids]
 
 
 def _row(name: str, result: loadgen.LoadResult, ext_cpu: float, env_cpu: float | None,
-         pids: Sequence[int], *, expect: int) -> dict[str, Any]:
+         groups: Sequence[Sequence[int]], *, expect: int) -> dict[str, Any]:
+    """One measured point. ``groups``: the processes of each worker (RSS per worker is the sum
+    of its group's; the worker figure is the largest)."""
     requests = max(1, result.requests)
     unexpected = result.non_2xx if expect < 300 else result.requests - result.non_2xx
+    ext_us = round(ext_cpu / requests * 1e6, 1)
+    env_us = round(env_cpu / requests * 1e6, 1) if env_cpu is not None else None
     return {
         "scenario": name,
         "tool": result.tool,
@@ -331,12 +373,15 @@ def _row(name: str, result: loadgen.LoadResult, ext_cpu: float, env_cpu: float |
         "rps": round(result.rps, 1),
         "latency_ms": {k: round(v / 1000, 4) for k, v in result.latency_us.items()
                        if not math.isnan(v)},
-        "extauthz_cpu_us_per_check": round(ext_cpu / requests * 1e6, 1),
+        "extauthz_cpu_us_per_check": ext_us,
         "extauthz_cpu_cores": round(ext_cpu / result.duration_s, 3) if result.duration_s else 0,
-        "envoy_cpu_us_per_request": (round(env_cpu / requests * 1e6, 1)
-                                     if env_cpu is not None else None),
-        "extauthz_rss_mib": round(procstat.max_rss_mib(pids), 1),
-        "extauthz_rss_total_mib": round(procstat.total_rss_mib(pids), 1),
+        "envoy_cpu_us_per_request": env_us,
+        # whole pod: the proxy's Envoy + everything extauthz runs, per request
+        "pod_cpu_us_per_check": round(ext_us + env_us, 1) if env_us is not None else None,
+        "extauthz_rss_mib": round(max((procstat.total_rss_mib(g) for g in groups), default=0), 1),
+        "extauthz_rss_total_mib": round(sum(procstat.total_rss_mib(g) for g in groups), 1),
+        #: processes whose CPU and RSS are counted as extauthz's (2 per worker with grpc-envoy)
+        "serving_processes": sum(len(g) for g in groups),
         "expected_status": expect,
         "unexpected_responses": unexpected,
         "errors": result.errors,
@@ -348,14 +393,14 @@ def measure_direct(stack: Stack, tools: Tools, sc: Scenario, streams: int, body:
     assert tools.h2load is not None
     url = f"http://{LOOPBACK}:{stack.grpc_ports[0]}{grpcframe.CHECK_PATH}"
     log = scratch_dir(opts.out) / f"h2load-{sc.name}-{streams}.log"
-    pids = stack.extauthz_pids[:1]
+    groups = worker_groups(stack)[:1]
     # warm-up: a separate short run (h2load's own --warm-up-time still counts in its log)
     loadgen.run_h2load(tools.h2load, url, body, streams=streams,
                        duration_s=max(0.3, opts.warmup_s), warmup_s=0, log_file=log)
-    ext = procstat.CpuWindow(pids).start()
+    ext = procstat.CpuWindow(groups[0] if groups else []).start()
     result = loadgen.run_h2load(tools.h2load, url, body, streams=streams,
                                 duration_s=opts.direct_duration_s, warmup_s=0, log_file=log)
-    row = _row(sc.name, result, ext.stop(), None, pids, expect=200)
+    row = _row(sc.name, result, ext.stop(), None, groups, expect=200)
     log.unlink(missing_ok=True)
     return row
 
@@ -428,11 +473,12 @@ def run_sweep(stack: Stack, tools: Tools, fx: fixtures.Fixtures,
         for n in points:
             started = time.monotonic()
             fill: Scenario | None = None
+            layout = ""
             if dim == "routes":
                 config = fixtures.sweep_routes_config(work, n, fx)
                 sc = Scenario(f"sweep-routes-{n}", "", "/sweep/match/orders", headers=api)
             elif dim == "api_keys":
-                config = fixtures.sweep_keys_config(work, n, fx)
+                config, layout = fixtures.sweep_keys_config(work, n, fx)
                 sc = Scenario(f"sweep-keys-{n}", "", "/sweep/target/orders", headers=api)
             elif dim == "issuers":
                 config = fixtures.sweep_issuers_config(work, n, fx)
@@ -469,6 +515,8 @@ def run_sweep(stack: Stack, tools: Tools, fx: fixtures.Fixtures,
             sweep_opts = Options(**{**opts.__dict__, "duration_s": opts.sweep_duration_s})
             row = measure_wrk(stack, tools, sc, 10, sweep_opts)
             row.update(dimension=dim, size=n, startup_s=round(load_s, 1))
+            if layout:
+                row["layout"] = layout
             rows.append(row)
             opts.log(f"    {row['rps']:.0f} req/s, p50 {row['latency_ms'].get('p50')} ms, "
                      f"RSS {row['extauthz_rss_mib']} MiB")
@@ -486,8 +534,12 @@ def run_sweep(stack: Stack, tools: Tools, fx: fixtures.Fixtures,
 
 
 def environment(tools: Tools, opts: Options) -> dict[str, Any]:
-    import grpc
+    try:  # optional for extauthz (--grpc-server envoy does without it)
+        import grpc
 
+        grpcio = grpc.__version__
+    except ImportError:
+        grpcio = "not installed"
     load = os.getloadavg()
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -497,7 +549,7 @@ def environment(tools: Tools, opts: Options) -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "loadavg_at_start": [round(x, 2) for x in load],
         "python": platform.python_version(),
-        "grpcio": grpc.__version__,
+        "grpcio": grpcio,
         "tools": tools.versions,
         "workers": opts.workers,
         "envoy_concurrency": opts.envoy_concurrency,
@@ -543,16 +595,26 @@ def run(tools: Tools, opts: Options) -> dict[str, Any]:
         with running_stack(tools, scratch_dir(opts.out), opts, fx.config, transport) as stack:
             log(f"[{transport}] extauthz x{opts.workers}, envoy on {stack.listener}")
             _run_e2e(stack, tools, selected, opts, result, transport)
-            # the direct h2load runs need the gRPC server, which the HTTP stack turns off
-            if transport == "grpc" and opts.direct and tools.h2load:
-                _run_direct(stack, tools, selected, opts, result)
-            elif transport == "grpc" and opts.direct:
+            # the direct h2load runs need a gRPC server, which the HTTP stack turns off
+            if transport in GRPC_TRANSPORTS and opts.direct and tools.h2load:
+                _run_direct(stack, tools, selected, opts, result, transport)
+            elif transport in GRPC_TRANSPORTS and opts.direct:
                 result["skipped"]["direct"] = "h2load not found (Debian package nghttp2-client)"
             if index == len(opts.transports) - 1 and opts.sweep and opts.sweep_points:
                 log(f"scaling sweep (wrk, 10 connections, {transport})")
                 result["sweep"] = run_sweep(stack, tools, fx, opts)
-    if opts.direct and "grpc" not in opts.transports:
-        result["skipped"]["direct"] = "the gRPC transport was not measured (--transports)"
+    if opts.api_keys_memory and apikeys.available():
+        log(f"API keys at scale: scripts/measure_apikeys.py --keys {opts.api_keys_memory}")
+        try:
+            rows, heading = apikeys.measure(opts.api_keys_memory)
+            result["api_keys_memory"] = {"keys": opts.api_keys_memory, "heading": heading,
+                                         "rows": rows}
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            result["skipped"]["api_keys_memory"] = str(exc)
+    elif opts.api_keys_memory:
+        result["skipped"]["api_keys_memory"] = "scripts/measure_apikeys.py is not in this tree"
+    if opts.direct and not set(GRPC_TRANSPORTS) & set(opts.transports):
+        result["skipped"]["direct"] = "no gRPC transport was measured (--transports)"
     result["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
@@ -596,8 +658,8 @@ def _run_e2e(stack: Stack, tools: Tools, selected: list[Scenario], opts: Options
 
 
 def _run_direct(stack: Stack, tools: Tools, active: list[Scenario], opts: Options,
-                result: dict[str, Any]) -> None:
-    opts.log("gRPC server directly (h2load, 1 HTTP/2 connection)")
+                result: dict[str, Any], transport: str = "grpc") -> None:
+    opts.log(f"[{transport}] gRPC server directly (h2load, 1 HTTP/2 connection)")
     for sc in active:
         if not sc.direct:
             continue
@@ -608,13 +670,14 @@ def _run_direct(stack: Stack, tools: Tools, active: list[Scenario], opts: Option
                if sc.rotate_header else {}))
         code, http = grpc_check_status(stack.grpc_ports[0], message)
         if http != sc.expect:
-            result["skipped"][f"direct:{sc.name}"] = (
+            result["skipped"][f"direct:{transport}:{sc.name}"] = (
                 f"gRPC preflight: HTTP {http} (gRPC {code}), expected {sc.expect}")
             continue
         body = grpcframe.write_frame(scratch_dir(opts.out) / f"check-{sc.name}.bin", message)
         for streams in opts.concurrency:
             row = measure_direct(stack, tools, sc, streams, body, opts)
             row["grpc_status"] = code
+            row["transport"] = transport
             result["direct"].append(row)
             opts.log(f"  {sc.name:<16} m={streams:<3} {row['rps']:>9.0f} req/s  p50 "
                      f"{row['latency_ms'].get('p50', 0):.3f} ms  cpu "

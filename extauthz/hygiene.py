@@ -22,6 +22,7 @@ identity has one is denied (``identity_not_representable``).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from urllib.parse import unquote_plus
@@ -38,10 +39,34 @@ def canonical_header(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def canonical_names(names: Iterable[str]) -> list[tuple[str, str]]:
+def canonical_names(names: Iterable[str]) -> tuple[tuple[str, str], ...]:
     """Each header name (already lower case, as in :class:`~extauthz.types.Headers`) with its
-    canonical form; computed once per request."""
-    return [(n, n.replace("_", "-").replace(".", "-")) for n in names]
+    canonical form.
+
+    Remembered per set of names (bounded): a client sends the same header names request after
+    request, and this runs on every allowed check.
+    """
+    key = tuple(names)
+    known = _CANONICAL.get(key)
+    if known is None:
+        known = tuple((n, n.replace("_", "-").replace(".", "-")) for n in key)
+        if _rememberable(key):
+            if len(_CANONICAL) >= _MAX_REMEMBERED:  # a new name set costs one computation
+                _CANONICAL.clear()
+            _CANONICAL[key] = known
+    return known
+
+
+#: header names as sent -> canonical_names(): at most _MAX_REMEMBERED sets of names, each of at
+#: most _MAX_REMEMBERED_CHARS characters (a client choosing new long names every request gets
+#: them computed every request, and holds at most ~1 MiB here)
+_CANONICAL: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+_MAX_REMEMBERED = 256
+_MAX_REMEMBERED_CHARS = 2048
+
+
+def _rememberable(names: tuple[str, ...]) -> bool:
+    return len(names) <= 128 and sum(map(len, names)) <= _MAX_REMEMBERED_CHARS
 
 
 def canonical_param(name: str) -> str:
@@ -58,11 +83,13 @@ class ReservedHeaders:
     Built once per configuration snapshot (:meth:`spoofed` runs on every allowed check).
     """
 
-    __slots__ = ("_names", "_prefix")
+    __slots__ = ("_names", "_prefix", "_reserved_in")
 
     def __init__(self, prefix: str, names: Iterable[str]) -> None:
         self._prefix = canonical_header(prefix)
         self._names = frozenset(canonical_header(n) for n in names)
+        #: canonical_names() output -> its reserved names (bounded; see spoofed)
+        self._reserved_in: dict[tuple[tuple[str, str], ...], tuple[str, ...]] = {}
 
     def envoy_regex(self) -> str:
         """An RE2 regex (Envoy ``safe_regex``) matching every reserved name in every spelling,
@@ -84,18 +111,33 @@ class ReservedHeaders:
         """The client's header names (exactly as sent) that are reserved, except ``keep`` (the
         exact names extauthz sets itself: Envoy overwrites those). ``client``: the output of
         :func:`canonical_names`."""
-        prefix, names = self._prefix, self._names
-        return [n for n, c in client if (c.startswith(prefix) or c in names) and n not in keep]
+        reserved = self._reserved_in.get(client) if isinstance(client, tuple) else None
+        if reserved is None:
+            prefix, names = self._prefix, self._names
+            reserved = tuple(n for n, c in client if c.startswith(prefix) or c in names)
+            if isinstance(client, tuple) and _rememberable(tuple(n for n, _ in client)):
+                # remembered per set of names, bounded like canonical_names
+                if len(self._reserved_in) >= _MAX_REMEMBERED:
+                    self._reserved_in.clear()
+                self._reserved_in[client] = reserved
+        return [n for n in reserved if n not in keep]
 
 
 def header_spellings(client: Iterable[tuple[str, str]], wanted: Iterable[str]) -> list[str]:
     """The client's header names whose canonical form is one of ``wanted``'s (e.g. every
     spelling of a credential header: ``x_api_key`` for ``x-api-key``). ``client``: the output
     of :func:`canonical_names`."""
-    targets = {canonical_header(n) for n in wanted}
+    targets = _canonical_headers(wanted if isinstance(wanted, tuple) else tuple(wanted))
     if not targets:
         return []
     return [n for n, c in client if c in targets]
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical_headers(names: tuple[str, ...]) -> frozenset[str]:
+    """The canonical forms of an authenticator's credential headers: the same few tuples (one
+    per authenticator of the configuration) on every allowed check."""
+    return frozenset(canonical_header(n) for n in names)
 
 
 def query_spellings(raw_query: str, params: Iterable[str],
@@ -160,6 +202,8 @@ def identity_value_safe(value: str) -> bool:
     character (CR, LF, NUL, TAB, DEL, C1), no leading or trailing space (HTTP/1 parsers strip
     it, so the upstream would see another value than an HTTP/2 one), and encodable as UTF-8
     (no lone surrogates)."""
+    if value.isascii() and value.isprintable():  # the common case, without the regex
+        return value[:1] != " " and value[-1:] != " "
     if _CONTROL.search(value) is not None or value[:1] == " " or value[-1:] == " ":
         return False
     if value.isascii():

@@ -214,11 +214,11 @@ class Engine:
         self, authenticator: Authenticator, view: RequestView, trace: Trace | None = None
     ) -> Identity | None:
         """Run one authenticator, counting the result (ok or reason) by method."""
-        counter = self.metrics.authentications
+        counter = self.metrics.authentication_results
         try:
             identity = await authenticator.authenticate(view)
         except CheckError as exc:
-            counter.labels(authenticator.kind.value, exc.reason.value).inc()
+            counter(authenticator.kind.value, exc.reason.value).inc()
             if isinstance(exc, AuthenticationError) and not exc.authenticator:
                 exc.authenticator = authenticator.name
             if trace is not None:
@@ -226,7 +226,7 @@ class Engine:
                     AuthnStep(authenticator.name, authenticator.kind.value, exc.reason.value))
             raise
         if identity is not None:
-            counter.labels(authenticator.kind.value, "ok").inc()
+            counter(authenticator.kind.value, "ok").inc()
         if trace is not None:
             trace.authn.append(AuthnStep(
                 authenticator.name, authenticator.kind.value,

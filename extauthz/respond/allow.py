@@ -16,7 +16,7 @@ encode it):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from extauthz.decision import Decision, GrpcCode, Outcome
@@ -129,7 +129,7 @@ def identity_headers(prefix: str, identity: Identity, route_name: str) -> list[t
 def _strip_credentials(
     route: Route,
     view: RequestView,
-    client_names: list[tuple[str, str]],
+    client_names: Sequence[tuple[str, str]],
     upstream: list[tuple[str, str]],
     upstream_names: set[str],
     remove: list[str],

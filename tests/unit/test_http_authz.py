@@ -626,3 +626,18 @@ async def test_over_the_budget_a_request_within_its_fair_share_still_passes(
     finally:
         for _, writer in slow:
             writer.close()
+
+
+def test_source_addresses_are_remembered_normalized_and_bounded() -> None:
+    from extauthz import http_authz
+    from extauthz.http_authz import SOURCE_HEADER, source_address
+
+    header = {SOURCE_HEADER: "2001:DB8::0:1"}
+    assert source_address(header, SOURCE_HEADER) == "2001:db8::1"
+    assert source_address(header, SOURCE_HEADER) == "2001:db8::1"  # remembered, same answer
+    assert source_address({SOURCE_HEADER: "not-an-ip"}, SOURCE_HEADER) == ""
+    assert source_address({SOURCE_HEADER: "not-an-ip"}, SOURCE_HEADER) == ""
+    for i in range(http_authz._MAX_ADDRESSES + 5):  # every client address new
+        source_address({SOURCE_HEADER: f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"},
+                       SOURCE_HEADER)
+    assert len(http_authz._ADDRESSES) <= http_authz._MAX_ADDRESSES

@@ -92,3 +92,51 @@ def test_envoy_regex_covers_every_spelling_of_every_reserved_name() -> None:
         assert re.fullmatch(regex, name), name
     for name in ("x-authority", "x-tenant-ids", "xtenant-id", "accept"):
         assert not re.fullmatch(regex, name), name
+
+
+# -- remembered per set of names (issue 16: computed once per client, bounded) -----------------
+
+
+def test_canonical_names_are_remembered_per_set_of_names_and_bounded() -> None:
+    from extauthz import hygiene
+
+    names = ["host", "x_auth_subject", "x-api.key"]
+    first = canonical_names(names)
+    assert first == (("host", "host"), ("x_auth_subject", "x-auth-subject"),
+                     ("x-api.key", "x-api-key"))
+    assert canonical_names(list(names)) is first  # the same answer, not computed again
+    for i in range(hygiene._MAX_REMEMBERED + 10):  # a client inventing names
+        canonical_names([f"x-new-{i}"])
+    assert len(hygiene._CANONICAL) <= hygiene._MAX_REMEMBERED
+    huge = ["x" * 3000]  # longer than worth remembering: computed, not kept
+    assert canonical_names(huge) == (("x" * 3000, "x" * 3000),)
+    assert tuple(huge) not in hygiene._CANONICAL
+
+
+def test_spoofed_gives_the_same_answer_remembered_or_not() -> None:
+    reserved = ReservedHeaders("x-auth-", ["x-tenant-id"])
+    client = canonical_names(["x_auth_subject", "x-tenant.id", "accept", "x-auth-method"])
+    expected = ["x_auth_subject", "x-tenant.id", "x-auth-method"]
+    assert reserved.spoofed(client, set()) == expected
+    assert reserved.spoofed(client, set()) == expected  # remembered
+    assert reserved.spoofed(client, {"x-auth-method"}) == expected[:2]  # keep applies each time
+    assert reserved.spoofed(list(client), set()) == expected  # not a tuple: not remembered
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@pytest.mark.parametrize("value", ["alice", "", " alice", "alice ", "a b", "a\tb", "a\x7f",
+                                   "a\x00b", "~!@#$%^&*()", "a\nb", "\x1b[31m", "caf\u00e9",
+                                   "a\u0085b", "\ud800", "a\u00a0"])
+def test_identity_value_safe_is_the_same_with_and_without_the_ascii_shortcut(value: str) -> None:
+    """The printable-ASCII shortcut answers exactly what the full rule (regex, spaces, UTF-8)
+    answers."""
+    try:
+        value.encode("utf-8")
+        encodable = True
+    except UnicodeEncodeError:
+        encodable = False
+    full = (_CONTROL_RE.search(value) is None and value[:1] != " " and value[-1:] != " "
+            and encodable)
+    assert identity_value_safe(value) is full

@@ -21,3 +21,18 @@ def test_each_label_set_is_counted_and_timed_separately() -> None:
                   {"route": "admin", "outcome": "allow", "reason": "ok"}) == 1
     assert sample("extauthz_check_duration_seconds_count", {"route": "orders"}) == 4
     assert sample("extauthz_check_duration_seconds_sum", {"route": "admin"}) == 0.002
+
+
+def test_children_are_made_once_and_count_like_labels() -> None:
+    from extauthz.metrics import Children, Metrics
+
+    metrics = Metrics()
+    children = Children(metrics.authentications)
+    first = children("jwt", "ok")
+    assert children("jwt", "ok") is first
+    first.inc()
+    children("jwt", "expired").inc(2)
+    assert metrics.authentications.labels("jwt", "ok")._value.get() == 1
+    assert metrics.authentications.labels("jwt", "expired")._value.get() == 2
+    assert metrics.authentication_results("api_key", "ok") is metrics.authentication_results(
+        "api_key", "ok")
