@@ -13,22 +13,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from extauthz.keys import hash_api_key
 from extauthz.server import Server, ServerOptions
+from tests.support.configs import api_key_config
 
 KEY = "eak_grpc-servicer-test-key-000000"
 
-CONFIG = f"""
-authenticators:
-  keys: {{api_key: {{}}}}
-consumers:
-- name: alice
-  keys: [{{id: k1, hash: "{hash_api_key(KEY)}", scopes: [read]}}]
-routes:
-- name: api
-  match: {{prefix: /api/}}
-  authn: [keys]
-"""
+CONFIG = api_key_config(KEY)  # the shared smallest protected configuration
 
 
 def check_request(path: str, headers: dict[str, str]) -> external_auth_pb2.CheckRequest:

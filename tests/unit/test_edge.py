@@ -17,22 +17,14 @@ from extauthz.edge import DECISIONS, GRPC, GRPC_BYTES, CheckEdge, decide
 from extauthz.errors import BadRequestError, Reason
 from extauthz.explain import Trace
 from extauthz.http_authz import HttpAuthzServer
-from extauthz.keys import hash_api_key
 from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder, Metrics
 from extauthz.pipeline import Engine
 from extauthz.snapshot import load_snapshot
 from extauthz.types import RequestView
+from tests.support.configs import api_key_config
 
 KEY = "eak_edge-test-key-0000000000000000"
-CONFIG = f"""
-authenticators:
-  keys: {{api_key: {{}}}}
-consumers:
-- name: alice
-  keys: [{{id: k1, hash: "{hash_api_key(KEY)}", scopes: [read]}}]
-routes:
-- {{name: api, match: {{prefix: /api/}}, authn: [keys]}}
-"""
+CONFIG = api_key_config(KEY)  # the shared smallest protected configuration
 
 
 @pytest.fixture
