@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 #: How long a stopping server waits for in-flight handlers (a "slow" IdP must not stall a test).
 SHUTDOWN_TIMEOUT = 0.5
+#: the longest header line the demo upstreams accept: Envoy's default header-block limit
+UPSTREAM_HEADER_LIMIT = 60 * 1024
 
 
 class BackgroundApp:
@@ -123,7 +125,12 @@ class BackgroundApp:
     async def _up(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self._factory(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        # Header lines up to Envoy's own limit (60 KiB by default): an upstream behind Envoy sees
+        # what Envoy forwards, e.g. an XFCC with a client certificate after two hops (> 8 KiB,
+        # aiohttp's default, which answered 400 for a large certificate)
+        runner = web.AppRunner(self._factory(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                               max_line_size=UPSTREAM_HEADER_LIMIT,
+                               max_field_size=UPSTREAM_HEADER_LIMIT)
         await runner.setup()
         # Bind ourselves: SO_REUSEADDR lets a restart reuse the port at once (TIME_WAIT), and no
         # SO_REUSEPORT so a second process cannot silently share it.

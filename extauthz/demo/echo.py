@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from extauthz.demo.background import BackgroundApp
+from extauthz.demo.background import UPSTREAM_HEADER_LIMIT, BackgroundApp
 
 DEFAULT_PORT = 18080
 
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     async def run() -> None:
-        runner = web.AppRunner(make_echo_app(), access_log=None)
+        runner = web.AppRunner(make_echo_app(), access_log=None,
+                               max_line_size=UPSTREAM_HEADER_LIMIT,
+                               max_field_size=UPSTREAM_HEADER_LIMIT)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"echo upstream on http://{args.host}:{args.port}", flush=True)
