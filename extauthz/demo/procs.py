@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from extauthz.parentdeath import AVAILABLE, die_with_parent
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -122,28 +124,9 @@ def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
-
-
-#: Resolved once in the parent: the child must not import anything between fork and exec.
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
-    """Linux: have the kernel SIGTERM the child when its parent dies, so a crashed demo or a
-    killed pytest does not leave Envoy and extauthz holding their ports."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+#: the kernel SIGTERMs the child when the demo dies, so a crashed demo or a killed pytest
+#: does not leave Envoy and extauthz holding their ports
+_die_with_parent = die_with_parent(signal.SIGTERM)
 
 
 class ManagedProcess:
@@ -203,7 +186,7 @@ class ManagedProcess:
                 # Own session: a Ctrl-C in the demo's terminal reaches only the demo, which then
                 # stops its children in order, by PID.
                 start_new_session=True,
-                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                preexec_fn=_die_with_parent if AVAILABLE else None,
             )
         except OSError as exc:
             log.close()

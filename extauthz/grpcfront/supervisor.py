@@ -21,9 +21,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
+
+from extauthz.parentdeath import die_with_parent
 
 log = logging.getLogger("extauthz.grpcfront")
 envoy_log = logging.getLogger("extauthz.envoy")
@@ -42,26 +43,8 @@ _STABLE_SECONDS = 30.0
 _ADMIN_ERRORS = (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError)
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
-
-
-#: resolved once in the parent: the child must not import anything between fork and exec
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+#: the kernel kills Envoy when extauthz dies (no orphan)
+_die_with_parent = die_with_parent(signal.SIGKILL)
 
 
 async def admin_request(socket_path: str, method: str, target: str,
