@@ -27,6 +27,7 @@ the stand-in cannot be the current task while another one is.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import types
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
@@ -125,9 +126,13 @@ def start(coro: Coroutine[Any, Any, T],
     if _enter_task is None or asyncio.current_task(loop) is not None:
         return loop.create_task(coro)
     stand_in = _StandIn(loop)
+    # A task runs its coroutine in a copy of the context it was created in; so does this, so
+    # a context variable the check sets (e.g. the trace parent) never leaks into the caller's
+    # context and from there into the next check
+    context = contextvars.copy_context()
     _enter_task(loop, stand_in)
     try:
-        awaited = coro.send(None)
+        awaited = context.run(coro.send, None)
     except StopIteration as stop:
         done: asyncio.Future[T] = loop.create_future()
         done.set_result(stop.value)
@@ -144,6 +149,6 @@ def start(coro: Coroutine[Any, Any, T],
         return done
     finally:
         _leave_task(loop, stand_in)
-    adopted: asyncio.Task[T] = loop.create_task(_resume(coro, awaited))
+    adopted: asyncio.Task[T] = loop.create_task(_resume(coro, awaited), context=context)
     stand_in.adopt(adopted)
     return adopted

@@ -9,6 +9,7 @@ on Python 3.11 (3.12+ uses the standard library's eager task factory).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -169,3 +170,38 @@ def test_the_stand_in_applies_cancellation_requested_before_a_task_took_over() -
         assert stand_in.done() and stand_in.get_loop() is loop
 
     asyncio.run(main())
+
+
+_PARENT: contextvars.ContextVar[str] = contextvars.ContextVar("parent", default="unset")
+
+
+def test_a_context_variable_set_by_the_check_does_not_leak_into_the_caller() -> None:
+    """As with a task: the first step runs in a copy of the caller's context, and a check that
+    suspends goes on in that same copy."""
+
+    async def sets_and_finishes() -> str:
+        _PARENT.set("check-1")
+        return _PARENT.get()
+
+    async def sets_then_suspends() -> str:
+        _PARENT.set("check-2")
+        await asyncio.sleep(0)
+        return _PARENT.get()
+
+    loop = asyncio.new_event_loop()
+    try:
+        results: list[str] = []
+
+        def from_a_callback() -> None:  # like data_received: outside any task
+            first = eager.start(sets_and_finishes(), loop)
+            results.append(first.result())
+            results.append(_PARENT.get())
+            second = eager.start(sets_then_suspends(), loop)
+            second.add_done_callback(lambda f: results.append(f.result()))
+            results.append(_PARENT.get())
+
+        loop.call_soon(from_a_callback)
+        loop.run_until_complete(asyncio.sleep(0.05))
+    finally:
+        loop.close()
+    assert results == ["check-1", "unset", "unset", "check-2"]
