@@ -58,19 +58,21 @@ def read_key_file(path: Path) -> Iterator[KeyLine]:
     """The keys of ``path``, one line at a time; :class:`KeyFileError` (a ValueError) names the
     file and line of the first bad one, ``OSError`` when the file cannot be read."""
     with path.open("rb") as stream:
-        for number, raw in enumerate(stream, 1):
+        number = 0
+        while raw := stream.readline(MAX_LINE_BYTES + 2):  # the bound, and its CR LF, at most
+            number += 1
             line = raw.strip()
             if not line or line.startswith(b"#"):
                 continue
             try:
+                if len(raw.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+                    raise ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
                 yield _key_line(number, line)
             except ValueError as exc:
                 raise KeyFileError(f"{path}:{number}: {exc}") from None
 
 
 def _key_line(number: int, line: bytes) -> KeyLine:
-    if len(line) > MAX_LINE_BYTES:
-        raise ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
     try:
         doc = json.loads(line)
     except (ValueError, RecursionError):

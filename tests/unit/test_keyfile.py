@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from extauthz.authn import keyfile
 from extauthz.authn.apikey import ApiKeyAuthenticator
 from extauthz.config.schema import ApiKeySpec, Consumer
 from extauthz.errors import AuthenticationError, ConfigError, Reason
@@ -157,3 +158,12 @@ def test_interned_consumer_names_are_shared_objects(tmp_path: Path) -> None:
     first, second = (r for v in auth._index.values()
                      for r in (v if isinstance(v, tuple) else (v,)))
     assert first.consumer is second.consumer is sys.intern("c0")
+
+
+def test_an_overlong_line_is_refused_at_its_line_without_reading_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "keys.jsonl"
+    path.write_bytes(b'{"consumer": "a", "id": "k1", "hash": "sha256:' + b"0" * 64 + b'"}\n'
+                     + b"x" * (keyfile.MAX_LINE_BYTES * 3) + b"\n")
+    with pytest.raises(keyfile.KeyFileError) as error:
+        list(keyfile.read_key_file(path))
+    assert str(error.value) == f"{path}:2: line longer than {keyfile.MAX_LINE_BYTES} bytes"
