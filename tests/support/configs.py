@@ -9,15 +9,18 @@ consumer, one route.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from extauthz.config.loader import load_config
 from extauthz.keys import hash_api_key
 from extauthz.metrics import Metrics
-from extauthz.snapshot import Snapshot, compile_config
+from extauthz.pipeline import Engine
+from extauthz.snapshot import Snapshot, compile_config, load_snapshot
 
-__all__ = ["OPEN_CONFIG", "api_key_config", "compile_text", "write_config"]
+__all__ = ["OPEN_CONFIG", "api_key_config", "compile_text", "started_engine", "write_config"]
 
 #: one public route matching every path (and an API-key authenticator no route uses): what is
 #: refused there is refused before routing and authentication
@@ -60,3 +63,16 @@ routes:
   match: {{prefix: /api/}}
   authn: [keys]
 """
+
+
+@asynccontextmanager
+async def started_engine(directory: Path, text: str) -> AsyncIterator[Engine]:
+    """An :class:`Engine` over the started snapshot of ``text`` (loaded from a file, as the
+    server loads it); the snapshot is closed on exit."""
+    metrics = Metrics()
+    snapshot = load_snapshot(write_config(directory, text, "config.yaml"), metrics)
+    await snapshot.start()
+    try:
+        yield Engine(metrics, snapshot)
+    finally:
+        await snapshot.close()

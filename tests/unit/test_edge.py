@@ -17,11 +17,10 @@ from extauthz.edge import DECISIONS, GRPC, GRPC_BYTES, CheckEdge, decide
 from extauthz.errors import BadRequestError, Reason
 from extauthz.explain import Trace
 from extauthz.http_authz import HttpAuthzServer
-from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder, Metrics
+from extauthz.metrics import NO_ROUTE_LABEL, CheckRecorder
 from extauthz.pipeline import Engine
-from extauthz.snapshot import load_snapshot
 from extauthz.types import RequestView
-from tests.support.configs import api_key_config
+from tests.support.configs import api_key_config, started_engine
 
 KEY = "eak_edge-test-key-0000000000000000"
 CONFIG = api_key_config(KEY)  # the shared smallest protected configuration
@@ -29,15 +28,8 @@ CONFIG = api_key_config(KEY)  # the shared smallest protected configuration
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    path = tmp_path / "config.yaml"
-    path.write_text(CONFIG)
-    metrics = Metrics()
-    snapshot = load_snapshot(path, metrics)
-    await snapshot.start()
-    try:
-        yield Engine(metrics, snapshot)
-    finally:
-        await snapshot.close()
+    async with started_engine(tmp_path, CONFIG) as started:
+        yield started
 
 
 def counted(engine: Engine, route: str, outcome: str, reason: str) -> float:

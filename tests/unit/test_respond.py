@@ -37,11 +37,10 @@ from extauthz.decision import Decision, GrpcCode, Outcome, deny, from_error
 from extauthz.edge import decide
 from extauthz.errors import DependencyUnavailable, Reason, TooManyAttempts
 from extauthz.keys import hash_api_key
-from extauthz.metrics import Metrics
 from extauthz.pipeline import Engine
 from extauthz.respond.grpc import to_check_response
 from extauthz.respond.http import METADATA_PREFIX, REASONS, REMOVE_HEADER, render
-from extauthz.snapshot import load_snapshot
+from tests.support.configs import started_engine
 
 KEY = "eak_respond-table-key-00000000000000"
 WRONG = "eak_respond-table-key-11111111111111"
@@ -288,15 +287,8 @@ def http_said(decision: Decision, *, head: bool, cookie_forwarded: bool) -> tupl
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    path = tmp_path / "config.yaml"
-    path.write_text(CONFIG)
-    metrics = Metrics()
-    snapshot = load_snapshot(path, metrics)
-    await snapshot.start()
-    try:
-        yield Engine(metrics, snapshot)
-    finally:
-        await snapshot.close()
+    async with started_engine(tmp_path, CONFIG) as started:
+        yield started
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
