@@ -17,6 +17,7 @@ from extauthz.logformat import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from extauthz import eventloop
     from extauthz.grpcfront.front import FrontOptions
     from extauthz.server import Server, ServerOptions, split_address
 
@@ -25,6 +26,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.grpc_address == "off" and not args.http_authz_address:
         print("extauthz: --grpc-address off needs --http-authz-address", file=sys.stderr)
+        return 2
+    try:
+        loop_factory = eventloop.loop_factory(args.event_loop)
+    except eventloop.Unavailable as exc:
+        print(f"extauthz: {exc}", file=sys.stderr)
         return 2
     grpc_check = "x:0" if args.grpc_address == "off" else args.grpc_address
     for address in (grpc_check, args.http_address, args.http_authz_address or "x:0"):
@@ -72,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         tracing.configure_from_env(os.environ)  # OTEL_*: imports OpenTelemetry only if asked
-        asyncio.run(Server(options).run_until_signal())
+        eventloop.run(Server(options).run_until_signal(), loop_factory)
     except ConfigError as exc:
         _print_config_error(args.config, exc)
         return 1
@@ -543,6 +549,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve.add_argument("--heap-trim-interval", type=float, default=30.0, metavar="SECONDS",
                        help="return freed heap memory to the system this often, after a burst "
                             "of connections or checks (0: never)")
+    serve.add_argument("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                       help="the event loop: 'uvloop' (libuv; less CPU per check, "
+                            "docs/performance.md 'Event loop'), 'asyncio' (the standard "
+                            "library's), or 'auto': uvloop when installed, else asyncio. The "
+                            "log says which runs ('event loop: uvloop')")
     _add_limit_flags(serve)
     _add_env_help(serve)
     try:

@@ -98,7 +98,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httptools
 
@@ -328,11 +328,12 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (asyncio's, or uvloop's: those implement the interface without
+        # subclassing asyncio.Transport, so no isinstance check here)
+        self.transport = cast(asyncio.Transport, transport)
         # asyncio calls pause_writing() above ``high``: the answers the client has not read
-        transport.set_write_buffer_limits(high=self.limits.max_unread_output,
-                                          low=self.limits.max_unread_output // 4)
+        self.transport.set_write_buffer_limits(high=self.limits.max_unread_output,
+                                               low=self.limits.max_unread_output // 4)
         self.server.connections.add(self)
         self.since = time.monotonic()
 
