@@ -142,14 +142,12 @@ async def measure(work: Path, iterations: int, names: list[str] | None,
 
 
 def run(work: Path, iterations: int, names: list[str] | None, profile: bool,
-        uvloop: bool = False) -> int:
-    """Print the table (and profiles); ``uvloop``: on uvloop's event loop instead of asyncio's."""
-    if uvloop:
-        import uvloop as uv
+        event_loop: str = "auto") -> int:
+    """Print the table (and profiles); ``event_loop``: as ``serve --event-loop``."""
+    from extauthz import eventloop
 
-        rows = uv.run(measure(work, iterations, names, profile))
-    else:
-        rows = asyncio.run(measure(work, iterations, names, profile))
+    rows = eventloop.run(measure(work, iterations, names, profile),
+                         eventloop.loop_factory(event_loop))
     print("HTTP transport, in process: data_received -> answer written "
           "(µs of CPU per check, every thread: fastest and median of 7 batches)")
     for row in rows:

@@ -157,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
 
             return hotloop.run(work, args.iterations,
                                args.scenarios.split(",") if args.scenarios else None,
-                               args.profile)
+                               args.profile, args.event_loop)
         rows = asyncio.run(measure(work, args.iterations, None))
     print("microseconds per call (median of 5 batches); 'total' = parse + Check + serialize")
     print(table(rows))

@@ -11,7 +11,8 @@ loaded with wrk (10 connections) while ``py-spy record --native`` samples the ex
 ``httptools``   the HTTP/1.1 parser of the HTTP transport (``--transport http``)
 ``grpc``        grpcio: the Cython core (``cygrpc``), ``grpc/aio``, the C core (``grpc_core``...)
 ``asyncio``     the event loop itself (selectors, ``_run_once``, tasks/futures)
-``syscalls``    socket and epoll system calls (``send``, ``recv``, ``epoll_wait``), kernel included
+``syscalls``    socket and epoll system calls (``send``, ``recv``, ``epoll_wait``; uvloop's
+                ``write``, ``read``, ``epoll_pwait``), kernel included
 ``other``
 
 and the share of each bucket times the measured CPU per check (``/proc``, same run) gives
@@ -40,11 +41,14 @@ from typing import Any
 BUCKETS = ("ours", "protobuf", "prometheus", "decisionlog", "httptools", "grpc", "asyncio",
            "syscalls", "other")
 #: the C functions of the socket and selector system calls (the kernel's work is in them)
-_SYSCALLS = ("sock_send", "sock_recv", "sock_call", "select_epoll_poll", "getpid")
+_SYSCALLS = ("sock_send", "sock_recv", "sock_call", "select_epoll_poll", "getpid",
+             # uvloop's (libuv): the socket write and read, the poll
+             "UVStream__try_write", "uv__read", "uv__write")
 
 
 #: our entry points: on every stack of the main thread, so they say nothing about the cost
-_ENTRY = ("extauthz/__main__.py", "extauthz/cli.py", "extauthz/server.py")
+_ENTRY = ("extauthz/__main__.py", "extauthz/cli.py", "extauthz/server.py",
+          "extauthz/eventloop.py")
 #: the transports: a stage label is the first of our frames below these
 _TRANSPORT = ("extauthz/servicer.py", "extauthz/http_authz.py", "extauthz/eager.py",
               "extauthz/grpcfront/")
@@ -68,7 +72,9 @@ def idle(stack: str) -> bool:
     inner = ";".join(frames[-4:])
     if any(w in inner for w in _WAITING):
         return True
-    return frames[-1].startswith("epoll_wait") and "select_epoll_poll" in inner
+    leaf = frames[-1]
+    return ((leaf.startswith("epoll_wait") and "select_epoll_poll" in inner)
+            or (leaf.startswith("epoll_pwait") and "uv__io_poll" in inner))  # uvloop's
 
 
 def classify(stack: str) -> str:
@@ -90,7 +96,7 @@ def classify(stack: str) -> str:
     joined = stack.lower()
     if "grpc" in joined or "cygrpc" in joined:
         return "grpc"
-    if "asyncio" in joined or "selectors" in joined or "uvloop" in joined:
+    if any(n in joined for n in ("asyncio", "selectors", "uvloop", "uv_run", "(loop.c:")):
         return "asyncio"
     return "other"
 

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -21,3 +23,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield running
     finally:
         running.stop()
+
+
+if os.environ.get("EXTAUTHZ_TEST_EVENT_LOOP") == "uvloop":
+    # Every async test on uvloop's loop instead of asyncio's (what `extauthz serve` runs on by
+    # default): EXTAUTHZ_TEST_EVENT_LOOP=uvloop .venv/bin/python -m pytest tests/unit/...
+    # (pytest-asyncio's hook; defined only when asked, since defining it parametrizes every
+    # async test)
+    import uvloop
+
+    def pytest_asyncio_loop_factories(config: pytest.Config,
+                                      item: pytest.Item) -> dict[str, Any]:
+        return {"uvloop": uvloop.new_event_loop}

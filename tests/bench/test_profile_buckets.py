@@ -29,3 +29,23 @@ def test_work_is_bucketed_by_its_innermost_known_frame() -> None:
     assert classify(check) == "ours"
     assert classify(send) == "syscalls"
     assert classify(metrics) == "prometheus"
+
+
+UVLOOP = ("run (extauthz/eventloop.py:78);Loop.run_forever (loop.c:30140);uv_run (core.c:464);"
+          "uv__io_poll (linux.c:1452)")
+
+
+def test_uvloop_samples_are_bucketed_like_asyncio_ones() -> None:
+    waiting = UVLOOP + ";epoll_pwait (libc.so.6)"
+    write = (UVLOOP + ";_Connection._answer (extauthz/http_authz.py:620);"
+             "UVStream__exec_write (loop.c:107733);UVStream__try_write (loop.c:106818);"
+             "write (libc.so.6)")
+    read = UVLOOP + ";uv__stream_io (stream.c:1210);uv__read (stream.c:1063);read (libc.so.6)"
+    check = (UVLOOP + ";_Connection._next (extauthz/http_authz.py:542);"
+             "Engine._allow (extauthz/pipeline.py:303)")
+    loop_itself = UVLOOP + ";uv__stream_io (stream.c:1210)"
+    assert idle(waiting)
+    assert not any(idle(s) for s in (write, read, check, loop_itself))
+    assert classify(write) == classify(read) == "syscalls"
+    assert classify(check) == "ours"
+    assert classify(loop_itself) == "asyncio"
