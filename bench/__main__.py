@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     micro.add_argument("--scenarios", help="comma-separated (--transport http)")
     micro.add_argument("--profile", action="store_true",
                        help="--transport http: also print a cProfile of the loop")
-    micro.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+    micro.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
                        help="--transport http: the loop, as `extauthz serve --event-loop`")
     micro.set_defaults(func=lambda a: __import__("bench.micro").micro.main(a))
 

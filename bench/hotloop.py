@@ -142,7 +142,7 @@ async def measure(work: Path, iterations: int, names: list[str] | None,
 
 
 def run(work: Path, iterations: int, names: list[str] | None, profile: bool,
-        event_loop: str = "auto") -> int:
+        event_loop: str = "asyncio") -> int:
     """Print the table (and profiles); ``event_loop``: as ``serve --event-loop``."""
     from extauthz import eventloop
 

@@ -1,19 +1,21 @@
-"""The event loop ``extauthz serve`` runs on: uvloop when it is installed, else asyncio's own.
+"""The event loop ``extauthz serve`` runs on: asyncio's own, or uvloop when asked for.
 
 ``serve --event-loop`` (env ``EXTAUTHZ_EVENT_LOOP``) chooses:
 
-* ``auto`` (the default): uvloop when it can be imported, asyncio's loop otherwise (uvloop has no
-  Windows build; a platform without a wheel still serves);
-* ``uvloop``: uvloop or refuse to start (:class:`Unavailable`);
-* ``asyncio``: the standard library's loop.
+* ``asyncio`` (the default): the standard library's loop;
+* ``uvloop``: libuv's loop (``pip install 'extauthz[uvloop]'``); refused at start
+  (:class:`Unavailable`) when uvloop cannot be imported.
 
-Why uvloop: every check the HTTP transport answers costs the loop an ``epoll`` turn, a socket
-read and a write; uvloop (libuv, Cython) does those in C where asyncio's selector loop runs
-Python for each. Measured through Envoy in docs/performance.md ("Event loop"). The decisions do
-not depend on the loop: every transport and :mod:`extauthz.eager` use only the public asyncio
-API plus ``asyncio.tasks._enter_task``/``_leave_task``, which work on any loop.
+Why asyncio stays the default: measured through Envoy (docs/performance.md, "Event loop"),
+uvloop made no difference to extauthz's CPU per check that this shared 2-core machine could
+show: after the eager start of checks (:mod:`extauthz.eager`) the loop itself is a few per cent
+of a check, and the system calls it makes (``epoll_wait``, ``recv``, ``send``) are the same on
+both. The option stays for measuring elsewhere (another machine, another Python). Everything
+extauthz does on the loop is loop-neutral: the public asyncio API, plus
+``asyncio.tasks._enter_task``/``_leave_task`` in :mod:`extauthz.eager`, which work on any loop
+(tests/unit/test_eventloop.py runs test_eager's tests on uvloop).
 
-:func:`run` logs the loop it actually runs on (``event loop: uvloop``), taken from the running
+:func:`run` logs the loop it actually runs on (``event loop: asyncio``), taken from the running
 loop's type, not from the option.
 """
 
@@ -29,8 +31,8 @@ __all__ = ["CHOICES", "Unavailable", "loop_factory", "run", "running_loop_name"]
 log = logging.getLogger("extauthz.eventloop")
 T = TypeVar("T")
 
-#: the values of ``serve --event-loop``
-CHOICES = ("auto", "asyncio", "uvloop")
+#: the values of ``serve --event-loop`` (the first is the default)
+CHOICES = ("asyncio", "uvloop")
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -52,10 +54,8 @@ def loop_factory(choice: str) -> LoopFactory | None:
     try:
         import uvloop
     except ImportError:
-        if choice == "uvloop":
-            raise Unavailable("--event-loop uvloop needs uvloop (pip install uvloop); "
-                              "or --event-loop asyncio") from None
-        return None
+        raise Unavailable("--event-loop uvloop needs uvloop (pip install 'extauthz[uvloop]'); "
+                          "or --event-loop asyncio") from None
     factory: LoopFactory = uvloop.new_event_loop
     return factory
 
