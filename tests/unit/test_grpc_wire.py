@@ -280,3 +280,21 @@ def test_a_status_beyond_int32_fails_both(code: int) -> None:
         to_check_response(decision)
     with pytest.raises(ValueError, match="out of range"):
         grpc_wire.encode(decision)
+
+
+@pytest.mark.parametrize("n", range(110, 135))
+def test_lengths_around_one_byte_varints(n: int) -> None:
+    """Every length that decides between one and two bytes, where the one-call fast paths end:
+    a header, a Struct entry (string or another Value), a list element."""
+    text = "v" * n
+    for decision in (
+        _allow(upstream_headers=(("k", text), (text, "v"), ("kk", text))),
+        _allow(response_headers=(("k", text), (text, "v"))),
+        deny(401, GrpcCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIAL, "r", text,
+             challenges=[text, text[3:]]),
+        _allow(dynamic_metadata={"k": text, text: "v", "kk": text[2:], "l": [text, text[1:]]}),
+        _allow(dynamic_metadata={"k": {"a": text[5:]}, text: None, "n": [1.5, text[9:]],
+                                 "t": {text[7:]: True}}),
+        _allow(remove_headers=(text,), remove_query=(text,)),
+    ):
+        assert_same(decision)
