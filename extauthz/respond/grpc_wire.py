@@ -202,7 +202,13 @@ def _list(values: Any) -> bytes:
 
 
 def _value(value: Any) -> bytes:
-    """One google.protobuf.Value, in ``_SetStructValue``'s order of type checks."""
+    """One google.protobuf.Value, in ``_SetStructValue``'s order of type checks (an exact
+    list or dict first: no earlier check can match it)."""
+    cls = type(value)
+    if cls is list:
+        return _delimited(_KIND_LIST, _list(value))
+    if cls is dict:
+        return _delimited(_KIND_STRUCT, _struct(value))
     if value is None:
         return _NULL
     if isinstance(value, bool):
