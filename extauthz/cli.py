@@ -83,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         if (exc.name or "").split(".")[0] not in ("grpc", "grpc_health"):
             raise
         print("extauthz: cannot start: --grpc-server grpcio needs grpcio (pip install "
-              "'extauthz[grpcio]'); or serve gRPC through Envoy: --grpc-server envoy",
+              "'extauthz[grpcio]'); the default, --grpc-server native, needs nothing more",
               file=sys.stderr)
         return 1
     finally:
