@@ -49,11 +49,12 @@ REPO = Path(__file__).resolve().parents[1]
 #: Envoy -> extauthz transports, in the order a run measures them: ``grpc`` (ext_authz
 #: grpc_service, served by grpc.aio in the extauthz process), ``grpc-envoy`` (the same gRPC API
 #: served by the Envoy that ``extauthz serve --grpc-server envoy`` starts and supervises, bridged
-#: to extauthz's httptools server: extauthz.grpcfront) and ``http`` (http_service, served by
+#: to extauthz's httptools server: extauthz.grpcfront), ``grpc-native`` (the built-in HTTP/2
+#: server, ``--grpc-server native``: extauthz.h2grpc) and ``http`` (http_service, served by
 #: ``extauthz serve --http-authz-address``)
-TRANSPORTS = ("grpc", "grpc-envoy", "http")
+TRANSPORTS = ("grpc", "grpc-envoy", "grpc-native", "http")
 #: the transports that serve the gRPC Check API (h2load can load them directly)
-GRPC_TRANSPORTS = ("grpc", "grpc-envoy")
+GRPC_TRANSPORTS = ("grpc", "grpc-envoy", "grpc-native")
 
 
 def output_dir(given: str | None, prefix: str) -> Path:
@@ -237,6 +238,11 @@ class Stack:
             elif self.transport == "grpc-envoy":
                 # the gRPC port served by the Envoy extauthz supervises (extauthz.grpcfront)
                 argv += ["--grpc-server", "envoy"]
+            elif self.transport == "grpc-native":
+                # the built-in HTTP/2 server (extauthz.h2grpc)
+                argv += ["--grpc-server", "native"]
+            else:
+                argv += ["--grpc-server", "grpcio"]
             # The decision log stays on (the default) but goes to /dev/null: a log collector's
             # cost is not ours, the JSON encoding is. exec keeps the PID that we measure.
             shell = ["/bin/sh", "-c", 'exec "$@" >/dev/null', "sh", *argv]

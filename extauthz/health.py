@@ -15,6 +15,7 @@ grpc and grpc_health are imported only by the grpc.aio methods (:meth:`HealthSer
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 #: ``grpc.health.v1.HealthCheckResponse.ServingStatus`` values (the protobuf enum's numbers)
@@ -66,15 +67,25 @@ class HealthService:
     async def Watch(self, request: Any, context: Any) -> None:
         from grpc_health.v1 import health_pb2
 
+        async def send(status: int) -> None:
+            await context.write(health_pb2.HealthCheckResponse(status=status))
+
+        await self.watch(request.service, send)
+
+    async def watch(self, service: str, send: Callable[[int], Awaitable[None]]) -> None:
+        """Send the status of ``service`` now and on every change, until :meth:`end` (the
+        last status sent is then NOT_SERVING); must run in a task of its own (:meth:`end`
+        waits for it, and cancels it when it is stuck on a client that does not read).
+        Both gRPC servers' ``Watch`` use it."""
         changed = asyncio.Event()
         self._watches[changed] = asyncio.current_task()
         try:
             last = None
             while True:
                 changed.clear()
-                status = self._status.get(request.service, SERVICE_UNKNOWN)
+                status = self._status.get(service, SERVICE_UNKNOWN)
                 if status != last:
-                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    await send(status)
                     last = status
                 if self._ended:
                     return  # the stream ends with OK right after its last status

@@ -109,7 +109,7 @@ from extauthz.decisionlog import DecisionLog
 from extauthz.edge import Adapter, CheckEdge
 from extauthz.errors import BadRequestError, Reason
 from extauthz.metrics import CheckRecorder
-from extauthz.netlimits import ConnectionGuard, DeadlineSweeper, Refused
+from extauthz.netlimits import ByteBudget, ConnectionGuard, DeadlineSweeper, Refused
 from extauthz.pipeline import Engine
 from extauthz.request import _parse_query, split_host
 from extauthz.respond.http import REASONS, render
@@ -457,10 +457,10 @@ class _Connection(asyncio.Protocol):
         # when it is exceeded (HttpAuthzServer.charge with 0 applies the fair-share rule)
         message.size += size
         self.held += size
-        server = self.server
-        server.buffered += size
-        if (server.buffered > self.limits.max_buffered_bytes
-                and not server.charge(0, self.held + len(self.unparsed))):
+        budget = self.server.budget
+        budget.held += size
+        if (budget.held > budget.limit
+                and not budget.charge(0, self.held + len(self.unparsed))):
             self.refused = (503, "buffer_budget")
             raise _TooLarge(503, "buffer_budget")
         key = name.decode("latin-1").lower()
@@ -674,25 +674,22 @@ class HttpAuthzServer:
             tick=min(1.0, self.limits.head_timeout / 4, self.limits.idle_timeout / 4),
             closed=metrics.connections_closed, port_label=PORT_LABEL)
         #: bytes of requests held by all connections (see HttpLimits.max_buffered_bytes)
-        self.buffered = 0
+        self.budget = ByteBudget(self.limits.max_buffered_bytes, lambda: len(self.connections))
         self.port = 0
 
     def charge(self, size: int, holder: int) -> bool:
-        """Hold ``size`` more bytes of requests for a connection now holding ``holder`` bytes.
-
-        False (refuse that connection) when the server is over its budget *and* this
-        connection holds more than its fair share (the budget divided among the open
-        connections): clients that fill the budget with slow bodies are the ones refused, while
-        a small request on another connection still gets through. The budget is thereby soft,
-        at most twice ``max_buffered_bytes``: every connection kept is within its share.
-        """
-        self.buffered += size
-        budget = self.limits.max_buffered_bytes
-        return self.buffered <= budget or holder * max(1, len(self.connections)) <= budget
+        """Hold ``size`` more bytes of requests for a connection now holding ``holder`` bytes;
+        False: refuse that connection (:class:`~extauthz.netlimits.ByteBudget`)."""
+        return self.budget.charge(size, holder)
 
     def release(self, size: int) -> None:
         """Bytes of requests no longer held."""
-        self.buffered -= size
+        self.budget.release(size)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of requests held by all connections (HttpLimits.max_buffered_bytes)."""
+        return self.budget.held
 
     def _protocol(self) -> asyncio.BaseProtocol:
         if not self.guard.admit():

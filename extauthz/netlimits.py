@@ -74,6 +74,35 @@ class ConnectionGuard:
         self._gauge.set(self.open)
 
 
+class ByteBudget:
+    """Bytes of requests a listener holds while they arrive, with a soft server-wide bound.
+
+    :meth:`charge` says False (close that connection) when the listener is over ``limit``
+    *and* the connection holds more than its fair share (the limit divided among the open
+    connections): the clients that fill the budget with slow uploads are the ones refused,
+    while a small request on another connection still gets through. The bound is thereby soft,
+    at most twice ``limit``: every connection kept is within its share.
+    """
+
+    __slots__ = ("_connections", "held", "limit")
+
+    def __init__(self, limit: int, connections: Callable[[], int]) -> None:
+        self.limit = limit
+        self.held = 0
+        self._connections = connections
+
+    def charge(self, size: int, holder: int) -> bool:
+        """Hold ``size`` more bytes for a connection now holding ``holder`` bytes (them
+        included); False when that connection must be refused."""
+        self.held += size
+        limit = self.limit
+        return self.held <= limit or holder * max(1, self._connections()) <= limit
+
+    def release(self, size: int) -> None:
+        """Bytes no longer held."""
+        self.held -= size
+
+
 class Refused(asyncio.Protocol):
     """The protocol of a connection beyond the cap: closed as soon as it is made (RST, so the
     socket is not kept in TIME_WAIT/FIN_WAIT by a client that never closes its side)."""

@@ -40,7 +40,14 @@ from extauthz.authn.reload_state import ReloadState
 from extauthz.config.schema import GRPC_MAX_RECEIVE_BYTES, MAX_CHECK_PAYLOAD_BYTES
 from extauthz.decisionlog import DecisionLog
 from extauthz.errors import ConfigError
-from extauthz.grpcfront.front import BRIDGE_CONNECTIONS, ENVOY, GRPCIO, FrontOptions, GrpcFront
+from extauthz.grpcfront.front import (
+    BRIDGE_CONNECTIONS,
+    ENVOY,
+    NATIVE,
+    FrontOptions,
+    GrpcFront,
+)
+from extauthz.h2grpc import NativeGrpcServer
 from extauthz.health import NOT_SERVING, SERVING, HealthService
 from extauthz.heaptrim import HeapTrimmer
 from extauthz.http_authz import HttpAuthzServer, HttpLimits
@@ -114,7 +121,7 @@ class ServerOptions:
     heap_trim_seconds: float = 30.0
     #: what serves ``grpc_address``: ``grpcio`` (grpc.aio in this process) or ``envoy`` (an
     #: Envoy extauthz supervises, bridged to it: extauthz.grpcfront, docs/grpc-front.md)
-    grpc_server: str = GRPCIO
+    grpc_server: str = NATIVE
     grpc_front: FrontOptions = field(default_factory=FrontOptions)
 
 
@@ -151,6 +158,8 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         #: the Envoy-fronted gRPC server (``grpc_server`` envoy)
         self.front: GrpcFront | None = None
+        #: the built-in HTTP/2 gRPC server (``grpc_server`` native)
+        self.native: NativeGrpcServer | None = None
         self._runner: web.AppRunner | None = None
         self.decision_log: DecisionLog | None = None
         self._reload_lock = asyncio.Lock()
@@ -322,6 +331,8 @@ class Server:
         if self.options.grpc_address != GRPC_OFF:
             if self.options.grpc_server == ENVOY:
                 await self._start_front()
+            elif self.options.grpc_server == NATIVE:
+                await self._start_native()
             else:
                 await self._start_grpc()
         if self.options.http_authz_address:
@@ -413,6 +424,13 @@ class Server:
         if not up and not self._draining:
             log.error("not ready: the gRPC front's Envoy is down")
 
+    async def _start_native(self) -> None:
+        """The gRPC API from the built-in HTTP/2 server (extauthz.h2grpc)."""
+        self.native = NativeGrpcServer(self.engine, self.decision_log, health=self.health,
+                                       limits=self.options.grpc_limits)
+        host, port = split_address(self.options.grpc_address)
+        self.grpc_port = await self.native.start(host, port)
+
     async def _start_grpc(self) -> None:
         # grpcio is an optional dependency (extauthz[grpcio]): imported only for this server
         import grpc
@@ -459,6 +477,7 @@ class Server:
             *([self.http_authz.stop(self.options.grace_seconds)] if self.http_authz else []),
             *([self._grpc.stop(self.options.grace_seconds)] if self._grpc is not None else []),
             *([self.front.stop(self.options.grace_seconds)] if self.front is not None else []),
+            *([self.native.stop(self.options.grace_seconds)] if self.native is not None else []),
         )
         await self._stop_admin()
         await self._trimmer.stop()

@@ -34,12 +34,14 @@ from extauthz.pipeline import Engine
 
 log = logging.getLogger("extauthz.grpcfront")
 
-__all__ = ["ENVOY", "GRPCIO", "GRPC_SERVERS", "FrontOptions", "GrpcFront"]
+__all__ = ["ENVOY", "GRPCIO", "GRPC_SERVERS", "NATIVE", "FrontOptions", "GrpcFront"]
 
 GRPCIO = "grpcio"
 ENVOY = "envoy"
+#: the built-in HTTP/2 server (extauthz.h2grpc, docs/grpc-native.md)
+NATIVE = "native"
 #: the choices of ``--grpc-server``
-GRPC_SERVERS = (GRPCIO, ENVOY)
+GRPC_SERVERS = (GRPCIO, ENVOY, NATIVE)
 #: the gauge of calls in progress on the front's listener (the drain waits for 0)
 ACTIVE_CALLS = f"http.{STAT_PREFIX}.downstream_rq_active"
 #: connections Envoy may hold to the bridged endpoint (its cap and Envoy's circuit breaker)

@@ -67,10 +67,12 @@ POLICIES = REPO_ROOT / "policies"
 #: How long a child may take to become ready before the fixture fails (with its log).
 STARTUP_TIMEOUT = 20.0
 #: the gRPC transports and the ``serve`` flags that select them: ``grpc`` (grpc.aio in
-#: extauthz) and ``grpc-envoy`` (the supervised Envoy front, docs/grpc-front.md)
+#: extauthz), ``grpc-envoy`` (the supervised Envoy front, docs/grpc-front.md) and
+#: ``grpc-native`` (the built-in HTTP/2 server, docs/grpc-native.md)
 GRPC_SERVER_ARGS: dict[str, tuple[str, ...]] = {
     "grpc": ("--grpc-server", "grpcio"),
     "grpc-envoy": ("--grpc-server", "envoy"),
+    "grpc-native": ("--grpc-server", "native"),
 }
 
 
