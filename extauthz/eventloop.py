@@ -4,7 +4,8 @@
 
 * ``asyncio`` (the default): the standard library's loop;
 * ``uvloop``: libuv's loop (``pip install 'extauthz[uvloop]'``); refused at start
-  (:class:`Unavailable`) when uvloop cannot be imported.
+  (:class:`Unavailable`) when uvloop cannot be imported, and (by the command line) with the
+  built-in gRPC server, which takes asyncio's own transports only.
 
 Why asyncio stays the default: measured through Envoy (docs/performance.md, "Event loop"),
 uvloop made no difference to extauthz's CPU per check that this shared 2-core machine could

@@ -12,11 +12,13 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from extauthz import eventloop
+from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.cli import build_parser
-from tests.support.abuse import http_check_bytes, start_server
+from tests.support.abuse import check_request, http_check_bytes, start_server
 from tests.unit import test_eager
 
 uvloop = pytest.importorskip("uvloop")
@@ -86,13 +88,31 @@ def _check_once(port: int) -> bytes:
         return conn.recv(65536)
 
 
-@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
-def test_serve_runs_on_the_chosen_loop_and_says_so(tmp_path: Path, choice: str) -> None:
+def test_uvloop_with_the_built_in_grpc_server_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The native gRPC server takes asyncio's own transports only: exit 2 at start, not every
+    gRPC connection reset later."""
+    from extauthz.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("version: 1\n")
+    assert main(["serve", "--config", str(config), "--event-loop", "uvloop"]) == 2
+    assert "--grpc-server native" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("choice", "grpc_server"),
+                         [("asyncio", "native"), ("uvloop", "grpcio"), ("uvloop", "envoy")])
+def test_serve_runs_on_the_chosen_loop_and_says_so(tmp_path: Path, choice: str,
+                                                   grpc_server: str) -> None:
     """A real ``extauthz serve`` (gRPC, the HTTP transport, admin) on each loop: its log names
-    the loop it runs on (from the running loop's type), and it answers a check."""
-    server = start_server(tmp_path, ["--event-loop", choice])
+    the loop it runs on (from the running loop's type), and both transports answer a check."""
+    server = start_server(tmp_path, ["--event-loop", choice, "--grpc-server", grpc_server])
     try:
         assert _check_once(server.authz_port).startswith(b"HTTP/1.1 200 ")
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            answer = external_auth_pb2_grpc.AuthorizationStub(channel).Check(
+                check_request(), timeout=10)
+        assert answer.status.code == 0
     finally:
         server.stop()
     log = (tmp_path / "extauthz.log").read_text()
