@@ -28,15 +28,9 @@ def _serve(args: argparse.Namespace) -> int:
         print("extauthz: --grpc-address off needs --http-authz-address", file=sys.stderr)
         return 2
     try:
-        loop_factory = eventloop.loop_factory(args.event_loop)
+        loop_factory = eventloop.for_serve(args.event_loop, args.grpc_server, args.grpc_address)
     except eventloop.Unavailable as exc:
         print(f"extauthz: {exc}", file=sys.stderr)
-        return 2
-    if loop_factory is not None and args.grpc_server == "native" and args.grpc_address != "off":
-        # the built-in gRPC server takes only asyncio's own transports (uvloop's are not
-        # asyncio.Transport subclasses): refused here rather than every gRPC connection reset
-        print("extauthz: --event-loop uvloop does not work with --grpc-server native yet; use "
-              "--grpc-server grpcio or envoy, or --event-loop asyncio", file=sys.stderr)
         return 2
     grpc_check = "x:0" if args.grpc_address == "off" else args.grpc_address
     for address in (grpc_check, args.http_address, args.http_authz_address or "x:0"):

@@ -4,8 +4,8 @@
 
 * ``asyncio`` (the default): the standard library's loop;
 * ``uvloop``: libuv's loop (``pip install 'extauthz[uvloop]'``); refused at start
-  (:class:`Unavailable`) when uvloop cannot be imported, and (by the command line) with the
-  built-in gRPC server, which takes asyncio's own transports only.
+  (:class:`Unavailable`) when uvloop cannot be imported, and with the built-in gRPC server
+  (:func:`for_serve`), which takes asyncio's own transports only.
 
 Why asyncio stays the default: measured through Envoy (docs/performance.md, "Event loop"),
 uvloop made no difference to extauthz's CPU per check that this shared 2-core machine could
@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["CHOICES", "Unavailable", "loop_factory", "run", "running_loop_name"]
+__all__ = ["CHOICES", "Unavailable", "for_serve", "loop_factory", "run", "running_loop_name"]
 
 log = logging.getLogger("extauthz.eventloop")
 T = TypeVar("T")
@@ -58,6 +58,18 @@ def loop_factory(choice: str) -> LoopFactory | None:
         raise Unavailable("--event-loop uvloop needs uvloop (pip install 'extauthz[uvloop]'); "
                           "or --event-loop asyncio") from None
     factory: LoopFactory = uvloop.new_event_loop
+    return factory
+
+
+def for_serve(choice: str, grpc_server: str, grpc_address: str) -> LoopFactory | None:
+    """:func:`loop_factory` for ``serve``: also :class:`Unavailable` for uvloop with the
+    built-in gRPC server (``--grpc-server native`` on a ``--grpc-address`` that is not off),
+    which takes only asyncio's own transports (uvloop's do not subclass ``asyncio.Transport``):
+    refused at start rather than every gRPC connection reset."""
+    factory = loop_factory(choice)
+    if factory is not None and grpc_server == "native" and grpc_address != "off":
+        raise Unavailable("--event-loop uvloop does not work with --grpc-server native yet; "
+                          "use --grpc-server grpcio or envoy, or --event-loop asyncio")
     return factory
 
 
