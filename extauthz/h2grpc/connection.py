@@ -54,7 +54,7 @@ _PAYLOAD_HEAD = 5  # the gRPC message prefix: compressed flag + 4-byte length
 _INF = float("inf")
 
 
-class ConnectionError_(Exception):  # noqa: N801 (the builtin name is taken)
+class ConnectionError_(Exception):
     """A connection error (RFC 9113 section 5.4.1): GOAWAY with ``code``, then close."""
 
     def __init__(self, code: int, why: str) -> None:
@@ -152,7 +152,8 @@ class H2Connection(asyncio.Protocol):
         self.uncredited = 0
         self.held = 0  # bytes of messages still arriving, charged to the server's budget
         self.ping_strikes = 0
-        self.goaway_sent = False
+        self.goaway_sent = False  # we sent GOAWAY
+        self.peer_away = False  # the client sent GOAWAY
         self.closing = False
         self.write_paused = False
         self.paused_at = 0.0
@@ -235,7 +236,7 @@ class H2Connection(asyncio.Protocol):
         offset = 0
         end = len(buf)
         try:
-            while end - offset >= f.FRAME_HEADER_SIZE and self.transport is not None:
+            while end - offset >= f.FRAME_HEADER_SIZE and not self.closing:
                 length = int.from_bytes(view[offset:offset + 3], "big")
                 if length > f.DEFAULT_MAX_FRAME_SIZE:
                     raise ConnectionError_(f.FRAME_SIZE_ERROR, "frame too large")
@@ -249,7 +250,7 @@ class H2Connection(asyncio.Protocol):
                 payload = bytes(view[start:offset])
                 if self.continuing is not None and kind != f.CONTINUATION:
                     raise ConnectionError_(f.PROTOCOL_ERROR, "CONTINUATION expected")
-                if not self.settled and kind != f.SETTINGS:
+                if not self.settled and (kind != f.SETTINGS or flags & f.ACK):
                     raise ConnectionError_(f.PROTOCOL_ERROR, "the preface must be SETTINGS")
                 handler = _HANDLERS.get(kind)
                 if handler is not None:
@@ -271,6 +272,8 @@ class H2Connection(asyncio.Protocol):
         if stream is None or stream.ended:
             if stream_id > self.last_stream_id:
                 raise ConnectionError_(f.PROTOCOL_ERROR, "DATA on an idle stream")
+            if stream is not None and not stream.answered:  # after the client's END_STREAM
+                self._refuse(stream, f.STREAM_CLOSED)
             return  # a stream we ended (refused, reset, answered early): ignored
         stream.recv_window -= size
         if stream.recv_window < 0:
@@ -279,15 +282,17 @@ class H2Connection(asyncio.Protocol):
         if flags & f.PADDED:
             payload = _unpad(payload)
         if not stream.answered:
+            size = len(payload)
             stream.body += payload
-            stream.received += len(payload)
-            self.held += len(payload)
+            stream.received += size
+            self.held += size
+            # charged before anything may release the stream's bytes (finish below)
+            if size and not self.server.budget.charge(size, self.held):
+                raise ConnectionError_(f.ENHANCE_YOUR_CALM, "request bytes over budget")
             if stream.received > self.limits.max_receive_message_bytes + _PAYLOAD_HEAD:
                 self.finish(stream, RESOURCE_EXHAUSTED, None,
                             "the request message is larger than the server accepts")
                 return
-            if payload and not self.server.budget.charge(len(payload), self.held):
-                raise ConnectionError_(f.ENHANCE_YOUR_CALM, "request bytes over budget")
         if flags & f.END_STREAM:
             self._ended(stream)
         elif stream.recv_window < STREAM_WINDOW // 2:
@@ -342,16 +347,22 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(f.COMPRESSION_ERROR, f"header block: {exc}") from None
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers: they must end the stream
-            if stream.ended or not flags & f.END_STREAM:
-                raise ConnectionError_(f.PROTOCOL_ERROR, "HEADERS on an open stream")
+            if stream.ended:  # half-closed (remote): a stream error (section 5.1)
+                if not stream.answered:
+                    self._refuse(stream, f.STREAM_CLOSED)
+                return
+            if not flags & f.END_STREAM:
+                raise ConnectionError_(f.PROTOCOL_ERROR, "trailers without END_STREAM")
             self._ended(stream)
             return
         if stream_id <= self.last_stream_id or not stream_id & 1:
-            if stream_id & 1 and stream_id <= self.last_stream_id:
-                return  # trailers of a stream we already ended: ignored
+            if stream_id & 1 and flags & f.END_STREAM:
+                # trailers of a stream we already ended (answered early, reset): ignored.
+                # Without END_STREAM this can only be a new stream below the last one.
+                return
             raise ConnectionError_(f.PROTOCOL_ERROR, "stream identifier not allowed")
         self.last_stream_id = stream_id
-        if self.goaway_sent:
+        if self.goaway_sent or self.peer_away:
             self._write(f.rst_stream(stream_id, f.REFUSED_STREAM))
             return
         if len(self.streams) >= self.limits.max_concurrent_streams:
@@ -364,12 +375,17 @@ class H2Connection(asyncio.Protocol):
             self._ended(stream)
 
     def _priority(self, flags: int, stream_id: int, payload: bytes) -> None:
+        # priorities are ignored (RFC 9113 deprecates them); the frame is checked all the same
+        if stream_id == 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
             raise ConnectionError_(f.FRAME_SIZE_ERROR, "PRIORITY of the wrong size")
 
     def _rst_stream(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0 or len(payload) != 4:
-            raise ConnectionError_(f.PROTOCOL_ERROR, "bad RST_STREAM")
+        if stream_id == 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise ConnectionError_(f.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
         if stream_id > self.last_stream_id:
             raise ConnectionError_(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         stream = self.streams.get(stream_id)
@@ -380,6 +396,9 @@ class H2Connection(asyncio.Protocol):
         stream.outbox.clear()
         self._release_body(stream)
         if stream.task is not None and not stream.task.done():
+            if _path(stream.headers) not in self.server.complete_on_reset:
+                stream.task.cancel()  # a Watch: nothing to finish, its slot is freed
+                return
             # the check runs to its end (it counts against the stream limit until then), its
             # answer is dropped: a reset never cuts a decision's record in half
             return
@@ -404,6 +423,8 @@ class H2Connection(asyncio.Protocol):
                 self.peer_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > f.MAX_WINDOW:  # section 6.9.2
+                        raise ConnectionError_(f.FLOW_CONTROL_ERROR, "stream window overflow")
             elif ident == f.MAX_FRAME_SIZE:
                 if not f.DEFAULT_MAX_FRAME_SIZE <= value <= 2**24 - 1:
                     raise ConnectionError_(f.PROTOCOL_ERROR, "max frame size out of range")
@@ -418,8 +439,10 @@ class H2Connection(asyncio.Protocol):
         raise ConnectionError_(f.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
 
     def _ping(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id != 0 or len(payload) != 8:
-            raise ConnectionError_(f.FRAME_SIZE_ERROR, "bad PING")
+        if stream_id != 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise ConnectionError_(f.FRAME_SIZE_ERROR, "PING of the wrong size")
         if flags & f.ACK:
             return
         if not self.streams:
@@ -429,10 +452,12 @@ class H2Connection(asyncio.Protocol):
         self._write(f.ping_ack(payload))
 
     def _goaway(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id != 0 or len(payload) < 8:
-            raise ConnectionError_(f.PROTOCOL_ERROR, "bad GOAWAY")
+        if stream_id != 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise ConnectionError_(f.FRAME_SIZE_ERROR, "GOAWAY too short")
         # the client will open no more streams: close once ours are answered
-        self.goaway_sent = True
+        self.peer_away = True
         self._close_if_done()
 
     def _window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -630,7 +655,8 @@ class H2Connection(asyncio.Protocol):
             self.transport.close()
 
     def _close_if_done(self) -> None:
-        if self.goaway_sent and not self.streams and self.transport is not None:
+        if ((self.goaway_sent or self.peer_away) and not self.streams
+                and self.transport is not None):
             self._send_batch()
             self.closing = True
             self.transport.close()
@@ -679,7 +705,7 @@ class H2Connection(asyncio.Protocol):
         return "idle_timeout" if idle else "max_age"
 
 
-def _RESPONSE_HEAD_FRAME(stream_id: int) -> bytes:  # noqa: N802 (a frame template)
+def _RESPONSE_HEAD_FRAME(stream_id: int) -> bytes:
     """The response HEADERS frame of ``stream_id`` (the block is a constant)."""
     return _HEAD_PREFIX + stream_id.to_bytes(4, "big") + _HEAD_BLOCK
 
