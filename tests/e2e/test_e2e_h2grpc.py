@@ -21,10 +21,18 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hyperframe.frame import (
+    GoAwayFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from extauthz.demo.background import BackgroundApp
@@ -44,10 +52,14 @@ from tests.e2e.test_e2e_lifecycle import (  # noqa: F401 (fixtures)
     slow_as,
 )
 from tests.e2e.test_e2e_resource_bounds import assert_normal_client_unharmed
+from tests.support.abuse import API_KEY as API_KEY_ABUSE
 from tests.support.abuse import NormalClient, Server, check_request, rss_mib, start_server
 from tests.support.grpcfront import BLOCK_GRPC
+from tests.support.h2proxy import H2Proxy
 from tests.support.h2raw import CHECK_HEADERS, RawH2, raw_frame
 from tests.support.load import metric, start_stack_with
+from tests.support.processes import Stack
+from tests.support.transports import start_transport_stack
 
 NATIVE = ("--grpc-server", "native")
 GRACE = 4.0
@@ -337,3 +349,111 @@ def test_response_headers_are_constant_blocks(server: Server) -> None:
         client.close()
     assert answer.blocks == [[(":status", "200"), ("content-type", "application/grpc")],
                              [("grpc-status", "0")]]
+
+
+# -- Envoy's gRPC client as the built-in server sees it (docs/envoy-wire-facts.md) -------------
+
+@pytest.fixture
+def observed(tmp_path: Path, echo: BackgroundApp,
+             request: pytest.FixtureRequest) -> Iterator[tuple[Stack, H2Proxy]]:
+    """Envoy (deploy/envoy/envoy.yaml) -> recording proxy -> extauthz native; an indirect
+    parameter may give more ``serve`` flags (``args``) and the streams the proxy refuses
+    (``refuse``)."""
+    param: dict[str, Any] = getattr(request, "param", {})
+    extra = list(param.get("args", ()))
+    proxy = H2Proxy(refuse=param.get("refuse", 0))
+
+    def through_proxy(config: dict[str, Any]) -> None:
+        (cluster,) = [c for c in config["static_resources"]["clusters"]
+                      if c["name"] == "extauthz"]
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+            "address"]["socket_address"]
+        proxy.target_port = address["port_value"]
+        address["port_value"] = proxy.port
+
+    from tests.support.abuse import CONFIG
+    from tests.support.processes import write_config
+
+    config = write_config(tmp_path / "extauthz.yaml", CONFIG)
+    stack = start_transport_stack("grpc-native", config, upstream_port=echo.port,
+                                  log_dir=tmp_path / "logs", envoy_edit=through_proxy,
+                                  extra_args=extra)
+    try:
+        yield stack, proxy
+    finally:
+        stack.stop()
+        proxy.close()
+
+
+def _get(stack: Stack) -> int:
+    return stack.get("/api/x", {"x-api-key": API_KEY_ABUSE}).status
+
+
+def test_envoy_grpc_client_headers_settings_and_no_pings(
+    observed: tuple[Stack, H2Proxy],
+) -> None:
+    stack, proxy = observed
+    assert [_get(stack) for _ in range(5)] == [200] * 5
+    time.sleep(3)  # pings, if Envoy sent any on an idle connection
+    (settings, *_) = [f for f in proxy.of_type(SettingsFrame) if "ACK" not in f.flags]
+    requests = proxy.requests()
+    names = [name for name, _ in requests[0]]
+    print(f"\nEnvoy's SETTINGS {dict(settings.settings)}; connection WINDOW_UPDATEs "
+          f"{[f.window_increment for f in proxy.of_type(WindowUpdateFrame) if not f.stream_id]}"
+          f"; request headers {requests[0]}; connections {proxy.connections}")
+    # Envoy's HTTP/2 defaults: 16 MiB per stream, 24 MiB for the connection, 1024 streams
+    assert dict(settings.settings) == {
+        SettingsFrame.HEADER_TABLE_SIZE: 4096, SettingsFrame.ENABLE_PUSH: 0,
+        SettingsFrame.MAX_CONCURRENT_STREAMS: 1024, SettingsFrame.INITIAL_WINDOW_SIZE: 16 << 20,
+        SettingsFrame.ENABLE_CONNECT_PROTOCOL: 0}
+    assert [f.window_increment for f in proxy.of_type(WindowUpdateFrame)
+            if f.stream_id == 0][:1] == [(24 << 20) - 65535]
+    assert names == [":method", ":path", ":authority", ":scheme", "te", "grpc-timeout",
+                     "content-type", "x-envoy-internal", "x-forwarded-for",
+                     "x-envoy-expected-rq-timeout-ms"]
+    assert dict(requests[0]) == {
+        ":method": "POST", ":scheme": "http", ":authority": "extauthz",
+        ":path": CHECK_PATH, "content-type": "application/grpc", "te": "trailers",
+        "grpc-timeout": "1000m", "x-envoy-internal": "true",
+        "x-forwarded-for": dict(requests[0])["x-forwarded-for"],  # Envoy's host address
+        "x-envoy-expected-rq-timeout-ms": "1000"}
+    assert all(request == requests[0] for request in requests)  # the memo's steady state
+    assert proxy.of_type(PingFrame) == []
+    assert proxy.connections == 1
+
+
+@pytest.mark.parametrize("observed", [{"args": ["--grpc-idle-timeout", "1"]}], indirect=True)
+def test_envoy_reconnects_after_a_goaway(observed: tuple[Stack, H2Proxy]) -> None:
+    stack, proxy = observed
+    assert _get(stack) == 200
+    deadline = time.monotonic() + 5
+    while not proxy.of_type(GoAwayFrame, "s2c"):
+        assert time.monotonic() < deadline, "no idle GOAWAY"
+        time.sleep(0.1)
+    assert [f.error_code for f in proxy.of_type(GoAwayFrame, "s2c")] == [0]
+    assert [_get(stack) for _ in range(3)] == [200] * 3
+    assert proxy.connections == 2
+
+
+@pytest.mark.parametrize("observed", [{"refuse": 1}], indirect=True)
+def test_envoy_fails_a_refused_check_closed(observed: tuple[Stack, H2Proxy]) -> None:
+    stack, proxy = observed
+    first = stack.get("/api/x", {"x-api-key": API_KEY_ABUSE})
+    print(f"\nfirst check refused (REFUSED_STREAM): Envoy answered {first.status}")
+    assert_envoy_failed_closed(first)  # not retried: ext_authz's gRPC client has no retries
+    assert [_get(stack) for _ in range(3)] == [200] * 3
+    print(f"then 3 checks answered on {proxy.connections} connection(s)")
+
+
+@pytest.mark.parametrize("observed", [{"args": ["--grpc-max-concurrent-streams", "1"]}],
+                         indirect=True)
+def test_envoy_keeps_to_max_concurrent_streams(observed: tuple[Stack, H2Proxy]) -> None:
+    stack, proxy = observed
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: _get(stack), range(200)))
+    refused = [f for f in proxy.of_type(RstStreamFrame, "s2c") if f.error_code == 7]
+    print(f"\n200 checks, 16 at a time, MAX_CONCURRENT_STREAMS 1: {proxy.connections} "
+          f"connections, {len(refused)} refused streams")
+    assert statuses == [200] * 200
+    assert refused == []
+    assert proxy.connections > 1  # Envoy opens connections instead of exceeding the limit
