@@ -28,6 +28,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hyperframe.frame import (
     GoAwayFrame,
+    HeadersFrame,
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
@@ -417,7 +418,12 @@ def test_envoy_grpc_client_headers_settings_and_no_pings(
         "grpc-timeout": "1000m", "x-envoy-internal": "true",
         "x-forwarded-for": dict(requests[0])["x-forwarded-for"],  # Envoy's host address
         "x-envoy-expected-rq-timeout-ms": "1000"}
-    assert all(request == requests[0] for request in requests)  # the memo's steady state
+    assert all(request == requests[0] for request in requests)
+    # from the second call on, the block is the same bytes (indexed from the dynamic table):
+    # the steady state the server's memo of header blocks is for
+    blocks = [f.data for f in proxy.of_type(HeadersFrame) if f.stream_id % 2]
+    assert len(blocks) == 5 and len(set(blocks[1:])) == 1 and blocks[1] != blocks[0]
+    print(f"first block {len(blocks[0])} bytes, then {len(blocks[1])} bytes")
     assert proxy.of_type(PingFrame) == []
     assert proxy.connections == 1
 
