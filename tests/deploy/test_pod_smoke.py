@@ -85,8 +85,9 @@ def start_pod(name: str, tmp_path: Path, procs: Processes) -> dict[str, Any]:
             {"/etc/extauthz/extauthz.yaml": str(config_dir / "extauthz.yaml")},
             ports,
         )
-        # its env too (EXTAUTHZ_GRPC_SERVER=envoy: the gRPC front), with the emptyDir that
-        # holds the front's private directory laid out here
+        # its env too (EXTAUTHZ_GRPC_SERVER=native: the built-in HTTP/2 server; a variant
+        # that serves through the Envoy front gets its emptyDir for the private directory
+        # laid out here)
         env = {e["name"]: e["value"] for e in worker.get("env", [])}
         if "EXTAUTHZ_GRPC_FRONT_RUNTIME_DIR" in env:
             # (a short path: a Unix socket path has at most 107 bytes, pytest's are long)

@@ -77,6 +77,9 @@ def test_bootstrap_carries_the_grpc_bounds_and_envoy_accepts_it(tmp_path: Path) 
 
 def test_grpc_server_flag_and_env() -> None:
     args = build_parser({}).parse_args(["serve", "--config", "x.yaml"])
+    assert args.grpc_server == "native"  # the default: the built-in HTTP/2 server
+    args = build_parser({"EXTAUTHZ_GRPC_SERVER": "grpcio"}).parse_args(
+        ["serve", "--config", "x.yaml"])
     assert args.grpc_server == "grpcio"
     args = build_parser({"EXTAUTHZ_GRPC_SERVER": "envoy"}).parse_args(
         ["serve", "--config", "x.yaml"])
