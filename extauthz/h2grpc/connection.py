@@ -27,15 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from extauthz.h2grpc import frames as f
 from extauthz.h2grpc.headers import BlockDecoder, HeaderError, http_status_block, response_head
 from extauthz.h2grpc.headers import trailers as trailer_block
-
-if TYPE_CHECKING:
-    from extauthz.h2grpc.server import NativeGrpcServer
+from extauthz.netlimits import ByteBudget, ConnectionGuard, GrpcLimits
 
 log = logging.getLogger("extauthz.h2grpc")
 
@@ -128,10 +126,30 @@ class Call:
 Handler = Callable[[Call], Any]
 
 
+class Host(Protocol):
+    """What a connection uses of its server (:class:`~extauthz.h2grpc.server.NativeGrpcServer`;
+    a protocol, so that this module does not import the server that imports it)."""
+
+    limits: GrpcLimits
+    connections: set[H2Connection]
+    guard: ConnectionGuard
+    budget: ByteBudget
+    tasks: set[asyncio.Future[Any]]
+    methods: dict[str, Handler]
+    complete_on_reset: set[str]
+    port_label: str
+    closed: Any  # the connections_closed counter (labels: port, reason)
+    reading_paused: Any  # a counter child
+    refused_streams: Any  # a counter child
+
+    def start_call(self, coro: Coroutine[Any, Any, Any], path: str) -> asyncio.Future[Any]:
+        """Run a method's coroutine."""
+
+
 class H2Connection(asyncio.Protocol):
     """The server side of one HTTP/2 connection (an asyncio protocol)."""
 
-    def __init__(self, server: NativeGrpcServer) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.limits = server.limits
         self.transport: asyncio.Transport | None = None
