@@ -170,6 +170,8 @@ class H2Connection(asyncio.Protocol):
         self.uncredited = 0
         self.held = 0  # bytes of messages still arriving, charged to the server's budget
         self.ping_strikes = 0
+        #: the first header block sent said "dynamic table size 0" (see _first_block)
+        self.table_signalled = False
         self.goaway_sent = False  # we sent GOAWAY
         self.peer_away = False  # the client sent GOAWAY
         self.closing = False
@@ -574,7 +576,9 @@ class H2Connection(asyncio.Protocol):
     def _queue(self, stream: Stream, message: bytes) -> None:
         if not stream.head_sent:
             stream.head_sent = True
-            stream.head = _RESPONSE_HEAD_FRAME(stream.id)
+            stream.head = (_RESPONSE_HEAD_FRAME(stream.id) if self.table_signalled
+                           else f.frame(f.HEADERS, f.END_HEADERS, stream.id,
+                                        self._first_block(_HEAD_BLOCK)))
         stream.outbox += len(message).to_bytes(_PAYLOAD_HEAD, "big")  # flag 0 + length
         stream.outbox += message
 
@@ -591,8 +595,8 @@ class H2Connection(asyncio.Protocol):
         if stream.head_sent:
             stream.trailer = f.frame(f.HEADERS, end, sid, trailer_block(status, text))
         else:  # trailers-only
-            stream.trailer = f.frame(f.HEADERS, end, sid,
-                                     trailer_block(status, text, with_head=True))
+            stream.trailer = f.frame(f.HEADERS, end, sid, self._first_block(
+                trailer_block(status, text, with_head=True)))
         stream.answered = True
         self._flush(stream)
         if not stream.ended:
@@ -601,11 +605,21 @@ class H2Connection(asyncio.Protocol):
             stream.ended = True
             self._release_body(stream)
 
+    def _first_block(self, block: bytes) -> bytes:
+        """``block``, preceded on the connection's first header block by an HPACK dynamic
+        table size update to 0 (RFC 7541 section 6.3). Our blocks never use the dynamic table;
+        saying so once means a client that lowers SETTINGS_HEADER_TABLE_SIZE never waits for
+        an update (nghttp2 requires one in the next block, else COMPRESSION_ERROR)."""
+        if self.table_signalled:
+            return block
+        self.table_signalled = True
+        return _TABLE_SIZE_ZERO + block
+
     def _end_http(self, stream: Stream, status: int) -> None:
         """Answer a request that is no gRPC call with a bare HTTP status."""
         stream.answered = True
         self._write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, stream.id,
-                            http_status_block(status)))
+                            self._first_block(http_status_block(status))))
         self.streams.pop(stream.id, None)
         self._close_if_done()
 
@@ -729,6 +743,8 @@ def _RESPONSE_HEAD_FRAME(stream_id: int) -> bytes:
 
 
 _HEAD_BLOCK = response_head()
+#: an HPACK dynamic table size update to 0 (001 prefix, 5-bit integer 0)
+_TABLE_SIZE_ZERO = b"\x20"
 _HEAD_PREFIX = len(_HEAD_BLOCK).to_bytes(3, "big") + bytes((f.HEADERS, f.END_HEADERS))
 
 

@@ -433,6 +433,22 @@ def test_data_is_counted_against_the_connection_window(server: InProcessServer,
 # -- gRPC requests -----------------------------------------------------------------------------
 
 
+def test_the_first_header_block_sets_the_dynamic_table_size_to_zero(
+    server: InProcessServer,
+) -> None:
+    client = RawH2(server.port)
+    try:
+        client.server_settings()
+        first, second = client.call(CHECK), client.call(CHECK)
+        blocks = [frame.data for frame in client.drain(0.3)
+                  if isinstance(frame, HeadersFrame) and frame.stream_id in (first, second)]
+    finally:
+        client.close()
+    # head (with the update), trailers, head, trailers
+    assert [block[:1] for block in blocks] == [b"\x20", b"\x00", b"\x88", b"\x00"]
+    assert blocks[1] == blocks[3] == trailers(0)
+
+
 def test_an_allowed_and_a_denied_check(conn: RawH2) -> None:
     allowed = conn.response(conn.call(CHECK))
     denied = conn.response(conn.call(DENIED))
