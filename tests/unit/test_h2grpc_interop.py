@@ -163,3 +163,63 @@ def test_a_grpcio_check_response_is_the_engine_answer(channel: grpc.Channel) -> 
     assert isinstance(response, external_auth_pb2.CheckResponse)
     assert response.status.code == 16
     assert response.denied_response.status.code == 401
+
+
+def test_the_h2_state_machine_accepts_every_kind_of_answer(server: InProcessServer) -> None:
+    """python-hyper's h2 as the client, validating what it receives (frames, header blocks,
+    pseudo-headers, stream states): an answer, a trailers-only answer, an HTTP status, a
+    RST_STREAM after an early answer."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_inbound_headers=True, normalize_inbound_headers=False))
+    conn.initiate_connection()
+    sock = socket.create_connection(("127.0.0.1", server.port), 5)
+    sock.sendall(conn.data_to_send())
+    conn.receive_data(sock.recv(1 << 16))  # the server's SETTINGS and window
+    request = [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+               ("content-type", "application/grpc"), ("te", "trailers")]
+    cases = {
+        1: ("/envoy.service.auth.v3.Authorization/Check",
+            grpc_message(check_request().SerializeToString())),
+        3: ("/no.Such/Method", grpc_message(b"")),
+        5: ("/envoy.service.auth.v3.Authorization/Check", b"\x01\x00\x00\x00\x00"),
+        7: (ECHO_PATH, grpc_message(b"e" * 70_000)),
+    }
+    for stream, (path, body) in cases.items():
+        conn.send_headers(stream, [*request[:2], (":path", path), *request[2:]])
+        for at in range(0, len(body), 16384):
+            conn.send_data(stream, body[at:at + 16384], end_stream=at + 16384 >= len(body))
+    conn.send_headers(9, [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                          (":path", "/")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    ended: dict[int, list[list[tuple[bytes, bytes]]]] = {}
+    data: dict[int, int] = {}
+    done: set[int] = set()
+    try:
+        while len(done) < 5:
+            chunk = sock.recv(1 << 16)
+            assert chunk, "closed"
+            for event in conn.receive_data(chunk):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    ended.setdefault(event.stream_id, []).append(list(event.headers))
+                elif isinstance(event, h2.events.DataReceived):
+                    data[event.stream_id] = data.get(event.stream_id, 0) + len(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length,
+                                                   event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    done.add(event.stream_id)
+                assert not isinstance(event, (h2.events.StreamReset,
+                                              h2.events.ConnectionTerminated)), event
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    status = {sid: dict(b for block in blocks for b in block).get(b"grpc-status")
+              for sid, blocks in ended.items()}
+    assert status == {1: b"0", 3: b"12", 5: b"12", 7: b"0", 9: None}
+    assert dict(ended[9][0])[b":status"] == b"405"
+    assert data[7] == 70_005
