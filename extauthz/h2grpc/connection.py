@@ -49,6 +49,11 @@ OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INT
 #: max_ping_strikes = 2, keepalive_permit_without_calls = 0)
 MAX_PING_STRIKES = 2
 _PAYLOAD_HEAD = 5  # the gRPC message prefix: compressed flag + 4-byte length
+#: a graceful GOAWAY: the first names the largest stream identifier, and a PING with this
+#: payload asks when the client has read it; the final one follows the answer, or this long
+_MAX_STREAM_ID = 2**31 - 1
+_GOAWAY_PING = b"goaway\x00\x00"
+GOAWAY_ACK_WAIT = 1.0
 _INF = float("inf")
 
 
@@ -172,7 +177,10 @@ class H2Connection(asyncio.Protocol):
         self.ping_strikes = 0
         #: the first header block sent said "dynamic table size 0" (see _first_block)
         self.table_signalled = False
-        self.goaway_sent = False  # we sent GOAWAY
+        #: when the first of a graceful GOAWAY's two frames went out (see go_away)
+        self.announced: float | None = None
+        self.goaway_why = ""
+        self.goaway_sent = False  # we sent the (final) GOAWAY
         self.peer_away = False  # the client sent GOAWAY
         self.closing = False
         self.write_paused = False
@@ -464,6 +472,8 @@ class H2Connection(asyncio.Protocol):
         if len(payload) != 8:
             raise ConnectionError_(f.FRAME_SIZE_ERROR, "PING of the wrong size")
         if flags & f.ACK:
+            if payload == _GOAWAY_PING and self.announced is not None and not self.goaway_sent:
+                self._final_goaway(f.NO_ERROR, self.goaway_why)
             return
         if not self.streams:
             self.ping_strikes += 1
@@ -668,10 +678,27 @@ class H2Connection(asyncio.Protocol):
     # -- going away --------------------------------------------------------------------------
 
     def go_away(self, code: int = f.NO_ERROR, why: str = "") -> None:
-        """Tell the client no new stream will be served; close once the open ones are done."""
-        if not self.goaway_sent and self.transport is not None:
-            self.goaway_sent = True
-            self._write(f.goaway(self.last_stream_id, code, why.encode("ascii", "replace")))
+        """Tell the client no new stream will be served; close once the open ones are done.
+
+        Without error in two steps (RFC 9113 section 6.8, as grpc core does): a GOAWAY with
+        the largest stream identifier and a PING, then, when the PING is answered (or after
+        :data:`GOAWAY_ACK_WAIT`), the final GOAWAY with the last stream taken. A call the client
+        sent before it read the first one is served: refused (REFUSED_STREAM), Envoy fails it
+        closed without a retry (docs/envoy-wire-facts.md)."""
+        if self.transport is None or self.goaway_sent:
+            self._close_if_done()
+            return
+        if code != f.NO_ERROR:
+            self._final_goaway(code, why)
+        elif self.announced is None:
+            self.announced = time.monotonic()
+            self.goaway_why = why
+            self._write(f.goaway(_MAX_STREAM_ID, code, why.encode("ascii", "replace"))
+                        + f.frame(f.PING, 0, 0, _GOAWAY_PING))
+
+    def _final_goaway(self, code: int, why: str) -> None:
+        self.goaway_sent = True
+        self._write(f.goaway(self.last_stream_id, code, why.encode("ascii", "replace")))
         self._close_if_done()
 
     def fail(self, code: int, why: str) -> None:
@@ -714,6 +741,8 @@ class H2Connection(asyncio.Protocol):
         age = self.opened + limits.max_connection_age
         if self.goaway_sent:
             return age + limits.connection_age_grace
+        if self.announced is not None:  # the first GOAWAY's PING unanswered
+            return self.announced + GOAWAY_ACK_WAIT
         if self.streams:
             return age
         return min(age, self.since + limits.idle_timeout)
@@ -729,6 +758,9 @@ class H2Connection(asyncio.Protocol):
             self.closing = True
             self.transport.abort()
             return reason
+        if self.announced is not None:
+            self._final_goaway(f.NO_ERROR, self.goaway_why)
+            return None
         if self.streams:
             self.go_away(f.NO_ERROR, "max_age")
             return "max_age"

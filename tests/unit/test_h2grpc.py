@@ -739,3 +739,51 @@ def test_grpc_message_percent_encoding_is_exact() -> None:
 def test_http_status_blocks_decode(status: int) -> None:
     assert _decoded(hpack.Decoder(), http_status_block(status)) == [
         (":status", str(status))]
+
+
+# -- going away --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
+    running = InProcessServer(tmp_path_factory.mktemp("idle"), GrpcLimits(idle_timeout=0.5))
+    yield running
+    running.stop()
+
+
+def test_a_graceful_goaway_serves_calls_sent_before_it_was_read(
+    idle_server: InProcessServer,
+) -> None:
+    client = RawH2(idle_server.port)
+    try:
+        client.server_settings()
+        first = client.wait_for(GoAwayFrame, timeout=3)  # the idle timeout
+        assert first is not None
+        assert (first.last_stream_id, first.error_code) == (2**31 - 1, f.NO_ERROR)
+        assert first.additional_data == b"idle"
+        ping = client.wait_for(PingFrame)
+        assert ping is not None and "ACK" not in ping.flags
+        # a call the client sent before it read the GOAWAY: served, not refused
+        stream = client.call(CHECK)
+        assert client.response(stream).grpc_status == 0
+        client.send(raw_frame(f.PING, f.ACK, 0, ping.opaque_data))
+        final = client.wait_for(GoAwayFrame)
+        assert final is not None and (final.last_stream_id, final.error_code) == (stream, 0)
+        assert client.closed_by_server()
+    finally:
+        client.close()
+
+
+def test_the_final_goaway_follows_without_the_ping_answer(idle_server: InProcessServer) -> None:
+    client = RawH2(idle_server.port)
+    try:
+        client.server_settings()
+        assert client.goaway(timeout=3) == f.NO_ERROR
+        started = time.monotonic()
+        final = client.wait_for(GoAwayFrame, timeout=3)
+        waited = time.monotonic() - started
+        assert final is not None and final.last_stream_id == 0
+        assert 0.8 < waited < 2.0  # GOAWAY_ACK_WAIT (1 s) and a sweeper tick
+        assert client.closed_by_server()
+    finally:
+        client.close()
