@@ -787,3 +787,44 @@ def test_the_final_goaway_follows_without_the_ping_answer(idle_server: InProcess
         assert client.closed_by_server()
     finally:
         client.close()
+
+
+def test_the_connection_holding_the_request_budget_is_the_one_closed(
+    server: InProcessServer,
+) -> None:
+    # the budget: 4 x 256 KiB of requests still arriving, server-wide (ByteBudget); a
+    # connection over it is closed only if it holds more than its share (budget / connections)
+    limit = server.call(lambda: server.server.budget.limit)
+    assert limit == 4 * LIMITS.max_receive_message_bytes
+    first, hog, other = RawH2(server.port), RawH2(server.port), RawH2(server.port)
+    clients = (first, hog, other)
+    try:
+        for client in clients:
+            client.server_settings()
+        prefix = b"\x00" + LIMITS.max_receive_message_bytes.to_bytes(4, "big")
+        for stream in [first.open_stream() for _ in range(4)]:  # ~1 MB held, within limits
+            first.send(first.headers(stream)
+                       + first.data(stream, prefix + b"f" * 250_000, end_stream=False))
+        first.drain(0.2)
+        small = other.open_stream()  # a little held by a third client
+        other.send(other.headers(small) + other.data(small, b"\x00\x00\x00\x10\x00" + b"o" * 64,
+                                                     end_stream=False))
+        other.drain(0.2)
+        # the budget is now full: the next client to hold more than a third of it is closed
+        for stream in [hog.open_stream() for _ in range(4)]:
+            if not hog.send(hog.headers(stream)
+                            + hog.data(stream, prefix + b"h" * 120_000, end_stream=False)):
+                break
+        assert hog.goaway() == f.ENHANCE_YOUR_CALM
+        assert hog.closed_by_server()
+        # the others go on: the first one within its share, the small one to its answer
+        first.send(first.data(1, b"f" * 1000, end_stream=False))
+        assert first.wait_for(GoAwayFrame, timeout=0.3) is None
+        other.send(other.data(small, b"o" * (0x1000 - 64)))
+        answer = other.response(small)  # a whole message, answered (it is no CheckRequest)
+        assert answer.grpc_status == 0
+        assert external_auth_pb2.CheckResponse.FromString(answer.messages()[0]).status.code == 3
+    finally:
+        for client in clients:
+            client.close()
+    _wait(lambda: server.call(lambda: server.server.budget.held) == 0)
