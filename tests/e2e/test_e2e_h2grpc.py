@@ -371,6 +371,11 @@ def observed(tmp_path: Path, echo: BackgroundApp,
             "address"]["socket_address"]
         proxy.target_port = address["port_value"]
         address["port_value"] = proxy.port
+        if "keepalive" in param:  # Envoy's HTTP/2 keepalive pings to extauthz
+            options = cluster["typed_extension_protocol_options"][
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            options["explicit_http_config"]["http2_protocol_options"] = {
+                "connection_keepalive": {"interval": param["keepalive"], "timeout": "1s"}}
 
     from tests.support.abuse import CONFIG
     from tests.support.processes import write_config
@@ -463,3 +468,24 @@ def test_envoy_keeps_to_max_concurrent_streams(observed: tuple[Stack, H2Proxy]) 
     assert statuses == [200] * 200
     assert refused == []
     assert proxy.connections > 1  # Envoy opens connections instead of exceeding the limit
+
+
+@pytest.mark.parametrize("observed", [{"keepalive": "0.5s"}], indirect=True)
+def test_envoy_keepalive_pings_without_calls_get_too_many_pings(
+    observed: tuple[Stack, H2Proxy],
+) -> None:
+    stack, proxy = observed
+    assert _get(stack) == 200
+    deadline = time.monotonic() + 6
+    while not proxy.of_type(GoAwayFrame, "s2c"):
+        assert time.monotonic() < deadline, "no GOAWAY"
+        time.sleep(0.1)
+    (goaway,) = proxy.of_type(GoAwayFrame, "s2c")
+    pings = [f for f in proxy.of_type(PingFrame) if "ACK" not in f.flags]
+    print(f"\nkeepalive 0.5 s: {len(pings)} pings, then GOAWAY {goaway.error_code} "
+          f"{goaway.additional_data!r}")
+    # grpc core's policy (2 strikes without calls), as grpc.aio's server: the connection goes,
+    # and the next check opens a new one without failing
+    assert (goaway.error_code, goaway.additional_data) == (0xB, b"too_many_pings")
+    assert [_get(stack) for _ in range(3)] == [200] * 3
+    assert proxy.connections == 2
