@@ -41,6 +41,7 @@ from extauthz.errors import BadRequestError, CheckError, Reason
 from extauthz.metrics import NO_ROUTE_LABEL
 from extauthz.request import from_check_request
 from extauthz.respond.grpc import to_check_response
+from extauthz.respond.grpc_wire import encode as encode_check_response
 from extauthz.types import RequestView
 
 if TYPE_CHECKING:
@@ -153,8 +154,8 @@ class _GrpcBytes:
 
     @staticmethod
     def render(decision: Decision, raw: bytes) -> bytes:
-        data: bytes = to_check_response(decision).SerializeToString()
-        return data
+        # written directly, not built as a message and serialized (extauthz.respond.grpc_wire)
+        return encode_check_response(decision)
 
 
 class _Decisions:

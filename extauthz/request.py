@@ -36,12 +36,14 @@ def split_host(authority: str) -> str:
     return host
 
 
-def _size(data: dict[str, str]) -> int:
+def _size(data: dict[str, str], names: str) -> int:
     """Bytes of the names and values as they were on the wire (UTF-8; raw bytes that were not
-    UTF-8 are surrogate escapes, one byte each). ASCII, the usual case, is counted by length."""
-    size = sum(map(len, data)) + sum(map(len, data.values()))
-    if all(map(str.isascii, data.values())) and all(map(str.isascii, data)):
-        return size
+    UTF-8 are surrogate escapes, one byte each). ASCII, the usual case, is counted by length
+    (``names``: every name joined, the caller has it; joined, the test is one C call)."""
+    values = "".join(data.values())
+    if names.isascii() and values.isascii():
+        return len(names) + len(values)
+    # per string: _wire_length's fallback for a lone surrogate applies to its own string only
     return sum(map(_wire_length, (*data, *data.values())))
 
 
@@ -57,10 +59,12 @@ def _headers(http: Any) -> tuple[Headers, int]:
     if http.headers:
         # Envoy already lowercases keys; trust that (hot path) but normalise if not.
         data = dict(http.headers)
-        size = _size(data)
-        for key in data:
-            if not key.islower() and key.lower() != key:
-                return Headers(data), size
+        names = "".join(data)
+        size = _size(data, names)
+        # some name is not lowercase iff the joined names are not (lower() maps each character
+        # on its own, final sigma aside, which never maps to itself): one C call, not a loop
+        if names.lower() != names:
+            return Headers(data), size
         return Headers.from_lowercase(data), size
     # Envoy joins repeated headers with "," in the map form; do the same for the raw form (in
     # one join per name: concatenating as they come would be quadratic in the repeats).
@@ -71,7 +75,7 @@ def _headers(http: Any) -> tuple[Headers, int]:
         parts.setdefault(header.key.lower(), []).append(value)
     data = {key: values[0] if len(values) == 1 else ",".join(values)
             for key, values in parts.items()}
-    size = _size(data)
+    size = _size(data, "".join(data))
     return Headers.from_lowercase(data), size
 
 
@@ -85,7 +89,7 @@ def from_check_request(request: Any) -> RequestView:
     path, _, _fragment = path.partition("#")
     query = MappingProxyType(_parse_query(raw_query)) if raw_query else MappingProxyType({})
     authority = http.host or headers.get(":authority", "") or headers.get("host", "")
-    body = http.raw_body if http.raw_body else http.body.encode("utf-8", "surrogateescape")
+    body = http.raw_body or http.body.encode("utf-8", "surrogateescape")
     source = attrs.source
     return RequestView(
         method=(http.method or headers.get(":method", "")).upper(),

@@ -6,7 +6,9 @@ credential and spoofed-header stripping, cookie rewriting, query stripping, meta
 :mod:`~extauthz.decision` builds denials (``deny`` / ``from_error``) with the challenges of
 :mod:`~extauthz.respond.challenges`. Two thin renderers encode a decision side by side:
 
-* :func:`~extauthz.respond.grpc.to_check_response`: gRPC ``CheckResponse``;
+* :func:`~extauthz.respond.grpc.to_check_response`: gRPC ``CheckResponse`` (and
+  :func:`~extauthz.respond.grpc_wire.encode`: the same, serialized directly; both lay out
+  :func:`~extauthz.respond.grpc.plan`);
 * :func:`~extauthz.respond.http.render`: Envoy's HTTP ext_authz answer (HTTP/1.1 bytes).
 
 tests/unit/test_respond.py renders one table of decisions through both and states what each

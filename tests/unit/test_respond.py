@@ -5,7 +5,8 @@ it; the rest built by the neutral builders the pipeline and the rate limiter use
 Envoy must be told, stated **once**: status, gRPC code, reason, the headers set on the upstream
 request, the headers and query parameters removed from it, the headers for the client, the
 problem body, the dynamic metadata. Both renderers are then read back into that one shape
-(the gRPC one after a trip through bytes) and must say exactly what the row says:
+(the gRPC one: the bytes `GRPC_BYTES` sends, which must parse to the message grpc.aio sends) and
+must say exactly what the row says:
 
 * gRPC: ``status.code``, ``ok_response.headers`` (each with ``append: false``),
   ``headers_to_remove``, ``query_parameters_to_remove``, ``response_headers_to_add`` (``append``
@@ -34,7 +35,7 @@ from google.protobuf import json_format
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2
 from extauthz.checktool import build_check_request
 from extauthz.decision import Decision, GrpcCode, Outcome, deny, from_error
-from extauthz.edge import decide
+from extauthz.edge import GRPC_BYTES, decide
 from extauthz.errors import DependencyUnavailable, Reason, TooManyAttempts
 from extauthz.keys import hash_api_key
 from extauthz.pipeline import Engine
@@ -216,9 +217,15 @@ ROWS = [
 # -- reading each encoding back into one shape ------------------------------------------------
 
 def grpc_said(decision: Decision) -> tuple[Said, int, str]:
-    """The CheckResponse (after a trip through bytes): what it says, its code and its body."""
-    sent = to_check_response(decision).SerializeToString()
+    """The CheckResponse (the bytes the bytes transports send, written by ``grpc_wire``, which
+    must parse to the message the grpc.aio servicer sends): what it says, its code and its
+    body."""
+    sent = GRPC_BYTES.render(decision, b"")
     response = external_auth_pb2.CheckResponse.FromString(sent)
+    message = to_check_response(decision)
+    assert response == message
+    assert response.WhichOneof("http_response") == message.WhichOneof("http_response")
+    assert len(sent) <= len(message.SerializeToString())
     metadata = json_format.MessageToDict(response.dynamic_metadata)
     if response.HasField("ok_response"):
         ok = response.ok_response
