@@ -27,15 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from extauthz.h2grpc import frames as f
 from extauthz.h2grpc.headers import BlockDecoder, HeaderError, http_status_block, response_head
 from extauthz.h2grpc.headers import trailers as trailer_block
-
-if TYPE_CHECKING:
-    from extauthz.h2grpc.server import NativeGrpcServer
+from extauthz.netlimits import ByteBudget, ConnectionGuard, GrpcLimits
 
 log = logging.getLogger("extauthz.h2grpc")
 
@@ -51,10 +49,15 @@ OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INT
 #: max_ping_strikes = 2, keepalive_permit_without_calls = 0)
 MAX_PING_STRIKES = 2
 _PAYLOAD_HEAD = 5  # the gRPC message prefix: compressed flag + 4-byte length
+#: a graceful GOAWAY: the first names the largest stream identifier, and a PING with this
+#: payload asks when the client has read it; the final one follows the answer, or this long
+_MAX_STREAM_ID = 2**31 - 1
+_GOAWAY_PING = b"goaway\x00\x00"
+GOAWAY_ACK_WAIT = 1.0
 _INF = float("inf")
 
 
-class ConnectionError_(Exception):  # noqa: N801 (the builtin name is taken)
+class ConnectionError_(Exception):
     """A connection error (RFC 9113 section 5.4.1): GOAWAY with ``code``, then close."""
 
     def __init__(self, code: int, why: str) -> None:
@@ -128,10 +131,30 @@ class Call:
 Handler = Callable[[Call], Any]
 
 
+class Host(Protocol):
+    """What a connection uses of its server (:class:`~extauthz.h2grpc.server.NativeGrpcServer`;
+    a protocol, so that this module does not import the server that imports it)."""
+
+    limits: GrpcLimits
+    connections: set[H2Connection]
+    guard: ConnectionGuard
+    budget: ByteBudget
+    tasks: set[asyncio.Future[Any]]
+    methods: dict[str, Handler]
+    complete_on_reset: set[str]
+    port_label: str
+    closed: Any  # the connections_closed counter (labels: port, reason)
+    reading_paused: Any  # a counter child
+    refused_streams: Any  # a counter child
+
+    def start_call(self, coro: Coroutine[Any, Any, Any], path: str) -> asyncio.Future[Any]:
+        """Run a method's coroutine."""
+
+
 class H2Connection(asyncio.Protocol):
     """The server side of one HTTP/2 connection (an asyncio protocol)."""
 
-    def __init__(self, server: NativeGrpcServer) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.limits = server.limits
         self.transport: asyncio.Transport | None = None
@@ -152,7 +175,13 @@ class H2Connection(asyncio.Protocol):
         self.uncredited = 0
         self.held = 0  # bytes of messages still arriving, charged to the server's budget
         self.ping_strikes = 0
-        self.goaway_sent = False
+        #: the first header block sent said "dynamic table size 0" (see _first_block)
+        self.table_signalled = False
+        #: when the first of a graceful GOAWAY's two frames went out (see go_away)
+        self.announced: float | None = None
+        self.goaway_why = ""
+        self.goaway_sent = False  # we sent the (final) GOAWAY
+        self.peer_away = False  # the client sent GOAWAY
         self.closing = False
         self.write_paused = False
         self.paused_at = 0.0
@@ -235,7 +264,7 @@ class H2Connection(asyncio.Protocol):
         offset = 0
         end = len(buf)
         try:
-            while end - offset >= f.FRAME_HEADER_SIZE and self.transport is not None:
+            while end - offset >= f.FRAME_HEADER_SIZE and not self.closing:
                 length = int.from_bytes(view[offset:offset + 3], "big")
                 if length > f.DEFAULT_MAX_FRAME_SIZE:
                     raise ConnectionError_(f.FRAME_SIZE_ERROR, "frame too large")
@@ -249,7 +278,7 @@ class H2Connection(asyncio.Protocol):
                 payload = bytes(view[start:offset])
                 if self.continuing is not None and kind != f.CONTINUATION:
                     raise ConnectionError_(f.PROTOCOL_ERROR, "CONTINUATION expected")
-                if not self.settled and kind != f.SETTINGS:
+                if not self.settled and (kind != f.SETTINGS or flags & f.ACK):
                     raise ConnectionError_(f.PROTOCOL_ERROR, "the preface must be SETTINGS")
                 handler = _HANDLERS.get(kind)
                 if handler is not None:
@@ -271,6 +300,8 @@ class H2Connection(asyncio.Protocol):
         if stream is None or stream.ended:
             if stream_id > self.last_stream_id:
                 raise ConnectionError_(f.PROTOCOL_ERROR, "DATA on an idle stream")
+            if stream is not None and not stream.answered:  # after the client's END_STREAM
+                self._refuse(stream, f.STREAM_CLOSED)
             return  # a stream we ended (refused, reset, answered early): ignored
         stream.recv_window -= size
         if stream.recv_window < 0:
@@ -279,15 +310,17 @@ class H2Connection(asyncio.Protocol):
         if flags & f.PADDED:
             payload = _unpad(payload)
         if not stream.answered:
+            size = len(payload)
             stream.body += payload
-            stream.received += len(payload)
-            self.held += len(payload)
+            stream.received += size
+            self.held += size
+            # charged before anything may release the stream's bytes (finish below)
+            if size and not self.server.budget.charge(size, self.held):
+                raise ConnectionError_(f.ENHANCE_YOUR_CALM, "request bytes over budget")
             if stream.received > self.limits.max_receive_message_bytes + _PAYLOAD_HEAD:
                 self.finish(stream, RESOURCE_EXHAUSTED, None,
                             "the request message is larger than the server accepts")
                 return
-            if payload and not self.server.budget.charge(len(payload), self.held):
-                raise ConnectionError_(f.ENHANCE_YOUR_CALM, "request bytes over budget")
         if flags & f.END_STREAM:
             self._ended(stream)
         elif stream.recv_window < STREAM_WINDOW // 2:
@@ -342,16 +375,22 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(f.COMPRESSION_ERROR, f"header block: {exc}") from None
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers: they must end the stream
-            if stream.ended or not flags & f.END_STREAM:
-                raise ConnectionError_(f.PROTOCOL_ERROR, "HEADERS on an open stream")
+            if stream.ended:  # half-closed (remote): a stream error (section 5.1)
+                if not stream.answered:
+                    self._refuse(stream, f.STREAM_CLOSED)
+                return
+            if not flags & f.END_STREAM:
+                raise ConnectionError_(f.PROTOCOL_ERROR, "trailers without END_STREAM")
             self._ended(stream)
             return
         if stream_id <= self.last_stream_id or not stream_id & 1:
-            if stream_id & 1 and stream_id <= self.last_stream_id:
-                return  # trailers of a stream we already ended: ignored
+            if stream_id & 1 and flags & f.END_STREAM:
+                # trailers of a stream we already ended (answered early, reset): ignored.
+                # Without END_STREAM this can only be a new stream below the last one.
+                return
             raise ConnectionError_(f.PROTOCOL_ERROR, "stream identifier not allowed")
         self.last_stream_id = stream_id
-        if self.goaway_sent:
+        if self.goaway_sent or self.peer_away:
             self._write(f.rst_stream(stream_id, f.REFUSED_STREAM))
             return
         if len(self.streams) >= self.limits.max_concurrent_streams:
@@ -364,12 +403,17 @@ class H2Connection(asyncio.Protocol):
             self._ended(stream)
 
     def _priority(self, flags: int, stream_id: int, payload: bytes) -> None:
+        # priorities are ignored (RFC 9113 deprecates them); the frame is checked all the same
+        if stream_id == 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
             raise ConnectionError_(f.FRAME_SIZE_ERROR, "PRIORITY of the wrong size")
 
     def _rst_stream(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0 or len(payload) != 4:
-            raise ConnectionError_(f.PROTOCOL_ERROR, "bad RST_STREAM")
+        if stream_id == 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise ConnectionError_(f.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
         if stream_id > self.last_stream_id:
             raise ConnectionError_(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         stream = self.streams.get(stream_id)
@@ -380,6 +424,9 @@ class H2Connection(asyncio.Protocol):
         stream.outbox.clear()
         self._release_body(stream)
         if stream.task is not None and not stream.task.done():
+            if _path(stream.headers) not in self.server.complete_on_reset:
+                stream.task.cancel()  # a Watch: nothing to finish, its slot is freed
+                return
             # the check runs to its end (it counts against the stream limit until then), its
             # answer is dropped: a reset never cuts a decision's record in half
             return
@@ -404,6 +451,8 @@ class H2Connection(asyncio.Protocol):
                 self.peer_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > f.MAX_WINDOW:  # section 6.9.2
+                        raise ConnectionError_(f.FLOW_CONTROL_ERROR, "stream window overflow")
             elif ident == f.MAX_FRAME_SIZE:
                 if not f.DEFAULT_MAX_FRAME_SIZE <= value <= 2**24 - 1:
                     raise ConnectionError_(f.PROTOCOL_ERROR, "max frame size out of range")
@@ -418,9 +467,13 @@ class H2Connection(asyncio.Protocol):
         raise ConnectionError_(f.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
 
     def _ping(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id != 0 or len(payload) != 8:
-            raise ConnectionError_(f.FRAME_SIZE_ERROR, "bad PING")
+        if stream_id != 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise ConnectionError_(f.FRAME_SIZE_ERROR, "PING of the wrong size")
         if flags & f.ACK:
+            if payload == _GOAWAY_PING and self.announced is not None and not self.goaway_sent:
+                self._final_goaway(f.NO_ERROR, self.goaway_why)
             return
         if not self.streams:
             self.ping_strikes += 1
@@ -429,10 +482,12 @@ class H2Connection(asyncio.Protocol):
         self._write(f.ping_ack(payload))
 
     def _goaway(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id != 0 or len(payload) < 8:
-            raise ConnectionError_(f.PROTOCOL_ERROR, "bad GOAWAY")
+        if stream_id != 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise ConnectionError_(f.FRAME_SIZE_ERROR, "GOAWAY too short")
         # the client will open no more streams: close once ours are answered
-        self.goaway_sent = True
+        self.peer_away = True
         self._close_if_done()
 
     def _window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -531,7 +586,9 @@ class H2Connection(asyncio.Protocol):
     def _queue(self, stream: Stream, message: bytes) -> None:
         if not stream.head_sent:
             stream.head_sent = True
-            stream.head = _RESPONSE_HEAD_FRAME(stream.id)
+            stream.head = (_RESPONSE_HEAD_FRAME(stream.id) if self.table_signalled
+                           else f.frame(f.HEADERS, f.END_HEADERS, stream.id,
+                                        self._first_block(_HEAD_BLOCK)))
         stream.outbox += len(message).to_bytes(_PAYLOAD_HEAD, "big")  # flag 0 + length
         stream.outbox += message
 
@@ -548,8 +605,8 @@ class H2Connection(asyncio.Protocol):
         if stream.head_sent:
             stream.trailer = f.frame(f.HEADERS, end, sid, trailer_block(status, text))
         else:  # trailers-only
-            stream.trailer = f.frame(f.HEADERS, end, sid,
-                                     trailer_block(status, text, with_head=True))
+            stream.trailer = f.frame(f.HEADERS, end, sid, self._first_block(
+                trailer_block(status, text, with_head=True)))
         stream.answered = True
         self._flush(stream)
         if not stream.ended:
@@ -558,11 +615,21 @@ class H2Connection(asyncio.Protocol):
             stream.ended = True
             self._release_body(stream)
 
+    def _first_block(self, block: bytes) -> bytes:
+        """``block``, preceded on the connection's first header block by an HPACK dynamic
+        table size update to 0 (RFC 7541 section 6.3). Our blocks never use the dynamic table;
+        saying so once means a client that lowers SETTINGS_HEADER_TABLE_SIZE never waits for
+        an update (nghttp2 requires one in the next block, else COMPRESSION_ERROR)."""
+        if self.table_signalled:
+            return block
+        self.table_signalled = True
+        return _TABLE_SIZE_ZERO + block
+
     def _end_http(self, stream: Stream, status: int) -> None:
         """Answer a request that is no gRPC call with a bare HTTP status."""
         stream.answered = True
         self._write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, stream.id,
-                            http_status_block(status)))
+                            self._first_block(http_status_block(status))))
         self.streams.pop(stream.id, None)
         self._close_if_done()
 
@@ -611,10 +678,27 @@ class H2Connection(asyncio.Protocol):
     # -- going away --------------------------------------------------------------------------
 
     def go_away(self, code: int = f.NO_ERROR, why: str = "") -> None:
-        """Tell the client no new stream will be served; close once the open ones are done."""
-        if not self.goaway_sent and self.transport is not None:
-            self.goaway_sent = True
-            self._write(f.goaway(self.last_stream_id, code, why.encode("ascii", "replace")))
+        """Tell the client no new stream will be served; close once the open ones are done.
+
+        Without error in two steps (RFC 9113 section 6.8, as grpc core does): a GOAWAY with
+        the largest stream identifier and a PING, then, when the PING is answered (or after
+        :data:`GOAWAY_ACK_WAIT`), the final GOAWAY with the last stream taken. A call the client
+        sent before it read the first one is served: refused (REFUSED_STREAM), Envoy fails it
+        closed without a retry (docs/envoy-wire-facts.md)."""
+        if self.transport is None or self.goaway_sent:
+            self._close_if_done()
+            return
+        if code != f.NO_ERROR:
+            self._final_goaway(code, why)
+        elif self.announced is None:
+            self.announced = time.monotonic()
+            self.goaway_why = why
+            self._write(f.goaway(_MAX_STREAM_ID, code, why.encode("ascii", "replace"))
+                        + f.frame(f.PING, 0, 0, _GOAWAY_PING))
+
+    def _final_goaway(self, code: int, why: str) -> None:
+        self.goaway_sent = True
+        self._write(f.goaway(self.last_stream_id, code, why.encode("ascii", "replace")))
         self._close_if_done()
 
     def fail(self, code: int, why: str) -> None:
@@ -630,7 +714,8 @@ class H2Connection(asyncio.Protocol):
             self.transport.close()
 
     def _close_if_done(self) -> None:
-        if self.goaway_sent and not self.streams and self.transport is not None:
+        if ((self.goaway_sent or self.peer_away) and not self.streams
+                and self.transport is not None):
             self._send_batch()
             self.closing = True
             self.transport.close()
@@ -656,6 +741,8 @@ class H2Connection(asyncio.Protocol):
         age = self.opened + limits.max_connection_age
         if self.goaway_sent:
             return age + limits.connection_age_grace
+        if self.announced is not None:  # the first GOAWAY's PING unanswered
+            return self.announced + GOAWAY_ACK_WAIT
         if self.streams:
             return age
         return min(age, self.since + limits.idle_timeout)
@@ -671,6 +758,9 @@ class H2Connection(asyncio.Protocol):
             self.closing = True
             self.transport.abort()
             return reason
+        if self.announced is not None:
+            self._final_goaway(f.NO_ERROR, self.goaway_why)
+            return None
         if self.streams:
             self.go_away(f.NO_ERROR, "max_age")
             return "max_age"
@@ -679,12 +769,14 @@ class H2Connection(asyncio.Protocol):
         return "idle_timeout" if idle else "max_age"
 
 
-def _RESPONSE_HEAD_FRAME(stream_id: int) -> bytes:  # noqa: N802 (a frame template)
+def _RESPONSE_HEAD_FRAME(stream_id: int) -> bytes:
     """The response HEADERS frame of ``stream_id`` (the block is a constant)."""
     return _HEAD_PREFIX + stream_id.to_bytes(4, "big") + _HEAD_BLOCK
 
 
 _HEAD_BLOCK = response_head()
+#: an HPACK dynamic table size update to 0 (001 prefix, 5-bit integer 0)
+_TABLE_SIZE_ZERO = b"\x20"
 _HEAD_PREFIX = len(_HEAD_BLOCK).to_bytes(3, "big") + bytes((f.HEADERS, f.END_HEADERS))
 
 

@@ -16,6 +16,7 @@ never touch the peer's dynamic table.
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import quote
 
 import hpack
@@ -54,7 +55,7 @@ class BlockDecoder:
         first = entries[0] if entries else None
         size, maxsize = table._current_size, table.maxsize
         try:
-            headers = self._decoder.decode(block, raw=False)
+            headers = cast("list[tuple[str, str]]", self._decoder.decode(block, raw=False))
         except (HPACKError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise HeaderError(type(exc).__name__) from None
         unchanged = ((entries[0] if entries else None) is first

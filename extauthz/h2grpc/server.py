@@ -88,6 +88,10 @@ class NativeGrpcServer:
             codec.HEALTH_CHECK_PATH: self._health_check,
             codec.HEALTH_WATCH_PATH: self._health_watch,
         }
+        #: methods whose call runs to its end when the client resets its stream (a check: its
+        #: decision is recorded whole, and it counts against the stream limit until it ends);
+        #: the others (Watch) are cancelled
+        self.complete_on_reset: set[str] = {codec.CHECK_PATH}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self._server: asyncio.Server | None = None

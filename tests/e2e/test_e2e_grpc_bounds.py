@@ -3,6 +3,10 @@ a real ``extauthz serve``, and a normal client measuring itself meanwhile.
 
 Before: no MAX_CONCURRENT_STREAMS; 20 000 streams never read pinned ~24 KiB each (+478 MiB,
 not returned), a stream flood or rapid reset made other clients' checks fail (CANCELLED).
+
+Every test runs against both servers of the gRPC API that listen on TCP themselves: grpc.aio
+(``--grpc-server grpcio``) and the built-in HTTP/2 server (``--grpc-server native``,
+extauthz.h2grpc; its own further abuse tests: tests/e2e/test_e2e_h2grpc.py).
 """
 
 from __future__ import annotations
@@ -21,9 +25,15 @@ from tests.support.abuse import NormalClient, Server, check_request, rss_mib, st
 from tests.support.h2raw import RawH2
 
 
+@pytest.fixture(params=["grpcio", "native"])
+def grpc_server(request: pytest.FixtureRequest) -> list[str]:
+    """The ``serve`` flags of the gRPC server under test."""
+    return ["--grpc-server", request.param]
+
+
 @pytest.fixture
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    running = start_server(tmp_path, ["--heap-trim-interval", "1"])
+def server(tmp_path: Path, grpc_server: list[str]):  # type: ignore[no-untyped-def]
+    running = start_server(tmp_path, ["--heap-trim-interval", "1", *grpc_server])
     yield running
     running.stop()
 
@@ -104,9 +114,11 @@ def test_rapid_reset_does_not_fail_other_clients(server: Server) -> None:
     assert_normal_client_unharmed(normal.samples, http_transport=False)
 
 
-def test_silent_connections_are_closed_at_the_handshake_timeout(tmp_path: Path) -> None:
+def test_silent_connections_are_closed_at_the_handshake_timeout(tmp_path: Path,
+                                                               grpc_server: list[str]) -> None:
     handshake = 2.0
-    server = start_server(tmp_path / "hs", ["--grpc-handshake-timeout", str(handshake)])
+    server = start_server(tmp_path / "hs", ["--grpc-handshake-timeout", str(handshake),
+                                            *grpc_server])
     silent: list[socket.socket] = []
     try:
         with NormalClient(server, http_transport=False) as normal:
@@ -150,11 +162,11 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bool:
 
 
 def test_idle_and_aged_connections_get_goaway_and_stuck_streams_are_released(
-    tmp_path: Path,
+    tmp_path: Path, grpc_server: list[str],
 ) -> None:
     server = start_server(tmp_path / "age", ["--grpc-idle-timeout", "2",
                                              "--grpc-max-connection-age", "3",
-                                             "--grpc-connection-age-grace", "1"])
+                                             "--grpc-connection-age-grace", "1", *grpc_server])
     try:
         with NormalClient(server, http_transport=False) as normal:
             time.sleep(0.5)

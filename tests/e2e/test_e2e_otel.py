@@ -87,7 +87,7 @@ def introspection() -> Iterator[BackgroundApp]:
     app.close()
 
 
-@pytest.fixture(scope="module", params=(*TRANSPORTS, "grpc-envoy"))
+@pytest.fixture(scope="module", params=(*TRANSPORTS, "grpc-envoy", "grpc-native"))
 def stack(request: pytest.FixtureRequest, e2e_dir: Path, idp: DemoIdP, echo: BackgroundApp,
           receiver: OtlpReceiver, introspection: BackgroundApp) -> Iterator[Stack]:
     transport: str = request.param

@@ -74,7 +74,8 @@ CLIENT_HEADERS = ("content-type", "www-authenticate", "retry-after", "content-le
 UNDERSCORE_REJECTED = (400, STREAM_RESET)
 #: grpc-envoy: the gRPC API through the Envoy front (serve --grpc-server envoy); the proxy's
 #: Envoy configuration is the grpc one, and every outcome must equal grpc's
-TRANSPORTS = ("grpc", "http", "grpc-envoy")
+#: grpc-native: the built-in HTTP/2 gRPC server (serve --grpc-server native); same rule
+TRANSPORTS = ("grpc", "http", "grpc-envoy", "grpc-native")
 #: the authenticator whose claims_to_headers name (outside x-auth-) no route uses
 TENANT_HEADER = "x-tenant-id"
 BASIC_MAX_FAILURES = 3
@@ -209,8 +210,23 @@ def grpc_envoy_stack(extauthz_config: Path, echo: BackgroundApp,
 
 
 @pytest.fixture(scope="module")
-def stacks(grpc_stack: Stack, http_stack: Stack, grpc_envoy_stack: Stack) -> dict[str, Stack]:
-    return {"grpc": grpc_stack, "http": http_stack, "grpc-envoy": grpc_envoy_stack}
+def grpc_native_stack(extauthz_config: Path, echo: BackgroundApp,
+                      e2e_dir: Path) -> Iterator[Stack]:
+    source = _with_alias_route(ENVOY_GRPC, e2e_dir / "grpc-native-source.yaml", grpc=True,
+                               strip_regex=_strip_regex(extauthz_config))
+    running = start_stack(extauthz_config, echo_port=echo.port, log_dir=e2e_dir / "grpc-native",
+                          envoy_source=source, transport="grpc-native")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def stacks(grpc_stack: Stack, http_stack: Stack, grpc_envoy_stack: Stack,
+           grpc_native_stack: Stack) -> dict[str, Stack]:
+    return {"grpc": grpc_stack, "http": http_stack, "grpc-envoy": grpc_envoy_stack,
+            "grpc-native": grpc_native_stack}
 
 
 # -- outcomes ----------------------------------------------------------------------------------
@@ -515,9 +531,10 @@ def test_both_transports_give_the_same_result(
     grpc, http = results["grpc"], results["http"]
     _expect(scenario, grpc, "grpc")
     # the Envoy front carries the same CheckRequest/CheckResponse: identical in every respect
-    front = results["grpc-envoy"]
-    assert (front.status, front.client_headers, front.body) == \
-        (grpc.status, grpc.client_headers, grpc.body), front.raw.body[:400]
+    for other in ("grpc-envoy", "grpc-native"):
+        front = results[other]
+        assert (front.status, front.client_headers, front.body) == \
+            (grpc.status, grpc.client_headers, grpc.body), (other, front.raw.body[:400])
     if scenario.http_refuses:
         # the HTTP transport cannot carry this decision: refused, never silently different
         assert http.status == scenario.http_refuses, (http.status, http.raw.body[:300])

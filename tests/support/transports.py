@@ -28,8 +28,9 @@ from tests.support.processes import GRPC_SERVER_ARGS, STARTUP_TIMEOUT, Stack
 
 ENVOY_HTTP_CONFIG = ENVOY_CONFIG.parent / "envoy-http-authz.yaml"
 TRANSPORTS = ("grpc", "http")
-#: both ways to serve the gRPC API: grpc.aio, and the supervised Envoy front
-GRPC_TRANSPORTS = ("grpc", "grpc-envoy")
+#: the ways to serve the gRPC API: grpc.aio, the supervised Envoy front, the built-in HTTP/2
+#: server (``serve --grpc-server native``, extauthz.h2grpc)
+GRPC_TRANSPORTS = ("grpc", "grpc-envoy", "grpc-native")
 
 
 def start_transport_stack(
