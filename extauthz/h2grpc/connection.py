@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from extauthz.h2grpc import frames as f
 from extauthz.h2grpc.headers import BlockDecoder, HeaderError, http_status_block, response_head
@@ -192,7 +192,9 @@ class H2Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a cast, not an isinstance check: uvloop's transports implement asyncio.Transport's
+        # interface without subclassing it (serve --event-loop uvloop)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.server.connections.add(self)
         transport.write(f.settings({

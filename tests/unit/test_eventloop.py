@@ -88,20 +88,9 @@ def _check_once(port: int) -> bytes:
         return conn.recv(65536)
 
 
-def test_uvloop_with_the_built_in_grpc_server_is_refused(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The native gRPC server takes asyncio's own transports only: exit 2 at start, not every
-    gRPC connection reset later."""
-    from extauthz.cli import main
-
-    config = tmp_path / "c.yaml"
-    config.write_text("version: 1\n")
-    assert main(["serve", "--config", str(config), "--event-loop", "uvloop"]) == 2
-    assert "--grpc-server native" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize(("choice", "grpc_server"),
-                         [("asyncio", "native"), ("uvloop", "grpcio"), ("uvloop", "envoy")])
+                         [("asyncio", "native"), ("uvloop", "native"), ("uvloop", "grpcio"),
+                          ("uvloop", "envoy")])
 def test_serve_runs_on_the_chosen_loop_and_says_so(tmp_path: Path, choice: str,
                                                    grpc_server: str) -> None:
     """A real ``extauthz serve`` (gRPC, the HTTP transport, admin) on each loop: its log names
