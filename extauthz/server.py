@@ -367,7 +367,8 @@ class Server:
                 self._watched_files, self.reload, interval=self.options.watch_interval_seconds
             )
             self._watcher.start()
-        log.info("serving grpc=%s http=%s", self.options.grpc_address, self.options.http_address)
+        log.info("serving grpc=%s (%s) http=%s", self.options.grpc_address,
+                 self.options.grpc_server, self.options.http_address)
 
     async def _start_admin(self) -> None:
         """The admin listener (aiohttp), behind a connection cap and a connection lifetime."""

@@ -94,7 +94,8 @@ def _check_once(port: int) -> bytes:
 def test_serve_runs_on_the_chosen_loop_and_says_so(tmp_path: Path, choice: str,
                                                    grpc_server: str) -> None:
     """A real ``extauthz serve`` (gRPC, the HTTP transport, admin) on each loop: its log names
-    the loop it runs on (from the running loop's type), and both transports answer a check."""
+    the loop it runs on (from the running loop's type) and the gRPC server, and both
+    transports answer a check."""
     server = start_server(tmp_path, ["--event-loop", choice, "--grpc-server", grpc_server])
     try:
         assert _check_once(server.authz_port).startswith(b"HTTP/1.1 200 ")
@@ -106,3 +107,4 @@ def test_serve_runs_on_the_chosen_loop_and_says_so(tmp_path: Path, choice: str,
         server.stop()
     log = (tmp_path / "extauthz.log").read_text()
     assert f"event loop: {choice}" in log
+    assert f"({grpc_server}) http=" in log
