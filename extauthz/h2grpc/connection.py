@@ -443,27 +443,39 @@ class H2Connection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ConnectionError_(f.FRAME_SIZE_ERROR, "SETTINGS of the wrong size")
+        windows: list[int] = []
         for at in range(0, len(payload), 6):
             ident = int.from_bytes(payload[at:at + 2], "big")
             value = int.from_bytes(payload[at + 2:at + 6], "big")
             if ident == f.INITIAL_WINDOW_SIZE:
                 if value > f.MAX_WINDOW:
                     raise ConnectionError_(f.FLOW_CONTROL_ERROR, "initial window too large")
-                delta = value - self.peer_window
-                self.peer_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-                    if stream.send_window > f.MAX_WINDOW:  # section 6.9.2
-                        raise ConnectionError_(f.FLOW_CONTROL_ERROR, "stream window overflow")
+                windows.append(value)
             elif ident == f.MAX_FRAME_SIZE:
                 if not f.DEFAULT_MAX_FRAME_SIZE <= value <= 2**24 - 1:
                     raise ConnectionError_(f.PROTOCOL_ERROR, "max frame size out of range")
                 self.peer_max_frame = value
             elif ident == f.ENABLE_PUSH and value > 1:
                 raise ConnectionError_(f.PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1")
+        if windows:
+            self._initial_window(max(windows), windows[-1])
         self._write(f.settings_ack())
         self.settled = True
         self._flush_all()
+
+    def _initial_window(self, highest: int, last: int) -> None:
+        """The client's SETTINGS_INITIAL_WINDOW_SIZE entries of one frame (``last`` stays,
+        ``highest`` is the largest): one pass over the streams, not one per entry -- a 16 KiB
+        SETTINGS frame carries 2730 entries, which times the open streams was CPU a client
+        could ask for at will. Each entry changes every stream window in turn (section 6.9.2):
+        the largest is the one that could overflow one."""
+        old = self.peer_window
+        self.peer_window = last
+        delta = last - old
+        for stream in self.streams.values():
+            if stream.send_window + highest - old > f.MAX_WINDOW:
+                raise ConnectionError_(f.FLOW_CONTROL_ERROR, "stream window overflow")
+            stream.send_window += delta
 
     def _push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
         raise ConnectionError_(f.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
@@ -542,7 +554,15 @@ class H2Connection(asyncio.Protocol):
             return
         call = stream.call = Call(self, stream, bytes(body[_PAYLOAD_HEAD:]))
         stream.body = bytearray()
-        result = handler(call)
+        try:
+            result = handler(call)
+        except Exception as exc:
+            # a synchronous handler that raises must end its own stream closed (INTERNAL),
+            # as a coroutine's exception does in _settled: escaping data_received would make
+            # the transport abort the connection and every other call on it
+            log.error("gRPC method failed: %s", type(exc).__name__)
+            self.finish(stream, INTERNAL, None, "the call did not complete")
+            return
         if result is not None:
             task = stream.task = self.server.start_call(result, _path(stream.headers))
             if task.done():

@@ -58,6 +58,8 @@ NOT_FOUND = 5
 #: bytes of requests all connections may hold while they arrive (ByteBudget): four of the
 #: largest messages
 _BUDGET_MESSAGES = 4
+#: seconds stop() lets closed connections flush what they were sent before aborting them
+CLOSE_WAIT = 1.0
 
 
 class NativeGrpcServer:
@@ -172,7 +174,8 @@ class NativeGrpcServer:
 
     async def stop(self, grace: float) -> None:
         """Drain: GOAWAY to every connection (no new call), wait up to ``grace`` seconds for
-        the calls in flight, then close what is left."""
+        the calls in flight, then close what is left (abort, after :data:`CLOSE_WAIT`, what a
+        client does not read)."""
         if self._server is None:
             return
         self.draining = True
@@ -191,6 +194,17 @@ class NativeGrpcServer:
             conn.closing = True
             if conn.transport is not None:
                 conn.transport.close()
+        # a close() waits for the transport's buffer to drain: a client that does not read
+        # would keep its connection (and, on Python 3.12+, wait_closed(), which waits for every
+        # connection) for ever -- the sweeper that would abort it is stopped
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_WAIT
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await asyncio.sleep(0)  # connection_lost runs on the next turn
         await self._server.wait_closed()
         self._server = None
 
