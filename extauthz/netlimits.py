@@ -250,8 +250,9 @@ def check_fd_budget(caps: dict[str, int], soft_limit: int) -> None:
 @dataclass(frozen=True, slots=True)
 class GrpcLimits:
     """The resource bounds of the gRPC listener, enforced by the built-in server
-    (:mod:`extauthz.h2grpc`) or by grpc's core (README "Resource model"). Envoy opens one HTTP/2 connection per worker thread and many streams on it; when a
-    connection is at ``max_concurrent_streams`` Envoy opens another one."""
+    (:mod:`extauthz.h2grpc`) or by grpc's core (README "Resource model"). Envoy opens one
+    HTTP/2 connection per worker thread and many streams on it; when a connection is at
+    ``max_concurrent_streams`` Envoy opens another one."""
 
     #: connections; beyond it grpc's core closes new connections at once
     max_connections: int = 32

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import hpack
+import pytest
 
 from extauthz.h2grpc import frames as f
 from extauthz.h2grpc.connection import H2Connection, Stream
