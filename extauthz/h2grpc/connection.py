@@ -696,6 +696,10 @@ class H2Connection(asyncio.Protocol):
         self._release_body(stream)
         if stream.task is None or stream.task.done():
             self.streams.pop(stream.id, None)
+        elif _path(stream.headers) not in self.server.complete_on_reset:
+            # as for the client's RST_STREAM: a Watch has nothing left to send, and left
+            # running it would hold its stream slot until the connection ends (_settled frees it)
+            stream.task.cancel()
 
     # -- going away --------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import hpack
 import pytest
+from hyperframe.frame import DataFrame, RstStreamFrame
 
 from extauthz.h2grpc import frames as f
 from extauthz.h2grpc.connection import H2Connection, Stream
@@ -163,3 +164,28 @@ def test_stop_ends_a_connection_whose_client_does_not_read(tmp_path: Path) -> No
         assert not running.server.connections
     finally:
         sock.close()
+
+
+WATCH_PATH = "/grpc.health.v1.Health/Watch"
+
+
+@pytest.mark.parametrize("violation", ["window_update_0", "data_after_end"])
+def test_a_watch_reset_by_a_stream_error_is_cancelled_and_frees_its_slot(
+    server: InProcessServer, violation: str,
+) -> None:
+    client = RawH2(server.port)
+    try:
+        client.server_settings()
+        stream = client.call(b"", _path(WATCH_PATH))
+        first = client.wait_for(DataFrame, stream_id=stream)
+        assert first is not None  # the Watch is running: its first status was sent
+        assert server.streams() == 1
+        if violation == "window_update_0":  # a stream error (RFC 9113 6.9)
+            client.send(f.window_update(stream, 0))
+        else:  # DATA after the client's END_STREAM: STREAM_CLOSED (section 5.1)
+            client.send(client.data(stream, b"late"))
+        reset = client.wait_for(RstStreamFrame, stream_id=stream)
+        assert reset is not None
+        _wait(lambda: server.streams() == 0, timeout=2)
+    finally:
+        client.close()
