@@ -16,7 +16,7 @@ from typing import Any
 
 import hpack
 import pytest
-from hyperframe.frame import Frame, HeadersFrame
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -136,18 +136,45 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 def parse_frames(data: bytes) -> list[Frame]:
     """Every frame of ``data``; fails unless it is whole frames, each well-formed, with header
-    blocks a fresh HPACK decoder reads."""
+    blocks a fresh HPACK decoder reads, and every stream's answer sound (:func:`_answers`)."""
     frames, decoder = [], hpack.Decoder()
+    blocks: dict[int, list[dict[bytes, bytes]]] = {}
     while data:
         assert len(data) >= 9, data
         frame, length = Frame.parse_frame_header(memoryview(data[:9]))
         assert length <= 16384 and len(data) >= 9 + length
         frame.parse_body(memoryview(data[9:9 + length]))
         if isinstance(frame, HeadersFrame):
-            decoder.decode(frame.data)
+            blocks.setdefault(frame.stream_id, []).append(
+                dict(decoder.decode(frame.data, raw=True)))
         frames.append(frame)
         data = data[9 + length:]
+    _answers(frames, blocks)
     return frames
+
+
+def _answers(frames: list[Frame], blocks: dict[int, list[dict[bytes, bytes]]]) -> None:
+    """Each stream's answer in order: its response headers, DATA, then trailers that end it
+    (or trailers-only), nothing but RST_STREAM after its end; ``grpc-status: 0`` only after a
+    message (Envoy takes an OK call with no message as a failure, but no answer of this server
+    may rely on that)."""
+    ended: set[int] = set()
+    data: dict[int, int] = {}
+    for frame in frames:
+        sid = frame.stream_id
+        if sid == 0 or isinstance(frame, RstStreamFrame):
+            continue
+        assert sid & 1 and sid not in ended, frame  # a client stream, not yet ended
+        if isinstance(frame, DataFrame):
+            assert len(blocks.get(sid, ())) >= 1 and "END_STREAM" not in frame.flags, frame
+            data[sid] = data.get(sid, 0) + len(frame.data)
+        if "END_STREAM" in frame.flags:
+            ended.add(sid)
+    for sid, stream_blocks in blocks.items():
+        assert len(stream_blocks) <= 2, stream_blocks  # headers + trailers, or trailers-only
+        status = stream_blocks[-1].get(b"grpc-status")
+        if sid in ended and status is not None and int(status) == 0:
+            assert data.get(sid, 0) >= 5, (sid, stream_blocks)  # an OK answer carries a message
 
 
 def normal_call(harness: Harness) -> None:
