@@ -760,11 +760,14 @@ class H2Connection(asyncio.Protocol):
         limits = self.limits
         if self.transport is None:
             return _INF
+        age = self.opened + limits.max_connection_age
         if self.closing or self.write_paused:  # answers left unread
-            return (self.since if self.closing else self.paused_at) + limits.idle_timeout
+            # never past the age's grace either: a client that reads a little now and then
+            # restarts paused_at at each pause and would otherwise outlive every deadline
+            return min((self.since if self.closing else self.paused_at) + limits.idle_timeout,
+                       age + limits.connection_age_grace)
         if not self.settled:
             return self.opened + limits.handshake_timeout
-        age = self.opened + limits.max_connection_age
         if self.goaway_sent:
             return age + limits.connection_age_grace
         if self.announced is not None:  # the first GOAWAY's PING unanswered

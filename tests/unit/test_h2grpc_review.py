@@ -189,3 +189,17 @@ def test_a_watch_reset_by_a_stream_error_is_cancelled_and_frees_its_slot(
         _wait(lambda: server.streams() == 0, timeout=2)
     finally:
         client.close()
+
+
+def test_a_connection_left_unread_is_aborted_by_its_age_at_the_latest() -> None:
+    # a client that reads a little now and then pauses the connection again and again: each
+    # pause restarts the idle clock, so only the age bounds it
+    conn = _bare_connection()
+    limits = conn.limits
+    now = time.monotonic()
+    conn.opened = now - limits.max_connection_age - limits.connection_age_grace - 1
+    conn.write_paused, conn.paused_at = True, now  # paused again just now
+    assert conn.deadline < now
+    aborted: list[bool] = []
+    conn.transport.abort = lambda: aborted.append(True)  # type: ignore[union-attr]
+    assert conn.expire(now) == "unread" and aborted
