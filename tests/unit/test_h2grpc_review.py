@@ -24,6 +24,7 @@ from hyperframe.frame import DataFrame, RstStreamFrame
 
 from extauthz.h2grpc import frames as f
 from extauthz.h2grpc.connection import H2Connection, Stream
+from extauthz.h2grpc.headers import BlockDecoder, HeaderError
 from extauthz.netlimits import GrpcLimits
 from tests.support.h2raw import CHECK_HEADERS, PREFACE, RawH2
 from tests.support.h2server import HOLD_PATH, InProcessServer, check_request
@@ -203,3 +204,57 @@ def test_a_connection_left_unread_is_aborted_by_its_age_at_the_latest() -> None:
     aborted: list[bool] = []
     conn.transport.abort = lambda: aborted.append(True)  # type: ignore[union-attr]
     assert conn.expire(now) == "unread" and aborted
+
+
+def _size_update(size: int) -> bytes:
+    out = bytearray((0x20 | min(size, 31),))
+    if size >= 31:
+        size -= 31
+        while size >= 128:
+            out.append((size & 0x7F) | 0x80)
+            size >>= 7
+        out.append(size)
+    return bytes(out)
+
+
+def _insert(name: bytes, value: bytes) -> bytes:
+    """A literal with incremental indexing and a literal name (RFC 7541 6.2.1)."""
+    return b"\x40" + bytes((len(name),)) + name + bytes((len(value),)) + value
+
+
+def test_the_memo_follows_evictions_that_leave_the_newest_entry_in_place() -> None:
+    # blocks a real encoder does not send: a size update that evicts the oldest entries and one
+    # that restores the size in the same block (the newest entry and the size limit unchanged),
+    # an entry larger than the table (which empties it), references then an insertion
+    oldest, newest = b"\xc0", b"\xbe"  # indexes 64 and 62 once three entries are in the table
+    sequence = [
+        _insert(b"x-a", b"1") + _insert(b"x-b", b"2") + _insert(b"x-c", b"3"),
+        oldest, oldest, newest,
+        _size_update(40) + _size_update(4096),  # keeps x-c only: 64 is gone
+        oldest, newest, newest,
+        newest + _insert(b"x-d", b"4"), newest, newest,
+        _size_update(100) + _insert(b"x-big", b"v" * 120), newest,  # emptied, nothing added
+        _size_update(4096) + _insert(b"x-e", b"5"), newest, newest,
+        _size_update(0) + _size_update(4096), newest,
+        # a full table of three 36-byte entries: one more evicts one, the size stays the same
+        _size_update(108) + _insert(b"x-a", b"1") + _insert(b"x-b", b"2")
+        + _insert(b"x-c", b"3"), newest, newest,
+        _insert(b"x-d", b"4"), newest, newest,
+        # a block that restores the size limit, remembered, then a smaller limit that evicts
+        # nothing: the remembered block must be decoded again (its size update counts)
+        _size_update(4096), _size_update(4096) + newest, _size_update(2048),
+        _size_update(4096) + newest,
+        b"".join(_insert(b"x-%02d" % i, b"v") for i in range(60)), b"\xf9",  # 121: the oldest
+    ]
+    memo = BlockDecoder(1 << 20)
+    plain = hpack.Decoder(max_header_list_size=1 << 20)
+    for block in sequence:
+        try:
+            expected: Any = [(str(n), str(v)) for n, v in plain.decode(block, raw=False)]
+        except Exception as exc:  # the same block must fail with the memo too
+            expected = type(exc)
+        try:
+            got: Any = memo.decode(block)
+        except HeaderError:
+            got = expected if isinstance(expected, type) else "failed"
+        assert got == expected, block
