@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("extauthz: --grpc-address off needs --http-authz-address", file=sys.stderr)
         return 2
     try:
-        loop_factory = eventloop.for_serve(args.event_loop, args.grpc_server, args.grpc_address)
+        loop_factory = eventloop.loop_factory(args.event_loop)
     except eventloop.Unavailable as exc:
         print(f"extauthz: {exc}", file=sys.stderr)
         return 2

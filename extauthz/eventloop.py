@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["CHOICES", "Unavailable", "for_serve", "loop_factory", "run", "running_loop_name"]
+__all__ = ["CHOICES", "Unavailable", "loop_factory", "run", "running_loop_name"]
 
 log = logging.getLogger("extauthz.eventloop")
 T = TypeVar("T")
@@ -58,15 +58,6 @@ def loop_factory(choice: str) -> LoopFactory | None:
                           "or --event-loop asyncio") from None
     factory: LoopFactory = uvloop.new_event_loop
     return factory
-
-
-def for_serve(choice: str, grpc_server: str, grpc_address: str) -> LoopFactory | None:
-    """:func:`loop_factory` for ``serve``. Every gRPC server runs on either loop (the built-in
-    one takes uvloop's transports, which implement ``asyncio.Transport`` without subclassing
-    it: tests/unit/test_eventloop.py serves a check on each); the arguments stay for a server
-    that some day would not."""
-    del grpc_server, grpc_address
-    return loop_factory(choice)
 
 
 def running_loop_name() -> str:

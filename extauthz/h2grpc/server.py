@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
@@ -207,7 +207,3 @@ class NativeGrpcServer:
         await asyncio.sleep(0)  # connection_lost runs on the next turn
         await self._server.wait_closed()
         self._server = None
-
-
-#: what a method handler may be (for type checkers): a call in, nothing or a coroutine out
-MethodHandler = Callable[[Call], Coroutine[Any, Any, None] | None]

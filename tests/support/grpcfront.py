@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +30,31 @@ class _NoGrpc(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _NoGrpc())
 '''
+
+
+def serve_without_grpcio(tmp_path: Path) -> tuple[dict[str, str], list[str], int, int]:
+    """``(env, argv, grpc_port, http_port)``: an environment in which ``import grpc`` fails
+    (checked here: the block really applies) and an ``extauthz serve`` command line for it
+    (the abuse tests' configuration, loopback ports); add ``--grpc-server ...`` to ``argv``."""
+    from extauthz.demo.procs import LOOPBACK, free_ports
+    from tests.support.abuse import CONFIG
+    from tests.support.processes import write_config
+
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCK_GRPC)
+    env = dict(os.environ) | {"PYTHONPATH": os.pathsep.join(
+        [str(blocker), os.environ.get("PYTHONPATH", "")])}
+    probe = subprocess.run([sys.executable, "-c", "import grpc"], env=env,
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert probe.returncode != 0  # the block really applies in that environment
+    config = tmp_path / "extauthz.yaml"
+    write_config(config, CONFIG)
+    grpc_port, http_port = free_ports(2)
+    argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config),
+            "--grpc-address", f"{LOOPBACK}:{grpc_port}", "--http-address",
+            f"{LOOPBACK}:{http_port}"]
+    return env, argv, grpc_port, http_port
 
 
 def front_of(log_text: str) -> tuple[int, Path]:

@@ -43,6 +43,7 @@ class Recorder(asyncio.Transport):
         super().__init__()
         self.loop = loop
         self.out = bytearray()
+        self.writes = 0  # calls of write (docs/grpc-native.md: one per read)
         self.closed = False
         self.protocol: H2Connection | None = None
 
@@ -50,6 +51,7 @@ class Recorder(asyncio.Transport):
         assert not self.closed or self.protocol is None or self.protocol.transport is not None
         if not self.closed:
             self.out += data
+            self.writes += 1
 
     def close(self) -> None:
         if not self.closed:
@@ -272,4 +274,28 @@ def test_random_bytes(harness: Harness, noise: bytes, handshake: bool) -> None:
 
 def test_a_normal_call_after_the_fuzz(harness: Harness) -> None:
     normal_call(harness)
+    harness.assert_nothing_held()
+
+
+def test_the_answers_of_one_read_leave_in_one_write(harness: Harness) -> None:
+    """docs/grpc-native.md: everything one read produced is sent in one ``write`` (under load
+    one read carries several checks): ten checks in one read, ten answers, one write."""
+    encoder = hpack.Encoder()
+    calls = b"".join(
+        raw_frame(f.HEADERS, f.END_HEADERS, stream, encoder.encode(CHECK_HEADERS))
+        + raw_frame(f.DATA, f.END_STREAM, stream, grpc_message(CHECK))
+        for stream in range(1, 21, 2))
+    assert harness.server.guard.admit()
+    conn = H2Connection(harness.server)
+    transport = Recorder(harness.loop)
+    transport.protocol = conn
+    conn.connection_made(transport)  # its SETTINGS: one write
+    assert transport.writes == 1
+    conn.data_received(PREFACE + f.settings({}) + calls)
+    assert transport.writes == 2
+    out = parse_frames(bytes(transport.out))
+    trailers = [fr for fr in out if isinstance(fr, HeadersFrame) and "END_STREAM" in fr.flags]
+    assert len(trailers) == 10
+    transport.close()
+    harness.spin()
     harness.assert_nothing_held()
